@@ -1,0 +1,1 @@
+"""Web layer of the StarCoder Playground. Never imports torch."""

@@ -1,0 +1,58 @@
+"""PlaygroundError at the Gradio boundary: it becomes gr.Error, everything else a logged bug."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+
+from model.errors import PlaygroundError
+
+__all__ = ["PlaygroundError", "user_errors"]
+
+log = logging.getLogger(__name__)
+
+INTERNAL = "Something went wrong on our side; the error was logged. Please try again."
+
+
+def _translate(exc: Exception):
+    import gradio as gr
+
+    if isinstance(exc, PlaygroundError):
+        return gr.Error(exc.message, title=_title(exc))
+    log.exception("unexpected error in handler", exc_info=exc)
+    return gr.Error(INTERNAL, title="Internal error")
+
+
+def _title(exc: PlaygroundError) -> str:
+    return {"validation": "Invalid input", "busy": "Busy"}.get(exc.kind, "Error")
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Wrap a Gradio handler (plain or generator) so errors reach the user as messages."""
+    import gradio as gr
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as exc:
+                raise _translate(exc) from exc
+
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            raise _translate(exc) from exc
+
+    return wrapper

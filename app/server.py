@@ -1,0 +1,95 @@
+"""Assembles the web app: Playground services, Gradio UI and plain HTTP routes on one FastAPI."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from app.handlers import Handlers
+from app.playground import Playground
+from app.render import style_css
+from app.requests import Limits
+from app.settings import ROOT, Settings
+from app.ui import build_ui
+from model.engine import Engine
+from model.prompts import TaPrompt
+
+log = logging.getLogger(__name__)
+
+STATIC = ROOT / "static"
+MAX_QUEUE = 64
+
+
+@dataclass
+class PlaygroundApp:
+    fastapi: FastAPI
+    blocks: gr.Blocks
+    handlers: Handlers
+
+
+def model_line(engine: Engine) -> str:
+    i = engine.info
+    name = Path(i.model_id).name if Path(i.model_id).is_dir() else i.model_id
+    return (
+        f"Model: **{name}** ({i.architecture}) · context {i.context_length} tokens · "
+        f"{i.device} / {i.dtype}"
+    )
+
+
+def build_app(settings: Settings, engine: Engine) -> PlaygroundApp:
+    ta = TaPrompt.load(settings.ta_prompt)
+    playground = Playground(engine, ta, Limits(max_prompt_bytes=settings.max_prompt_bytes))
+    handlers = Handlers(playground, downloads_dir=str(Path(settings.data_dir) / "downloads"))
+    blocks = build_ui(handlers, model_line=model_line(engine))
+    blocks.queue(max_size=MAX_QUEUE, default_concurrency_limit=1)
+
+    api = FastAPI(title="StarCoder Playground", docs_url=None, redoc_url=None)
+
+    @api.get("/healthz")
+    def healthz():
+        return JSONResponse({"status": "ok", "model": engine.info.model_id})
+
+    css = STATIC.joinpath("style.css").read_text(encoding="utf-8") + "\n" + style_css()
+    gr.mount_gradio_app(api, blocks, path="/", css=css, footer_links=["api"], ssr_mode=False)
+    return PlaygroundApp(api, blocks, handlers)
+
+
+class BackgroundServer:
+    """uvicorn in a thread: used by tests and benchmarks to run the real app in-process."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0):
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> BackgroundServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+        return self
+
+    @property
+    def url(self) -> str:
+        sock = self.server.servers[0].sockets[0]
+        host, port = sock.getsockname()[:2]
+        return f"http://{host}:{port}/"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def serve(app: FastAPI, settings: Settings) -> None:
+    log.info("serving on http://%s:%d", settings.host, settings.port)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")

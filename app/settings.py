@@ -1,0 +1,103 @@
+"""The one Settings object. Every option is declared once here: flag, env var, default, help.
+
+Precedence: CLI flag > environment variable > default. `python app.py --help` prints them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EMBEDDED_MODEL = str(ROOT / "model" / "checkpoints" / "tiny-starcoder")
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    env: str
+    default: object
+    help: str
+    type: type = str
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", "HOST", "127.0.0.1", "Interface to bind; the Docker image sets 0.0.0.0."),
+    Option("port", "PORT", 7860, "TCP port to serve on.", int),
+    Option("model", "MODEL_ID", EMBEDDED_MODEL, "Local model folder or Hugging Face model id."),
+    Option("device", "DEVICE", "auto", "auto, cpu or cuda."),
+    Option("hf_token", "HF_TOKEN", None, "Hugging Face token, for gated models only."),
+    Option("ta_prompt", "TA_PROMPT", None, "File with a tech-assistant prompt (ta-prompt format)."),
+    Option("data_dir", "DATA_DIR", str(ROOT / "data"), "Folder for the database and the index."),
+    Option(
+        "database_url",
+        "DATABASE_URL",
+        None,
+        "SQLAlchemy URL of the share store; default SQLite at DATA_DIR/playground.db.",
+    ),
+    Option(
+        "index_url",
+        "INDEX_URL",
+        None,
+        "Attribution index (SQLite path or PostgreSQL URL); "
+        "default DATA_DIR/index, built at first start.",
+    ),
+    Option("max_prompt_bytes", "MAX_PROMPT_BYTES", 1_000_000, "Largest prompt accepted.", int),
+    Option("share_rate", "SHARE_RATE_PER_MIN", 30, "Shares one client may create per minute.", int),
+    Option("public_url", "PUBLIC_URL", None, "Base URL used in share links (default: request's)."),
+    Option("log_level", "LOG_LEVEL", "INFO", "Logging level."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    port: int
+    model: str
+    device: str
+    hf_token: str | None
+    ta_prompt: str | None
+    data_dir: str
+    database_url: str | None
+    index_url: str | None
+    max_prompt_bytes: int
+    share_rate: int
+    public_url: str | None
+    log_level: str
+
+    @classmethod
+    def load(cls, argv: Sequence[str] | None = None, env: dict | None = None) -> Settings:
+        env = os.environ if env is None else env
+        args = parser().parse_args(argv)
+        values = {}
+        for opt in OPTIONS:
+            value = getattr(args, opt.name)
+            if value is None and env.get(opt.env) not in (None, ""):
+                value = opt.type(env[opt.env])
+            values[opt.name] = opt.default if value is None else value
+        return cls(**values)
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{Path(self.data_dir) / 'playground.db'}"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python app.py",
+        description="StarCoder Playground: completion, fill-in-the-middle and a tech assistant.",
+    )
+    for opt in OPTIONS:
+        p.add_argument(
+            f"--{opt.name.replace('_', '-')}",
+            dest=opt.name,
+            type=opt.type,
+            default=None,
+            help=f"{opt.help} [env {opt.env}; default {opt.default}]",
+        )
+    return p
+
+
+assert {f.name for f in fields(Settings)} == {o.name for o in OPTIONS}

@@ -1,0 +1,97 @@
+"""The engine interface the web layer talks to: requests in, text events out.
+
+Torch-free on purpose: app/ imports this module, and the local engine that needs torch lives in
+model/local.py.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+StopReason = Literal["length", "stop", "eos", "cancelled", "error"]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling settings. Defaults are the original StarCoder playground's."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.2  # 0 means greedy
+    top_p: float = 0.9
+    repetition_penalty: float = 1.2
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or math.isclose(self.temperature, 0.0)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A fully formatted model prompt plus how to continue it."""
+
+    prompt: str
+    params: GenerationParams = field(default_factory=GenerationParams)
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    reason: StopReason
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    error: str | None = None  # user-facing message when reason == "error"
+    error_kind: str | None = None
+
+
+Event = Delta | Done
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the prompt builder and the validator need to know about a model."""
+
+    model_id: str
+    context_length: int
+    special_tokens: frozenset[str]
+    eos_token: str | None
+    architecture: str = ""
+    device: str = "cpu"
+    dtype: str = "float32"
+    has_chat_template: bool = False
+
+
+class CancelToken:
+    """Explicit cancellation: the engine checks it once per decoded token."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+class Engine(Protocol):
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def stream(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[Event]:
+        """Yield Delta events then exactly one Done. Never raises for generation errors."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,97 @@
+"""Load a causal LM and its tokenizer: device, dtype, pad token, gated models, offline paths."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from model.engine import ModelInfo
+from model.errors import PlaygroundError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODEL = Path(__file__).parent / "checkpoints" / "tiny-starcoder"
+DEFAULT_CONTEXT = 2048
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: str  # "cuda" or "cpu"
+    dtype: str  # "bfloat16", "float16" or "float32"
+    device_map: str | None  # "auto" only when the model spans several GPUs
+
+
+def choose_placement(device: str | None = None) -> Placement:
+    """CUDA: bf16 where supported else fp16, sharded only across several GPUs. CPU: fp32."""
+    import torch
+
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        device_map = "auto" if torch.cuda.device_count() > 1 else None
+        return Placement(device, dtype, device_map)
+    # bf16 on CPUs without AMX is an order of magnitude slower than fp32.
+    return Placement("cpu", "float32", None)
+
+
+def is_local(model_id: str) -> bool:
+    return Path(model_id).expanduser().is_dir()
+
+
+def load(model_id: str, *, device: str | None = None, hf_token: str | None = None):
+    """Return (model, tokenizer, ModelInfo). A local folder never touches the network."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = is_local(model_id)
+    source = str(Path(model_id).expanduser()) if local else model_id
+    common = {"local_files_only": local, "token": None if local else hf_token}
+    placement = choose_placement(device)
+    log.info("loading %s on %s (%s)", source, placement.device, placement.dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=getattr(torch, placement.dtype),
+            device_map=placement.device_map,
+            **common,
+        )
+    except OSError as exc:
+        raise PlaygroundError(
+            f"Could not load `MODEL_ID` {model_id!r}: it is not a local model folder, and the "
+            f"Hugging Face Hub could not provide it ({exc.__class__.__name__}). Gated models "
+            "need HF_TOKEN; offline machines need a local folder.",
+            field="model",
+            kind="config",
+        ) from exc
+    if placement.device_map is None:
+        model.to(placement.device)
+    model.eval()
+    if tokenizer.pad_token is None:
+        # Generation with padding needs a pad id; EOS is the conventional stand-in.
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    info = ModelInfo(
+        model_id=model_id,
+        context_length=context_length(model.config, tokenizer),
+        special_tokens=frozenset(tokenizer.all_special_tokens)
+        | frozenset(t.content for t in tokenizer.added_tokens_decoder.values()),
+        eos_token=tokenizer.eos_token,
+        architecture=(model.config.architectures or [type(model).__name__])[0],
+        device=placement.device,
+        dtype=placement.dtype,
+        has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+    )
+    return model, tokenizer, info
+
+
+def context_length(config, tokenizer) -> int:
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and 0 < limit < 10**7 else DEFAULT_CONTEXT

@@ -1,0 +1,192 @@
+"""In-process engine on transformers' generate(), streamed token by token.
+
+One generation at a time per model: the lock is the model. Concurrency across users is the
+worker queue's job (model/worker.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+from collections.abc import Iterator
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from model.decoding import IncrementalDecoder
+from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo
+from model.stops import StopMatcher
+
+log = logging.getLogger(__name__)
+
+_END = object()
+
+
+class _QueueStreamer(BaseStreamer):
+    """Hands each new token id to the consumer; the first put() is the prompt, skipped."""
+
+    def __init__(self) -> None:
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        for tok in value.reshape(-1).tolist():
+            self.q.put(tok)
+
+    def end(self) -> None:
+        self.q.put(_END)
+
+
+class _Halt(StoppingCriteria):
+    """Ends generate() at the next token once the request is cancelled or a stop string hit."""
+
+    def __init__(self, cancel: CancelToken, stop_hit: threading.Event):
+        self.cancel = cancel
+        self.stop_hit = stop_hit
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        halt = self.cancel.cancelled or self.stop_hit.is_set()
+        return torch.full((input_ids.shape[0],), halt, dtype=torch.bool, device=input_ids.device)
+
+
+class LocalEngine:
+    def __init__(self, model, tokenizer, info: ModelInfo):
+        self.model = model
+        self.tokenizer = tokenizer
+        self._info = info
+        self._lock = threading.Lock()
+        self._device = next(model.parameters()).device
+
+    @classmethod
+    def load(cls, model_id: str, *, device: str | None = None, hf_token: str | None = None):
+        from model.loading import load
+
+        return cls(*load(model_id, device=device, hf_token=hf_token))
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def close(self) -> None:
+        pass
+
+    def _eos_ids(self, stops: tuple[str, ...]) -> tuple[list[int], tuple[str, ...]]:
+        """Split stops into special tokens (ended by id) and plain strings (matched on text)."""
+        eos = self.model.generation_config.eos_token_id
+        ids = [eos] if isinstance(eos, int) else list(eos or [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.append(self.tokenizer.eos_token_id)
+        texts = []
+        vocab_specials = set(self._info.special_tokens)
+        for s in stops:
+            if s in vocab_specials:
+                ids.append(self.tokenizer.convert_tokens_to_ids(s))
+            else:
+                texts.append(s)
+        return sorted(set(ids)), tuple(texts)
+
+    def generate_kwargs(self, request: GenerationRequest, eos_ids: list[int]) -> dict:
+        p = request.params
+        kwargs = {
+            "max_new_tokens": p.max_new_tokens,
+            "repetition_penalty": p.repetition_penalty,
+            "eos_token_id": eos_ids,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if p.greedy:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=p.temperature, top_p=p.top_p, top_k=None)
+        return kwargs
+
+    def stream(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[Event]:
+        enc = self.tokenizer(request.prompt, return_tensors="pt", add_special_tokens=True)
+        enc = {k: v.to(self._device) for k, v in enc.items()}
+        n_prompt = int(enc["input_ids"].shape[1])
+        eos_ids, text_stops = self._eos_ids(request.params.stop)
+        streamer = _QueueStreamer()
+        stop_hit = threading.Event()
+        errors: list[BaseException] = []
+        kwargs = self.generate_kwargs(request, eos_ids)
+        seed = request.params.seed
+
+        def run() -> None:
+            try:
+                with self._lock, torch.inference_mode():
+                    # Seeding under the lock makes "same seed, same output" hold.
+                    torch.manual_seed(seed if seed is not None else random.getrandbits(63))
+                    if cancel.cancelled:
+                        return
+                    self.model.generate(
+                        **enc,
+                        **kwargs,
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_Halt(cancel, stop_hit)]),
+                    )
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                streamer.end()
+
+        thread = threading.Thread(target=run, name="generate", daemon=True)
+        decoder = IncrementalDecoder(self.tokenizer)
+        matcher = StopMatcher(text_stops)
+        generated = 0
+        reason = "length"
+        thread.start()
+        try:
+            while True:
+                tok = streamer.q.get()
+                if tok is _END:
+                    break
+                if matcher.stopped or cancel.cancelled:
+                    continue  # drain: generate() ends at its next step
+                generated += 1
+                if tok in eos_ids:
+                    reason = "eos"
+                    stop_hit.set()
+                    continue
+                text = matcher.feed(decoder.push(tok))
+                if matcher.stopped:
+                    reason = "stop"
+                    stop_hit.set()
+                if text:
+                    yield Delta(text)
+            if errors:
+                yield _error_done(errors[0], n_prompt, generated)
+                return
+            if cancel.cancelled:
+                reason = "cancelled"
+            elif not matcher.stopped:
+                tail = matcher.feed(decoder.flush())
+                if matcher.stopped:
+                    reason = "stop"
+                else:
+                    tail += matcher.flush()
+                if tail:
+                    yield Delta(tail)
+            yield Done(reason, n_prompt, generated)
+        finally:
+            # Runs on normal end, on consumer close (Stop, disconnect) and on errors alike.
+            stop_hit.set()
+            thread.join()
+
+
+def _error_done(exc: BaseException, n_prompt: int, generated: int) -> Done:
+    log.error("generation failed", exc_info=exc)
+    if isinstance(exc, torch.OutOfMemoryError):
+        msg = "The model ran out of memory. Try a shorter prompt or fewer max_new_tokens."
+        kind = "oom"
+    else:
+        msg = f"Generation failed inside the model ({type(exc).__name__}). The error was logged."
+        kind = "engine"
+    return Done("error", n_prompt, generated, error=msg, error_kind=kind)

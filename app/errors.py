@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import html
 import inspect
 import logging
 from collections.abc import Callable
@@ -16,11 +17,13 @@ log = logging.getLogger(__name__)
 INTERNAL = "Something went wrong on our side; the error was logged. Please try again."
 
 
-def _translate(exc: Exception):
+def _translate(exc: Exception, as_html: bool):
     import gradio as gr
 
     if isinstance(exc, PlaygroundError):
-        return gr.Error(exc.message, title=_title(exc))
+        # The browser's toast renders HTML: "<FILL_HERE>" would vanish as an unknown tag.
+        message = html.escape(exc.message) if as_html else exc.message
+        return gr.Error(message, title=_title(exc))
     log.exception("unexpected error in handler", exc_info=exc)
     return gr.Error(INTERNAL, title="Internal error")
 
@@ -29,9 +32,15 @@ def _title(exc: PlaygroundError) -> str:
     return {"validation": "Invalid input", "busy": "Busy"}.get(exc.kind, "Error")
 
 
-def user_errors(fn: Callable) -> Callable:
-    """Wrap a Gradio handler (plain or generator) so errors reach the user as messages."""
+def user_errors(fn: Callable | None = None, *, as_html: bool = False) -> Callable:
+    """Wrap a Gradio handler (plain or generator) so errors reach the user as messages.
+
+    UI handlers pass as_html=True (the toast renders HTML); API endpoints keep plain text.
+    """
     import gradio as gr
+
+    if fn is None:
+        return functools.partial(user_errors, as_html=as_html)
 
     if inspect.isgeneratorfunction(fn):
 
@@ -42,7 +51,7 @@ def user_errors(fn: Callable) -> Callable:
             except gr.Error:
                 raise
             except Exception as exc:
-                raise _translate(exc) from exc
+                raise _translate(exc, as_html) from exc
 
         return gen_wrapper
 
@@ -53,6 +62,6 @@ def user_errors(fn: Callable) -> Callable:
         except gr.Error:
             raise
         except Exception as exc:
-            raise _translate(exc) from exc
+            raise _translate(exc, as_html) from exc
 
     return wrapper

@@ -51,9 +51,8 @@ class Handlers:
             token.cancel()
             self.cancels.finish(key, token)
 
-    def stop(self, request=None) -> str:
-        stopped = self.cancels.cancel(session_key(request))
-        return "Stopped." if stopped else "Nothing is running."
+    def stop(self, request=None) -> bool:
+        return self.cancels.cancel(session_key(request))
 
     # -- streams of Output, shared by the UI and the API --------------------------------------
 

@@ -48,7 +48,9 @@ def build_app(settings: Settings, engine: Engine) -> PlaygroundApp:
     ta = TaPrompt.load(settings.ta_prompt)
     playground = Playground(engine, ta, Limits(max_prompt_bytes=settings.max_prompt_bytes))
     handlers = Handlers(playground, downloads_dir=str(Path(settings.data_dir) / "downloads"))
-    blocks = build_ui(handlers, model_line=model_line(engine))
+    blocks = build_ui(
+        handlers, model_line=model_line(engine), context_length=engine.info.context_length
+    )
     blocks.queue(max_size=MAX_QUEUE, default_concurrency_limit=1)
 
     api = FastAPI(title="StarCoder Playground", docs_url=None, redoc_url=None)

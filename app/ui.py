@@ -35,22 +35,33 @@ NOTE = (
 )
 
 
-def _param_inputs() -> list:
+def _param_inputs(context_length: int) -> list:
     d = GenerationParams()
+    default_new = min(d.max_new_tokens, context_length // 2)
     with gr.Accordion("Parameters", open=False, elem_id="params"):
         with gr.Row():
             temperature = gr.Slider(0, 1, d.temperature, step=0.05, label="Temperature",
                                     info="0 means greedy", elem_id="temperature")  # fmt: skip
-            max_new = gr.Slider(1, 2048, d.max_new_tokens, step=1, label="Max new tokens",
+            max_new = gr.Slider(1, context_length, default_new, step=1, label="Max new tokens",
+                                info=f"prompt + new tokens must fit the model's {context_length}",
                                 elem_id="max-new-tokens")  # fmt: skip
         with gr.Row():
             top_p = gr.Slider(0.05, 1, d.top_p, step=0.05, label="Top-p", elem_id="top-p")
             rep = gr.Slider(1, 2, d.repetition_penalty, step=0.05, label="Repetition penalty")
         with gr.Row():
-            seed = gr.Number(None, label="Seed (empty: random)", precision=0, elem_id="seed")
+            seed = gr.Textbox("", label="Seed", placeholder="empty: random; a number repeats a run",
+                              elem_id="seed")  # fmt: skip
             stop = gr.Textbox(label="Stop sequences (one per line, at most 4)", lines=2,
                               elem_id="stop")  # fmt: skip
     return [max_new, temperature, top_p, rep, seed, stop]
+
+
+def _wire_stop(button, handlers: Handlers) -> None:
+    def stop(request: gr.Request) -> None:
+        handlers.stop(request)  # the generation itself reports "stopped by you"
+
+    # Queued (for the session hash) but outside the model's concurrency group, so it never waits.
+    button.click(stop, None, None, concurrency_limit=None, api_visibility="private")
 
 
 def _code_tab(mode: str, label: str, examples, placeholder: str, handlers: Handlers, params):
@@ -70,13 +81,14 @@ def _code_tab(mode: str, label: str, examples, placeholder: str, handlers: Handl
                              elem_id=f"{mode}-raw", elem_classes=["code-input"])  # fmt: skip
         gr.Examples(examples, inputs=[prompt])
 
-    @user_errors
-    def generate(prompt_text, *values, request: gr.Request):
+    @user_errors(as_html=True)
+    def generate(prompt_text, max_new, temperature, top_p, rep, seed, stop, request: gr.Request):
+        values = (max_new, temperature, top_p, rep, seed, stop)
         yield from handlers.ui_code(mode, prompt_text, *values, request=request)
 
     event = run.click(generate, [prompt, *params], [view, raw, status, download],
                       concurrency_id=MODEL_LOCK, api_visibility="private")  # fmt: skip
-    stop.click(handlers.stop, None, status, queue=False, api_visibility="private")
+    _wire_stop(stop, handlers)
     copy.click(None, [raw], None, js="(t) => { navigator.clipboard.writeText(t); return []; }")
     return event
 
@@ -94,14 +106,15 @@ def _assist_tab(handlers: Handlers, params):
         status = gr.Markdown("", elem_id="assistant-status")
         gr.Examples(ASSIST_EXAMPLES, inputs=[message])
 
-    @user_errors
-    def respond(text, history, *values, request: gr.Request):
+    @user_errors(as_html=True)
+    def respond(text, history, max_new, temperature, top_p, rep, seed, stop, request: gr.Request):
+        values = (max_new, temperature, top_p, rep, seed, stop)
         yield from handlers.ui_assist(text, history, *values, request=request)
 
     for trigger in (send.click, message.submit):
         trigger(respond, [message, chat, *params], [chat, message, status],
                 concurrency_id=MODEL_LOCK, api_visibility="private")  # fmt: skip
-    stop.click(handlers.stop, None, status, queue=False, api_visibility="private")
+    _wire_stop(stop, handlers)
     clear.click(lambda: ([], ""), None, [chat, status], queue=False, api_visibility="private")
 
 
@@ -165,17 +178,17 @@ def _api(handlers: Handlers) -> None:
         gr.api(fn, api_name=fn.__name__, concurrency_id=MODEL_LOCK)
 
 
-def build_ui(handlers: Handlers, *, model_line: str) -> gr.Blocks:
+def build_ui(handlers: Handlers, *, model_line: str, context_length: int) -> gr.Blocks:
     with gr.Blocks(title="StarCoder Playground", analytics_enabled=False) as demo:
         gr.HTML(
-            '<div class="header"><h1>⭐ StarCoder Playground</h1>'
+            '<div class="header"><h1>StarCoder Playground</h1>'
             "<p>Complete code, fill in the middle, or ask the tech assistant.</p></div>"
         )
         gr.Markdown(model_line, elem_id="model-info")
         with gr.Tabs():
             params_slot = gr.Column(render=False)
             with params_slot:
-                params = _param_inputs()
+                params = _param_inputs(context_length)
             _code_tab("completion", "Completion", COMPLETION_EXAMPLES,
                       "def fibonacci(n):", handlers, params)  # fmt: skip
             _code_tab("fim", "Fill-in-the-middle", FIM_EXAMPLES,

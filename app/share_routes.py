@@ -1,0 +1,248 @@
+"""HTTP routes for shares (thin), and `create_share`, the one service both the REST API and the
+Gradio `/share` endpoint call.
+
+Routes (mount them before Gradio is mounted at "/", or Gradio's catch-all shadows them):
+  GET  /s/{id}                      share page, or a friendly 404 page
+  GET  /s/{id}/delete?token=...     confirmation page (403 page for a wrong token)
+  POST /s/{id}/delete               form field `token`; 200 deleted, 403 wrong token, 404 unknown
+  POST /api/shares                  JSON {mode, prompt, output, parameters?, model?, fim?, spans?}
+                                    -> 201 {id, url, delete_url, created} (200 and delete_url null
+                                    when identical content was already shared)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from app import share_page
+from app.store import RateLimited, Store
+from model.errors import PlaygroundError
+
+log = logging.getLogger(__name__)
+
+API_FIELDS = ("mode", "prompt", "output", "parameters", "model", "fim", "spans")
+_STATUS = {"validation": 400, "busy": 503, "not_found": 404, "forbidden": 403, "too_large": 413}
+
+
+@dataclass(frozen=True)
+class ShareLink:
+    id: str
+    path: str  # "/s/<id>", relative to the app root
+    delete_path: str | None  # "/s/<id>/delete?token=..."; None when the content was shared before
+    created: bool
+
+
+def create_share(
+    store: Store,
+    *,
+    mode: str,
+    prompt: str,
+    output: str,
+    parameters: dict[str, Any] | None = None,
+    model: str | None = None,
+    fim: dict[str, Any] | None = None,
+    spans: list[dict[str, Any]] | None = None,
+    client_id: str,
+) -> ShareLink:
+    """Save a generation and return its links. Raises PlaygroundError with a user-ready message.
+
+    `client_id` keys the per-client write rate limit (an IP, or a Gradio session hash).
+    See `Store.create` for the shape of `fim` and `spans`.
+    """
+    made = store.create(
+        mode=mode,
+        prompt=prompt,
+        output=output,
+        parameters=parameters,
+        model=model,
+        fim=fim,
+        spans=spans,
+        client_id=client_id,
+    )
+    sid = made.share.id
+    delete_path = None
+    if made.delete_token:
+        delete_path = f"/s/{sid}/delete?token={quote(made.delete_token)}"
+    if made.created:
+        log.info("share %s created (mode=%s, %d output chars)", sid, mode, len(output))
+    return ShareLink(id=sid, path=f"/s/{sid}", delete_path=delete_path, created=made.created)
+
+
+def mount_share_routes(
+    app: FastAPI,
+    store: Store,
+    *,
+    public_base_url: str | None = None,
+    client_ip_header: str | None = None,
+    max_body_bytes: int | None = None,
+    page_cache_chars: int = 32 * 2**20,
+) -> None:
+    """Add the share routes to `app`.
+
+    `public_base_url` (e.g. "https://playground.example") builds absolute links; by default they
+    come from the request. `client_ip_header` (e.g. "x-forwarded-for") names the header that holds
+    the client address behind a trusted proxy; by default the socket peer is the client.
+    """
+    lim = store.limits
+    # JSON escapes can grow text up to 6x ("\u00e9"); anything beyond that is not a share.
+    max_body = max_body_bytes or 6 * (lim.max_prompt_bytes + lim.max_output_bytes) + 2**20
+
+    # Shares never change, so rendered pages can be reused (a link posted in a chat is fetched by
+    # many unfurl bots at once). The row is still read first, so a deleted share is a 404 at once.
+    pages = _LRU(page_cache_chars)
+
+    def base_path(request: Request) -> str:
+        return request.scope.get("root_path", "").rstrip("/")
+
+    def base_url(request: Request) -> str:
+        return (public_base_url or str(request.base_url)).rstrip("/")
+
+    def client_id(request: Request) -> str:
+        if client_ip_header and (fwd := request.headers.get(client_ip_header)):
+            return fwd.split(",")[0].strip()
+        return request.client.host if request.client else "unknown"
+
+    def html(body: str, status: int = 200, *, cache: str = "no-store") -> HTMLResponse:
+        headers = {**share_page.SECURITY_HEADERS, "Cache-Control": cache}
+        return HTMLResponse(body, status_code=status, headers=headers)
+
+    async def show(share_id: str, request: Request) -> Response:
+        share = await run_in_threadpool(store.get, share_id)
+        bp = base_path(request)
+        if share is None:
+            return html(share_page.render_not_found(share_id, base_path=bp), 404)
+        url = f"{base_url(request)}/s/{share.id}"
+        key = (share.id, bp, url)
+        page = pages.get(key)
+        if page is None:
+            page = await run_in_threadpool(
+                share_page.render_share, share, base_path=bp, public_url=url
+            )
+            pages.put(key, page)
+        # Short cache: a deleted share should disappear soon from shared caches too.
+        return html(page, cache="public, max-age=60")
+
+    async def confirm_delete(share_id: str, request: Request, token: str = "") -> Response:
+        bp = base_path(request)
+        share = await run_in_threadpool(store.get, share_id)
+        if share is None:
+            return html(share_page.render_not_found(share_id, base_path=bp), 404)
+        if not await run_in_threadpool(store.token_matches, share_id, token):
+            return html(share_page.render_delete_refused(share_id, base_path=bp), 403)
+        return html(share_page.render_delete_confirm(share, token, base_path=bp))
+
+    async def do_delete(share_id: str, request: Request) -> Response:
+        bp = base_path(request)
+        form = parse_qs((await request.body())[:4096].decode("utf-8", "replace"))
+        token = (form.get("token") or [""])[0]
+        try:
+            await run_in_threadpool(store.delete, share_id, token)
+        except PlaygroundError as exc:
+            if exc.kind == "not_found":
+                return html(share_page.render_not_found(share_id, base_path=bp), 404)
+            if exc.kind == "forbidden":
+                return html(share_page.render_delete_refused(share_id, base_path=bp), 403)
+            raise
+        return html(share_page.render_deleted(share_id, base_path=bp))
+
+    async def api_create(request: Request) -> Response:
+        try:
+            payload = await _read_json(request, max_body)
+            link = await run_in_threadpool(
+                lambda: create_share(store, **payload, client_id=client_id(request))
+            )
+        except PlaygroundError as exc:
+            return _error_json(exc)
+        root = base_url(request)
+        body = {
+            "id": link.id,
+            "url": root + link.path,
+            "delete_url": root + link.delete_path if link.delete_path else None,
+            "created": link.created,
+        }
+        return JSONResponse(body, status_code=201 if link.created else 200)
+
+    app.add_api_route("/s/{share_id}", show, methods=["GET", "HEAD"], include_in_schema=False)
+    app.add_api_route(
+        "/s/{share_id}/delete", confirm_delete, methods=["GET"], include_in_schema=False
+    )
+    app.add_api_route("/s/{share_id}/delete", do_delete, methods=["POST"], include_in_schema=False)
+    app.add_api_route("/api/shares", api_create, methods=["POST"])
+
+
+async def _read_json(request: Request, max_body: int) -> dict[str, Any]:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_body:
+            raise PlaygroundError(
+                f"Request body must be at most {max_body:,} bytes. Given: more than that.",
+                field="body",
+                kind="too_large",
+            )
+        chunks.append(chunk)
+    try:
+        payload = json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PlaygroundError(f"Request body is not valid JSON: {exc}.", field="body") from None
+    if not isinstance(payload, dict):
+        raise PlaygroundError(
+            f"Request body must be a JSON object. Given: {type(payload).__name__}.", field="body"
+        )
+    unknown = sorted(set(payload) - set(API_FIELDS))
+    if unknown:
+        raise PlaygroundError(
+            f"Unknown field(s): {', '.join(unknown)[:200]}. Allowed: {', '.join(API_FIELDS)}.",
+            field=unknown[0][:50],
+        )
+    for required in ("mode", "prompt", "output"):
+        if required not in payload:
+            raise PlaygroundError(f"`{required}` is required.", field=required)
+    return payload
+
+
+class _LRU:
+    """Least recently used pages, bounded by their total length in characters."""
+
+    def __init__(self, max_chars: int):
+        self.max_chars = max_chars
+        self._items: OrderedDict[tuple, str] = OrderedDict()
+        self._chars = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> str | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        return None
+
+    def put(self, key: tuple, value: str) -> None:
+        if len(value) > self.max_chars // 4:
+            return  # one huge page must not flush everything else
+        with self._lock:
+            if key in self._items:
+                self._chars -= len(self._items.pop(key))
+            self._items[key] = value
+            self._chars += len(value)
+            while self._chars > self.max_chars:
+                self._chars -= len(self._items.popitem(last=False)[1])
+
+
+def _error_json(exc: PlaygroundError) -> JSONResponse:
+    status = 429 if isinstance(exc, RateLimited) else _STATUS.get(exc.kind, 400)
+    headers = {}
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(int(exc.retry_after_s + 0.999))
+    body = {"error": exc.message, "field": exc.field, "kind": exc.kind}
+    return JSONResponse(body, status_code=status, headers=headers)

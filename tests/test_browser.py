@@ -1,0 +1,116 @@
+"""Headless Debian Chromium (via Playwright's executable_path) drives all three modes."""
+
+import os
+import shutil
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is not installed: .ci/run should install it")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, live_app):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 1000})
+    pg = ctx.new_page()
+    pg.set_default_timeout(30_000)
+    pg.goto(live_app.url)
+    pg.wait_for_selector("#completion-prompt textarea")
+    yield pg
+    ctx.close()
+
+
+RECORD_LENGTHS = """(sel) => {
+  window.__lengths = [];
+  const el = document.querySelector(sel);
+  new MutationObserver(() => window.__lengths.push(el.innerText.length))
+    .observe(el, {childList: true, subtree: true, characterData: true});
+}"""
+
+
+def _set_param(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    if not box.is_visible():
+        page.click("#params")  # open the accordion
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_completion_streams_into_the_code_view(page):
+    page.evaluate(RECORD_LENGTHS, "#completion-output")
+    page.fill("#completion-prompt textarea", "def fibonacci(n):\n")
+    page.click("#completion-run")
+    page.wait_for_function(
+        "() => document.querySelector('#completion-status').innerText.includes('tokens/s')"
+    )
+    view = page.inner_text("#completion-output")
+    assert view.startswith("def fibonacci(n):")
+    lengths = sorted(set(page.evaluate("window.__lengths")))
+    assert len([n for n in lengths if n > len("def fibonacci(n):")]) >= 2, lengths
+    assert page.locator("#completion-output mark.generated").count() == 1
+
+
+def test_stop_ends_a_long_generation(page, live_app):
+    _set_param(page, "temperature", 1)
+    _set_param(page, "max-new-tokens", live_app.handlers.playground.engine.info.context_length - 8)
+    page.fill("#completion-prompt textarea", "x")
+    page.click("#completion-run")
+    page.wait_for_function(
+        "() => document.querySelector('#completion-output').innerText.length > 3"
+    )
+    page.click("#completion-stop")
+    page.wait_for_function(
+        "() => document.querySelector('#completion-status').innerText.includes('stopped by you')"
+    )
+
+
+def test_fim_without_marker_shows_the_error_then_fills(page):
+    page.click("button[role=tab]:has-text('Fill-in-the-middle')")
+    page.fill("#fim-prompt textarea", "def f():\n    pass\n")
+    page.click("#fim-run")
+    toast = page.get_by_text("exactly one <FILL_HERE> marker")
+    toast.first.wait_for()
+    page.fill("#fim-prompt textarea", "def add(a, b):\n    <FILL_HERE>\n\nprint(add(1, 2))\n")
+    page.click("#fim-run")
+    page.wait_for_function(
+        "() => document.querySelector('#fim-status').innerText.includes('tokens/s')"
+    )
+    text = page.inner_text("#fim-output")
+    assert text.startswith("def add(a, b):\n    ") and text.rstrip().endswith("print(add(1, 2))")
+    assert page.locator("#fim-output mark.fim-middle").count() == 1
+
+
+def test_assistant_replies_in_the_chat(page):
+    page.click("button[role=tab]:has-text('Tech assistant')")
+    page.fill("#assistant-message textarea", "How do I sort a list in Python?")
+    page.click("#assistant-run")
+    page.wait_for_function(
+        "() => document.querySelector('#assistant-status').innerText.includes('tokens/s')"
+    )
+    chat = page.inner_text("#assistant-chat")
+    assert "How do I sort a list in Python?" in chat
+    assert "Human:" not in chat.split("How do I sort a list in Python?", 1)[1]

@@ -1,0 +1,93 @@
+"""The in-process engine on the real model: streaming, determinism, stops, cancel, errors."""
+
+import threading
+
+from model.engine import CancelToken, Delta, Done, GenerationParams, GenerationRequest
+
+GREEDY = GenerationParams(max_new_tokens=24, temperature=0, repetition_penalty=1.0)
+
+
+def _run(engine, prompt, params=GREEDY, cancel=None):
+    events = list(engine.stream(GenerationRequest(prompt, params), cancel or CancelToken()))
+    deltas = [e.text for e in events if isinstance(e, Delta)]
+    done = events[-1]
+    assert isinstance(done, Done) and all(isinstance(e, Delta) for e in events[:-1])
+    return "".join(deltas), done, deltas
+
+
+def _generate_threads():
+    return [t for t in threading.enumerate() if t.name == "generate"]
+
+
+def test_streams_token_deltas_and_reports_counts(engine):
+    text, done, deltas = _run(engine, "def fibonacci(n):\n")
+    assert done.reason in ("length", "eos")
+    assert done.prompt_tokens == engine.count_tokens("def fibonacci(n):\n")
+    assert 1 <= done.generated_tokens <= 24
+    assert len(deltas) >= 2 and text
+
+
+def test_greedy_is_deterministic_and_seed_fixes_sampling(engine):
+    assert _run(engine, "import os\n")[0] == _run(engine, "import os\n")[0]
+    sampled = GenerationParams(max_new_tokens=24, temperature=1.0, top_p=1.0, seed=1234)
+    first = _run(engine, "import os\n", sampled)[0]
+    assert _run(engine, "import os\n", sampled)[0] == first
+    others = {
+        _run(engine, "import os\n", GenerationParams(max_new_tokens=24, temperature=1.0, seed=s))[0]
+        for s in (1, 2, 3)
+    }
+    assert len(others | {first}) > 1
+
+
+def test_stop_sequence_cuts_the_output_before_it(engine):
+    prompt = next(
+        p for p in ("class A:\n", "def f(", "x = ", "import ") if len(_run(engine, p)[0]) > 6
+    )
+    full = _run(engine, prompt)[0]
+    stop = full[3:6]
+    expected = full[: full.index(stop)]
+    params = GenerationParams(
+        max_new_tokens=24, temperature=0, repetition_penalty=1.0, stop=(stop,)
+    )
+    text, done, _ = _run(engine, prompt, params)
+    assert text == expected and done.reason == "stop"
+
+
+def test_cancel_ends_within_a_token_and_leaves_no_thread(engine):
+    cancel = CancelToken()
+    params = GenerationParams(max_new_tokens=200, temperature=1.0, seed=5, repetition_penalty=1.0)
+    stream = engine.stream(GenerationRequest("def f(", params), cancel)
+    seen = 0
+    for event in stream:
+        if isinstance(event, Delta):
+            seen += 1
+            if seen == 3:
+                cancel.cancel()
+        else:
+            done = event
+    assert done.reason == "cancelled"
+    assert done.generated_tokens <= seen + 2
+    assert not _generate_threads()
+
+
+def test_closing_the_stream_early_frees_the_model(engine):
+    params = GenerationParams(max_new_tokens=200, temperature=1.0, seed=9)
+    stream = engine.stream(GenerationRequest("def g(", params), CancelToken())
+    next(stream)
+    stream.close()  # what Gradio does when a client goes away
+    assert not _generate_threads()
+    assert _run(engine, "x = ")[1].reason in ("length", "eos")  # the model is free again
+
+
+def test_an_exception_inside_generation_becomes_an_error_event(engine):
+    # Positions past the model's context make the real model fail inside generate().
+    n = engine.info.context_length
+    prompt = "x = 1\n" * n
+    while engine.count_tokens(prompt) > n - 2:
+        prompt = prompt[: int(len(prompt) * 0.9)]
+    params = GenerationParams(max_new_tokens=50, temperature=0)
+    _, done, _ = _run(engine, prompt, params)
+    assert done.reason == "error" and done.error_kind == "engine"
+    assert "Generation failed inside the model" in done.error
+    assert not _generate_threads()
+    assert _run(engine, "y = ")[1].reason in ("length", "eos")

@@ -1,0 +1,37 @@
+"""The code view shows exactly the generated text, escaped, with the generated part marked."""
+
+import html
+import re
+
+from app.render import Mark, code_view, detect_language, highlight
+
+
+def _text_of(markup: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", "", markup))
+
+
+def test_highlighting_keeps_every_character_including_edges_whitespace():
+    text = "\n\n  def f(x):\n\treturn x  \n\n\n"
+    assert _text_of(highlight(text, "python")) == text
+
+
+def test_user_content_is_escaped():
+    text = "</script><script>alert(1)</script><img src=x onerror=alert(1)>"
+    out = highlight(text, "python")
+    assert "<script>" not in out and "<img" not in out
+    assert _text_of(out) == text
+
+
+def test_marks_wrap_exactly_the_generated_range():
+    text = "def add(a, b):\n    return a + b\n"
+    start = text.index("return")
+    out = highlight(text, "python", [Mark(start, start + len("return a + b"), "fim-middle")])
+    inner = re.search(r'<mark class="fim-middle"[^>]*>(.*?)</mark>', out, re.S).group(1)
+    assert _text_of(inner) == "return a + b"
+    assert _text_of(out) == text
+
+
+def test_language_detection_with_fallback():
+    assert detect_language("#include <stdio.h>\nint main(void) { return 0; }\n") == "c"
+    assert detect_language("") == "python"
+    assert "Output appears here" in code_view("", "python")

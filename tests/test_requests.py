@@ -1,0 +1,73 @@
+"""Bad input gets a message naming the field, the limit and the given value."""
+
+import math
+
+import pytest
+
+from app.requests import Limits, check_context, check_text, parse_params
+from model.errors import PlaygroundError
+
+
+def _msg(fn, *args, **kwargs) -> PlaygroundError:
+    with pytest.raises(PlaygroundError) as err:
+        fn(*args, **kwargs)
+    return err.value
+
+
+def test_defaults_are_the_original_playgrounds():
+    p = parse_params()
+    assert (p.temperature, p.max_new_tokens, p.top_p, p.repetition_penalty) == (0.2, 256, 0.9, 1.2)
+    assert parse_params(temperature=0).greedy
+
+
+@pytest.mark.parametrize(
+    "kwargs,field,needle",
+    [
+        ({"temperature": math.nan}, "temperature", "finite"),
+        ({"temperature": "nan"}, "temperature", "finite"),
+        ({"temperature": 1.5}, "temperature", "[0, 1]; got 1.5"),
+        ({"top_p": 0}, "top_p", "(0, 1]; got 0"),
+        ({"top_p": math.inf}, "top_p", "finite"),
+        ({"repetition_penalty": 0.5}, "repetition_penalty", "[1, 2]; got 0.5"),
+        ({"max_new_tokens": 0}, "max_new_tokens", "[1, 8192]; got 0"),
+        ({"max_new_tokens": 2.5}, "max_new_tokens", "whole number; got 2.5"),
+        ({"max_new_tokens": "lots"}, "max_new_tokens", "number; got 'lots'"),
+        ({"seed": -5}, "seed", "got -5"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4 sequences; got 5"),
+        ({"stop": "a\nb\nc\nd\ne"}, "stop", "at most 4 sequences; got 5"),
+    ],
+)
+def test_out_of_range_parameters_name_field_limit_and_value(kwargs, field, needle):
+    err = _msg(parse_params, **kwargs)
+    assert err.field == field
+    assert f"`{field}`" in err.message and needle in err.message
+
+
+def test_up_to_four_stops_and_blank_seed_are_fine():
+    p = parse_params(stop="\n\n\nEND\n", seed=None)
+    assert p.stop == ("END",) and p.seed is None
+    assert parse_params(stop=["a", "b", "c", "d"], seed=7).stop == ("a", "b", "c", "d")
+
+
+@pytest.mark.parametrize(
+    "value,needle",
+    [
+        ("", "is empty"),
+        ("   \n", "is empty"),
+        ("a\x00b", "NUL byte (at character 1)"),
+        ("ok \ud800 bad", "lone surrogate U+D800 at character 3"),
+        ("x" * 1_000_001, "is 1,000,001 bytes; the limit is 1,000,000 bytes"),
+    ],
+)
+def test_bad_prompts(value, needle):
+    err = _msg(check_text, "prompt", value, Limits())
+    assert err.field == "prompt" and "`prompt`" in err.message and needle in err.message
+
+
+def test_context_overflow_names_both_numbers_like_tgi():
+    err = _msg(check_context, "prompt", 8000, 500, 8192)
+    assert err.message == (
+        "`prompt` tokens + `max_new_tokens` must be <= 8192 (the model's context). "
+        "Given: 8000 `prompt` tokens and 500 `max_new_tokens`."
+    )
+    check_context("prompt", 7692, 500, 8192)  # exactly at the limit is fine

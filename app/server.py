@@ -18,6 +18,8 @@ from app.playground import Playground
 from app.render import style_css
 from app.requests import Limits
 from app.settings import ROOT, Settings
+from app.share_routes import mount_share_routes
+from app.store import Store
 from app.ui import build_ui
 from model.engine import Engine
 from model.prompts import TaPrompt
@@ -33,6 +35,7 @@ class PlaygroundApp:
     fastapi: FastAPI
     blocks: gr.Blocks
     handlers: Handlers
+    store: Store
 
 
 def model_line(engine: Engine) -> str:
@@ -47,7 +50,14 @@ def model_line(engine: Engine) -> str:
 def build_app(settings: Settings, engine: Engine) -> PlaygroundApp:
     ta = TaPrompt.load(settings.ta_prompt)
     playground = Playground(engine, ta, Limits(max_prompt_bytes=settings.max_prompt_bytes))
-    handlers = Handlers(playground, downloads_dir=str(Path(settings.data_dir) / "downloads"))
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    store = Store(settings.resolved_database_url(), writes_per_window=settings.share_rate)
+    handlers = Handlers(
+        playground,
+        downloads_dir=str(Path(settings.data_dir) / "downloads"),
+        store=store,
+        public_url=settings.public_url,
+    )
     blocks = build_ui(
         handlers, model_line=model_line(engine), context_length=engine.info.context_length
     )
@@ -59,9 +69,11 @@ def build_app(settings: Settings, engine: Engine) -> PlaygroundApp:
     def healthz():
         return JSONResponse({"status": "ok", "model": engine.info.model_id})
 
+    # Before Gradio: mounted at "/", it would otherwise answer every path.
+    mount_share_routes(api, store, public_base_url=settings.public_url)
     css = STATIC.joinpath("style.css").read_text(encoding="utf-8") + "\n" + style_css()
     gr.mount_gradio_app(api, blocks, path="/", css=css, footer_links=["api"], ssr_mode=False)
-    return PlaygroundApp(api, blocks, handlers)
+    return PlaygroundApp(api, blocks, handlers, store)
 
 
 class BackgroundServer:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import gradio as gr
 
 from app.errors import user_errors
-from app.handlers import Handlers, turns_from_messages
+from app.handlers import PARAM_NAMES, Handlers, turns_from_messages
 from app.requests import parse_params
 from model.engine import GenerationParams
 from model.prompts import Turn
@@ -64,46 +65,75 @@ def _wire_stop(button, handlers: Handlers) -> None:
     button.click(stop, None, None, concurrency_limit=None, api_visibility="private")
 
 
+def _share_row(mode: str, handlers: Handlers, record: gr.State):
+    with gr.Row():
+        share = gr.Button("Share", size="sm", elem_id=f"{mode}-share")
+    link = gr.Textbox(label="Share link", buttons=["copy"], visible=False, elem_id=f"{mode}-link")
+    delete = gr.Markdown(visible=False, elem_id=f"{mode}-delete")
+
+    @user_errors(as_html=True)
+    def do_share(rec, request: gr.Request):
+        url, delete_url = handlers.share(rec, request)
+        note = (
+            f"Private delete link (keep it, it is shown once): [{delete_url}]({delete_url})"
+            if delete_url
+            else "This exact generation was shared before; this is its link."
+        )
+        return gr.Textbox(value=url, visible=True), gr.Markdown(note, visible=True)
+
+    share.click(do_share, [record], [link, delete], api_visibility="private")
+    return link, delete
+
+
 def _code_tab(mode: str, label: str, examples, placeholder: str, handlers: Handlers, params):
+    ui = SimpleNamespace(mode=mode)
     with gr.Tab(label, id=mode):
-        prompt = gr.Textbox(lines=12, max_lines=40, label="Code", placeholder=placeholder,
-                            elem_id=f"{mode}-prompt", elem_classes=["code-input"])  # fmt: skip
+        ui.prompt = gr.Textbox(lines=12, max_lines=40, label="Code", placeholder=placeholder,
+                               elem_id=f"{mode}-prompt", elem_classes=["code-input"])  # fmt: skip
         with gr.Row():
             run = gr.Button("Generate", variant="primary", elem_id=f"{mode}-run")
             stop = gr.Button("Stop", variant="stop", elem_id=f"{mode}-stop")
-        view = gr.HTML("", elem_id=f"{mode}-output", elem_classes=["code-output"])
-        status = gr.Markdown("", elem_id=f"{mode}-status")
+        ui.view = gr.HTML("", elem_id=f"{mode}-output", elem_classes=["code-output"])
+        ui.status = gr.Markdown("", elem_id=f"{mode}-status")
         with gr.Row():
             copy = gr.Button("Copy", size="sm", elem_id=f"{mode}-copy")
             download = gr.DownloadButton("Download", size="sm", elem_id=f"{mode}-download")
-        with gr.Accordion("Exact text", open=False):
-            raw = gr.Textbox(label="Exactly what was generated", lines=6, interactive=False,
-                             elem_id=f"{mode}-raw", elem_classes=["code-input"])  # fmt: skip
-        gr.Examples(examples, inputs=[prompt])
+        ui.record = gr.State(None)
+        link, delete = _share_row(mode, handlers, ui.record)
+        with gr.Accordion("Exact text", open=False, elem_id=f"{mode}-exact"):
+            ui.raw = gr.Textbox(label="Exactly what was generated", lines=6, interactive=False,
+                                elem_id=f"{mode}-raw", elem_classes=["code-input"])  # fmt: skip
+        gr.Examples(examples, inputs=[ui.prompt])
 
     @user_errors(as_html=True)
     def generate(prompt_text, max_new, temperature, top_p, rep, seed, stop, request: gr.Request):
         values = (max_new, temperature, top_p, rep, seed, stop)
         yield from handlers.ui_code(mode, prompt_text, *values, request=request)
 
-    event = run.click(generate, [prompt, *params], [view, raw, status, download],
-                      concurrency_id=MODEL_LOCK, api_visibility="private")  # fmt: skip
+    hide = (gr.Textbox(visible=False), gr.Markdown(visible=False))
+    run.click(lambda: hide, None, [link, delete], queue=False, api_visibility="private").then(
+        generate, [ui.prompt, *params], [ui.view, ui.raw, ui.status, download, ui.record],
+        concurrency_id=MODEL_LOCK, api_visibility="private",
+    )  # fmt: skip
     _wire_stop(stop, handlers)
-    copy.click(None, [raw], None, js="(t) => { navigator.clipboard.writeText(t); return []; }")
-    return event
+    copy.click(None, [ui.raw], None, js="(t) => { navigator.clipboard.writeText(t); return []; }")
+    return ui
 
 
 def _assist_tab(handlers: Handlers, params):
+    ui = SimpleNamespace(mode="assistant")
     with gr.Tab("Tech assistant", id="assistant"):
-        chat = gr.Chatbot(label="Tech assistant", height=420, elem_id="assistant-chat",
-                          buttons=["copy"])  # fmt: skip
+        ui.chat = gr.Chatbot(label="Tech assistant", height=420, elem_id="assistant-chat",
+                             buttons=["copy"])  # fmt: skip
         message = gr.Textbox(label="Message", lines=2, placeholder="Ask a programming question",
                              elem_id="assistant-message")  # fmt: skip
         with gr.Row():
             send = gr.Button("Send", variant="primary", elem_id="assistant-run")
             stop = gr.Button("Stop", variant="stop", elem_id="assistant-stop")
             clear = gr.Button("Clear conversation", elem_id="assistant-clear")
-        status = gr.Markdown("", elem_id="assistant-status")
+        ui.status = gr.Markdown("", elem_id="assistant-status")
+        ui.record = gr.State(None)
+        _share_row("assistant", handlers, ui.record)
         gr.Examples(ASSIST_EXAMPLES, inputs=[message])
 
     @user_errors(as_html=True)
@@ -112,10 +142,50 @@ def _assist_tab(handlers: Handlers, params):
         yield from handlers.ui_assist(text, history, *values, request=request)
 
     for trigger in (send.click, message.submit):
-        trigger(respond, [message, chat, *params], [chat, message, status],
+        trigger(respond, [message, ui.chat, *params], [ui.chat, message, ui.status, ui.record],
                 concurrency_id=MODEL_LOCK, api_visibility="private")  # fmt: skip
     _wire_stop(stop, handlers)
-    clear.click(lambda: ([], ""), None, [chat, status], queue=False, api_visibility="private")
+    clear.click(lambda: ([], "", None), None, [ui.chat, ui.status, ui.record], queue=False,
+                api_visibility="private")  # fmt: skip
+    return ui
+
+
+def _open_share(handlers: Handlers, tabs, code_tabs, chat_tab, params):
+    """`/?share=<id>` loads a shared generation: its mode, prompt, parameters and output."""
+    outputs = [tabs, *params, chat_tab.chat, chat_tab.status]
+    for t in code_tabs:
+        outputs += [t.prompt, t.view, t.raw, t.status]
+
+    @user_errors(as_html=True)
+    def load(request: gr.Request):
+        share = handlers.load_share(request.query_params.get("share"))
+        if share is None:
+            return [gr.skip()] * len(outputs)
+        p = share.parameters
+        values = [gr.Tabs(selected=share.mode)]
+        for name in PARAM_NAMES:
+            value = p.get(name)
+            values.append("\n".join(value) if name == "stop" else value)
+        values[1 + PARAM_NAMES.index("seed")] = "" if p.get("seed") is None else str(p["seed"])
+        note = f"Opened shared generation `{share.id}` from {share.created_at:%Y-%m-%d %H:%M} UTC."
+        if share.mode == "assistant":
+            chat = [{"role": "user", "content": share.prompt},
+                    {"role": "assistant", "content": share.output}]  # fmt: skip
+            values += [chat, note]
+        else:
+            values += [gr.skip(), gr.skip()]
+        for t in code_tabs:
+            if t.mode != share.mode:
+                values += [gr.skip()] * 4
+                continue
+            span = (share.fim.middle_start, share.fim.middle_end) if share.fim else (
+                len(share.prompt), len(share.output))  # fmt: skip
+            language = p.get("language", "python")
+            html = handlers.code_html(t.mode, share.output, language, span)
+            values += [share.prompt, html, share.output, note]
+        return values
+
+    return load, outputs
 
 
 def _api(handlers: Handlers) -> None:
@@ -177,6 +247,22 @@ def _api(handlers: Handlers) -> None:
     for fn in (complete, fill, assist):
         gr.api(fn, api_name=fn.__name__, concurrency_id=MODEL_LOCK)
 
+    @user_errors
+    def share(
+        mode: str,
+        prompt: str,
+        output: str,
+        parameters: dict | None = None,
+        model: str | None = None,
+        request: gr.Request = None,
+    ) -> str:
+        """Save a generation (mode: completion, fim or assistant); returns its /s/<id> link."""
+        record = {"mode": mode, "prompt": prompt, "output": output,
+                  "parameters": parameters, "model": model, "fim": None}  # fmt: skip
+        return handlers.share(record, request)[0]
+
+    gr.api(share, api_name="share", concurrency_limit=None)
+
 
 def build_ui(handlers: Handlers, *, model_line: str, context_length: int) -> gr.Blocks:
     with gr.Blocks(title="StarCoder Playground", analytics_enabled=False) as demo:
@@ -185,18 +271,20 @@ def build_ui(handlers: Handlers, *, model_line: str, context_length: int) -> gr.
             "<p>Complete code, fill in the middle, or ask the tech assistant.</p></div>"
         )
         gr.Markdown(model_line, elem_id="model-info")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             params_slot = gr.Column(render=False)
             with params_slot:
                 params = _param_inputs(context_length)
-            _code_tab("completion", "Completion", COMPLETION_EXAMPLES,
-                      "def fibonacci(n):", handlers, params)  # fmt: skip
-            _code_tab("fim", "Fill-in-the-middle", FIM_EXAMPLES,
-                      "Write code with one <FILL_HERE> where the model should fill in.",
-                      handlers, params)  # fmt: skip
-            _assist_tab(handlers, params)
+            completion = _code_tab("completion", "Completion", COMPLETION_EXAMPLES,
+                                   "def fibonacci(n):", handlers, params)  # fmt: skip
+            fim = _code_tab("fim", "Fill-in-the-middle", FIM_EXAMPLES,
+                            "Write code with one <FILL_HERE> where the model should fill in.",
+                            handlers, params)  # fmt: skip
+            chat = _assist_tab(handlers, params)
         params_slot.render()
         gr.Markdown(NOTE, elem_id="license-note")
+        load, outputs = _open_share(handlers, tabs, [completion, fim], chat, params)
+        demo.load(load, None, outputs, api_visibility="private")
         _api(handlers)
     return demo
 

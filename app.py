@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from app.server import build_app, serve
+    from app.server import build_app, open_attribution, serve
     from model.errors import PlaygroundError
     from model.local import LocalEngine
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     except PlaygroundError as exc:
         logging.getLogger("app").error("%s", exc)
         return 2
-    built = build_app(settings, engine)
+    built = build_app(settings, engine, open_attribution(settings))
     serve(built.fastapi, settings)
     return 0
 

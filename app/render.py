@@ -19,6 +19,30 @@ class Mark:
     end: int
     css_class: str
     title: str = ""
+    attrs: tuple[tuple[str, str], ...] = ()  # extra data-* attributes, e.g. a search query
+
+    def open_tag(self) -> str:
+        attrs = [("class", self.css_class)]
+        if self.title:
+            attrs.append(("title", self.title))
+        attrs += list(self.attrs)
+        return "<mark " + " ".join(f'{k}="{html.escape(v, quote=True)}"' for k, v in attrs) + ">"
+
+
+def _laminar(marks) -> list[Mark]:
+    """Sort marks outer-first and clip each inside its parent, so the tags always nest."""
+    ordered = sorted((m for m in marks if m.end > m.start), key=lambda m: (m.start, -m.end))
+    out: list[Mark] = []
+    stack: list[Mark] = []
+    for m in ordered:
+        while stack and stack[-1].end <= m.start:
+            stack.pop()
+        if stack and m.end > stack[-1].end:
+            m = Mark(m.start, stack[-1].end, m.css_class, m.title, m.attrs)
+        if m.end > m.start:
+            out.append(m)
+            stack.append(m)
+    return out
 
 
 def detect_language(text: str, default: str = "python") -> str:
@@ -47,30 +71,35 @@ def _css_class(ttype) -> str:
     return STANDARD_TYPES[ttype]
 
 
-def highlight(text: str, language: str, marks: list[Mark] | tuple[Mark, ...] = ()) -> str:
-    """Highlighted HTML of `text`; `marks` (non-overlapping) wrap ranges in <mark> elements."""
-    bounds = sorted({0, len(text), *(m.start for m in marks), *(m.end for m in marks)})
-    starts = {m.start: m for m in marks if m.end > m.start}
-    ends = {m.end for m in marks if m.end > m.start}
+def highlight(text: str, language: str, marks=()) -> str:
+    """Highlighted HTML of `text`; `marks` wrap ranges in (properly nested) <mark> elements."""
+    marks = _laminar(marks)
+    bounds = sorted({len(text), *(m.start for m in marks), *(m.end for m in marks)})
+    pending = list(reversed(marks))  # pop() yields them in opening order
+    stack: list[Mark] = []
     out: list[str] = []
     pos = 0
+
+    def sync() -> None:
+        while stack and stack[-1].end <= pos:
+            stack.pop()
+            out.append("</mark>")
+        while pending and pending[-1].start <= pos:
+            m = pending.pop()
+            stack.append(m)
+            out.append(m.open_tag())
+
     for ttype, value in _lexer(language).get_tokens(text):
         cls = _css_class(ttype)
         while value:
-            if pos in ends:
-                out.append("</mark>")
-                ends.discard(pos)  # closed once even if another mark starts here
-            if pos in starts:
-                m = starts[pos]
-                title = f' title="{html.escape(m.title)}"' if m.title else ""
-                out.append(f'<mark class="{m.css_class}"{title}>')
+            sync()
             nxt = next((b for b in bounds if b > pos), pos + len(value))
             piece, value = value[: nxt - pos], value[nxt - pos :]
             esc = html.escape(piece)
             out.append(f'<span class="{cls}">{esc}</span>' if cls else esc)
             pos += len(piece)
-    if pos in ends:
-        out.append("</mark>")
+    sync()
+    out.extend("</mark>" for _ in stack)
     return f'<pre class="{STYLE_CLASS}"><code>{"".join(out)}</code></pre>'
 
 

@@ -13,6 +13,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from app.attribution import AttributionIndex, ensure_default_index
 from app.handlers import Handlers
 from app.playground import Playground
 from app.render import style_css
@@ -47,7 +48,17 @@ def model_line(engine: Engine) -> str:
     )
 
 
-def build_app(settings: Settings, engine: Engine) -> PlaygroundApp:
+def open_attribution(settings: Settings) -> AttributionIndex:
+    """The attribution index; built from the model's corpus manifest at first start (logged)."""
+    url = settings.resolved_index_url()
+    if "://" not in url:
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+    return ensure_default_index(settings.resolved_index_url(), settings.corpus_manifest)
+
+
+def build_app(
+    settings: Settings, engine: Engine, attribution: AttributionIndex | None = None
+) -> PlaygroundApp:
     ta = TaPrompt.load(settings.ta_prompt)
     playground = Playground(engine, ta, Limits(max_prompt_bytes=settings.max_prompt_bytes))
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -57,6 +68,7 @@ def build_app(settings: Settings, engine: Engine) -> PlaygroundApp:
         downloads_dir=str(Path(settings.data_dir) / "downloads"),
         store=store,
         public_url=settings.public_url,
+        attribution=attribution,
     )
     blocks = build_ui(
         handlers, model_line=model_line(engine), context_length=engine.info.context_length

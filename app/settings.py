@@ -43,7 +43,13 @@ OPTIONS: tuple[Option, ...] = (
         "INDEX_URL",
         None,
         "Attribution index (SQLite path or PostgreSQL URL); "
-        "default DATA_DIR/index, built at first start.",
+        "default DATA_DIR/attribution/index.sqlite, built at first start.",
+    ),
+    Option(
+        "corpus_manifest",
+        "CORPUS_MANIFEST",
+        str(ROOT / "model" / "checkpoints" / "tiny-starcoder" / "corpus_manifest.json"),
+        "Corpus manifest the default attribution index is built from.",
     ),
     Option("max_prompt_bytes", "MAX_PROMPT_BYTES", 1_000_000, "Largest prompt accepted.", int),
     Option("share_rate", "SHARE_RATE_PER_MIN", 30, "Shares one client may create per minute.", int),
@@ -63,6 +69,7 @@ class Settings:
     data_dir: str
     database_url: str | None
     index_url: str | None
+    corpus_manifest: str
     max_prompt_bytes: int
     share_rate: int
     public_url: str | None
@@ -79,6 +86,9 @@ class Settings:
                 value = opt.type(env[opt.env])
             values[opt.name] = opt.default if value is None else value
         return cls(**values)
+
+    def resolved_index_url(self) -> str:
+        return self.index_url or str(Path(self.data_dir) / "attribution" / "index.sqlite")
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{Path(self.data_dir) / 'playground.db'}"

@@ -7,13 +7,38 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from app.attribution.render import search_results_html
 from app.errors import user_errors
 from app.handlers import PARAM_NAMES, Handlers, turns_from_messages
 from app.requests import parse_params
 from model.engine import GenerationParams
 from model.prompts import Turn
 
-MODEL_LOCK = "model"  # one concurrency group: every generation shares the model
+MODEL_LOCK = "model"
+
+# A click on a highlighted verbatim span runs an exact search for it in the Search tab.
+CLICK_TO_SEARCH = """
+element.addEventListener('click', (ev) => {
+  const mark = ev.target.closest('mark.attr-span');
+  if (!mark) return;
+  const query = mark.dataset.query || mark.innerText;
+  const tab = [...document.querySelectorAll('button[role=tab]')]
+    .find((b) => b.innerText.includes('Search training data'));
+  if (tab) tab.click();
+  // The tab renders lazily: wait for its inputs before filling them in.
+  const fill = (tries) => {
+    const box = document.querySelector('#search-query textarea, #search-query input');
+    const exact = document.querySelector('#search-exact input');
+    const run = document.querySelector('#search-run');
+    if (!box || !exact || !run) { if (tries > 0) setTimeout(() => fill(tries - 1), 100); return; }
+    box.value = query;
+    box.dispatchEvent(new Event('input', {bubbles: true}));
+    if (!exact.checked) exact.click();
+    setTimeout(() => run.click(), 200);
+  };
+  fill(50);
+});
+"""  # one concurrency group: every generation shares the model
 
 COMPLETION_EXAMPLES = [
     ["def fibonacci(n):\n"],
@@ -93,8 +118,10 @@ def _code_tab(mode: str, label: str, examples, placeholder: str, handlers: Handl
         with gr.Row():
             run = gr.Button("Generate", variant="primary", elem_id=f"{mode}-run")
             stop = gr.Button("Stop", variant="stop", elem_id=f"{mode}-stop")
-        ui.view = gr.HTML("", elem_id=f"{mode}-output", elem_classes=["code-output"])
+        ui.view = gr.HTML("", elem_id=f"{mode}-output", elem_classes=["code-output"],
+                          js_on_load=CLICK_TO_SEARCH)  # fmt: skip
         ui.status = gr.Markdown("", elem_id=f"{mode}-status")
+        ui.sources = gr.HTML("", elem_id=f"{mode}-sources")
         with gr.Row():
             copy = gr.Button("Copy", size="sm", elem_id=f"{mode}-copy")
             download = gr.DownloadButton("Download", size="sm", elem_id=f"{mode}-download")
@@ -112,7 +139,8 @@ def _code_tab(mode: str, label: str, examples, placeholder: str, handlers: Handl
 
     hide = (gr.Textbox(visible=False), gr.Markdown(visible=False))
     run.click(lambda: hide, None, [link, delete], queue=False, api_visibility="private").then(
-        generate, [ui.prompt, *params], [ui.view, ui.raw, ui.status, download, ui.record],
+        generate, [ui.prompt, *params],
+        [ui.view, ui.raw, ui.status, download, ui.record, ui.sources],
         concurrency_id=MODEL_LOCK, api_visibility="private",
     )  # fmt: skip
     _wire_stop(stop, handlers)
@@ -132,6 +160,7 @@ def _assist_tab(handlers: Handlers, params):
             stop = gr.Button("Stop", variant="stop", elem_id="assistant-stop")
             clear = gr.Button("Clear conversation", elem_id="assistant-clear")
         ui.status = gr.Markdown("", elem_id="assistant-status")
+        ui.sources = gr.HTML("", elem_id="assistant-sources")
         ui.record = gr.State(None)
         _share_row("assistant", handlers, ui.record)
         gr.Examples(ASSIST_EXAMPLES, inputs=[message])
@@ -142,12 +171,37 @@ def _assist_tab(handlers: Handlers, params):
         yield from handlers.ui_assist(text, history, *values, request=request)
 
     for trigger in (send.click, message.submit):
-        trigger(respond, [message, ui.chat, *params], [ui.chat, message, ui.status, ui.record],
+        trigger(respond, [message, ui.chat, *params],
+                [ui.chat, message, ui.status, ui.record, ui.sources],
                 concurrency_id=MODEL_LOCK, api_visibility="private")  # fmt: skip
     _wire_stop(stop, handlers)
     clear.click(lambda: ([], "", None), None, [ui.chat, ui.status, ui.record], queue=False,
                 api_visibility="private")  # fmt: skip
     return ui
+
+
+def _search_tab(handlers: Handlers):
+    with gr.Tab("Search training data", id="search"):
+        gr.Markdown(handlers.index_summary(), elem_id="index-summary")
+        with gr.Row():
+            query = gr.Textbox(label="Search", placeholder="words, or an exact phrase", scale=4,
+                               elem_id="search-query")  # fmt: skip
+            exact = gr.Checkbox(label="Exact phrase", elem_id="search-exact")
+        with gr.Row():
+            repo = gr.Textbox(label="Repository", placeholder="any", elem_id="search-repo")
+            license_ = gr.Textbox(label="License", placeholder="any", elem_id="search-license")
+            lang = gr.Textbox(label="Language", placeholder="any", elem_id="search-lang")
+            page = gr.Number(1, label="Page", precision=0, minimum=1, elem_id="search-page")
+        run = gr.Button("Search", variant="primary", elem_id="search-run")
+        results = gr.HTML("", elem_id="search-results")
+
+    @user_errors(as_html=True)
+    def do_search(q, ex, rp, lic, lg, pg):
+        return search_results_html(handlers.search(q, rp, lic, lg, pg, ex))
+
+    inputs = [query, exact, repo, license_, lang, page]
+    for trigger in (run.click, query.submit):
+        trigger(do_search, inputs, results, concurrency_limit=4, api_visibility="private")
 
 
 def _open_share(handlers: Handlers, tabs, code_tabs, chat_tab, params):
@@ -263,6 +317,28 @@ def _api(handlers: Handlers) -> None:
 
     gr.api(share, api_name="share", concurrency_limit=None)
 
+    @user_errors
+    def attribute(text: str) -> list[dict]:
+        """Spans of `text` found verbatim in the training data, each with its sources."""
+        if handlers.attribution is None:
+            return []
+        return [s.to_dict() for s in handlers.attribution.attribute(text)]
+
+    @user_errors
+    def search(
+        query: str,
+        repo: str | None = None,
+        license: str | None = None,
+        lang: str | None = None,
+        page: int = 1,
+        exact: bool = False,
+    ) -> list[dict]:
+        """Full-text (BM25) search of the training data; `exact` matches the phrase verbatim."""
+        return [h.to_dict() for h in handlers.search(query, repo, license, lang, page, exact)]
+
+    gr.api(attribute, api_name="attribute", concurrency_limit=4)
+    gr.api(search, api_name="search", concurrency_limit=4)
+
 
 def build_ui(handlers: Handlers, *, model_line: str, context_length: int) -> gr.Blocks:
     with gr.Blocks(title="StarCoder Playground", analytics_enabled=False) as demo:
@@ -281,6 +357,7 @@ def build_ui(handlers: Handlers, *, model_line: str, context_length: int) -> gr.
                             "Write code with one <FILL_HERE> where the model should fill in.",
                             handlers, params)  # fmt: skip
             chat = _assist_tab(handlers, params)
+            _search_tab(handlers)
         params_slot.render()
         gr.Markdown(NOTE, elem_id="license-note")
         load, outputs = _open_share(handlers, tabs, [completion, fim], chat, params)

@@ -44,15 +44,34 @@ def engine(model_dir):
     return LocalEngine.load(model_dir, device="cpu")
 
 
+ATTRIBUTION_DOCS = 60  # a slice of the real corpus keeps the session's index build short
+
+
 @pytest.fixture(scope="session")
-def live_app(engine, tmp_path_factory):
+def attribution_index(tmp_path_factory):
+    """A real attribution index over the first training files of the model's corpus manifest."""
+    import json
+
+    from app.attribution import ensure_default_index
+    from app.settings import Settings
+
+    manifest = json.loads(open(Settings.load([], env={}).corpus_manifest, encoding="utf-8").read())
+    train = [d for d in manifest["documents"] if d["split"] == "train"][:ATTRIBUTION_DOCS]
+    folder = tmp_path_factory.mktemp("attribution")
+    subset = folder / "corpus_manifest.json"
+    subset.write_text(json.dumps({**manifest, "documents": train}), encoding="utf-8")
+    return ensure_default_index(folder / "index.sqlite", subset)
+
+
+@pytest.fixture(scope="session")
+def live_app(engine, attribution_index, tmp_path_factory):
     """The real app (Gradio + routes) served by uvicorn on a free loopback port."""
     from app.server import BackgroundServer, build_app
     from app.settings import Settings
 
     data = tmp_path_factory.mktemp("data")
     settings = Settings.load(["--data-dir", str(data), "--port", "0"], env={})
-    built = build_app(settings, engine)
+    built = build_app(settings, engine, attribution_index)
     with BackgroundServer(built.fastapi) as server:
         built.url = server.url
         yield built
@@ -62,4 +81,6 @@ def live_app(engine, tmp_path_factory):
 def client(live_app):
     from gradio_client import Client
 
-    return Client(live_app.url, verbose=False)
+    # download_files=False: gradio_client would otherwise treat any {"path": ...} result
+    # (as /attribute and /search return) as a file to download. The README says the same.
+    return Client(live_app.url, verbose=False, download_files=False)

@@ -35,3 +35,16 @@ def test_language_detection_with_fallback():
     assert detect_language("#include <stdio.h>\nint main(void) { return 0; }\n") == "c"
     assert detect_language("") == "python"
     assert "Output appears here" in code_view("", "python")
+
+
+def test_attribution_marks_nest_inside_the_generated_mark():
+    text = "prompt:" + "x = compute(a, b)\n" * 3
+    gen = Mark(7, len(text), "generated")
+    span = Mark(10, 30, "attr-span", "repo/path.py", (("data-query", 'q"<'),))
+    out = highlight(text, "python", [span, gen])
+    assert out.index('<mark class="generated"') < out.index('<mark class="attr-span"')
+    assert out.count("<mark") == out.count("</mark>") == 2
+    assert 'data-query="q&quot;&lt;"' in out
+    inner = re.search(r'<mark class="attr-span"[^>]*>(.*?)</mark>', out, re.S).group(1)
+    assert _text_of(inner) == text[10:30]
+    assert _text_of(out) == text

@@ -22,11 +22,18 @@ class Option:
     default: object
     help: str
     type: type = str
+    fallback_env: tuple[str, ...] = ()  # also read, e.g. the names Hugging Face Spaces sets
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("host", "HOST", "127.0.0.1", "Interface to bind; the Docker image sets 0.0.0.0."),
-    Option("port", "PORT", 7860, "TCP port to serve on.", int),
+    Option(
+        "host",
+        "HOST",
+        "127.0.0.1",
+        "Interface to bind; the Docker image sets 0.0.0.0.",
+        fallback_env=("GRADIO_SERVER_NAME",),
+    ),
+    Option("port", "PORT", 7860, "TCP port to serve on.", int, ("GRADIO_SERVER_PORT",)),
     Option("model", "MODEL_ID", EMBEDDED_MODEL, "Local model folder or Hugging Face model id."),
     Option("device", "DEVICE", "auto", "auto, cpu or cuda."),
     Option("hf_token", "HF_TOKEN", None, "Hugging Face token, for gated models only."),
@@ -82,8 +89,9 @@ class Settings:
         values = {}
         for opt in OPTIONS:
             value = getattr(args, opt.name)
-            if value is None and env.get(opt.env) not in (None, ""):
-                value = opt.type(env[opt.env])
+            for name in (opt.env, *opt.fallback_env):
+                if value is None and env.get(name) not in (None, ""):
+                    value = opt.type(env[name])
             values[opt.name] = opt.default if value is None else value
         return cls(**values)
 

@@ -51,11 +51,14 @@ ATTRIBUTION_DOCS = 60  # a slice of the real corpus keeps the session's index bu
 def attribution_index(tmp_path_factory):
     """A real attribution index over the first training files of the model's corpus manifest."""
     import json
+    from pathlib import Path
 
     from app.attribution import ensure_default_index
     from app.settings import Settings
 
-    manifest = json.loads(open(Settings.load([], env={}).corpus_manifest, encoding="utf-8").read())
+    manifest = json.loads(
+        Path(Settings.load([], env={}).corpus_manifest).read_text(encoding="utf-8")
+    )
     train = [d for d in manifest["documents"] if d["split"] == "train"][:ATTRIBUTION_DOCS]
     folder = tmp_path_factory.mktemp("attribution")
     subset = folder / "corpus_manifest.json"

@@ -1,6 +1,7 @@
 """Attribution in the playground: /attribute, /search, and highlighted spans in the browser."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +17,7 @@ HOSTILE = ['"', "a AND", "OR OR", "NEAR(", "*", "-x", "(((", 'def "f', "x' OR 1=
 @pytest.fixture(scope="module")
 def indexed_docs(tmp_path_factory):
     manifest_path = Settings.load([], env={}).corpus_manifest
-    manifest = json.loads(open(manifest_path, encoding="utf-8").read())
+    manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
     train = [d for d in manifest["documents"] if d["split"] == "train"][:ATTRIBUTION_DOCS]
     subset = tmp_path_factory.mktemp("m") / "m.json"
     subset.write_text(json.dumps({**manifest, "documents": train}), encoding="utf-8")
@@ -31,7 +32,9 @@ def test_attribute_finds_a_verbatim_snippet_with_its_source(client, indexed_docs
     spans = client.predict(text=text, api_name="/attribute")
     assert spans, "the verbatim snippet was not found"
     best = max(spans, key=lambda s: s["end"] - s["start"])
-    assert snippet.strip() in text[best["start"] : best["end"]] or (best["end"] - best["start"]) >= 200
+    assert (
+        snippet.strip() in text[best["start"] : best["end"]] or (best["end"] - best["start"]) >= 200
+    )
     src = best["sources"][0]
     assert (src["repo"], src["path"], src["license"]) == (doc.repo, doc.path, doc.license)
     first_line = doc.text[:start].count("\n") + 1

@@ -6,6 +6,7 @@ ui.py wires these to buttons; the named API endpoints are thin typed wrappers ov
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,7 +98,7 @@ class Handlers:
         params = parse_params(**_param_kwargs(param_values))
         language = detect_language(prompt.replace("<FILL_HERE>", ""))
         run = self.run_complete if mode == "completion" else self.run_fill
-        for out in run(prompt, params, request):
+        for out in throttle(run(prompt, params, request)):
             if out.done is None:
                 html = self.code_html(mode, out.text, language, out.generated_span)
                 yield html, out.text, out.status, None, None, gr_skip()
@@ -192,7 +193,7 @@ class Handlers:
         params = parse_params(**_param_kwargs(param_values))
         history = turns_from_messages(chat)
         base = [*chat, {"role": "user", "content": message}]
-        for out in self.run_assist(message, history, params, request):
+        for out in throttle(self.run_assist(message, history, params, request)):
             status = out.status + (f" · {out.notice}" if out.notice and out.done else "")
             messages = [*base, {"role": "assistant", "content": out.text}]
             if out.done is None:
@@ -201,6 +202,23 @@ class Handlers:
             spans = self.attribute_output(out)
             record = self._record(out, message, params, "markdown", spans)
             yield messages, "", status, record, self.sources_panel(spans)
+
+
+UI_FRAME_SECONDS = 0.05
+
+
+def throttle(outputs: Iterator[Output], every: float = UI_FRAME_SECONDS) -> Iterator[Output]:
+    """At most one UI update per frame (the final one always passes).
+
+    Re-rendering highlighted HTML for every token kept the browser so busy that a click on Stop
+    waited seconds for its turn; the API endpoints still stream every token.
+    """
+    last = 0.0
+    for out in outputs:
+        now = time.monotonic()
+        if out.done is not None or now - last >= every:
+            last = now
+            yield out
 
 
 def gr_skip():

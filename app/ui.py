@@ -73,7 +73,8 @@ def _param_inputs(context_length: int) -> list:
                                 elem_id="max-new-tokens")  # fmt: skip
         with gr.Row():
             top_p = gr.Slider(0.05, 1, d.top_p, step=0.05, label="Top-p", elem_id="top-p")
-            rep = gr.Slider(1, 2, d.repetition_penalty, step=0.05, label="Repetition penalty")
+            rep = gr.Slider(1, 2, d.repetition_penalty, step=0.05, label="Repetition penalty",
+                            elem_id="repetition-penalty")  # fmt: skip
         with gr.Row():
             seed = gr.Textbox("", label="Seed", placeholder="empty: random; a number repeats a run",
                               elem_id="seed")  # fmt: skip
@@ -137,8 +138,10 @@ def _code_tab(mode: str, label: str, examples, placeholder: str, handlers: Handl
         values = (max_new, temperature, top_p, rep, seed, stop)
         yield from handlers.ui_code(mode, prompt_text, *values, request=request)
 
-    hide = (gr.Textbox(visible=False), gr.Markdown(visible=False))
-    run.click(lambda: hide, None, [link, delete], queue=False, api_visibility="private").then(
+    def hide():  # a new generation hides the previous one's share link
+        return gr.update(visible=False), gr.update(visible=False)
+
+    run.click(hide, None, [link, delete], queue=False, api_visibility="private").then(
         generate, [ui.prompt, *params],
         [ui.view, ui.raw, ui.status, download, ui.record, ui.sources],
         concurrency_id=MODEL_LOCK, api_visibility="private",
@@ -347,10 +350,10 @@ def build_ui(handlers: Handlers, *, model_line: str, context_length: int) -> gr.
             "<p>Complete code, fill in the middle, or ask the tech assistant.</p></div>"
         )
         gr.Markdown(model_line, elem_id="model-info")
+        params_slot = gr.Column(render=False)  # shown below the tabs, wired into each of them
+        with params_slot:
+            params = _param_inputs(context_length)
         with gr.Tabs() as tabs:
-            params_slot = gr.Column(render=False)
-            with params_slot:
-                params = _param_inputs(context_length)
             completion = _code_tab("completion", "Completion", COMPLETION_EXAMPLES,
                                    "def fibonacci(n):", handlers, params)  # fmt: skip
             fim = _code_tab("fim", "Fill-in-the-middle", FIM_EXAMPLES,

@@ -75,17 +75,23 @@ def test_completion_streams_into_the_code_view(page):
 
 
 def test_stop_ends_a_long_generation(page, live_app):
-    _set_param(page, "temperature", 1)
-    _set_param(page, "max-new-tokens", live_app.handlers.playground.engine.info.context_length - 8)
-    page.fill("#completion-prompt textarea", "x")
+    # Greedy on a counting prompt loops without an end-of-text, so only Stop can end it early.
+    prompt = "x = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
+    budget = live_app.handlers.playground.engine.info.context_length - 64
+    _set_param(page, "temperature", 0)
+    _set_param(page, "repetition-penalty", 1)
+    _set_param(page, "max-new-tokens", budget)
+    page.fill("#completion-prompt textarea", prompt)
     page.click("#completion-run")
     page.wait_for_function(
-        "() => document.querySelector('#completion-output').innerText.length > 3"
+        "(n) => document.querySelector('#completion-output').innerText.length > n", arg=len(prompt)
     )
     page.click("#completion-stop")
     page.wait_for_function(
         "() => document.querySelector('#completion-status').innerText.includes('stopped by you')"
     )
+    generated = int(page.inner_text("#completion-status").split(" tokens in")[0])
+    assert generated < budget
 
 
 def test_fim_without_marker_shows_the_error_then_fills(page):

@@ -54,6 +54,7 @@ def test_assist_returns_a_reply_without_stop_markers(client):
         ("/complete", {"prompt": "x", "temperature": 3.0}, "`temperature` must be in [0, 1]; got 3"),
         ("/complete", {"prompt": "x", "max_new_tokens": 100_000}, "[1, 8192]; got 100000"),
         ("/complete", {"prompt": "a\x00b"}, "NUL byte"),
+        ("/complete", {"prompt": "x", "temperature": "nan"}, "`temperature` must be a finite number"),
         ("/complete", {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "at most 4"),
         ("/fill", {"prompt": "def f():\n    pass\n"}, "exactly one <FILL_HERE> marker"),
         ("/fill", {"prompt": "<FILL_HERE> and <FILL_HERE>"}, "found 2"),

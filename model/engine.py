@@ -37,6 +37,8 @@ class GenerationRequest:
 
     prompt: str
     params: GenerationParams = field(default_factory=GenerationParams)
+    # Who asked (session hash or IP), for per-client rate limits; "" means anonymous.
+    client: str = ""
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,15 @@ class Done:
     error_kind: str | None = None
 
 
-Event = Delta | Done
+@dataclass(frozen=True)
+class Queued:
+    """The request waits for a free slot; `position` 1 is next. Sent only by engines that queue
+    (WorkerEngine with report_queue=True), before any Delta, and again when the position moves."""
+
+    position: int
+
+
+Event = Delta | Done | Queued
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,341 @@
+"""Inside the worker process: many concurrent requests on one model (imports torch).
+
+Batched path: transformers' own continuous batching (ContinuousBatchingManager); we write no
+scheduler. What it honours per request, and therefore what we batch:
+  - max_new_tokens, EOS / special-token stops (per-request eos_token_id)
+  - greedy vs sampling: a manager samples or not for its whole batch, so there are two
+    managers on the one model: greedy requests go to an argmax manager, sampled ones to a
+    sampling manager. (One sampling manager with top_k=1 for greedy would also be exact, but
+    its per-step sorts over the vocabulary cost more than the tiny model's forward on a CPU.)
+  - temperature, top_p: per-request logits processors of the sampling manager
+  - repetition_penalty: transformers has no CB version; `RepetitionPenaltyCB` below adds one
+    over each request's own prompt + generated tokens, matching generate()'s processor.
+  - text stop sequences: matched on our side (StopMatcher); a hit cancels the request in the
+    manager, which frees its slot at the next step.
+One-at-a-time path (LocalEngine on the same model, serialised by its lock):
+  - requests with a `seed`: the managers sample from torch's one global RNG, so "same seed,
+    same output" only holds for a request that runs alone. The batches pause while it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from transformers import GenerationConfig, RepetitionPenaltyLogitsProcessor
+from transformers.generation.configuration_utils import ContinuousBatchingConfig
+from transformers.generation.continuous_batching import cb_logits_processors as cblp
+
+from model.decoding import IncrementalDecoder
+from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo
+from model.local import LocalEngine
+from model.stops import StopMatcher
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[str, Event], None]
+
+
+class RepetitionPenaltyCB(cblp.ContinuousBatchingLogitsProcessor):
+    """Per-request repetition penalty for continuous batching (generate()'s formula).
+
+    The tensor argument carries the penalty; the token history cannot travel in an int32 row,
+    so prepare_tensor_args() keeps it for the __call__ of the same step. That is only valid in
+    synchronous batching without CUDA graphs, which build_cb_config() enforces.
+    """
+
+    supported_kwargs: ClassVar[dict[str, type]] = {"repetition_penalty": float}
+    ignored_kwargs: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, processor: RepetitionPenaltyLogitsProcessor) -> None:
+        self.penalty = float(processor.penalty)
+        self._history: list[list[int]] = []
+
+    def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
+        default = torch.full_like(int32_tensor, self.penalty, dtype=torch.float32)
+        int32_tensor.copy_(default.view(dtype=torch.int32))
+
+    def prepare_tensor_args(self, requests_with_new_token) -> torch.Tensor:
+        penalties, self._history = [], []
+        for request in requests_with_new_token:
+            state = request.state
+            penalties.append(state.logit_processor_kwargs.get("repetition_penalty", self.penalty))
+            self._history.append(list(state.initial_tokens) + list(state.generated_tokens))
+        return torch.tensor(penalties, dtype=torch.float32).view(dtype=torch.int32)
+
+    def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
+        penalty = tensor_arg[: scores.size(0)].view(dtype=torch.float32)
+        for row, ids in enumerate(self._history[: scores.size(0)]):
+            p = float(penalty[row])
+            if p == 1.0 or not ids:
+                continue
+            idx = torch.tensor(sorted(set(ids)), dtype=torch.long, device=scores.device)
+            s = scores[row, idx]
+            scores[row, idx] = torch.where(s < 0, s * p, s / p)
+        return scores
+
+
+# Register our CB version so per_request_processors converts generate()'s processor to it.
+cblp.CLASSIC_TO_CB_PROCESSORS_MAP.setdefault(RepetitionPenaltyLogitsProcessor, RepetitionPenaltyCB)
+
+
+def build_cb_config(
+    model, max_batch: int, context_length: int, *, share: float = 1.0
+) -> ContinuousBatchingConfig:
+    """Size the paged cache from the model and device.
+
+    transformers' defaults target a GPU (memory-derived block counts, 256-token pages): on a CPU
+    they allocate and pad far more than a tiny model needs, which made 4 x 12 tokens take 21 s
+    instead of 0.5 s. On CPU: small pages, exactly enough blocks for `max_batch` full contexts,
+    and a prefill budget of 256 tokens per step (longer prompts are prefilled in chunks).
+    `share` is this manager's part of the device memory (there is one per sampling mode).
+    """
+    common = dict(
+        max_requests_per_batch=max_batch,
+        per_request_processors=True,
+        # RepetitionPenaltyCB keeps per-step state: needs synchronous steps, no graph capture.
+        use_async_batching=False,
+        use_cuda_graph=False,
+        # Few, short prompts: prefix sharing buys little here and would share blocks
+        # between requests that we cancel independently.
+        allow_block_sharing=False,
+    )
+    if model.device.type == "cpu":
+        page = 32
+        blocks_per_request = math.ceil(context_length / page) + 1
+        return ContinuousBatchingConfig(
+            page_size=page,
+            num_blocks=blocks_per_request * max_batch,
+            max_batch_tokens=256,
+            max_blocks_per_request=0,
+            **common,
+        )
+    # GPU: memory-derived sizes, `share` of the 0.8 default as two managers share the device.
+    return ContinuousBatchingConfig(max_memory_percent=0.8 * share, **common)
+
+
+def batchable(request: GenerationRequest) -> bool:
+    """Whether the continuous-batching path honours every parameter (see the module doc)."""
+    return request.params.seed is None
+
+
+@dataclass
+class _Stream:
+    """Per-request decoding state of a batched request."""
+
+    eos_ids: set[int]
+    decoder: IncrementalDecoder
+    matcher: StopMatcher
+    n_prompt: int
+    seen: int = 0
+    generated: int = 0
+    reason: str = "length"
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class BatchingServer:
+    """Serves requests from the worker's command loop; events go out through `emit(rid, ev)`."""
+
+    def __init__(self, model, tokenizer, info: ModelInfo, emit: Emit, *, max_batch: int = 8):
+        self.local = LocalEngine(model, tokenizer, info)
+        self.tokenizer = tokenizer
+        self.info = info
+        self.emit = emit
+        self._streams: dict[str, tuple[_Stream, object]] = {}  # rid -> (state, its manager)
+        self._cancels: dict[str, CancelToken] = {}  # one-at-a-time requests
+        self._lock = threading.Lock()
+        self._closed = False
+        eos = self.local._eos_ids(())[0]
+        common = dict(max_new_tokens=256, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+        # A non-1 default makes transformers build a processor; each request sets its own value.
+        greedy = GenerationConfig(do_sample=False, repetition_penalty=1.1, **common)
+        sample = GenerationConfig(
+            do_sample=True, temperature=0.7, top_p=0.9, top_k=None, repetition_penalty=1.1,
+            **common,
+        )  # fmt: skip
+        # Raised by _get_logits_processor because CB passes no input_ids; RepetitionPenaltyCB
+        # does see the prompt, so the warning does not apply here.
+        warnings.filterwarnings("ignore", message="Passing `repetition_penalty` with")
+        if not log.isEnabledFor(logging.DEBUG):  # its INFO lines repeat per manager start/stop
+            logging.getLogger("ContinuousBatchingLogger").setLevel(logging.WARNING)
+        self.managers = {}
+        for name, gen in (("greedy", greedy), ("sample", sample)):
+            cfg = build_cb_config(model, max_batch, info.context_length, share=0.5)
+            manager = model.init_continuous_batching(
+                generation_config=gen, continuous_batching_config=cfg
+            )
+            manager.start()
+            self.managers[name] = manager
+            threading.Thread(
+                target=self._route, args=(manager,), name=f"cb-router-{name}", daemon=True
+            ).start()
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def submit(self, rid: str, request: GenerationRequest) -> None:
+        if batchable(request):
+            self._submit_batched(rid, request)
+        else:
+            token = CancelToken()
+            with self._lock:
+                self._cancels[rid] = token
+            threading.Thread(
+                target=self._run_alone, args=(rid, request, token), daemon=True
+            ).start()
+
+    def cancel(self, rid: str) -> None:
+        with self._lock:
+            entry = self._streams.pop(rid, None)
+            token = self._cancels.get(rid)
+        if token is not None:
+            token.cancel()  # LocalEngine stops within one token and sends Done("cancelled")
+        if entry is not None:
+            stream, manager = entry
+            manager.cancel_request(rid)  # dropped from the batch at the next step
+            self.emit(rid, Done("cancelled", stream.n_prompt, stream.generated))
+
+    def alive(self) -> bool:
+        return all(m.is_running() for m in self.managers.values())
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            tokens = list(self._cancels.values())
+        for t in tokens:
+            t.cancel()
+        for manager in self.managers.values():
+            manager.stop(block=True, timeout=10, hard_stop=True)  # nobody waits for the rest
+
+    # -- one at a time ----------------------------------------------------------------------
+
+    def _run_alone(self, rid: str, request: GenerationRequest, token: CancelToken) -> None:
+        try:
+            # The batches sample from the same global torch RNG: pause them, or the seed would
+            # not pin the output. Seeded requests are rare (the user asked for one explicitly).
+            with self.managers["greedy"].pause(), self.managers["sample"].pause():
+                for event in self.local.stream(request, token):
+                    self.emit(rid, event)
+        finally:
+            with self._lock:
+                self._cancels.pop(rid, None)
+
+    # -- batched ----------------------------------------------------------------------------
+
+    def _submit_batched(self, rid: str, request: GenerationRequest) -> None:
+        p = request.params
+        ids = self.tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
+        if len(ids) + p.max_new_tokens > self.info.context_length:
+            # Past the position table the forward fails, and CB fails the whole batch with it:
+            # refuse this one request instead (the app validates this earlier anyway).
+            msg = (
+                f"`prompt` tokens + `max_new_tokens` must be <= {self.info.context_length}. "
+                f"Given: {len(ids)} prompt tokens and {p.max_new_tokens} `max_new_tokens`."
+            )
+            self.emit(rid, Done("error", len(ids), 0, error=msg, error_kind="validation"))
+            return
+        eos_ids, text_stops = self.local._eos_ids(p.stop)
+        stream = _Stream(
+            eos_ids=set(eos_ids),
+            decoder=IncrementalDecoder(self.tokenizer),
+            matcher=StopMatcher(text_stops),
+            n_prompt=len(ids),
+        )
+        kwargs = {"repetition_penalty": float(p.repetition_penalty)}
+        if p.greedy:
+            manager = self.managers["greedy"]
+        else:
+            manager = self.managers["sample"]
+            kwargs.update(temperature=float(p.temperature), top_p=float(p.top_p))
+        with self._lock:
+            self._streams[rid] = (stream, manager)
+        added = manager.add_request(
+            ids,
+            request_id=rid,
+            max_new_tokens=p.max_new_tokens,
+            streaming=True,
+            eos_token_id=eos_ids,
+            **kwargs,
+        )
+        if added is None:
+            with self._lock:
+                self._streams.pop(rid, None)
+            self.emit(rid, _engine_error("the batching loop is not accepting requests", 0))
+
+    def _route(self, manager) -> None:
+        """Turns one manager's cumulative outputs into Delta/Done events per request."""
+        while not self._closed:
+            if not manager.is_running():
+                log.error("continuous batching loop stopped; failing its requests")
+                self._fail_all("the batching loop stopped")
+                return
+            out = manager.get_result(timeout=0.1)
+            if out is None:
+                continue
+            with self._lock:
+                entry = self._streams.get(out.request_id)
+            if entry is None:
+                continue  # cancelled or stopped already
+            if self._advance(out.request_id, entry[0], manager, out):
+                with self._lock:
+                    self._streams.pop(out.request_id, None)
+
+    def _advance(self, rid: str, st: _Stream, manager, out) -> bool:
+        new = out.generated_tokens[st.seen :]
+        st.seen = len(out.generated_tokens)
+        text = ""
+        for tok in new:
+            st.generated += 1
+            if tok in st.eos_ids:
+                st.reason = "eos"
+                break
+            text += st.matcher.feed(st.decoder.push(tok))
+            if st.matcher.stopped:
+                st.reason = "stop"
+                break
+        if st.reason == "stop":
+            manager.cancel_request(rid)  # frees the slot at the next step
+            if text:
+                self.emit(rid, Delta(text))
+            self.emit(rid, Done("stop", st.n_prompt, st.generated))
+            return True
+        if out.error is not None:
+            if text:
+                self.emit(rid, Delta(text))
+            self.emit(rid, _engine_error(out.error, st.n_prompt, st.generated))
+            return True
+        if st.reason == "eos" or out.is_finished():
+            if st.reason == "eos":
+                manager.cancel_request(rid)  # no-op if the manager finished it too
+            tail = st.matcher.feed(st.decoder.flush())
+            if st.matcher.stopped:
+                st.reason = "stop"
+            else:
+                tail += st.matcher.flush()
+            if text + tail:
+                self.emit(rid, Delta(text + tail))
+            self.emit(rid, Done(st.reason, st.n_prompt, st.generated))
+            return True
+        if text:
+            self.emit(rid, Delta(text))
+        return False
+
+    def _fail_all(self, why: str) -> None:
+        with self._lock:
+            streams, self._streams = self._streams, {}
+        for rid, (st, _) in streams.items():
+            self.emit(rid, _engine_error(why, st.n_prompt, st.generated))
+
+
+def _engine_error(why: str, n_prompt: int, generated: int = 0) -> Done:
+    if "out of memory" in str(why).lower():
+        msg = "The model ran out of memory. Try a shorter prompt or fewer max_new_tokens."
+        return Done("error", n_prompt, generated, error=msg, error_kind="oom")
+    log.error("batched generation failed: %s", why)
+    msg = "Generation failed inside the model. The error was logged."
+    return Done("error", n_prompt, generated, error=msg, error_kind="engine")

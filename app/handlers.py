@@ -74,15 +74,16 @@ class Handlers:
 
     def run_complete(self, prompt, params, request) -> Iterator[Output]:
         with self._cancel_scope(request) as token:
-            yield from self.playground.complete(prompt, params, token)
+            yield from self.playground.complete(prompt, params, token, session_key(request))
 
     def run_fill(self, prompt, params, request) -> Iterator[Output]:
         with self._cancel_scope(request) as token:
-            yield from self.playground.fill(prompt, params, token)
+            yield from self.playground.fill(prompt, params, token, session_key(request))
 
     def run_assist(self, message, history: list[Turn], params, request) -> Iterator[Output]:
         with self._cancel_scope(request) as token:
-            yield from self.playground.assist(message, history, params, token)
+            client = session_key(request)
+            yield from self.playground.assist(message, history, params, token, client)
 
     # -- UI shapes ----------------------------------------------------------------------------
 

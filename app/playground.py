@@ -10,7 +10,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from app.requests import Limits, check_context, check_text
-from model.engine import CancelToken, Delta, Done, Engine, GenerationParams, GenerationRequest
+from model.engine import (
+    CancelToken,
+    Delta,
+    Done,
+    Engine,
+    GenerationParams,
+    GenerationRequest,
+    Queued,
+)
 from model.errors import PlaygroundError
 from model.prompts import (
     ASSISTANT_STOPS,
@@ -34,6 +42,7 @@ class Output:
     done: Done | None = None
     notice: str | None = None
     seconds: float = 0.0
+    queue_position: int | None = None  # set while the request waits for a batch slot
 
     @property
     def generated_span(self) -> tuple[int, int]:
@@ -41,6 +50,8 @@ class Output:
 
     @property
     def status(self) -> str:
+        if self.queue_position is not None:
+            return f"Waiting for a free slot: position {self.queue_position} in the queue…"
         if self.done is None:
             return "Generating…"
         d = self.done
@@ -66,20 +77,26 @@ class Playground:
     # -- modes ------------------------------------------------------------------------------
 
     def complete(
-        self, prompt: str, params: GenerationParams, cancel: CancelToken
+        self, prompt: str, params: GenerationParams, cancel: CancelToken, client: str = ""
     ) -> Iterator[Output]:
         check_text("prompt", prompt, self.limits)
         self._check_context("prompt", prompt, params)
-        yield from self._run("completion", prompt, params, cancel, prefix=prompt, suffix="")
+        yield from self._run(
+            "completion", prompt, params, cancel, prefix=prompt, suffix="", client=client
+        )
 
-    def fill(self, code: str, params: GenerationParams, cancel: CancelToken) -> Iterator[Output]:
+    def fill(
+        self, code: str, params: GenerationParams, cancel: CancelToken, client: str = ""
+    ) -> Iterator[Output]:
         check_text("prompt", code, self.limits)
         info = self.engine.info
         template = detect_fim_template(info.special_tokens)
         model_prompt, prefix, suffix = fim_prompt(code, template, info.model_id)
         self._check_context("prompt", model_prompt, params)
         params = replace(params, stop=(*params.stop, *template.stop_tokens))
-        yield from self._run("fim", model_prompt, params, cancel, prefix=prefix, suffix=suffix)
+        yield from self._run(
+            "fim", model_prompt, params, cancel, prefix=prefix, suffix=suffix, client=client
+        )
 
     def assist(
         self,
@@ -87,6 +104,7 @@ class Playground:
         history: Sequence[Turn],
         params: GenerationParams,
         cancel: CancelToken,
+        client: str = "",
     ) -> Iterator[Output]:
         check_text("message", message, self.limits)
         budget = self.engine.info.context_length - params.max_new_tokens
@@ -97,7 +115,10 @@ class Playground:
         )
         params = replace(params, stop=(*params.stop, *ASSISTANT_STOPS))
         last = None
-        for out in self._run("assistant", built.prompt, params, cancel, prefix="", suffix=""):
+        run = self._run(
+            "assistant", built.prompt, params, cancel, prefix="", suffix="", client=client
+        )
+        for out in run:
             reply = clean_reply(out.generated) if out.done else out.generated.lstrip()
             last = replace(out, text=reply, generated=reply, notice=built.notice)
             yield last
@@ -117,15 +138,20 @@ class Playground:
         *,
         prefix: str,
         suffix: str,
+        client: str = "",
     ) -> Iterator[Output]:
         start = time.perf_counter()
         generated = ""
-        for event in self.engine.stream(GenerationRequest(model_prompt, params), cancel):
+        request = GenerationRequest(model_prompt, params, client=client)
+        for event in self.engine.stream(request, cancel):
             if isinstance(event, Delta):
                 generated += event.text
                 yield Output(mode, prefix + generated + suffix, generated, prefix)
+            elif isinstance(event, Queued):
+                yield Output(mode, prefix + suffix, "", prefix, queue_position=event.position)
             elif event.reason == "error":
-                raise PlaygroundError(event.error or "Generation failed.", kind="engine")
+                kind = event.error_kind or "engine"
+                raise PlaygroundError(event.error or "Generation failed.", kind=kind)
             else:
                 elapsed = time.perf_counter() - start
                 yield Output(

@@ -11,10 +11,10 @@ from pathlib import Path
 import gradio as gr
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 
 from app.attribution import AttributionIndex, ensure_default_index
 from app.handlers import Handlers
+from app.metrics import EngineMetrics, add_ops_routes
 from app.playground import Playground
 from app.render import style_css
 from app.requests import Limits
@@ -28,7 +28,6 @@ from model.prompts import TaPrompt
 log = logging.getLogger(__name__)
 
 STATIC = ROOT / "static"
-MAX_QUEUE = 64
 
 
 @dataclass
@@ -59,6 +58,8 @@ def open_attribution(settings: Settings) -> AttributionIndex:
 def build_app(
     settings: Settings, engine: Engine, attribution: AttributionIndex | None = None
 ) -> PlaygroundApp:
+    metrics = EngineMetrics()
+    engine = metrics.wrap(engine)
     ta = TaPrompt.load(settings.ta_prompt)
     playground = Playground(engine, ta, Limits(max_prompt_bytes=settings.max_prompt_bytes))
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -73,14 +74,14 @@ def build_app(
     blocks = build_ui(
         handlers, model_line=model_line(engine), context_length=engine.info.context_length
     )
-    blocks.queue(max_size=MAX_QUEUE, default_concurrency_limit=1)
+    # Requests flow on to the engine, which batches up to max_batch and queues max_queue more
+    # (with positions and a clear "busy"); Gradio's own queue only needs to hold the overflow.
+    model_slots = settings.max_batch + settings.max_queue
+    blocks.queue(max_size=model_slots, default_concurrency_limit=model_slots)
 
     api = FastAPI(title="StarCoder Playground", docs_url=None, redoc_url=None)
 
-    @api.get("/healthz")
-    def healthz():
-        return JSONResponse({"status": "ok", "model": engine.info.model_id})
-
+    add_ops_routes(api, engine, metrics)  # /healthz and /metrics, before Gradio takes "/"
     # Before Gradio: mounted at "/", it would otherwise answer every path.
     mount_share_routes(api, store, public_base_url=settings.public_url)
     css = STATIC.joinpath("style.css").read_text(encoding="utf-8") + "\n" + style_css()

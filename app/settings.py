@@ -36,6 +36,35 @@ OPTIONS: tuple[Option, ...] = (
     Option("port", "PORT", 7860, "TCP port to serve on.", int, ("GRADIO_SERVER_PORT",)),
     Option("model", "MODEL_ID", EMBEDDED_MODEL, "Local model folder or Hugging Face model id."),
     Option("device", "DEVICE", "auto", "auto, cpu or cuda."),
+    Option(
+        "engine_url",
+        "ENGINE_URL",
+        None,
+        "OpenAI-compatible /v1/completions server (vLLM, "
+        "TGI, transformers serve); when set, no model is loaded here.",
+    ),
+    Option(
+        "engine_model",
+        "ENGINE_MODEL",
+        None,
+        "Model name to ask ENGINE_URL for (default: the server's first model).",
+    ),
+    Option("engine_api_key", "ENGINE_API_KEY", None, "Bearer token for ENGINE_URL."),
+    Option("max_batch", "MAX_BATCH", 8, "Requests the worker decodes together.", int),
+    Option(
+        "max_queue",
+        "MAX_QUEUE",
+        64,
+        "Requests that may wait for a batch slot; beyond that, users get 'busy, try again'.",
+        int,
+    ),
+    Option(
+        "rate_limit",
+        "RATE_LIMIT_PER_MIN",
+        30,
+        "Generations one client may start per minute (0: no limit).",
+        int,
+    ),
     Option("hf_token", "HF_TOKEN", None, "Hugging Face token, for gated models only."),
     Option("ta_prompt", "TA_PROMPT", None, "File with a tech-assistant prompt (ta-prompt format)."),
     Option("data_dir", "DATA_DIR", str(ROOT / "data"), "Folder for the database and the index."),
@@ -71,6 +100,12 @@ class Settings:
     port: int
     model: str
     device: str
+    engine_url: str | None
+    engine_model: str | None
+    engine_api_key: str | None
+    max_batch: int
+    max_queue: int
+    rate_limit: int
     hf_token: str | None
     ta_prompt: str | None
     data_dir: str

@@ -14,7 +14,7 @@ from app.requests import parse_params
 from model.engine import GenerationParams
 from model.prompts import Turn
 
-MODEL_LOCK = "model"
+MODEL_LOCK = "model"  # one concurrency group: every generation goes to the engine's queue
 
 # A click on a highlighted verbatim span runs an exact search for it in the Search tab.
 CLICK_TO_SEARCH = """
@@ -38,7 +38,7 @@ element.addEventListener('click', (ev) => {
   };
   fill(50);
 });
-"""  # one concurrency group: every generation shares the model
+"""
 
 COMPLETION_EXAMPLES = [
     ["def fibonacci(n):\n"],

@@ -67,17 +67,23 @@ def attribution_index(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def live_app(engine, attribution_index, tmp_path_factory):
-    """The real app (Gradio + routes) served by uvicorn on a free loopback port."""
+def live_app(model_dir, attribution_index, tmp_path_factory):
+    """The real app as `python app.py` builds it (worker process engine, Gradio, routes),
+    served by uvicorn on a free loopback port."""
     from app.server import BackgroundServer, build_app
     from app.settings import Settings
+    from model.factory import build_engine
 
     data = tmp_path_factory.mktemp("data")
     settings = Settings.load(["--data-dir", str(data), "--port", "0"], env={})
-    built = build_app(settings, engine, attribution_index)
-    with BackgroundServer(built.fastapi) as server:
-        built.url = server.url
-        yield built
+    worker = build_engine(model=model_dir, device="cpu", max_batch=4, max_queue=16)
+    try:
+        built = build_app(settings, worker, attribution_index)
+        with BackgroundServer(built.fastapi) as server:
+            built.url = server.url
+            yield built
+    finally:
+        worker.close()
 
 
 @pytest.fixture(scope="session")

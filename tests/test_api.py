@@ -51,10 +51,18 @@ def test_assist_returns_a_reply_without_stop_markers(client):
     "api_name,kwargs,needle",
     [
         ("/complete", {"prompt": "   "}, "`prompt` is empty"),
-        ("/complete", {"prompt": "x", "temperature": 3.0}, "`temperature` must be in [0, 1]; got 3"),
+        (
+            "/complete",
+            {"prompt": "x", "temperature": 3.0},
+            "`temperature` must be in [0, 1]; got 3",
+        ),
         ("/complete", {"prompt": "x", "max_new_tokens": 100_000}, "[1, 8192]; got 100000"),
         ("/complete", {"prompt": "a\x00b"}, "NUL byte"),
-        ("/complete", {"prompt": "x", "temperature": "nan"}, "`temperature` must be a finite number"),
+        (
+            "/complete",
+            {"prompt": "x", "temperature": "nan"},
+            "`temperature` must be a finite number",
+        ),
         ("/complete", {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "at most 4"),
         ("/fill", {"prompt": "def f():\n    pass\n"}, "exactly one <FILL_HERE> marker"),
         ("/fill", {"prompt": "<FILL_HERE> and <FILL_HERE>"}, "found 2"),
@@ -82,8 +90,21 @@ def test_oversized_prompt_is_refused_with_the_limit(client):
     assert "1,000,001 bytes; the limit is 1,000,000 bytes" in str(err.value)
 
 
-def test_healthz(live_app):
+def test_healthz_and_metrics(live_app, client):
+    import re
     import urllib.request
 
     with urllib.request.urlopen(live_app.url + "healthz", timeout=10) as r:
-        assert r.status == 200 and b"ok" in r.read()
+        assert r.status == 200 and b'"ok"' in r.read()
+    client.predict(prompt="def f(", api_name="/complete", **GREEDY)
+    with urllib.request.urlopen(live_app.url + "metrics", timeout=10) as r:
+        text = r.read().decode()
+    tokens = re.search(r"^playground_generated_tokens_total (\S+)$", text, re.M)
+    assert tokens and float(tokens.group(1)) > 0
+    for name in (
+        "playground_queue_depth",
+        "playground_active_requests",
+        "playground_time_to_first_token_seconds_bucket",
+        "playground_worker_restarts",
+    ):
+        assert name in text

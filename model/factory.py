@@ -1,0 +1,40 @@
+"""Builds the engine the settings ask for. Torch-free: the worker process owns the model."""
+
+from __future__ import annotations
+
+import logging
+
+from model.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+def build_engine(
+    *,
+    model: str,
+    device: str | None = None,
+    hf_token: str | None = None,
+    engine_url: str | None = None,
+    engine_model: str | None = None,
+    engine_api_key: str | None = None,
+    max_batch: int = 8,
+    max_queue: int = 64,
+    rate_limit_per_min: int = 0,
+    log_level: str = "INFO",
+) -> Engine:
+    """A RemoteEngine when `engine_url` is set, else a started WorkerEngine for `model`."""
+    if engine_url:
+        from model.remote import RemoteEngine
+
+        log.info("using the remote engine at %s", engine_url)
+        # MODEL_ID still names the tokenizer, for exact token counts and FIM tokens.
+        return RemoteEngine(engine_url, model=engine_model, tokenizer=model, api_key=engine_api_key)
+    from model.worker import WorkerConfig, WorkerEngine
+
+    config = WorkerConfig(
+        model, device=device, hf_token=hf_token, max_batch=max_batch, log_level=log_level
+    )
+    engine = WorkerEngine(
+        config, max_queue=max_queue, rate_limit_per_min=rate_limit_per_min, report_queue=True
+    )
+    return engine.start()

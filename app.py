@@ -21,19 +21,24 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from app.server import build_app, open_attribution, serve
+    from app.server import build_app, build_engines, open_attribution, serve
     from model.errors import PlaygroundError
-    from model.local import LocalEngine
 
+    engines = build_engines(settings)
+    registry = engines.registry
     try:
-        engine = LocalEngine.load(
-            settings.model, device=settings.device, hf_token=settings.hf_token
-        )
+        # The FIM default starts now (a load failure is reported at once); the others warm up
+        # in the background while the page is already served.
+        engines.get(registry.get(registry.default_for("fim")))
     except PlaygroundError as exc:
         logging.getLogger("app").error("%s", exc)
         return 2
-    built = build_app(settings, engine, open_attribution(settings))
-    serve(built.fastapi, settings)
+    engines.warm(registry.default_for(mode) for mode in ("completion", "assistant"))
+    try:
+        built = build_app(settings, engines, open_attribution(settings))
+        serve(built.fastapi, settings)
+    finally:
+        engines.close()
     return 0
 
 

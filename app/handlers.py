@@ -72,18 +72,20 @@ class Handlers:
 
     # -- streams of Output, shared by the UI and the API --------------------------------------
 
-    def run_complete(self, prompt, params, request) -> Iterator[Output]:
-        with self._cancel_scope(request) as token:
-            yield from self.playground.complete(prompt, params, token, session_key(request))
-
-    def run_fill(self, prompt, params, request) -> Iterator[Output]:
-        with self._cancel_scope(request) as token:
-            yield from self.playground.fill(prompt, params, token, session_key(request))
-
-    def run_assist(self, message, history: list[Turn], params, request) -> Iterator[Output]:
+    def run_complete(self, prompt, params, request, model=None) -> Iterator[Output]:
         with self._cancel_scope(request) as token:
             client = session_key(request)
-            yield from self.playground.assist(message, history, params, token, client)
+            yield from self.playground.complete(prompt, params, token, client, model)
+
+    def run_fill(self, prompt, params, request, model=None) -> Iterator[Output]:
+        with self._cancel_scope(request) as token:
+            client = session_key(request)
+            yield from self.playground.fill(prompt, params, token, client, model)
+
+    def run_assist(self, message, history: list[Turn], params, request, model=None):
+        with self._cancel_scope(request) as token:
+            client = session_key(request)
+            yield from self.playground.assist(message, history, params, token, client, model)
 
     # -- UI shapes ----------------------------------------------------------------------------
 
@@ -94,12 +96,12 @@ class Handlers:
         path.write_text(out.text, encoding="utf-8", newline="")
         return str(path)
 
-    def ui_code(self, mode: str, prompt: str, *param_values, request=None):
+    def ui_code(self, mode: str, prompt: str, model, *param_values, request=None):
         """Yields (code view, exact text, status, download, shareable record, sources panel)."""
         params = parse_params(**_param_kwargs(param_values))
         language = detect_language(prompt.replace("<FILL_HERE>", ""))
         run = self.run_complete if mode == "completion" else self.run_fill
-        for out in throttle(run(prompt, params, request)):
+        for out in throttle(run(prompt, params, request, model)):
             if out.done is None:
                 html = self.code_html(mode, out.text, language, out.generated_span)
                 yield html, out.text, out.status, None, None, gr_skip()
@@ -119,6 +121,17 @@ class Handlers:
             for s in spans
         ]
         return code_view(text, language, marks)
+
+    def model_card(self, model_id: str | None) -> str:
+        """The selected model's card facts; for "automatic", which model each mode uses."""
+        registry = self.playground.registry
+        if model_id:
+            return registry.get(model_id).card_markdown()
+        modes = {"completion": "Completion", "fim": "Fill-in-the-middle", "assistant": "Assistant"}
+        return "\n".join(
+            f"- {label}: **{registry.get(registry.default_for(mode)).label}**"
+            for mode, label in modes.items()
+        )
 
     # -- attribution --------------------------------------------------------------------------
 
@@ -155,7 +168,7 @@ class Handlers:
             "prompt": prompt,
             "output": out.text,
             "parameters": {**share_parameters(params), "language": language},
-            "model": self.playground.engine.info.model_id,
+            "model": out.model,
             "fim": {"middle_start": start, "middle_end": end} if out.mode == "fim" else None,
             "spans": list(spans),
         }
@@ -189,12 +202,12 @@ class Handlers:
             )
         return share
 
-    def ui_assist(self, message: str, chat: list, *param_values, request=None):
-        """Yields (chat messages, cleared input box, status)."""
+    def ui_assist(self, message: str, chat: list, model, *param_values, request=None):
+        """Yields (chat messages, cleared input box, status, shareable record, sources)."""
         params = parse_params(**_param_kwargs(param_values))
         history = turns_from_messages(chat)
         base = [*chat, {"role": "user", "content": message}]
-        for out in throttle(self.run_assist(message, history, params, request)):
+        for out in throttle(self.run_assist(message, history, params, request, model)):
             status = out.status + (f" · {out.notice}" if out.notice and out.done else "")
             messages = [*base, {"role": "assistant", "content": out.text}]
             if out.done is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
@@ -67,12 +67,15 @@ class EngineMetrics:
         )
         self._in_flight = 0
         self._lock = threading.Lock()
-        self._engine: Engine | None = None
+        self._engines: Callable[[], Iterable[Engine]] = tuple
         r.register(_EngineCollector(self))
 
     def wrap(self, engine: Engine) -> InstrumentedEngine:
-        self._engine = engine
         return InstrumentedEngine(engine, self)
+
+    def watch(self, engines: Callable[[], Iterable[Engine]]) -> None:
+        """Where scrape-time gauges come from: every running engine (one per model)."""
+        self._engines = engines
 
     def _add_in_flight(self, n: int) -> None:
         with self._lock:
@@ -86,7 +89,10 @@ class _EngineCollector:
         self.m = metrics
 
     def collect(self):
-        stats = _stats(self.m._engine)
+        stats: dict = {}
+        for engine in self.m._engines():
+            for key, value in _stats(engine).items():
+                stats[key] = stats.get(key, 0) + value
         depth = GaugeMetricFamily("playground_queue_depth", "Requests waiting for a slot.")
         depth.add_metric([], stats.get("queue_depth", 0))
         active = GaugeMetricFamily(
@@ -176,7 +182,11 @@ def probe(engine: Engine, timeout: float = 10.0) -> tuple[bool, str]:
 
 
 def add_ops_routes(
-    app: FastAPI, engine: Engine, metrics: EngineMetrics, *, cache_s: float = 2.0
+    app: FastAPI,
+    engines: Callable[[], dict[str, Engine]],
+    metrics: EngineMetrics,
+    *,
+    cache_s: float = 2.0,
 ) -> None:
     """Mount GET /metrics and GET /healthz (503 with a reason when the engine cannot generate).
 
@@ -188,10 +198,10 @@ def add_ops_routes(
     def healthz():
         with lock:
             if time.monotonic() - cache["at"] > cache_s:
-                cache["ok"], cache["detail"] = probe(engine)
+                cache["ok"], cache["detail"] = probe_all(engines())
                 cache["at"] = time.monotonic()
             ok, detail = cache["ok"], cache["detail"]
-        body = {"status": "ok" if ok else "unavailable", "model": _model_id(engine)}
+        body = {"status": "ok" if ok else "unavailable", "models": sorted(engines())}
         if not ok:
             body["detail"] = detail
         return JSONResponse(body, status_code=200 if ok else 503)
@@ -203,8 +213,12 @@ def add_ops_routes(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def _model_id(engine: Engine) -> str | None:
-    try:
-        return engine.info.model_id
-    except RuntimeError:  # a worker that has not finished starting
-        return None
+def probe_all(engines: dict[str, Engine]) -> tuple[bool, str]:
+    """Healthy when at least one model is up and every started model can generate."""
+    if not engines:
+        return False, "no model has finished loading yet"
+    for model_id, engine in engines.items():
+        ok, detail = probe(engine)
+        if not ok:
+            return False, f"{model_id}: {detail}"
+    return True, "ok"

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from app.requests import Limits, check_context, check_text
+from model.chat import chat_prompt
 from model.engine import (
     CancelToken,
     Delta,
@@ -20,6 +21,7 @@ from model.engine import (
     Queued,
 )
 from model.errors import PlaygroundError
+from model.pool import EnginePool
 from model.prompts import (
     ASSISTANT_STOPS,
     TaPrompt,
@@ -28,6 +30,7 @@ from model.prompts import (
     clean_reply,
     detect_fim_template,
     fim_prompt,
+    split_fim,
 )
 
 
@@ -43,6 +46,7 @@ class Output:
     notice: str | None = None
     seconds: float = 0.0
     queue_position: int | None = None  # set while the request waits for a batch slot
+    model: str = ""  # the registry id of the model that wrote it
 
     @property
     def generated_span(self) -> tuple[int, int]:
@@ -62,41 +66,63 @@ class Output:
             "length": "max_new_tokens reached",
             "cancelled": "stopped by you",
         }.get(d.reason, d.reason)
+        by = f" · {self.model}" if self.model else ""
         return (
             f"{d.generated_tokens} tokens in {self.seconds:.1f} s ({rate:.1f} tokens/s) · "
-            f"prompt {d.prompt_tokens} tokens · {why}"
+            f"prompt {d.prompt_tokens} tokens · {why}{by}"
         )
 
 
 class Playground:
-    def __init__(self, engine: Engine, ta: TaPrompt, limits: Limits | None = None):
-        self.engine = engine
+    def __init__(self, engines: EnginePool, ta: TaPrompt, limits: Limits | None = None):
+        self.engines = engines
         self.ta = ta
         self.limits = limits or Limits()
+
+    @property
+    def registry(self):
+        return self.engines.registry
 
     # -- modes ------------------------------------------------------------------------------
 
     def complete(
-        self, prompt: str, params: GenerationParams, cancel: CancelToken, client: str = ""
+        self,
+        prompt: str,
+        params: GenerationParams,
+        cancel: CancelToken,
+        client: str = "",
+        model: str | None = None,
     ) -> Iterator[Output]:
         check_text("prompt", prompt, self.limits)
-        self._check_context("prompt", prompt, params)
+        spec, engine = self.engines.choose(model, "completion")
+        self._check_context(engine, "prompt", prompt, params)
+        # Token healing: a prompt ending in whitespace (a header and Enter) still gets a body.
+        params = replace(params, heal=True)
         yield from self._run(
-            "completion", prompt, params, cancel, prefix=prompt, suffix="", client=client
-        )
+            engine, spec.id, "completion", prompt, params, cancel, prefix=prompt, suffix="",
+            client=client,
+        )  # fmt: skip
 
     def fill(
-        self, code: str, params: GenerationParams, cancel: CancelToken, client: str = ""
+        self,
+        code: str,
+        params: GenerationParams,
+        cancel: CancelToken,
+        client: str = "",
+        model: str | None = None,
     ) -> Iterator[Output]:
         check_text("prompt", code, self.limits)
-        info = self.engine.info
+        split_fim(code)  # marker errors first: they are the user's to fix whatever the model
+        spec, engine = self.engines.choose(model, "fim")
+        info = engine.info
         template = detect_fim_template(info.special_tokens)
-        model_prompt, prefix, suffix = fim_prompt(code, template, info.model_id)
-        self._check_context("prompt", model_prompt, params)
+        model_prompt, prefix, suffix = fim_prompt(code, template, spec.id)
+        self._check_context(engine, "prompt", model_prompt, params)
         params = replace(params, stop=(*params.stop, *template.stop_tokens))
         yield from self._run(
-            "fim", model_prompt, params, cancel, prefix=prefix, suffix=suffix, client=client
-        )
+            engine, spec.id, "fim", model_prompt, params, cancel, prefix=prefix, suffix=suffix,
+            client=client,
+        )  # fmt: skip
 
     def assist(
         self,
@@ -105,32 +131,45 @@ class Playground:
         params: GenerationParams,
         cancel: CancelToken,
         client: str = "",
+        model: str | None = None,
     ) -> Iterator[Output]:
         check_text("message", message, self.limits)
-        budget = self.engine.info.context_length - params.max_new_tokens
+        spec, engine = self.engines.choose(model, "assistant")
+        info = engine.info
+        budget = info.context_length - params.max_new_tokens
         if budget <= 0:
-            check_context("message", 0, params.max_new_tokens, self.engine.info.context_length)
-        built = assistant_prompt(
-            self.ta, history, message, budget_tokens=budget, count_tokens=self.engine.count_tokens
-        )
-        params = replace(params, stop=(*params.stop, *ASSISTANT_STOPS))
-        last = None
+            check_context("message", 0, params.max_new_tokens, info.context_length)
+        if info.chat_template:
+            # Instruct models: their own chat template; the end-of-turn token is their EOS.
+            special = {"bos_token": info.bos_token or "", "eos_token": info.eos_token or ""}
+            built = chat_prompt(
+                info.chat_template, history, message, budget_tokens=budget,
+                count_tokens=engine.count_tokens, special=special,
+            )  # fmt: skip
+        else:
+            built = assistant_prompt(
+                self.ta, history, message, budget_tokens=budget, count_tokens=engine.count_tokens
+            )
+            params = replace(params, stop=(*params.stop, *ASSISTANT_STOPS))
         run = self._run(
-            "assistant", built.prompt, params, cancel, prefix="", suffix="", client=client
-        )
+            engine, spec.id, "assistant", built.prompt, params, cancel, prefix="", suffix="",
+            client=client,
+        )  # fmt: skip
         for out in run:
             reply = clean_reply(out.generated) if out.done else out.generated.lstrip()
-            last = replace(out, text=reply, generated=reply, notice=built.notice)
-            yield last
+            yield replace(out, text=reply, generated=reply, notice=built.notice)
 
     # -- shared -----------------------------------------------------------------------------
 
-    def _check_context(self, field: str, prompt: str, params: GenerationParams) -> None:
-        n = self.engine.count_tokens(prompt)
-        check_context(field, n, params.max_new_tokens, self.engine.info.context_length)
+    @staticmethod
+    def _check_context(engine: Engine, field: str, prompt: str, params: GenerationParams):
+        n = engine.count_tokens(prompt)
+        check_context(field, n, params.max_new_tokens, engine.info.context_length)
 
     def _run(
         self,
+        engine: Engine,
+        model_id: str,
         mode: str,
         model_prompt: str,
         params: GenerationParams,
@@ -143,17 +182,19 @@ class Playground:
         start = time.perf_counter()
         generated = ""
         request = GenerationRequest(model_prompt, params, client=client)
-        for event in self.engine.stream(request, cancel):
+        for event in engine.stream(request, cancel):
             if isinstance(event, Delta):
                 generated += event.text
-                yield Output(mode, prefix + generated + suffix, generated, prefix)
+                yield Output(mode, prefix + generated + suffix, generated, prefix, model=model_id)
             elif isinstance(event, Queued):
-                yield Output(mode, prefix + suffix, "", prefix, queue_position=event.position)
+                yield Output(mode, prefix + suffix, "", prefix, model=model_id,
+                             queue_position=event.position)  # fmt: skip
             elif event.reason == "error":
                 kind = event.error_kind or "engine"
                 raise PlaygroundError(event.error or "Generation failed.", kind=kind)
             else:
                 elapsed = time.perf_counter() - start
                 yield Output(
-                    mode, prefix + generated + suffix, generated, prefix, event, seconds=elapsed
-                )
+                    mode, prefix + generated + suffix, generated, prefix, event,
+                    seconds=elapsed, model=model_id,
+                )  # fmt: skip

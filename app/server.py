@@ -23,7 +23,10 @@ from app.share_routes import mount_share_routes
 from app.store import Store
 from app.ui import build_ui
 from model.engine import Engine
+from model.factory import build_engine
+from model.pool import EnginePool
 from model.prompts import TaPrompt
+from model.registry import ModelSpec, Registry
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +41,29 @@ class PlaygroundApp:
     store: Store
 
 
-def model_line(engine: Engine) -> str:
-    i = engine.info
-    name = Path(i.model_id).name if Path(i.model_id).is_dir() else i.model_id
-    return (
-        f"Model: **{name}** ({i.architecture}) · context {i.context_length} tokens · "
-        f"{i.device} / {i.dtype}"
-    )
+def build_engines(settings: Settings) -> EnginePool:
+    """The models on offer, each served by its own worker process, started on first use.
+
+    With ENGINE_URL there is one model: the remote server's."""
+    common = {"device": settings.device, "hf_token": settings.hf_token,
+              "log_level": settings.log_level.upper()}  # fmt: skip
+    if settings.engine_url:
+        remote = build_engine(
+            model=settings.model, engine_url=settings.engine_url,
+            engine_model=settings.engine_model, engine_api_key=settings.engine_api_key, **common,
+        )  # fmt: skip
+        return EnginePool.single(remote, data_dir=settings.data_dir)
+    registry = Registry.build(settings.data_dir, settings.model)
+
+    def start(spec: ModelSpec) -> Engine:
+        # Packaged models are resolved (converted) inside the worker, which may import torch.
+        model = spec.id if spec.source == "package" else spec.location
+        return build_engine(
+            model=model, data_dir=settings.data_dir, max_batch=settings.max_batch,
+            max_queue=settings.max_queue, rate_limit_per_min=settings.rate_limit, **common,
+        )  # fmt: skip
+
+    return EnginePool(registry, start)
 
 
 def open_attribution(settings: Settings) -> AttributionIndex:
@@ -56,12 +75,13 @@ def open_attribution(settings: Settings) -> AttributionIndex:
 
 
 def build_app(
-    settings: Settings, engine: Engine, attribution: AttributionIndex | None = None
+    settings: Settings, engines: EnginePool, attribution: AttributionIndex | None = None
 ) -> PlaygroundApp:
     metrics = EngineMetrics()
-    engine = metrics.wrap(engine)
+    engines.wrap(metrics.wrap)
+    metrics.watch(lambda: engines.loaded().values())
     ta = TaPrompt.load(settings.ta_prompt)
-    playground = Playground(engine, ta, Limits(max_prompt_bytes=settings.max_prompt_bytes))
+    playground = Playground(engines, ta, Limits(max_prompt_bytes=settings.max_prompt_bytes))
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     store = Store(settings.resolved_database_url(), writes_per_window=settings.share_rate)
     handlers = Handlers(
@@ -71,9 +91,7 @@ def build_app(
         public_url=settings.public_url,
         attribution=attribution,
     )
-    blocks = build_ui(
-        handlers, model_line=model_line(engine), context_length=engine.info.context_length
-    )
+    blocks = build_ui(handlers)
     # Requests flow on to the engine, which batches up to max_batch and queues max_queue more
     # (with positions and a clear "busy"); Gradio's own queue only needs to hold the overflow.
     model_slots = settings.max_batch + settings.max_queue
@@ -81,7 +99,7 @@ def build_app(
 
     api = FastAPI(title="StarCoder Playground", docs_url=None, redoc_url=None)
 
-    add_ops_routes(api, engine, metrics)  # /healthz and /metrics, before Gradio takes "/"
+    add_ops_routes(api, engines.loaded, metrics)  # /healthz and /metrics, before Gradio takes "/"
     # Before Gradio: mounted at "/", it would otherwise answer every path.
     mount_share_routes(api, store, public_base_url=settings.public_url)
     css = STATIC.joinpath("style.css").read_text(encoding="utf-8") + "\n" + style_css()

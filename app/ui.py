@@ -61,15 +61,15 @@ NOTE = (
 )
 
 
-def _param_inputs(context_length: int) -> list:
+def _param_inputs(context_length: int, default_context: int) -> list:
     d = GenerationParams()
-    default_new = min(d.max_new_tokens, context_length // 2)
+    default_new = min(d.max_new_tokens, default_context // 2)
     with gr.Accordion("Parameters", open=False, elem_id="params"):
         with gr.Row():
             temperature = gr.Slider(0, 1, d.temperature, step=0.05, label="Temperature",
                                     info="0 means greedy", elem_id="temperature")  # fmt: skip
             max_new = gr.Slider(1, context_length, default_new, step=1, label="Max new tokens",
-                                info=f"prompt + new tokens must fit the model's {context_length}",
+                                info="prompt + new tokens must fit the model's context",
                                 elem_id="max-new-tokens")  # fmt: skip
         with gr.Row():
             top_p = gr.Slider(0.05, 1, d.top_p, step=0.05, label="Top-p", elem_id="top-p")
@@ -111,7 +111,7 @@ def _share_row(mode: str, handlers: Handlers, record: gr.State):
     return link, delete
 
 
-def _code_tab(mode: str, label: str, examples, placeholder: str, handlers: Handlers, params):
+def _code_tab(mode, label, examples, placeholder, handlers: Handlers, model, params):
     ui = SimpleNamespace(mode=mode)
     with gr.Tab(label, id=mode):
         ui.prompt = gr.Textbox(lines=12, max_lines=40, label="Code", placeholder=placeholder,
@@ -134,15 +134,17 @@ def _code_tab(mode: str, label: str, examples, placeholder: str, handlers: Handl
         gr.Examples(examples, inputs=[ui.prompt])
 
     @user_errors(as_html=True)
-    def generate(prompt_text, max_new, temperature, top_p, rep, seed, stop, request: gr.Request):
+    def generate(
+        prompt_text, model_id, max_new, temperature, top_p, rep, seed, stop, request: gr.Request
+    ):
         values = (max_new, temperature, top_p, rep, seed, stop)
-        yield from handlers.ui_code(mode, prompt_text, *values, request=request)
+        yield from handlers.ui_code(mode, prompt_text, model_id, *values, request=request)
 
     def hide():  # a new generation hides the previous one's share link
         return gr.update(visible=False), gr.update(visible=False)
 
     run.click(hide, None, [link, delete], queue=False, api_visibility="private").then(
-        generate, [ui.prompt, *params],
+        generate, [ui.prompt, model, *params],
         [ui.view, ui.raw, ui.status, download, ui.record, ui.sources],
         concurrency_id=MODEL_LOCK, api_visibility="private",
     )  # fmt: skip
@@ -151,7 +153,7 @@ def _code_tab(mode: str, label: str, examples, placeholder: str, handlers: Handl
     return ui
 
 
-def _assist_tab(handlers: Handlers, params):
+def _assist_tab(handlers: Handlers, model, params):
     ui = SimpleNamespace(mode="assistant")
     with gr.Tab("Tech assistant", id="assistant"):
         ui.chat = gr.Chatbot(label="Tech assistant", height=420, elem_id="assistant-chat",
@@ -169,12 +171,14 @@ def _assist_tab(handlers: Handlers, params):
         gr.Examples(ASSIST_EXAMPLES, inputs=[message])
 
     @user_errors(as_html=True)
-    def respond(text, history, max_new, temperature, top_p, rep, seed, stop, request: gr.Request):
+    def respond(
+        text, history, model_id, max_new, temperature, top_p, rep, seed, stop, request: gr.Request
+    ):
         values = (max_new, temperature, top_p, rep, seed, stop)
-        yield from handlers.ui_assist(text, history, *values, request=request)
+        yield from handlers.ui_assist(text, history, model_id, *values, request=request)
 
     for trigger in (send.click, message.submit):
-        trigger(respond, [message, ui.chat, *params],
+        trigger(respond, [message, ui.chat, model, *params],
                 [ui.chat, message, ui.status, ui.record, ui.sources],
                 concurrency_id=MODEL_LOCK, api_visibility="private")  # fmt: skip
     _wire_stop(stop, handlers)
@@ -251,6 +255,7 @@ def _api(handlers: Handlers) -> None:
     @user_errors
     def complete(
         prompt: str,
+        model: str | None = None,
         max_new_tokens: int = 256,
         temperature: float = 0.2,
         top_p: float = 0.9,
@@ -262,12 +267,13 @@ def _api(handlers: Handlers) -> None:
         """Continue `prompt`; returns prompt + continuation."""
         params = parse_params(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                               repetition_penalty=repetition_penalty, seed=seed, stop=stop)  # fmt: skip
-        for out in handlers.run_complete(prompt, params, request):
+        for out in handlers.run_complete(prompt, params, request, model):
             yield out.text
 
     @user_errors
     def fill(
         prompt: str,
+        model: str | None = None,
         max_new_tokens: int = 256,
         temperature: float = 0.2,
         top_p: float = 0.9,
@@ -279,13 +285,14 @@ def _api(handlers: Handlers) -> None:
         """Fill the single <FILL_HERE> in `prompt`; returns prefix + middle + suffix."""
         params = parse_params(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                               repetition_penalty=repetition_penalty, seed=seed, stop=stop)  # fmt: skip
-        for out in handlers.run_fill(prompt, params, request):
+        for out in handlers.run_fill(prompt, params, request, model):
             yield out.text
 
     @user_errors
     def assist(
         message: str,
         history: list[list[str]] | None = None,
+        model: str | None = None,
         max_new_tokens: int = 256,
         temperature: float = 0.2,
         top_p: float = 0.9,
@@ -298,7 +305,7 @@ def _api(handlers: Handlers) -> None:
         params = parse_params(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                               repetition_penalty=repetition_penalty, seed=seed, stop=stop)  # fmt: skip
         turns = [Turn(str(u), str(a)) for u, a in (history or [])]
-        for out in handlers.run_assist(message, turns, params, request):
+        for out in handlers.run_assist(message, turns, params, request, model):
             yield out.text
 
     for fn in (complete, fill, assist):
@@ -343,23 +350,39 @@ def _api(handlers: Handlers) -> None:
     gr.api(search, api_name="search", concurrency_limit=4)
 
 
-def build_ui(handlers: Handlers, *, model_line: str, context_length: int) -> gr.Blocks:
+AUTO = ""  # the dropdown's "automatic" entry: each mode's default model
+
+
+def _model_picker(handlers: Handlers):
+    registry = handlers.playground.registry
+    choices = [("Automatic: the default model of each mode", AUTO), *registry.choices()]
+    with gr.Row():
+        model = gr.Dropdown(choices, value=AUTO, label="Model", scale=2, elem_id="model")
+        info = gr.Markdown(handlers.model_card(AUTO), elem_id="model-card")
+    model.change(handlers.model_card, model, info, queue=False, api_visibility="private")
+    return model
+
+
+def build_ui(handlers: Handlers) -> gr.Blocks:
+    registry = handlers.playground.registry
+    max_context = max(spec.context_length for spec in registry)
+    default_context = min(spec.context_length for spec in registry)
     with gr.Blocks(title="StarCoder Playground", analytics_enabled=False) as demo:
         gr.HTML(
             '<div class="header"><h1>StarCoder Playground</h1>'
             "<p>Complete code, fill in the middle, or ask the tech assistant.</p></div>"
         )
-        gr.Markdown(model_line, elem_id="model-info")
+        model = _model_picker(handlers)
         params_slot = gr.Column(render=False)  # shown below the tabs, wired into each of them
         with params_slot:
-            params = _param_inputs(context_length)
+            params = _param_inputs(max_context, default_context)
         with gr.Tabs() as tabs:
             completion = _code_tab("completion", "Completion", COMPLETION_EXAMPLES,
-                                   "def fibonacci(n):", handlers, params)  # fmt: skip
+                                   "def fibonacci(n):", handlers, model, params)  # fmt: skip
             fim = _code_tab("fim", "Fill-in-the-middle", FIM_EXAMPLES,
                             "Write code with one <FILL_HERE> where the model should fill in.",
-                            handlers, params)  # fmt: skip
-            chat = _assist_tab(handlers, params)
+                            handlers, model, params)  # fmt: skip
+            chat = _assist_tab(handlers, model, params)
             _search_tab(handlers)
         params_slot.render()
         gr.Markdown(NOTE, elem_id="license-note")

@@ -103,6 +103,7 @@ def main() -> None:
     from app.settings import EMBEDDED_MODEL
     from model.engine import GenerationParams
     from model.local import LocalEngine
+    from model.pool import EnginePool
     from model.prompts import TaPrompt
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -113,7 +114,7 @@ def main() -> None:
     args = ap.parse_args()
 
     engine = LocalEngine.load(args.model, device=args.device)
-    playground = Playground(engine, TaPrompt.load())
+    playground = Playground(EnginePool.single(engine), TaPrompt.load())
     # Greedy, no eos cut-off differences: both paths decode exactly the same tokens.
     params = GenerationParams(max_new_tokens=args.new_tokens, temperature=0, repetition_penalty=1.2)
     in_thread(bare_generate, engine, params, args.new_tokens)  # warm-up

@@ -25,6 +25,9 @@ class GenerationParams:
     repetition_penalty: float = 1.2
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # Token healing (completion mode): back off a trailing whitespace token and let the model
+    # re-create it, so "def f():\n" gets a body. Engines that cannot heal ignore it.
+    heal: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -78,6 +81,8 @@ class ModelInfo:
     device: str = "cpu"
     dtype: str = "float32"
     has_chat_template: bool = False
+    chat_template: str | None = None  # Jinja source, rendered in the web process (model/chat.py)
+    bos_token: str | None = None
 
 
 class CancelToken:

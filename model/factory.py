@@ -21,6 +21,7 @@ def build_engine(
     max_queue: int = 64,
     rate_limit_per_min: int = 0,
     log_level: str = "INFO",
+    data_dir: str | None = None,
 ) -> Engine:
     """A RemoteEngine when `engine_url` is set, else a started WorkerEngine for `model`."""
     if engine_url:
@@ -32,7 +33,12 @@ def build_engine(
     from model.worker import WorkerConfig, WorkerEngine
 
     config = WorkerConfig(
-        model, device=device, hf_token=hf_token, max_batch=max_batch, log_level=log_level
+        model,
+        device=device,
+        hf_token=hf_token,
+        max_batch=max_batch,
+        log_level=log_level,
+        data_dir=data_dir,
     )
     engine = WorkerEngine(
         config, max_queue=max_queue, rate_limit_per_min=rate_limit_per_min, report_queue=True

@@ -74,6 +74,8 @@ def load(model_id: str, *, device: str | None = None, hf_token: str | None = Non
         tokenizer.pad_token = tokenizer.eos_token
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+    template = getattr(tokenizer, "chat_template", None)
+    template = template if isinstance(template, str) else None
     info = ModelInfo(
         model_id=model_id,
         context_length=context_length(model.config, tokenizer),
@@ -83,7 +85,9 @@ def load(model_id: str, *, device: str | None = None, hf_token: str | None = Non
         architecture=(model.config.architectures or [type(model).__name__])[0],
         device=placement.device,
         dtype=placement.dtype,
-        has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+        has_chat_template=template is not None,
+        chat_template=template,
+        bos_token=tokenizer.bos_token,
     )
     return model, tokenizer, info
 

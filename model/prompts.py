@@ -205,21 +205,21 @@ def _render(ta: TaPrompt, examples: Sequence[str], history: Sequence[Turn], mess
     return f"\n\n{DIALOGUE_SEPARATOR}\n\n".join(parts)
 
 
-def assistant_prompt(
-    ta: TaPrompt,
+def fit_prompt(
+    render: Callable[[Sequence[str], Sequence[Turn]], str],
+    examples: Sequence[str],
     history: Sequence[Turn],
-    message: str,
     *,
     budget_tokens: int,
     count_tokens: Callable[[str], int],
 ) -> AssistantPrompt:
-    """Assemble the chat prompt, dropping oldest examples, then oldest turns, to fit the budget."""
-    examples = list(ta.dialogues)
-    turns = list(history)
+    """Render, dropping the oldest examples first, then the oldest turns, until it fits."""
+    examples, turns = list(examples), list(history)
     dropped_ex = dropped_turns = 0
     while True:
-        prompt = _render(ta, examples, turns, message)
-        if count_tokens(prompt) <= budget_tokens:
+        prompt = render(examples, turns)
+        needed = count_tokens(prompt)
+        if needed <= budget_tokens:
             return AssistantPrompt(prompt, dropped_ex, dropped_turns)
         if examples:
             examples.pop(0)
@@ -229,11 +229,29 @@ def assistant_prompt(
             dropped_turns += 1
         else:
             raise PlaygroundError(
-                f"`message` is too long for the model's context: the prompt needs "
-                f"{count_tokens(prompt)} tokens but only {budget_tokens} are left after "
-                "`max_new_tokens`. Shorten the message or lower max_new_tokens.",
+                f"`message` is too long for the model's context: the prompt needs {needed} "
+                f"tokens but only {budget_tokens} are left after `max_new_tokens`. Shorten the "
+                "message or lower max_new_tokens.",
                 field="message",
             )
+
+
+def assistant_prompt(
+    ta: TaPrompt,
+    history: Sequence[Turn],
+    message: str,
+    *,
+    budget_tokens: int,
+    count_tokens: Callable[[str], int],
+) -> AssistantPrompt:
+    """The ta-prompt chat: preamble, example dialogues, then this conversation."""
+    return fit_prompt(
+        lambda examples, turns: _render(ta, examples, turns, message),
+        ta.dialogues,
+        history,
+        budget_tokens=budget_tokens,
+        count_tokens=count_tokens,
+    )
 
 
 def clean_reply(text: str) -> str:

@@ -250,7 +250,8 @@ class RemoteEngine:
             architecture=(config.get("architectures") or ["remote"])[0],
             device=f"remote {self.base}",
             dtype=str(config.get("torch_dtype") or config.get("dtype") or "?"),
-            has_chat_template=bool(tok_config.get("chat_template")),
+            has_chat_template=isinstance(tok_config.get("chat_template"), str),
+            chat_template=t if isinstance(t := tok_config.get("chat_template"), str) else None,
         )
 
     def _server_context(self) -> int | None:

@@ -47,6 +47,9 @@ class WorkerConfig:
     # matmuls are too small to split and whose threads would spin against the web process),
     # else torch's default.
     torch_threads: int | None = None
+    # With a data dir, `model` may be a packaged registry id (SmolLM2), converted here on first
+    # use: the conversion needs torch, which only the worker may import.
+    data_dir: str | None = None
 
 
 class RateLimiter:
@@ -418,6 +421,17 @@ def _local_tokenizer(model: str):
     return Tokenizer.from_file(str(path))
 
 
+def _resolve(config: WorkerConfig) -> str:
+    if config.data_dir is None:
+        return config.model
+    from model.registry import Registry
+
+    registry = Registry.build(config.data_dir)
+    if config.model in registry and registry.get(config.model).source == "package":
+        return registry.resolve(config.model)
+    return config.model
+
+
 def _worker_main(conn, config: WorkerConfig) -> None:
     """Entry point of the worker process: load, then serve commands until told to stop."""
     logging.basicConfig(
@@ -437,7 +451,8 @@ def _worker_main(conn, config: WorkerConfig) -> None:
     from model.loading import load
 
     try:
-        model, tokenizer, info = load(config.model, device=config.device, hf_token=config.hf_token)
+        source = _resolve(config)
+        model, tokenizer, info = load(source, device=config.device, hf_token=config.hf_token)
         _set_threads(model, info, config.torch_threads)
         server = BatchingServer(
             model,

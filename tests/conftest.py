@@ -67,23 +67,26 @@ def attribution_index(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def live_app(model_dir, attribution_index, tmp_path_factory):
-    """The real app as `python app.py` builds it (worker process engine, Gradio, routes),
-    served by uvicorn on a free loopback port."""
-    from app.server import BackgroundServer, build_app
+def live_app(attribution_index, tmp_path_factory):
+    """The real app as `python app.py` builds it (worker processes, Gradio, routes), served by
+    uvicorn on a free loopback port, with tiny-starcoder the default of every mode."""
+    yield from _serve(["--model", "tiny-starcoder"], attribution_index, tmp_path_factory)
+
+
+def _serve(argv, attribution_index, tmp_path_factory):
+    from app.server import BackgroundServer, build_app, build_engines
     from app.settings import Settings
-    from model.factory import build_engine
 
     data = tmp_path_factory.mktemp("data")
-    settings = Settings.load(["--data-dir", str(data), "--port", "0"], env={})
-    worker = build_engine(model=model_dir, device="cpu", max_batch=4, max_queue=16)
+    argv = ["--data-dir", str(data), "--port", "0", "--device", "cpu", "--max-batch", "4", *argv]
+    engines = build_engines(Settings.load(argv, env={}))
     try:
-        built = build_app(settings, worker, attribution_index)
+        built = build_app(Settings.load(argv, env={}), engines, attribution_index)
         with BackgroundServer(built.fastapi) as server:
             built.url = server.url
             yield built
     finally:
-        worker.close()
+        engines.close()
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,9 @@ scheduler. What it honours per request, and therefore what we batch:
 One-at-a-time path (LocalEngine on the same model, serialised by its lock):
   - requests with a `seed`: the managers sample from torch's one global RNG, so "same seed,
     same output" only holds for a request that runs alone. The batches pause while it runs.
+  - completion prompts that end in whitespace, which token healing rewrites (model/healing.py):
+    its constraint on the first tokens is a per-request logits processor, which the managers
+    do not take.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from transformers.generation.continuous_batching import cb_logits_processors as 
 
 from model.decoding import IncrementalDecoder
 from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo
+from model.healing import needs_healing
 from model.local import LocalEngine
 from model.stops import StopMatcher
 
@@ -122,7 +126,8 @@ def build_cb_config(
 
 def batchable(request: GenerationRequest) -> bool:
     """Whether the continuous-batching path honours every parameter (see the module doc)."""
-    return request.params.seed is None
+    healing = request.params.heal and needs_healing(request.prompt)
+    return request.params.seed is None and not healing
 
 
 @dataclass

@@ -13,11 +13,12 @@ import threading
 from collections.abc import Iterator
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from model.decoding import IncrementalDecoder
 from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo
+from model.healing import heal
 from model.stops import StopMatcher
 
 log = logging.getLogger(__name__)
@@ -109,14 +110,22 @@ class LocalEngine:
         return kwargs
 
     def stream(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[Event]:
-        enc = self.tokenizer(request.prompt, return_tensors="pt", add_special_tokens=True)
-        enc = {k: v.to(self._device) for k, v in enc.items()}
-        n_prompt = int(enc["input_ids"].shape[1])
+        ids = self.tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
+        healing = heal(self.tokenizer, ids) if request.params.heal else None
+        if healing is not None and healing.active:
+            ids = healing.input_ids
+        input_ids = torch.tensor([ids], device=self._device)
+        enc = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+        n_prompt = len(ids)
         eos_ids, text_stops = self._eos_ids(request.params.stop)
         streamer = _QueueStreamer()
         stop_hit = threading.Event()
         errors: list[BaseException] = []
         kwargs = self.generate_kwargs(request, eos_ids)
+        # The healed text is already in the prompt the user sees: drop it from the stream.
+        strip = healing.stripper().feed if healing is not None and healing.active else str
+        if healing is not None and healing.active:
+            kwargs["logits_processor"] = LogitsProcessorList([healing.processor])
         seed = request.params.seed
 
         def run() -> None:
@@ -155,7 +164,7 @@ class LocalEngine:
                     reason = "eos"
                     stop_hit.set()
                     continue
-                text = matcher.feed(decoder.push(tok))
+                text = matcher.feed(strip(decoder.push(tok)))
                 if matcher.stopped:
                     reason = "stop"
                     stop_hit.set()
@@ -167,7 +176,7 @@ class LocalEngine:
             if cancel.cancelled:
                 reason = "cancelled"
             elif not matcher.stopped:
-                tail = matcher.feed(decoder.flush())
+                tail = matcher.feed(strip(decoder.flush()))
                 if matcher.stopped:
                     reason = "stop"
                 else:

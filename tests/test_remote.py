@@ -233,9 +233,10 @@ def test_healthz_is_503_when_the_server_is_down(model_dir):
     down = RemoteEngine(f"http://127.0.0.1:{free_port()}", model="m", tokenizer=model_dir)
     metrics = EngineMetrics()
     api = FastAPI()
-    add_ops_routes(api, metrics.wrap(down), metrics)
+    add_ops_routes(api, lambda: {"m": metrics.wrap(down)}, metrics)
     reply = TestClient(api).get("/healthz")
     assert reply.status_code == 503 and reply.json()["status"] == "unavailable"
+    assert reply.json()["detail"].startswith("m: ")
 
 
 def test_concurrent_first_requests_all_learn_the_dialect(serve_url, model_dir):

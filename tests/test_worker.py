@@ -225,10 +225,11 @@ def test_metrics_and_healthz(worker):
 
     metrics = EngineMetrics()
     engine = metrics.wrap(worker)
+    metrics.watch(lambda: [engine])
     api = FastAPI()
-    add_ops_routes(api, engine, metrics)
+    add_ops_routes(api, lambda: {"tiny": engine}, metrics)
     http = TestClient(api)
-    assert http.get("/healthz").json()["status"] == "ok"
+    assert http.get("/healthz").json() == {"status": "ok", "models": ["tiny"]}
     _, done = collect(engine, "class A:", GenerationParams(max_new_tokens=8, temperature=0))
     text = http.get("/metrics").text
     assert f"playground_generated_tokens_total {float(done.generated_tokens)}" in text

@@ -44,7 +44,7 @@ class SQLStore:
     """Base of both stores. A subclass sets `mark`, its driver's bound-parameter placeholder,
     and provides `_conn()`."""
 
-    mark = "?"
+    mark: str
 
     def _conn(self):
         raise NotImplementedError
@@ -72,9 +72,8 @@ class SQLStore:
         return self._conn().execute("SELECT count(*) FROM segments").fetchone()[0]
 
     def _filters(self, filters: dict[str, str]) -> tuple[str, list]:
-        sql = filter_clauses(self.mark)
-        clauses = [sql[name] for name in filters]
-        return "".join(f" AND {c}" for c in clauses), list(filters.values())
+        clauses = filter_clauses(self.mark)
+        return "".join(f" AND {clauses[n]}" for n in filters), list(filters.values())
 
     def counts(self) -> dict:
         conn = self._conn()

@@ -13,6 +13,7 @@ import psycopg
 from model.errors import PlaygroundError
 
 from .core import IndexDocument, chunk_lines, document_segments
+from .store_common import SQLStore, bucket_segments, ranked_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +49,6 @@ CREATE TABLE IF NOT EXISTS segments(key bigint NOT NULL, doc_id bigint NOT NULL,
 CREATE INDEX IF NOT EXISTS segments_key ON segments(key);
 """
 
-_FILTERS = {
-    "repo": "d.repo = %s",
-    "license": "lower(d.license) = lower(%s)",
-    "lang": "lower(d.lang) = lower(%s)",
-}
-
 
 def like_pattern(text: str) -> str:
     """A LIKE pattern matching `text` anywhere, with its wildcards escaped (ESCAPE '\\')."""
@@ -73,8 +68,9 @@ def _conninfo(url: str) -> tuple[str, str | None]:
     return url, schema
 
 
-class PostgresStore:
+class PostgresStore(SQLStore):
     kind = "postgresql"
+    mark = "%s"
 
     def __init__(self, url: str, *, schema: str | None = None):
         self._url, url_schema = _conninfo(url)
@@ -154,25 +150,10 @@ class PostgresStore:
     def begin(self) -> None:
         self._conn().execute("BEGIN")
 
-    def commit(self) -> None:
-        self._conn().execute("COMMIT")
-
     def rollback(self) -> None:
         conn = self._conn()
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             conn.execute("ROLLBACK")
-
-    def find_existing(self, sha256: str, repo: str, path: str) -> tuple[str | None, int | None]:
-        conn = self._conn()
-        row = conn.execute(
-            "SELECT id, repo, path FROM documents WHERE sha256 = %s", (sha256,)
-        ).fetchone()
-        if row:
-            return ("same" if (row[1], row[2]) == (repo, path) else "duplicate"), row[0]
-        row = conn.execute(
-            "SELECT id FROM documents WHERE repo = %s AND path = %s", (repo, path)
-        ).fetchone()
-        return ("replace", row[0]) if row else (None, None)
 
     def add_document(self, doc: IndexDocument) -> list[int]:
         conn = self._conn()
@@ -206,9 +187,6 @@ class PostgresStore:
         conn.execute("DELETE FROM chunks WHERE doc_id = %s", (doc_id,))
         conn.execute("DELETE FROM documents WHERE id = %s", (doc_id,))
 
-    def locations(self) -> list[tuple[int, str, str]]:
-        return self._conn().execute("SELECT id, repo, path FROM documents").fetchall()
-
     def optimize(self) -> None:
         self._conn().execute("ANALYZE documents, chunks, segments")
 
@@ -220,21 +198,13 @@ class PostgresStore:
             for (key,) in conn.cursor().stream("SELECT key FROM segments"):
                 yield key
 
-    def segment_count(self) -> int:
-        return self._conn().execute("SELECT count(*) FROM segments").fetchone()[0]
-
     # -- membership --------------------------------------------------------------------------
     def lookup_segments(self, keys: Iterable[int], per_key: int) -> dict[int, list[tuple]]:
-        found: dict[int, list[tuple]] = {}
         rows = self._conn().execute(
             "SELECT key, doc_id, off FROM segments WHERE key = ANY(%s) ORDER BY key, doc_id, off",
             (list(keys),),
         )
-        for key, doc_id, off in rows:
-            bucket = found.setdefault(key, [])
-            if len(bucket) < per_key:
-                bucket.append((doc_id, off))
-        return found
+        return bucket_segments({}, rows, per_key)
 
     def document_texts(self, ids: Iterable[int]) -> dict[int, str]:
         ids = list(ids)
@@ -269,24 +239,17 @@ class PostgresStore:
             return conn.execute(sql, params).fetchall()
 
     # -- search ------------------------------------------------------------------------------
-    def _filters(self, filters: dict[str, str]) -> tuple[str, list]:
-        return "".join(f" AND {_FILTERS[n]}" for n in filters), list(filters.values())
-
     def search_words(
         self, terms: list[str], any_term: bool, filters: dict[str, str], limit: int, offset: int
     ) -> list[tuple]:
         # Terms are \w+ only, so quoting them as lexemes cannot inject tsquery operators.
         tsquery = (" | " if any_term else " & ").join(f"'{t}'" for t in terms)
         where, params = self._filters(filters)
-        sql = (
-            "SELECT d.repo, d.path, d.license, c.start_line, "
-            "       substr(d.text, c.start_char + 1, c.nchars), r.score "
-            "FROM (SELECT c.id, ts_rank_cd(c.tsv, q) AS score "
+        sql = ranked_chunks(
+            "SELECT c.id, ts_rank_cd(c.tsv, q) AS score "
             "      FROM chunks c JOIN documents d ON d.id = c.doc_id, "
             "           to_tsquery('simple', %s) AS q "
-            f"     WHERE c.tsv @@ q{where} ORDER BY score DESC, c.id LIMIT %s OFFSET %s) AS r "
-            "JOIN chunks c ON c.id = r.id JOIN documents d ON d.id = c.doc_id "
-            "ORDER BY r.score DESC, r.id"
+            f"     WHERE c.tsv @@ q{where} ORDER BY score DESC, c.id LIMIT %s OFFSET %s"
         )
         return self._conn().execute(sql, [tsquery, *params, limit, offset]).fetchall()
 
@@ -308,31 +271,6 @@ class PostgresStore:
         return self._indexed(sql, params)
 
     # -- stats -------------------------------------------------------------------------------
-    def counts(self) -> dict:
-        conn = self._conn()
-        docs, nbytes, repos = conn.execute(
-            "SELECT count(*), coalesce(sum(bytes), 0), count(DISTINCT repo) FROM documents"
-        ).fetchone()
-
-        def grouped(column: str) -> dict[str, int]:
-            return dict(
-                conn.execute(
-                    f"SELECT {column}, count(*) FROM documents GROUP BY {column} "
-                    "ORDER BY count(*) DESC, 1"
-                ).fetchall()
-            )
-
-        top_repos = grouped("repo")
-        return {
-            "documents": docs,
-            "bytes": int(nbytes),
-            "repos": repos,
-            "top_repos": dict(list(top_repos.items())[:5]),
-            "licenses": grouped("license"),
-            "languages": grouped("lang"),
-            "splits": grouped("split"),
-        }
-
     def sizes(self) -> dict[str, int]:
         conn = self._conn()
 

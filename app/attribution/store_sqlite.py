@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .core import IndexDocument, chunk_lines, document_segments
+from .store_common import SQLStore, bucket_segments, ranked_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -48,21 +49,15 @@ CREATE VIRTUAL TABLE IF NOT EXISTS tri USING fts5(
 );
 """
 
-# Column filters shared by both searches; values are bound, never formatted in.
-_FILTERS = {
-    "repo": "d.repo = ?",
-    "license": "lower(d.license) = lower(?)",
-    "lang": "lower(d.lang) = lower(?)",
-}
-
 
 def fts_phrase(text: str) -> str:
     """An FTS5 string literal: inside double quotes everything is literal but the quote itself."""
     return '"' + text.replace('"', '""') + '"'
 
 
-class SQLiteStore:
+class SQLiteStore(SQLStore):
     kind = "sqlite"
+    mark = "?"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -108,26 +103,10 @@ class SQLiteStore:
     def begin(self) -> None:
         self._conn().execute("BEGIN IMMEDIATE")
 
-    def commit(self) -> None:
-        self._conn().execute("COMMIT")
-
     def rollback(self) -> None:
         conn = self._conn()
         if conn.in_transaction:
             conn.execute("ROLLBACK")
-
-    def find_existing(self, sha256: str, repo: str, path: str) -> tuple[str | None, int | None]:
-        """('same' | 'duplicate' | 'replace' | None, doc id) for an incoming document."""
-        conn = self._conn()
-        row = conn.execute(
-            "SELECT id, repo, path FROM documents WHERE sha256 = ?", (sha256,)
-        ).fetchone()
-        if row:
-            return ("same" if (row[1], row[2]) == (repo, path) else "duplicate"), row[0]
-        row = conn.execute(
-            "SELECT id FROM documents WHERE repo = ? AND path = ?", (repo, path)
-        ).fetchone()
-        return ("replace", row[0]) if row else (None, None)
 
     def add_document(self, doc: IndexDocument) -> list[int]:
         """Insert one document with its chunks, trigram row and segments; return segment keys."""
@@ -174,9 +153,6 @@ class SQLiteStore:
         )
         conn.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
 
-    def locations(self) -> list[tuple[int, str, str]]:
-        return self._conn().execute("SELECT id, repo, path FROM documents").fetchall()
-
     def optimize(self) -> None:
         conn = self._conn()
         conn.execute("INSERT INTO words(words) VALUES('optimize')")
@@ -186,9 +162,6 @@ class SQLiteStore:
     def iter_segment_keys(self) -> Iterator[int]:
         for (key,) in self._conn().execute("SELECT key FROM segments"):
             yield key
-
-    def segment_count(self) -> int:
-        return self._conn().execute("SELECT count(*) FROM segments").fetchone()[0]
 
     # -- membership --------------------------------------------------------------------------
     def lookup_segments(self, keys: Iterable[int], per_key: int) -> dict[int, list[tuple]]:
@@ -201,10 +174,7 @@ class SQLiteStore:
                 f"SELECT key, doc_id, off FROM segments WHERE key IN ({','.join('?' * len(batch))})",
                 batch,
             )
-            for key, doc_id, off in rows:
-                bucket = found.setdefault(key, [])
-                if len(bucket) < per_key:
-                    bucket.append((doc_id, off))
+            bucket_segments(found, rows, per_key)
         return found
 
     def document_texts(self, ids: Iterable[int]) -> dict[int, str]:
@@ -237,26 +207,17 @@ class SQLiteStore:
         return rows.fetchall()
 
     # -- search ------------------------------------------------------------------------------
-    def _filters(self, filters: dict[str, str]) -> tuple[str, list]:
-        clauses = [_FILTERS[name] for name in filters]
-        return "".join(f" AND {c}" for c in clauses), list(filters.values())
-
     def search_words(
         self, terms: list[str], any_term: bool, filters: dict[str, str], limit: int, offset: int
     ) -> list[tuple]:
         """Rows (repo, path, license, chunk start_line, chunk text, score) ranked by BM25."""
         match = (" OR " if any_term else " ").join(fts_phrase(t) for t in terms)
         where, params = self._filters(filters)
-        # Rank and page on ids first, so the sorter never carries document text.
-        sql = (
-            "SELECT d.repo, d.path, d.license, c.start_line, "
-            "       substr(d.text, c.start_char + 1, c.nchars), r.score "
-            "FROM (SELECT words.rowid AS id, -bm25(words) AS score FROM words "
+        sql = ranked_chunks(
+            "SELECT words.rowid AS id, -bm25(words) AS score FROM words "
             "      JOIN chunks c ON c.id = words.rowid JOIN documents d ON d.id = c.doc_id "
             f"     WHERE words MATCH ?{where} ORDER BY bm25(words), words.rowid "
-            "      LIMIT ? OFFSET ?) AS r "
-            "JOIN chunks c ON c.id = r.id JOIN documents d ON d.id = c.doc_id "
-            "ORDER BY r.score DESC, r.id"
+            "      LIMIT ? OFFSET ?"
         )
         return self._conn().execute(sql, [match, *params, limit, offset]).fetchall()
 
@@ -277,31 +238,6 @@ class SQLiteStore:
         return [row for row in rows.fetchall() if row[4] >= 0]
 
     # -- stats -------------------------------------------------------------------------------
-    def counts(self) -> dict:
-        conn = self._conn()
-        docs, nbytes, repos = conn.execute(
-            "SELECT count(*), coalesce(sum(bytes), 0), count(DISTINCT repo) FROM documents"
-        ).fetchone()
-
-        def grouped(column: str) -> dict[str, int]:
-            return dict(
-                conn.execute(
-                    f"SELECT {column}, count(*) FROM documents GROUP BY {column} "
-                    "ORDER BY count(*) DESC, 1"
-                ).fetchall()
-            )
-
-        top_repos = grouped("repo")
-        return {
-            "documents": docs,
-            "bytes": nbytes,
-            "repos": repos,
-            "top_repos": dict(list(top_repos.items())[:5]),
-            "licenses": grouped("license"),
-            "languages": grouped("lang"),
-            "splits": grouped("split"),
-        }
-
     def sizes(self) -> dict[str, int]:
         """Bytes on disk of the text index parts (dbstat), by role."""
         conn = self._conn()

@@ -41,7 +41,7 @@ element.addEventListener('click', (ev) => {
 """
 
 COMPLETION_EXAMPLES = [
-    ["def fibonacci(n):\n"],
+    ['def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'],
     ["import os\nimport sys\n\n\ndef main():\n"],
     ['class Stack:\n    """A last-in, first-out stack."""\n\n    def __init__(self):\n'],
 ]
@@ -61,7 +61,7 @@ NOTE = (
 )
 
 
-def _param_inputs(context_length: int, default_context: int) -> list:
+def _param_inputs(context_length: int, default_context: int, repetition_penalty: float) -> list:
     d = GenerationParams()
     default_new = min(d.max_new_tokens, default_context // 2)
     with gr.Accordion("Parameters", open=False, elem_id="params"):
@@ -73,7 +73,8 @@ def _param_inputs(context_length: int, default_context: int) -> list:
                                 elem_id="max-new-tokens")  # fmt: skip
         with gr.Row():
             top_p = gr.Slider(0.05, 1, d.top_p, step=0.05, label="Top-p", elem_id="top-p")
-            rep = gr.Slider(1, 2, d.repetition_penalty, step=0.05, label="Repetition penalty",
+            rep = gr.Slider(1, 2, repetition_penalty, step=0.05, label="Repetition penalty",
+                            info="set to the selected model's default when you pick a model",
                             elem_id="repetition-penalty")  # fmt: skip
         with gr.Row():
             seed = gr.Textbox("", label="Seed", placeholder="empty: random; a number repeats a run",
@@ -249,6 +250,14 @@ def _open_share(handlers: Handlers, tabs, code_tabs, chat_tab, params):
     return load, outputs
 
 
+def _api_params(handlers: Handlers, model, mode, max_new_tokens, temperature, top_p,
+                rep, seed, stop):  # fmt: skip
+    if rep is None:  # not given: the model's own default
+        rep = handlers.repetition_penalty(model, mode)
+    return parse_params(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                        repetition_penalty=rep, seed=seed, stop=stop)  # fmt: skip
+
+
 def _api(handlers: Handlers) -> None:
     """Named endpoints for gradio_client; each streams partial text when called with submit()."""
 
@@ -259,14 +268,14 @@ def _api(handlers: Handlers) -> None:
         max_new_tokens: int = 256,
         temperature: float = 0.2,
         top_p: float = 0.9,
-        repetition_penalty: float = 1.2,
+        repetition_penalty: float | None = None,
         seed: int | None = None,
         stop: list[str] | None = None,
         request: gr.Request = None,
     ) -> Iterator[str]:
         """Continue `prompt`; returns prompt + continuation."""
-        params = parse_params(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                              repetition_penalty=repetition_penalty, seed=seed, stop=stop)  # fmt: skip
+        params = _api_params(handlers, model, "completion", max_new_tokens, temperature, top_p,
+                             repetition_penalty, seed, stop)  # fmt: skip
         for out in handlers.run_complete(prompt, params, request, model):
             yield out.text
 
@@ -277,14 +286,14 @@ def _api(handlers: Handlers) -> None:
         max_new_tokens: int = 256,
         temperature: float = 0.2,
         top_p: float = 0.9,
-        repetition_penalty: float = 1.2,
+        repetition_penalty: float | None = None,
         seed: int | None = None,
         stop: list[str] | None = None,
         request: gr.Request = None,
     ) -> Iterator[str]:
         """Fill the single <FILL_HERE> in `prompt`; returns prefix + middle + suffix."""
-        params = parse_params(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                              repetition_penalty=repetition_penalty, seed=seed, stop=stop)  # fmt: skip
+        params = _api_params(handlers, model, "fim", max_new_tokens, temperature, top_p,
+                             repetition_penalty, seed, stop)  # fmt: skip
         for out in handlers.run_fill(prompt, params, request, model):
             yield out.text
 
@@ -296,14 +305,14 @@ def _api(handlers: Handlers) -> None:
         max_new_tokens: int = 256,
         temperature: float = 0.2,
         top_p: float = 0.9,
-        repetition_penalty: float = 1.2,
+        repetition_penalty: float | None = None,
         seed: int | None = None,
         stop: list[str] | None = None,
         request: gr.Request = None,
     ) -> Iterator[str]:
         """Answer `message` as the tech assistant; `history` is [[user, assistant], ...]."""
-        params = parse_params(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                              repetition_penalty=repetition_penalty, seed=seed, stop=stop)  # fmt: skip
+        params = _api_params(handlers, model, "assistant", max_new_tokens, temperature, top_p,
+                             repetition_penalty, seed, stop)  # fmt: skip
         turns = [Turn(str(u), str(a)) for u, a in (history or [])]
         for out in handlers.run_assist(message, turns, params, request, model):
             yield out.text
@@ -375,7 +384,10 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
         model = _model_picker(handlers)
         params_slot = gr.Column(render=False)  # shown below the tabs, wired into each of them
         with params_slot:
-            params = _param_inputs(max_context, default_context)
+            params = _param_inputs(max_context, default_context, handlers.repetition_penalty(AUTO))
+        # Each model brings its own default repetition penalty (see ModelSpec).
+        model.change(handlers.repetition_penalty, model, params[3], queue=False,
+                     api_visibility="private")  # fmt: skip
         with gr.Tabs() as tabs:
             completion = _code_tab("completion", "Completion", COMPLETION_EXAMPLES,
                                    "def fibonacci(n):", handlers, model, params)  # fmt: skip

@@ -4,17 +4,14 @@ and a real uvicorn server on a free loopback port."""
 from __future__ import annotations
 
 import secrets
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from fastapi import FastAPI
 
+from app.server import BackgroundServer
 from app.share_routes import mount_share_routes
 from app.store import Store
 
@@ -54,30 +51,12 @@ def store(db_url) -> Iterator[Store]:
     s.close()
 
 
-class LiveServer:
-    """uvicorn serving `app` in a background thread on 127.0.0.1:<free port>."""
+class LiveServer(BackgroundServer):
+    """The app's own background uvicorn; `url` without the trailing slash."""
 
-    def __init__(self, app: FastAPI):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
+    @property
+    def url(self) -> str:
+        return super().url.rstrip("/")
 
 
 def share_app(store: Store, **kwargs) -> FastAPI:

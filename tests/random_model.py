@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sysconfig
 from pathlib import Path
+from types import SimpleNamespace
 
 STARCODER_SPECIALS = [
     "<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<filename>",
@@ -19,7 +20,9 @@ STARCODER_SPECIALS = [
 
 def build_random_model(out: Path, *, fim: bool = True, vocab_size: int = 512) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM, PreTrainedTokenizerFast
+    from transformers import GPTBigCodeForCausalLM, PreTrainedTokenizerFast
+
+    from model.train import make_config
 
     specials = STARCODER_SPECIALS if fim else ["<|endoftext|>"]
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -40,19 +43,9 @@ def build_random_model(out: Path, *, fim: bool = True, vocab_size: int = 512) ->
         unk_token="<|endoftext|>",
         additional_special_tokens=specials[1:],
     )
-    config = GPTBigCodeConfig(
-        vocab_size=len(fast),
-        n_positions=256,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        multi_query=True,
-        attn_pdrop=0.0,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
+    # The same config builder as the real training, only much smaller.
+    size = SimpleNamespace(n_positions=256, n_embd=32, n_layer=2, n_head=2)
+    config = make_config(size, len(fast))
     import torch
 
     torch.manual_seed(0)

@@ -508,9 +508,9 @@ def _worker_main(conn, config: WorkerConfig) -> None:
 
 
 def _set_threads(model, info: ModelInfo, threads: int | None) -> None:
-    import torch
-
     import os
+
+    import torch
 
     small = sum(p.numel() for p in model.parameters()) < 100_000_000
     # On a 2-core machine the web process and a second model's worker share the cores: two

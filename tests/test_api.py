@@ -42,7 +42,7 @@ def test_fill_returns_prefix_middle_suffix(client):
 
 def test_assist_returns_a_reply_without_stop_markers(client):
     partials, final = _stream(client, "/assist", message="How do I reverse a list?", **GREEDY)
-    assert isinstance(final, str)
+    assert isinstance(final, str) and all(isinstance(p, str) for p in partials)
     for marker in ("Human:", "Assistant:", "-----"):
         assert marker not in final
 

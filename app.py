@@ -14,7 +14,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from app.settings import Settings
+    from app.settings import EMBEDDED_MODEL, Settings
 
     settings = Settings.load(argv)
     logging.basicConfig(
@@ -26,17 +26,22 @@ def main(argv: list[str] | None = None) -> int:
 
     engines = build_engines(settings)
     registry = engines.registry
+    # Workers load their models in their own processes while this one builds the web app.
+    fim_default = registry.default_for("fim")
+    engines.warm([fim_default, *(registry.default_for(m) for m in ("completion", "assistant"))])
     try:
-        # The FIM default starts now (a load failure is reported at once); the others warm up
-        # in the background while the page is already served.
-        engines.get(registry.get(registry.default_for("fim")))
+        built = build_app(settings, engines, open_attribution(settings))
+        # Fail fast, with the reason, when the default model or the one MODEL_ID names cannot
+        # load (other models keep warming up in the background).
+        required = {fim_default}
+        if settings.model != EMBEDDED_MODEL:
+            required.add(registry.default_for("completion"))
+        for model_id in sorted(required):
+            engines.get(registry.get(model_id))
+        serve(built.fastapi, settings)
     except PlaygroundError as exc:
         logging.getLogger("app").error("%s", exc)
         return 2
-    engines.warm(registry.default_for(mode) for mode in ("completion", "assistant"))
-    try:
-        built = build_app(settings, engines, open_attribution(settings))
-        serve(built.fastapi, settings)
     finally:
         engines.close()
     return 0

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Iterable
 
 from model.engine import Engine
+from model.errors import PlaygroundError
 from model.prompts import detect_fim_template
 from model.registry import ModelSpec, Registry
 
@@ -71,7 +72,9 @@ class EnginePool:
             for model_id in dict.fromkeys(model_ids):
                 try:
                     self.get(self.registry.get(model_id))
-                except Exception:  # reported to the user again on first real use
+                except PlaygroundError as exc:  # said again to whoever asks for this model
+                    log.warning("could not start %s: %s", model_id, exc.message)
+                except Exception:
                     log.exception("could not start %s in the background", model_id)
 
         thread = threading.Thread(target=run, name="warm-engines", daemon=True)

@@ -434,6 +434,12 @@ def _resolve(config: WorkerConfig) -> str:
 
 def _worker_main(conn, config: WorkerConfig) -> None:
     """Entry point of the worker process: load, then serve commands until told to stop."""
+    import signal
+
+    # Ctrl+C or a SIGTERM to the whole process group is the parent's to handle: it closes us.
+    # Dying with it would look like a crash and trigger a pointless restart during shutdown.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s worker %(name)s: %(message)s",
@@ -461,9 +467,13 @@ def _worker_main(conn, config: WorkerConfig) -> None:
             lambda rid, ev: send(("ev", rid, ev)),
             max_batch=config.max_batch,
         )
+    except PlaygroundError as exc:  # a known reason (e.g. no such model): no traceback needed
+        logging.getLogger(__name__).error("worker failed to start: %s", exc.message)
+        send(("failed", exc.message))
+        return
     except Exception as exc:  # reported to the parent as the user-facing reason
         logging.getLogger(__name__).exception("worker failed to start")
-        send(("failed", getattr(exc, "message", None) or f"Model failed to load: {exc}"))
+        send(("failed", f"Model failed to load: {exc}"))
         return
     send(("ready", info))
     try:

@@ -1,6 +1,6 @@
 """Attribution benchmark: index build speed and size, membership check vs ripgrep, search.
 
-    python bench/attribution.py [--manifest PATH] [--limit-mb 30] [--out bench/RESULTS_attribution.md]
+    python bench/attribution.py [--manifest PATH] [--limit-mb 30] [--out FILE]  (the table for bench/RESULTS.md)
 
 Measured side by side in one run (about 2-3 minutes on 2 cores):
   * index build MB/s (SQLite: documents + FTS5 words + FTS5 trigram + segment keys + Bloom);
@@ -37,7 +37,7 @@ RG = shutil.which("rg") or "/usr/bin/rg"
 
 HEADER = """# Attribution benchmark
 
-`python bench/attribution.py --pg-url "$PG_TEST_URL" --out bench/RESULTS_attribution.md`
+`python bench/attribution.py --pg-url "$PG_TEST_URL"` (its output is the Attribution section of bench/RESULTS.md)
 
 Goals (issue 5): membership check p50 <= 5 ms on 2 KB texts and >= 100x faster than
 `rg -F` scanning the corpus for the same 50-character strings; full-text search p50 <= 20 ms.

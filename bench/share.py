@@ -1,6 +1,6 @@
 """Share create/read latency through the HTTP API, SQLite and PostgreSQL side by side.
 
-    python bench/share.py [--n 300] [--threads 8] [--out bench/RESULTS_share.md]
+    python bench/share.py [--n 300] [--threads 8] [--out FILE]  (the table for bench/RESULTS.md)
 
 Each database gets its own uvicorn server process (so the client does not share a GIL with it).
 Requests alternate between the two servers, so background load hits both alike. PostgreSQL comes

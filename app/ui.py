@@ -10,6 +10,7 @@ import gradio as gr
 from app.attribution.render import search_results_html
 from app.errors import user_errors
 from app.handlers import PARAM_NAMES, Handlers, turns_from_messages
+from app.render import code_view
 from app.requests import parse_params
 from model.engine import GenerationParams
 from model.prompts import Turn
@@ -120,7 +121,7 @@ def _code_tab(mode, label, examples, placeholder, handlers: Handlers, model, par
         with gr.Row():
             run = gr.Button("Generate", variant="primary", elem_id=f"{mode}-run")
             stop = gr.Button("Stop", variant="stop", elem_id=f"{mode}-stop")
-        ui.view = gr.HTML("", elem_id=f"{mode}-output", elem_classes=["code-output"],
+        ui.view = gr.HTML(code_view("", "text"), elem_id=f"{mode}-output", elem_classes=["code-output"],
                           js_on_load=CLICK_TO_SEARCH)  # fmt: skip
         ui.status = gr.Markdown("", elem_id=f"{mode}-status")
         ui.sources = gr.HTML("", elem_id=f"{mode}-sources")

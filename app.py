@@ -22,29 +22,28 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from app.server import build_app, build_engines, open_attribution, serve
-    from model.errors import PlaygroundError
 
     engines = build_engines(settings)
     registry = engines.registry
     # Workers load their models in their own processes while this one builds the web app.
     fim_default = registry.default_for("fim")
     engines.warm([fim_default, *(registry.default_for(m) for m in ("completion", "assistant"))])
-    try:
-        built = build_app(settings, engines, open_attribution(settings))
-        # Fail fast, with the reason, when the default model or the one MODEL_ID names cannot
-        # load (other models keep warming up in the background).
-        required = {fim_default}
-        if settings.model != EMBEDDED_MODEL:
-            required.add(registry.default_for("completion"))
+    # The page is served at once; if the default model, or the one MODEL_ID names, cannot load,
+    # the server stops with the reason (other models keep warming up in the background).
+    required = {fim_default}
+    if settings.model != EMBEDDED_MODEL:
+        required.add(registry.default_for("completion"))
+
+    def check() -> None:
         for model_id in sorted(required):
             engines.get(registry.get(model_id))
-        serve(built.fastapi, settings)
-    except PlaygroundError as exc:
-        logging.getLogger("app").error("%s", exc)
-        return 2
+
+    try:
+        built = build_app(settings, engines, open_attribution(settings))
+        ok = serve(built.fastapi, settings, startup_check=check)
     finally:
         engines.close()
-    return 0
+    return 0 if ok else 2
 
 
 if __name__ == "__main__":

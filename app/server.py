@@ -23,6 +23,7 @@ from app.share_routes import mount_share_routes
 from app.store import Store
 from app.ui import build_ui
 from model.engine import Engine
+from model.errors import PlaygroundError
 from model.factory import build_engine
 from model.pool import EnginePool
 from model.prompts import TaPrompt
@@ -135,6 +136,24 @@ class BackgroundServer:
         self.thread.join(timeout=10)
 
 
-def serve(app: FastAPI, settings: Settings) -> None:
+def serve(app: FastAPI, settings: Settings, startup_check=None) -> bool:
+    """Serve until stopped. `startup_check` runs beside the server (e.g. waiting for the
+    default model); if it raises PlaygroundError the server stops and we return False."""
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info")
+    )
+    failed: list[PlaygroundError] = []
+
+    def check() -> None:
+        try:
+            startup_check()
+        except PlaygroundError as exc:
+            log.error("%s", exc.message)
+            failed.append(exc)
+            server.should_exit = True
+
+    if startup_check is not None:
+        threading.Thread(target=check, name="startup-check", daemon=True).start()
     log.info("serving on http://%s:%d", settings.host, settings.port)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    server.run()
+    return not failed

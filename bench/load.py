@@ -117,6 +117,7 @@ def serve_app_main(args) -> int:
     from app.metrics import EngineMetrics
     from app.server import build_app, serve
     from app.settings import Settings
+    from model.pool import EnginePool
 
     if args.serve_app == "worker":
         from model.worker import WorkerConfig, WorkerEngine
@@ -130,29 +131,18 @@ def serve_app_main(args) -> int:
     metrics = EngineMetrics()
     data = tempfile.mkdtemp(prefix="bench-data-")
     settings = Settings.load(
-        ["--data-dir", data, "--port", str(args.port), "--log-level", "WARNING"], env={}
-    )
-    built = build_app(settings, metrics.wrap(engine))
-    _open_model_group(built.blocks, args.max_batch)
+        ["--data-dir", data, "--port", str(args.port), "--log-level", "WARNING",
+         "--max-batch", str(args.max_batch), "--max-queue", str(4 * args.max_batch)],
+        env={},
+    )  # fmt: skip
+    # The app lets max_batch + max_queue generations into the engine, which batches them.
+    built = build_app(settings, EnginePool.single(metrics.wrap(engine), data_dir=data))
     start_http_server(args.metrics_port, addr="127.0.0.1", registry=metrics.registry)
     try:
         serve(built.fastapi, settings)
     finally:
         engine.close()
     return 0
-
-
-def _open_model_group(blocks, limit: int) -> None:
-    """Let `limit` generations into the engine at once: the engine's own queue then batches
-    them. (The app's default is one at a time per model; see the report for the setting.)"""
-    for fn in blocks.fns.values():
-        if fn.concurrency_id == "model" or fn.concurrency_limit == "default":
-            fn.concurrency_limit = limit
-    queue = getattr(blocks, "_queue", None)
-    if queue is not None:
-        queue.default_concurrency_limit = limit
-        for q in getattr(queue, "event_queue_per_concurrency_id", {}).values():
-            q.concurrency_limit = limit
 
 
 def run_level(url: str, tokens_now, streams: int, per_stream: int, max_new: int) -> dict:

@@ -437,7 +437,10 @@ exactly those files, so a generation that copies them is highlighted with its so
 The model is tiny and was trained for about two hours on a CPU: completions are often wrong,
 repetitive or syntactically broken, and it knows only Python as written in the standard
 library. Its context is {config["n_positions"]} tokens, so a FIM prompt is trimmed to the code
-near the cursor. It has seen no natural-language instructions, no tests of the tech-assistant
+near the cursor. Greedy decoding falls into repetition loops (use the playground's
+repetition penalty 1.2), and a FIM middle rarely ends at `<|endoftext|>` by itself
+(see the table): stop single-line infills at the end of the line. It has seen no
+natural-language instructions, no tests of the tech-assistant
 prompt, and no code outside the standard library. Do not use its output without review.
 
 ## Training
@@ -460,6 +463,9 @@ prompt, and no code outside the standard library. Do not use its output without 
   line boundaries into window-sized pieces; each piece becomes a FIM example with probability
   0.5, half of them PSM (`<fim_prefix>{{prefix}}<fim_suffix>{{suffix}}<fim_middle>{{middle}}`)
   and half SPM in StarCoder's variant (`<fim_prefix><fim_suffix>{{suffix}}<fim_middle>{{prefix}}{{middle}}`).
+- **Piece lengths:** steps 0-1,100 cut files into fixed 1,536-character pieces; from step
+  1,100 on, piece limits were drawn from 64-1,536 characters (`--fim-min-piece-chars 64`,
+  now the default) to give the model shorter FIM middles.
 - **Tokenizer:** byte-level BPE trained on the training files; digits are split one per
   token (as StarCoder) and `\\n` is its own pre-token, so a prompt ending in a bare newline is
   in distribution. Pad token is `<|endoftext|>`.
@@ -467,7 +473,7 @@ prompt, and no code outside the standard library. Do not use its output without 
 ### Hardware and cost
 
 {training}- **Hardware:** 2 shared CPU cores (Intel Xeon, AVX2), torch {torch.__version__}
-- **Learning curve:** `learning_curve.csv` (held-out loss in nats/token and bits per byte)
+- **Learning curve:** `learning_curve.csv` (held-out loss in nats/token and bits per byte),\n  plotted in `learning_curve.svg`:\n\n  ![learning curve](learning_curve.svg)
 
 ## License
 
@@ -475,6 +481,37 @@ The weights are released under Apache-2.0, the license of this repository. They 
 only on the CPython standard library, which is under the PSF License Agreement (PSF-2.0); code
 the model reproduces from it remains under that license and needs its attribution.
 """
+
+
+def learning_curve_svg(curve_csv: Path, width: int = 640, height: int = 320) -> str:
+    """Held-out bits/byte against tokens seen, as a dependency-free SVG."""
+    rows = list(csv.DictReader(curve_csv.open()))
+    xs = [int(r["tokens"]) for r in rows]
+    ys = [float(r["eval_bpb"]) for r in rows]
+    pad = 48
+    x_max, y_lo, y_hi = max(xs), min(ys) * 0.95, max(ys) * 1.02
+
+    def px(x: float, y: float) -> str:
+        fx = pad + (width - 2 * pad) * x / x_max
+        fy = height - pad - (height - 2 * pad) * (y - y_lo) / (y_hi - y_lo)
+        return f"{fx:.1f},{fy:.1f}"
+
+    points = " ".join(px(x, y) for x, y in zip(xs, ys, strict=True))
+    ticks = "".join(
+        f'<text x="4" y="{px(0, v).split(",")[1]}" font-size="11">{v:.2f}</text>'
+        for v in (y_lo, (y_lo + y_hi) / 2, y_hi)
+    )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif">'
+        f'<rect width="{width}" height="{height}" fill="white"/>'
+        f'<polyline points="{points}" fill="none" stroke="#1f77b4" stroke-width="2"/>'
+        f"{ticks}"
+        f'<text x="{width // 2 - 90}" y="{height - 12}" font-size="12">tokens seen '
+        f"(max {x_max:,})</text>"
+        f'<text x="{pad}" y="20" font-size="12">held-out bits per byte (lower is better)</text>'
+        "</svg>\n"
+    )
 
 
 def render_results(result: dict) -> str:
@@ -563,6 +600,9 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_write:
         (args.checkpoint / "metrics.json").write_text(text + "\n", encoding="utf-8")
         (args.checkpoint / "README.md").write_text(render_card(result, args.checkpoint))
+        curve = args.checkpoint / "learning_curve.csv"
+        if curve.exists():
+            (args.checkpoint / "learning_curve.svg").write_text(learning_curve_svg(curve))
         if args.results:
             args.results.write_text(render_results(result))
     print(text)

@@ -118,6 +118,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.5,
         help="share of FIM examples in SPM order (default: %(default)s)",
     )
+    data.add_argument(
+        "--fim-min-piece-chars",
+        type=int,
+        default=64,
+        help="files are cut into pieces (FIM documents) of a random length between this and "
+        "3 x context characters; 0 = always 3 x context (default: %(default)s)",
+    )
     m = p.add_argument_group("model (default: the preset of the device)")
     m.add_argument(
         "--preset",
@@ -351,7 +358,9 @@ def train(args: argparse.Namespace) -> dict:
     raw: Tokenizer = tokenizer.backend_tokenizer
     byte_len = torch.from_numpy(token_byte_lengths(raw))
     piece_chars = int(args.n_positions * 3)  # ~3.3 bytes/token: a piece fits one window
-    builder = StreamBuilder(raw, piece_chars, args.fim_rate, args.fim_spm_rate)
+    builder = StreamBuilder(
+        raw, piece_chars, args.fim_rate, args.fim_spm_rate, args.fim_min_piece_chars
+    )
     plain = StreamBuilder(raw, piece_chars, fim_rate=0.0)
     eval_stream = plain.build(data.heldout, seed=0, shuffle=False)
     eval_w = torch.from_numpy(windows(eval_stream, args.n_positions)[: args.eval_windows]).long()

@@ -14,19 +14,29 @@ from model.tokenizer_train import EOS, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 logger = logging.getLogger(__name__)
 
 
-def split_pieces(text: str, max_chars: int) -> list[str]:
+def split_pieces(
+    text: str, max_chars: int, min_chars: int = 0, rng: np.random.Generator | None = None
+) -> list[str]:
     """Cut a file at line boundaries into pieces of at most ~max_chars characters.
 
     StarCoder applied FIM to whole files inside an 8K window. With a 512-token window a whole
-    file rarely fits, so each context-sized piece of a file is a FIM document of its own.
+    file rarely fits, so each context-sized piece of a file is a FIM document of its own. With
+    `rng`, each piece's limit is drawn from [min_chars, max_chars]: shorter FIM documents have
+    shorter middles, so a tiny model sees more middles end at <|endoftext|>.
     """
     pieces: list[str] = []
     current: list[str] = []
     size = 0
+
+    def limit() -> int:
+        return int(rng.integers(min_chars, max_chars + 1)) if rng is not None else max_chars
+
+    cap = limit()
     for line in text.splitlines(keepends=True):
-        if current and size + len(line) > max_chars:
+        if current and size + len(line) > cap:
             pieces.append("".join(current))
             current, size = [], 0
+            cap = limit()
         current.append(line)
         size += len(line)
     if current:
@@ -43,11 +53,13 @@ class StreamBuilder:
         piece_chars: int,
         fim_rate: float = 0.5,
         fim_spm_rate: float = 0.5,
+        min_piece_chars: int = 0,
     ):
         self.tok = tokenizer
         self.piece_chars = piece_chars
         self.fim_rate = fim_rate
         self.fim_spm_rate = fim_spm_rate
+        self.min_piece_chars = min_piece_chars
         self.eos = tokenizer.token_to_id(EOS)
         self.prefix = tokenizer.token_to_id(FIM_PREFIX)
         self.middle = tokenizer.token_to_id(FIM_MIDDLE)
@@ -68,7 +80,10 @@ class StreamBuilder:
         texts: list[str] = []
         layout: list[tuple] = []
         for i in order:
-            pieces = split_pieces(docs[i].text, self.piece_chars)
+            if self.min_piece_chars and self.fim_rate > 0:
+                pieces = split_pieces(docs[i].text, self.piece_chars, self.min_piece_chars, rng)
+            else:
+                pieces = split_pieces(docs[i].text, self.piece_chars)
             plain: list[str] = []
             for piece in pieces:
                 if rng.random() < self.fim_rate:

@@ -37,7 +37,7 @@ from transformers.generation.continuous_batching import cb_logits_processors as 
 
 from model.decoding import IncrementalDecoder
 from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo
-from model.healing import needs_healing
+from model.healing import heal, needs_healing
 from model.local import LocalEngine
 from model.stops import StopMatcher
 
@@ -124,10 +124,14 @@ def build_cb_config(
     return ContinuousBatchingConfig(max_memory_percent=0.8 * share, **common)
 
 
-def batchable(request: GenerationRequest) -> bool:
+def batchable(request: GenerationRequest, tokenizer) -> bool:
     """Whether the continuous-batching path honours every parameter (see the module doc)."""
-    healing = request.params.heal and needs_healing(request.prompt)
-    return request.params.seed is None and not healing
+    if request.params.seed is not None:
+        return False
+    if request.params.heal and needs_healing(request.prompt):
+        ids = tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
+        return not heal(tokenizer, ids).active  # only prompts healing would change run alone
+    return True
 
 
 @dataclass
@@ -184,7 +188,7 @@ class BatchingServer:
     # -- commands ---------------------------------------------------------------------------
 
     def submit(self, rid: str, request: GenerationRequest) -> None:
-        if batchable(request):
+        if batchable(request, self.tokenizer):
             self._submit_batched(rid, request)
         else:
             token = CancelToken()

@@ -203,6 +203,13 @@ class TokenHealer:
             return Healing(ids, "", None)
         if not text or not vocab.allowed(removed).any():
             return Healing(ids, "", None)
+        if k == 1 and not any(
+            b is not None and len(b) > len(removed) and b.startswith(removed) for b in vocab.bytes
+        ):
+            # One token that no other token extends (tiny-starcoder keeps "\n" a token of its
+            # own): the model could only re-create it unchanged, so healing would change nothing
+            # and only cost the request its place in a batch.
+            return Healing(ids, "", None)
         return Healing(kept, text, HealingProcessor(vocab, len(kept), removed))
 
 

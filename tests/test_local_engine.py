@@ -81,10 +81,11 @@ def test_closing_the_stream_early_frees_the_model(engine):
 
 def test_an_exception_inside_generation_becomes_an_error_event(engine):
     # Positions past the model's context make the real model fail inside generate().
+    # A counting list keeps the model generating (no early end-of-text) past that limit.
     n = engine.info.context_length
-    prompt = "x = 1\n" * n
+    prompt = "x = [" + ", ".join(str(i) for i in range(1, 2000))
     while engine.count_tokens(prompt) > n - 2:
-        prompt = prompt[: int(len(prompt) * 0.9)]
+        prompt = prompt[: int(len(prompt) * 0.95)]
     params = GenerationParams(max_new_tokens=50, temperature=0)
     _, done, _ = _run(engine, prompt, params)
     assert done.reason == "error" and done.error_kind == "engine"

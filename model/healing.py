@@ -171,12 +171,22 @@ class TokenHealer:
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self._vocab: VocabBytes | None = None
+        self._extends: dict[bytes, bool] = {}
 
     @property
     def vocab(self) -> VocabBytes:
         if self._vocab is None:
             self._vocab = VocabBytes(self.tokenizer)
         return self._vocab
+
+    def _extendable(self, removed: bytes) -> bool:
+        """Whether some token extends `removed` (cached: one vocabulary scan per text)."""
+        if removed not in self._extends:
+            self._extends[removed] = any(
+                b is not None and len(b) > len(removed) and b.startswith(removed)
+                for b in self.vocab.bytes
+            )
+        return self._extends[removed]
 
     def heal(self, input_ids: Sequence[int]) -> Healing:
         """Back off trailing whitespace tokens: the last token when its text ends in whitespace,
@@ -203,9 +213,7 @@ class TokenHealer:
             return Healing(ids, "", None)
         if not text or not vocab.allowed(removed).any():
             return Healing(ids, "", None)
-        if k == 1 and not any(
-            b is not None and len(b) > len(removed) and b.startswith(removed) for b in vocab.bytes
-        ):
+        if k == 1 and not self._extendable(removed):
             # One token that no other token extends (tiny-starcoder keeps "\n" a token of its
             # own): the model could only re-create it unchanged, so healing would change nothing
             # and only cost the request its place in a batch.

@@ -274,18 +274,13 @@ def _query(span: dict) -> str:
     return _span(span).search_text()
 
 
-def share_parameters(params) -> dict:
-    return {
-        "max_new_tokens": params.max_new_tokens,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "repetition_penalty": params.repetition_penalty,
-        "seed": params.seed,
-        "stop": list(params.stop),
-    }
-
-
 PARAM_NAMES = ("max_new_tokens", "temperature", "top_p", "repetition_penalty", "seed", "stop")
+
+
+def share_parameters(params) -> dict:
+    """The generation parameters as a share stores them (the UI's parameter names)."""
+    values = {name: getattr(params, name) for name in PARAM_NAMES}
+    return {**values, "stop": list(params.stop)}
 
 
 def _param_kwargs(values) -> dict:

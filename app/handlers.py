@@ -122,9 +122,10 @@ class Handlers:
         ]
         return code_view(text, language, marks)
 
-    def repetition_penalty(self, model_id: str | None, mode: str = "completion") -> float:
-        """The model's default repetition penalty ("automatic": the mode's default model's)."""
-        return self.playground.registry.choose(model_id or None, mode).repetition_penalty
+    def defaults(self, model_id: str | None, mode: str = "completion") -> tuple[float, float]:
+        """The model's default (temperature, repetition penalty); "automatic": the mode's model's."""
+        spec = self.playground.registry.choose(model_id or None, mode)
+        return spec.temperature, spec.repetition_penalty
 
     def model_card(self, model_id: str | None) -> str:
         """The selected model's card facts; for "automatic", which model each mode uses."""

@@ -97,7 +97,7 @@ class Playground:
         spec, engine = self.engines.choose(model, "completion")
         self._check_context(engine, "prompt", prompt, params)
         # Token healing: a prompt ending in whitespace (a header and Enter) still gets a body.
-        params = replace(params, heal=True)
+        params = replace(params, heal=True, stop=(*params.stop, *spec.completion_stops))
         yield from self._run(
             engine, spec.id, "completion", prompt, params, cancel, prefix=prompt, suffix="",
             client=client,

@@ -62,13 +62,15 @@ NOTE = (
 )
 
 
-def _param_inputs(context_length: int, default_context: int, repetition_penalty: float) -> list:
+def _param_inputs(context_length: int, default_context: int, defaults: tuple[float, float]) -> list:
     d = GenerationParams()
+    default_temperature, repetition_penalty = defaults
     default_new = min(d.max_new_tokens, default_context // 2)
     with gr.Accordion("Parameters", open=False, elem_id="params"):
         with gr.Row():
-            temperature = gr.Slider(0, 1, d.temperature, step=0.05, label="Temperature",
-                                    info="0 means greedy", elem_id="temperature")  # fmt: skip
+            temperature = gr.Slider(0, 1, default_temperature, step=0.05, label="Temperature",
+                                    info="0 means greedy; set to the selected model's default",
+                                    elem_id="temperature")  # fmt: skip
             max_new = gr.Slider(1, context_length, default_new, step=1, label="Max new tokens",
                                 info="prompt + new tokens must fit the model's context",
                                 elem_id="max-new-tokens")  # fmt: skip
@@ -253,8 +255,10 @@ def _open_share(handlers: Handlers, tabs, code_tabs, chat_tab, params):
 
 def _api_params(handlers: Handlers, model, mode, max_new_tokens, temperature, top_p,
                 rep, seed, stop):  # fmt: skip
-    if rep is None:  # not given: the model's own default
-        rep = handlers.repetition_penalty(model, mode)
+    default_temperature, default_rep = handlers.defaults(model, mode)
+    # Not given: the model's own defaults.
+    temperature = default_temperature if temperature is None else temperature
+    rep = default_rep if rep is None else rep
     return parse_params(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                         repetition_penalty=rep, seed=seed, stop=stop)  # fmt: skip
 
@@ -267,7 +271,7 @@ def _api(handlers: Handlers) -> None:
         prompt: str,
         model: str | None = None,
         max_new_tokens: int = 256,
-        temperature: float = 0.2,
+        temperature: float | None = None,
         top_p: float = 0.9,
         repetition_penalty: float | None = None,
         seed: int | None = None,
@@ -285,7 +289,7 @@ def _api(handlers: Handlers) -> None:
         prompt: str,
         model: str | None = None,
         max_new_tokens: int = 256,
-        temperature: float = 0.2,
+        temperature: float | None = None,
         top_p: float = 0.9,
         repetition_penalty: float | None = None,
         seed: int | None = None,
@@ -304,7 +308,7 @@ def _api(handlers: Handlers) -> None:
         history: list[list[str]] | None = None,
         model: str | None = None,
         max_new_tokens: int = 256,
-        temperature: float = 0.2,
+        temperature: float | None = None,
         top_p: float = 0.9,
         repetition_penalty: float | None = None,
         seed: int | None = None,
@@ -385,9 +389,9 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
         model = _model_picker(handlers)
         params_slot = gr.Column(render=False)  # shown below the tabs, wired into each of them
         with params_slot:
-            params = _param_inputs(max_context, default_context, handlers.repetition_penalty(AUTO))
-        # Each model brings its own default repetition penalty (see ModelSpec).
-        model.change(handlers.repetition_penalty, model, params[3], queue=False,
+            params = _param_inputs(max_context, default_context, handlers.defaults(AUTO))
+        # Each model brings its own default temperature and repetition penalty (see ModelSpec).
+        model.change(handlers.defaults, model, [params[1], params[3]], queue=False,
                      api_visibility="private")  # fmt: skip
         with gr.Tabs() as tabs:
             completion = _code_tab("completion", "Completion", COMPLETION_EXAMPLES,

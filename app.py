@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 # Gradio reports usage to a server at start-up unless told not to.
@@ -23,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     from app.server import build_app, build_engines, open_attribution, serve
 
+    # uvicorn re-raises the SIGTERM it shut down for; the default action would kill us before
+    # the `finally` below stops the model workers, so SIGTERM ends in SystemExit instead.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     engines = build_engines(settings)
     registry = engines.registry
     # Workers load their models in their own processes while this one builds the web app.
@@ -44,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         engines.close()
     return 0 if ok else 2
+
+
+def _exit_on_signal(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -136,12 +136,19 @@ class BackgroundServer:
         self.thread.join(timeout=10)
 
 
+SHUTDOWN_GRACE_SECONDS = 5
+
+
 def serve(app: FastAPI, settings: Settings, startup_check=None) -> bool:
     """Serve until stopped. `startup_check` runs beside the server (e.g. waiting for the
     default model); if it raises PlaygroundError the server stops and we return False."""
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info")
-    )
+    # Every open page holds a heartbeat stream that never ends by itself: without a deadline
+    # SIGTERM (docker stop, a Space restart) waited for them forever and ended in SIGKILL.
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level="info",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
     failed: list[PlaygroundError] = []
 
     def check() -> None:

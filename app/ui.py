@@ -9,7 +9,7 @@ import gradio as gr
 
 from app.attribution.render import search_results_html
 from app.errors import user_errors
-from app.handlers import PARAM_NAMES, Handlers, turns_from_messages
+from app.handlers import PARAM_NAMES, Handlers, throttle, turns_from_messages
 from app.render import code_view
 from app.requests import parse_params
 from model.engine import GenerationParams
@@ -281,7 +281,7 @@ def _api(handlers: Handlers) -> None:
         """Continue `prompt`; returns prompt + continuation."""
         params = _api_params(handlers, model, "completion", max_new_tokens, temperature, top_p,
                              repetition_penalty, seed, stop)  # fmt: skip
-        for out in handlers.run_complete(prompt, params, request, model):
+        for out in throttle(handlers.run_complete(prompt, params, request, model)):
             yield out.text
 
     @user_errors
@@ -299,7 +299,7 @@ def _api(handlers: Handlers) -> None:
         """Fill the single <FILL_HERE> in `prompt`; returns prefix + middle + suffix."""
         params = _api_params(handlers, model, "fim", max_new_tokens, temperature, top_p,
                              repetition_penalty, seed, stop)  # fmt: skip
-        for out in handlers.run_fill(prompt, params, request, model):
+        for out in throttle(handlers.run_fill(prompt, params, request, model)):
             yield out.text
 
     @user_errors
@@ -319,7 +319,7 @@ def _api(handlers: Handlers) -> None:
         params = _api_params(handlers, model, "assistant", max_new_tokens, temperature, top_p,
                              repetition_penalty, seed, stop)  # fmt: skip
         turns = [Turn(str(u), str(a)) for u, a in (history or [])]
-        for out in handlers.run_assist(message, turns, params, request, model):
+        for out in throttle(handlers.run_assist(message, turns, params, request, model)):
             yield out.text
 
     for fn in (complete, fill, assist):

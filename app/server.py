@@ -18,6 +18,7 @@ from app.metrics import EngineMetrics, add_ops_routes
 from app.playground import Playground
 from app.render import style_css
 from app.requests import Limits
+from app.session_state import install as install_lazy_session_state
 from app.settings import ROOT, Settings
 from app.share_routes import mount_share_routes
 from app.store import Store
@@ -78,6 +79,7 @@ def open_attribution(settings: Settings) -> AttributionIndex:
 def build_app(
     settings: Settings, engines: EnginePool, attribution: AttributionIndex | None = None
 ) -> PlaygroundApp:
+    install_lazy_session_state()
     metrics = EngineMetrics()
     engines.wrap(metrics.wrap)
     metrics.watch(lambda: engines.loaded().values())

@@ -59,29 +59,40 @@ class RepetitionPenaltyCB(cblp.ContinuousBatchingLogitsProcessor):
 
     def __init__(self, processor: RepetitionPenaltyLogitsProcessor) -> None:
         self.penalty = float(processor.penalty)
-        self._history: list[list[int]] = []
+        # (row, token id) of every history token of the penalised rows, for the next __call__.
+        self._rows: torch.Tensor | None = None
+        self._cols: torch.Tensor | None = None
 
     def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
         default = torch.full_like(int32_tensor, self.penalty, dtype=torch.float32)
         int32_tensor.copy_(default.view(dtype=torch.int32))
 
     def prepare_tensor_args(self, requests_with_new_token) -> torch.Tensor:
-        penalties, self._history = [], []
-        for request in requests_with_new_token:
+        penalties, rows, cols = [], [], []
+        for row, request in enumerate(requests_with_new_token):
             state = request.state
-            penalties.append(state.logit_processor_kwargs.get("repetition_penalty", self.penalty))
-            self._history.append(list(state.initial_tokens) + list(state.generated_tokens))
+            p = state.logit_processor_kwargs.get("repetition_penalty", self.penalty)
+            penalties.append(p)
+            ids = [*state.initial_tokens, *state.generated_tokens]
+            if p != 1.0 and ids:
+                rows.append(torch.full((len(ids),), row, dtype=torch.long))
+                cols.append(torch.tensor(ids, dtype=torch.long))
+        self._rows = torch.cat(rows) if rows else None
+        self._cols = torch.cat(cols) if cols else None
         return torch.tensor(penalties, dtype=torch.float32).view(dtype=torch.int32)
 
     def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
-        penalty = tensor_arg[: scores.size(0)].view(dtype=torch.float32)
-        for row, ids in enumerate(self._history[: scores.size(0)]):
-            p = float(penalty[row])
-            if p == 1.0 or not ids:
-                continue
-            idx = torch.tensor(sorted(set(ids)), dtype=torch.long, device=scores.device)
-            s = scores[row, idx]
-            scores[row, idx] = torch.where(s < 0, s * p, s / p)
+        if self._rows is None:
+            return scores
+        # One gather and one scatter for the whole batch: a loop over rows cost ~10 % of the
+        # worker's time at 8 streams. Repeated ids gather the same score and write the same
+        # value back, so they need no dedup.
+        rows, cols = self._rows.to(scores.device), self._cols.to(scores.device)
+        keep = rows < scores.size(0)
+        rows, cols = rows[keep], cols[keep]
+        penalty = tensor_arg[: scores.size(0)].view(dtype=torch.float32).to(scores.dtype)[rows]
+        s = scores[rows, cols]
+        scores[rows, cols] = torch.where(s < 0, s * penalty, s / penalty)
         return scores
 
 

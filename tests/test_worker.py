@@ -237,3 +237,32 @@ def test_metrics_and_healthz(worker):
     assert 'playground_requests_total{reason="length"} 1.0' in text
     for name in ("queue_depth", "active_requests", "worker_restarts_total", "tokens_per_second"):
         assert f"playground_{name}" in text
+
+
+def test_batched_repetition_penalty_matches_generates_per_row():
+    """Rows with their own penalties and repeated ids get exactly generate()'s processor."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from model.batching import RepetitionPenaltyCB
+
+    histories = [([5, 7, 7], [9, 5]), ([1, 2], []), ([3, 3, 3], [4]), ([8], [0])]
+    penalties = [1.2, 1.0, 1.7, 1.3]
+    requests = [
+        SimpleNamespace(
+            state=SimpleNamespace(
+                initial_tokens=prompt, generated_tokens=generated,
+                logit_processor_kwargs={"repetition_penalty": p},
+            )
+        )
+        for (prompt, generated), p in zip(histories, penalties, strict=True)
+    ]  # fmt: skip
+    scores = torch.randn(len(requests), 12)
+    cb = RepetitionPenaltyCB(RepetitionPenaltyLogitsProcessor(1.2))
+    got = cb(scores.clone(), cb.prepare_tensor_args(requests))
+    for row, ((prompt, generated), p) in enumerate(zip(histories, penalties, strict=True)):
+        ids = torch.tensor([prompt + generated])
+        want = RepetitionPenaltyLogitsProcessor(p)(ids, scores[row : row + 1].clone())
+        assert torch.equal(got[row], want[0]), row

@@ -87,6 +87,22 @@ def _param_inputs(context_length: int, default_context: int, defaults: tuple[flo
     return [max_new, temperature, top_p, rep, seed, stop]
 
 
+TAB_MODES = {"Completion": "completion", "Fill-in-the-middle": "fim", "Tech assistant": "assistant"}
+
+
+def _wire_tab_defaults(tabs, handlers: Handlers, model, params) -> None:
+    """With "automatic", each tab has its own model (SmolLM2 completes, tiny-starcoder fills
+    in): switching tabs switches the parameters to that model's defaults, as picking it would."""
+
+    def tab_defaults(model_id, evt: gr.SelectData):
+        mode = TAB_MODES.get(evt.value)
+        if model_id or mode is None:  # a chosen model is the same on every tab: keep the edits
+            return gr.skip(), gr.skip()
+        return handlers.defaults(AUTO, mode)
+
+    tabs.select(tab_defaults, model, [params[1], params[3]], queue=False, api_visibility="private")
+
+
 def _wire_stop(button, handlers: Handlers) -> None:
     def stop(request: gr.Request) -> None:
         handlers.stop(request)  # the generation itself reports "stopped by you"
@@ -402,6 +418,7 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
             chat = _assist_tab(handlers, model, params)
             _search_tab(handlers)
         params_slot.render()
+        _wire_tab_defaults(tabs, handlers, model, params)
         gr.Markdown(NOTE, elem_id="license-note")
         load, outputs = _open_share(handlers, tabs, [completion, fim], chat, params)
         demo.load(load, None, outputs, api_visibility="private")

@@ -76,6 +76,23 @@ def test_a_new_users_first_completion_is_a_correct_function_from_smollm2(
     assert run.returncode == 0, code + run.stderr
 
 
+def test_automatic_model_brings_each_tabs_own_defaults(browser, default_app):  # noqa: F811
+    page = browser.new_page()
+    try:
+        page.set_default_timeout(60_000)
+        page.goto(default_app.url)
+        page.click("#params")
+        temperature = "#temperature input[type=number]"
+        assert page.input_value(temperature) == "0"  # completion: SmolLM2, greedy
+        page.click("button[role=tab]:has-text('Fill-in-the-middle')")  # tiny-starcoder
+        page.wait_for_function(f"() => document.querySelector('{temperature}').value === '0.2'")
+        assert page.input_value("#repetition-penalty input[type=number]") == "1.2"
+        page.click("button[role=tab]:has-text('Completion')")
+        page.wait_for_function(f"() => document.querySelector('{temperature}').value === '0'")
+    finally:
+        page.close()
+
+
 def test_selector_switches_models_and_fim_names_the_models_that_can(
     browser,  # noqa: F811
     default_app,

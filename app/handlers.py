@@ -122,6 +122,10 @@ class Handlers:
         ]
         return code_view(text, language, marks)
 
+    def model_for(self, model_id: str | None, mode: str) -> str:
+        """The model a mode runs with this choice ("automatic": the mode's default)."""
+        return self.playground.registry.choose(model_id or None, mode).id
+
     def defaults(self, model_id: str | None, mode: str = "completion") -> tuple[float, float]:
         """The model's default (temperature, repetition penalty); "automatic": the mode's model's."""
         spec = self.playground.registry.choose(model_id or None, mode)

@@ -94,13 +94,18 @@ def _wire_tab_defaults(tabs, handlers: Handlers, model, params) -> None:
     """With "automatic", each tab has its own model (SmolLM2 completes, tiny-starcoder fills
     in): switching tabs switches the parameters to that model's defaults, as picking it would."""
 
-    def tab_defaults(model_id, evt: gr.SelectData):
-        mode = TAB_MODES.get(evt.value)
-        if model_id or mode is None:  # a chosen model is the same on every tab: keep the edits
-            return gr.skip(), gr.skip()
-        return handlers.defaults(AUTO, mode)
+    last_mode = gr.State("completion")
 
-    tabs.select(tab_defaults, model, [params[1], params[3]], queue=False, api_visibility="private")
+    def tab_defaults(model_id, last, evt: gr.SelectData):
+        mode = TAB_MODES.get(evt.value)
+        if mode is None:  # the search tab generates nothing
+            return gr.skip(), gr.skip(), last
+        if model_id or handlers.model_for(AUTO, mode) == handlers.model_for(AUTO, last):
+            return gr.skip(), gr.skip(), mode  # the same model: keep the user's edits
+        return (*handlers.defaults(AUTO, mode), mode)
+
+    tabs.select(tab_defaults, [model, last_mode], [params[1], params[3], last_mode], queue=False,
+                api_visibility="private")  # fmt: skip
 
 
 def _wire_stop(button, handlers: Handlers) -> None:

@@ -89,6 +89,11 @@ def test_automatic_model_brings_each_tabs_own_defaults(browser, default_app):  #
         assert page.input_value("#repetition-penalty input[type=number]") == "1.2"
         page.click("button[role=tab]:has-text('Completion')")
         page.wait_for_function(f"() => document.querySelector('{temperature}').value === '0'")
+        # Completion and the assistant share SmolLM2: a user's edit survives that switch.
+        _set_param(page, "temperature", 0.5)
+        page.click("button[role=tab]:has-text('Tech assistant')")
+        page.wait_for_timeout(500)
+        assert page.input_value(temperature) == "0.5"
     finally:
         page.close()
 

@@ -33,6 +33,16 @@ def default_client(default_app):
     return Client(default_app.url, verbose=False, download_files=False)
 
 
+@pytest.fixture
+def page(browser, default_app):  # noqa: F811
+    """A fresh page on the app with its natural defaults."""
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(default_app.url)
+    yield page
+    page.close()
+
+
 def _function_only(code: str) -> str:
     """The first top-level function of `code`, cut where the next top-level statement starts."""
     lines = code.splitlines()
@@ -42,30 +52,22 @@ def _function_only(code: str) -> str:
     return "\n".join(lines[:end]) + "\n"
 
 
-def test_a_new_users_first_completion_is_a_correct_function_from_smollm2(
-    browser,  # noqa: F811
-    default_app,
-):
+def test_a_new_users_first_completion_is_a_correct_function_from_smollm2(page):
     """What a first visitor does: click the first example, press Generate, touch nothing else."""
-    page = browser.new_page()
-    try:
-        page.set_default_timeout(120_000)
-        page.goto(default_app.url)
-        card = page.inner_text("#model-card")
-        assert "SmolLM2" in card and "tiny-starcoder" in card
-        page.locator(".gallery-item, [data-testid=dataset] button, table.table td").first.click()
-        page.wait_for_function(  # the first example fills the prompt
-            "(p) => document.querySelector('#completion-prompt textarea').value === p", arg=PROMPT
-        )
-        page.click("#completion-run")
-        page.wait_for_function(
-            "() => document.querySelector('#completion-status').innerText.includes('tokens/s')"
-        )
-        assert SMOLLM2 in page.inner_text("#completion-status")
-        page.click("#completion-exact")
-        raw = page.input_value("#completion-raw textarea")
-    finally:
-        page.close()
+    page.set_default_timeout(120_000)  # SmolLM2 writes the function
+    card = page.inner_text("#model-card")
+    assert "SmolLM2" in card and "tiny-starcoder" in card
+    page.locator(".gallery-item, [data-testid=dataset] button, table.table td").first.click()
+    page.wait_for_function(  # the first example fills the prompt
+        "(p) => document.querySelector('#completion-prompt textarea').value === p", arg=PROMPT
+    )
+    page.click("#completion-run")
+    page.wait_for_function(
+        "() => document.querySelector('#completion-status').innerText.includes('tokens/s')"
+    )
+    assert SMOLLM2 in page.inner_text("#completion-status")
+    page.click("#completion-exact")
+    raw = page.input_value("#completion-raw textarea")
     # SmolLM2's defaults (greedy, and a stop at the markdown fence it closes code with) give
     # code only: no fence and no prose after the function.
     assert "```" not in raw, raw
@@ -76,62 +78,47 @@ def test_a_new_users_first_completion_is_a_correct_function_from_smollm2(
     assert run.returncode == 0, code + run.stderr
 
 
-def test_automatic_model_brings_each_tabs_own_defaults(browser, default_app):  # noqa: F811
-    page = browser.new_page()
-    try:
-        page.set_default_timeout(60_000)
-        page.goto(default_app.url)
-        page.click("#params")
-        temperature = "#temperature input[type=number]"
-        assert page.input_value(temperature) == "0"  # completion: SmolLM2, greedy
-        page.click("button[role=tab]:has-text('Fill-in-the-middle')")  # tiny-starcoder
-        page.wait_for_function(f"() => document.querySelector('{temperature}').value === '0.2'")
-        assert page.input_value("#repetition-penalty input[type=number]") == "1.2"
-        page.click("button[role=tab]:has-text('Completion')")
-        page.wait_for_function(f"() => document.querySelector('{temperature}').value === '0'")
-        # Completion and the assistant share SmolLM2: a user's edit survives that switch.
-        _set_param(page, "temperature", 0.5)
-        page.click("button[role=tab]:has-text('Tech assistant')")
-        page.wait_for_timeout(500)
-        assert page.input_value(temperature) == "0.5"
-    finally:
-        page.close()
+def test_automatic_model_brings_each_tabs_own_defaults(page):
+    page.click("#params")
+    temperature = "#temperature input[type=number]"
+    assert page.input_value(temperature) == "0"  # completion: SmolLM2, greedy
+    page.click("button[role=tab]:has-text('Fill-in-the-middle')")  # tiny-starcoder
+    page.wait_for_function(f"() => document.querySelector('{temperature}').value === '0.2'")
+    assert page.input_value("#repetition-penalty input[type=number]") == "1.2"
+    page.click("button[role=tab]:has-text('Completion')")
+    page.wait_for_function(f"() => document.querySelector('{temperature}').value === '0'")
+    # Completion and the assistant share SmolLM2: a user's edit survives that switch.
+    _set_param(page, "temperature", 0.5)
+    page.click("button[role=tab]:has-text('Tech assistant')")
+    page.wait_for_timeout(500)
+    assert page.input_value(temperature) == "0.5"
 
 
-def test_selector_switches_models_and_fim_names_the_models_that_can(
-    browser,  # noqa: F811
-    default_app,
-):
-    page = browser.new_page()
-    try:
-        page.set_default_timeout(60_000)
-        page.goto(default_app.url)
-        page.click("#model input")
-        page.get_by_role("option", name="smollm2", exact=False).first.click()
-        page.wait_for_function(
-            "() => document.querySelector('#model-card').innerText.includes('Apache-2.0')"
-        )
-        page.click("#params")  # open the parameters
-        assert page.input_value("#temperature input[type=number]") == "0"
-        page.click("button[role=tab]:has-text('Fill-in-the-middle')")
-        page.fill("#fim-prompt textarea", "def f():\n    <FILL_HERE>\n")
-        page.click("#fim-run")
-        page.get_by_text("has no fill-in-the-middle tokens").first.wait_for()
-        assert "tiny-starcoder" in page.inner_text("body")
-        page.click("#model input")
-        page.get_by_role("option", name="tiny-starcoder", exact=False).first.click()
-        # Its own defaults replace SmolLM2's greedy 0 and 1.0.
-        page.wait_for_function(
-            "() => document.querySelector('#temperature input[type=number]').value === '0.2'"
-        )
-        assert page.input_value("#repetition-penalty input[type=number]") == "1.2"
-        _set_param(page, "max-new-tokens", 8)
-        page.click("#fim-run")
-        page.wait_for_function(
-            "() => document.querySelector('#fim-status').innerText.includes('tiny-starcoder')"
-        )
-    finally:
-        page.close()
+def test_selector_switches_models_and_fim_names_the_models_that_can(page):
+    page.click("#model input")
+    page.get_by_role("option", name="smollm2", exact=False).first.click()
+    page.wait_for_function(
+        "() => document.querySelector('#model-card').innerText.includes('Apache-2.0')"
+    )
+    page.click("#params")  # open the parameters
+    assert page.input_value("#temperature input[type=number]") == "0"
+    page.click("button[role=tab]:has-text('Fill-in-the-middle')")
+    page.fill("#fim-prompt textarea", "def f():\n    <FILL_HERE>\n")
+    page.click("#fim-run")
+    page.get_by_text("has no fill-in-the-middle tokens").first.wait_for()
+    assert "tiny-starcoder" in page.inner_text("body")
+    page.click("#model input")
+    page.get_by_role("option", name="tiny-starcoder", exact=False).first.click()
+    # Its own defaults replace SmolLM2's greedy 0 and 1.0.
+    page.wait_for_function(
+        "() => document.querySelector('#temperature input[type=number]').value === '0.2'"
+    )
+    assert page.input_value("#repetition-penalty input[type=number]") == "1.2"
+    _set_param(page, "max-new-tokens", 8)
+    page.click("#fim-run")
+    page.wait_for_function(
+        "() => document.querySelector('#fim-status').innerText.includes('tiny-starcoder')"
+    )
 
 
 def test_api_completion_uses_smollm2s_own_defaults(default_client):

@@ -20,6 +20,7 @@ import math
 import random
 import textwrap
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,17 +115,22 @@ def _functions(tree: ast.AST) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
     return [n for n in ast.walk(tree) if isinstance(n, kinds)]
 
 
-def fim_examples(docs: list[Document], n: int, seed: int = 0, max_chars: int = 900) -> list:
-    """Mask one whole line in the middle of a held-out function (prefix/suffix trimmed so the
-    prompt fits the context)."""
-    rng = random.Random(seed)
-    out: list[FimExample] = []
+def _parsed(docs: list[Document]) -> Iterator[tuple[ast.Module, list[str]]]:
+    """Each document that parses: its syntax tree and its lines (line ends kept)."""
     for doc in docs:
         try:
             tree = ast.parse(doc.text)
         except SyntaxError:
             continue
-        lines = doc.text.splitlines(keepends=True)
+        yield tree, doc.text.splitlines(keepends=True)
+
+
+def fim_examples(docs: list[Document], n: int, seed: int = 0, max_chars: int = 900) -> list:
+    """Mask one whole line in the middle of a held-out function (prefix/suffix trimmed so the
+    prompt fits the context)."""
+    rng = random.Random(seed)
+    out: list[FimExample] = []
+    for tree, lines in _parsed(docs):
         candidates = []
         for fn in _functions(tree):
             body_start = fn.body[0].lineno  # 1-based
@@ -187,12 +193,7 @@ def header_prompts(docs: list[Document], n: int, seed: int = 0) -> list[str]:
     """Function headers with their docstrings, dedented to column 0."""
     rng = random.Random(seed)
     out = []
-    for doc in docs:
-        try:
-            tree = ast.parse(doc.text)
-        except SyntaxError:
-            continue
-        lines = doc.text.splitlines(keepends=True)
+    for tree, lines in _parsed(docs):
         for fn in _functions(tree):
             first = fn.body[0]
             if (

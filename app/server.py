@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -99,6 +100,11 @@ def build_app(
     # (with positions and a clear "busy"); Gradio's own queue only needs to hold the overflow.
     model_slots = settings.max_batch + settings.max_queue
     blocks.queue(max_size=model_slots, default_concurrency_limit=model_slots)
+    # Gradio's monitoring summary rebuilt a pandas DataFrame of up to 10,000 past events after
+    # every event: 4.5-12.6 ms of CPU per request. Its endpoint is off (we serve Prometheus
+    # /metrics), so nothing reads the summary; gradio's own knob
+    # (GRADIO_ANALYTICS_CACHE_FREQUENCY) is read before we could set it, hence the attribute.
+    blocks._queue.ANAYLTICS_CACHE_FREQUENCY = sys.maxsize
 
     api = FastAPI(title="StarCoder Playground", docs_url=None, redoc_url=None)
 
@@ -106,7 +112,15 @@ def build_app(
     # Before Gradio: mounted at "/", it would otherwise answer every path.
     mount_share_routes(api, store, public_base_url=settings.public_url)
     css = STATIC.joinpath("style.css").read_text(encoding="utf-8") + "\n" + style_css()
-    gr.mount_gradio_app(api, blocks, path="/", css=css, footer_links=["api"], ssr_mode=False)
+    gr.mount_gradio_app(
+        api,
+        blocks,
+        path="/",
+        css=css,
+        footer_links=["api"],
+        ssr_mode=False,
+        enable_monitoring=False,
+    )
     return PlaygroundApp(api, blocks, handlers, store)
 
 

@@ -43,7 +43,36 @@ from model.stops import StopMatcher
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[str, Event], None]
+Send = Callable[[list[tuple[str, Event]]], None]  # (request id, event) pairs, in order
+
+
+class _History:
+    """One request's prompt + generated ids as a growing tensor, extended by the new tail."""
+
+    __slots__ = ("ids", "n")
+
+    def __init__(self) -> None:
+        self.ids = torch.empty(0, dtype=torch.long)
+        self.n = 0
+
+    def of(self, state) -> torch.Tensor:
+        prompt, generated = state.initial_tokens, state.generated_tokens
+        total = len(prompt) + len(generated)
+        if total < self.n:  # not this request's history any more: start over
+            self.n = 0
+        if total > self.n:
+            # A soft reset moves generated ids into initial_tokens; the concatenation, and so
+            # the tail we need, stays the same.
+            tail = generated[self.n - len(prompt) :] if self.n >= len(prompt) else [
+                *prompt[self.n :], *generated
+            ]  # fmt: skip
+            if total > self.ids.numel():
+                grown = torch.empty(max(2 * total, 64), dtype=torch.long)
+                grown[: self.n] = self.ids[: self.n]
+                self.ids = grown
+            self.ids[self.n : total] = torch.tensor(tail, dtype=torch.long)
+            self.n = total
+        return self.ids[:total]
 
 
 class RepetitionPenaltyCB(cblp.ContinuousBatchingLogitsProcessor):
@@ -62,23 +91,34 @@ class RepetitionPenaltyCB(cblp.ContinuousBatchingLogitsProcessor):
         # (row, token id) of every history token of the penalised rows, for the next __call__.
         self._rows: torch.Tensor | None = None
         self._cols: torch.Tensor | None = None
+        # Request id -> its history. Rebuilding each history from Python lists every step was
+        # O(context) per row, the worker's largest single cost at 8 streams of 256 tokens.
+        self._histories: dict[str, _History] = {}
 
     def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
         default = torch.full_like(int32_tensor, self.penalty, dtype=torch.float32)
         int32_tensor.copy_(default.view(dtype=torch.int32))
 
     def prepare_tensor_args(self, requests_with_new_token) -> torch.Tensor:
-        penalties, rows, cols = [], [], []
+        penalties, rows, lengths, parts, kept = [], [], [], [], {}
         for row, request in enumerate(requests_with_new_token):
             state = request.state
             p = state.logit_processor_kwargs.get("repetition_penalty", self.penalty)
             penalties.append(p)
-            ids = [*state.initial_tokens, *state.generated_tokens]
-            if p != 1.0 and ids:
-                rows.append(torch.full((len(ids),), row, dtype=torch.long))
-                cols.append(torch.tensor(ids, dtype=torch.long))
-        self._rows = torch.cat(rows) if rows else None
-        self._cols = torch.cat(cols) if cols else None
+            if p == 1.0:
+                continue
+            history = kept[state.request_id] = self._histories.get(state.request_id) or _History()
+            ids = history.of(state)
+            if ids.numel():
+                rows.append(row)
+                lengths.append(ids.numel())
+                parts.append(ids)
+        self._histories = kept  # requests not in this step are rebuilt if they come back
+        if parts:
+            self._rows = torch.repeat_interleave(torch.tensor(rows), torch.tensor(lengths))
+            self._cols = torch.cat(parts)
+        else:
+            self._rows = self._cols = None
         return torch.tensor(penalties, dtype=torch.float32).view(dtype=torch.int32)
 
     def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
@@ -160,13 +200,13 @@ class _Stream:
 
 
 class BatchingServer:
-    """Serves requests from the worker's command loop; events go out through `emit(rid, ev)`."""
+    """Serves requests from the worker's command loop; events go out through `send(pairs)`."""
 
-    def __init__(self, model, tokenizer, info: ModelInfo, emit: Emit, *, max_batch: int = 8):
+    def __init__(self, model, tokenizer, info: ModelInfo, send: Send, *, max_batch: int = 8):
         self.local = LocalEngine(model, tokenizer, info)
         self.tokenizer = tokenizer
         self.info = info
-        self.emit = emit
+        self.send = send
         self._streams: dict[str, tuple[_Stream, object]] = {}  # rid -> (state, its manager)
         self._cancels: dict[str, CancelToken] = {}  # one-at-a-time requests
         self._lock = threading.Lock()
@@ -208,6 +248,9 @@ class BatchingServer:
             threading.Thread(
                 target=self._run_alone, args=(rid, request, token), daemon=True
             ).start()
+
+    def emit(self, rid: str, event: Event) -> None:
+        self.send([(rid, event)])
 
     def cancel(self, rid: str) -> None:
         with self._lock:
@@ -295,17 +338,24 @@ class BatchingServer:
                 self._fail_all("the batching loop stopped")
                 return
             out = manager.get_result(timeout=0.1)
-            if out is None:
-                continue
-            with self._lock:
-                entry = self._streams.get(out.request_id)
-            if entry is None:
-                continue  # cancelled or stopped already
-            if self._advance(out.request_id, entry[0], manager, out):
+            events: list[tuple[str, Event]] = []
+            # Everything a step produced goes out as one message: one pickle and one pipe
+            # write per step instead of one per stream.
+            while out is not None:
                 with self._lock:
-                    self._streams.pop(out.request_id, None)
+                    entry = self._streams.get(out.request_id)
+                # No entry: cancelled or stopped already.
+                if entry is not None and self._advance(
+                    out.request_id, entry[0], manager, out, events
+                ):
+                    with self._lock:
+                        self._streams.pop(out.request_id, None)
+                out = manager.get_result(timeout=0) if len(events) < 256 else None
+            if events:
+                self.send(events)
 
-    def _advance(self, rid: str, st: _Stream, manager, out) -> bool:
+    def _advance(self, rid: str, st: _Stream, manager, out, events: list) -> bool:
+        """Appends this output's events for `rid` to `events`; True when the request ended."""
         new = out.generated_tokens[st.seen :]
         st.seen = len(out.generated_tokens)
         text = ""
@@ -318,18 +368,13 @@ class BatchingServer:
             if st.matcher.stopped:
                 st.reason = "stop"
                 break
+        done = None
         if st.reason == "stop":
             manager.cancel_request(rid)  # frees the slot at the next step
-            if text:
-                self.emit(rid, Delta(text))
-            self.emit(rid, Done("stop", st.n_prompt, st.generated))
-            return True
-        if out.error is not None:
-            if text:
-                self.emit(rid, Delta(text))
-            self.emit(rid, _engine_error(out.error, st.n_prompt, st.generated))
-            return True
-        if st.reason == "eos" or out.is_finished():
+            done = Done("stop", st.n_prompt, st.generated)
+        elif out.error is not None:
+            done = _engine_error(out.error, st.n_prompt, st.generated)
+        elif st.reason == "eos" or out.is_finished():
             if st.reason == "eos":
                 manager.cancel_request(rid)  # no-op if the manager finished it too
             tail = st.matcher.feed(st.decoder.flush())
@@ -337,19 +382,23 @@ class BatchingServer:
                 st.reason = "stop"
             else:
                 tail += st.matcher.flush()
-            if text + tail:
-                self.emit(rid, Delta(text + tail))
-            self.emit(rid, Done(st.reason, st.n_prompt, st.generated))
-            return True
+            text += tail
+            done = Done(st.reason, st.n_prompt, st.generated)
         if text:
-            self.emit(rid, Delta(text))
-        return False
+            events.append((rid, Delta(text)))
+        if done is not None:
+            events.append((rid, done))
+        return done is not None
 
     def _fail_all(self, why: str) -> None:
         with self._lock:
             streams, self._streams = self._streams, {}
-        for rid, (st, _) in streams.items():
-            self.emit(rid, _engine_error(why, st.n_prompt, st.generated))
+        self.send(
+            [
+                (rid, _engine_error(why, st.n_prompt, st.generated))
+                for rid, (st, _) in streams.items()
+            ]
+        )
 
 
 def _engine_error(why: str, n_prompt: int, generated: int = 0) -> Done:

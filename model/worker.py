@@ -2,7 +2,7 @@
 
     web process                                   worker process (spawned, owns the device)
     WorkerEngine.stream() -- bounded FIFO --> slot --("gen", rid, request)--> BatchingServer
-                        <----------- ("ev", rid, Delta | Done) -----------  (model/batching.py)
+                        <-------- ("evs", [(rid, Delta | Done), ...]) -----  (model/batching.py)
 
 - At most `max_batch` requests are in the worker at once (the batch); up to `max_queue` more wait
   here in FIFO order and can see their position (Queued events); beyond that, "busy".
@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import logging
 import multiprocessing
+import os
 import queue
 import threading
 import time
@@ -345,7 +346,13 @@ class WorkerEngine:
             except (EOFError, OSError):
                 break
             kind = msg[0]
-            if kind in ("ev", "reply"):
+            if kind == "evs":  # all events of one decode step
+                with self._cond:
+                    targets = [(self._queues.get(rid), ev) for rid, ev in msg[1]]
+                for q, ev in targets:
+                    if q is not None:
+                        q.put(ev)
+            elif kind == "reply":
                 with self._cond:
                     q = self._queues.get(msg[1])
                 if q is not None:
@@ -464,7 +471,7 @@ def _worker_main(conn, config: WorkerConfig) -> None:
             model,
             tokenizer,
             info,
-            lambda rid, ev: send(("ev", rid, ev)),
+            lambda events: send(("evs", events)),
             max_batch=config.max_batch,
         )
     except PlaygroundError as exc:  # a known reason (e.g. no such model): no traceback needed
@@ -477,15 +484,18 @@ def _worker_main(conn, config: WorkerConfig) -> None:
         return
     send(("ready", info))
     try:
+        checked = time.monotonic()
         while True:
-            if not conn.poll(1.0):
+            ready = conn.poll(1.0)
+            # Checked on a clock, not only when idle: under steady traffic poll() never times out.
+            if time.monotonic() - checked >= 1.0:
+                checked = time.monotonic()
                 if not server.alive():
                     # The batching loop died (e.g. a CUDA error): exit so the parent restarts us.
                     logging.getLogger(__name__).error("batching loop died; worker exits")
                     conn.close()
-                    import os
-
                     os._exit(70)
+            if not ready:
                 continue
             try:
                 msg = conn.recv()
@@ -497,12 +507,9 @@ def _worker_main(conn, config: WorkerConfig) -> None:
                     server.submit(msg[1], msg[2])
                 except Exception:  # one bad request must not kill the worker
                     logging.getLogger(__name__).exception("submit failed")
-                    send(
-                        (
-                            "ev",
-                            msg[1],
-                            Done("error", error="Generation failed to start.", error_kind="engine"),
-                        )
+                    server.emit(
+                        msg[1],
+                        Done("error", error="Generation failed to start.", error_kind="engine"),
                     )
             elif kind == "cancel":
                 server.cancel(msg[1])
@@ -518,8 +525,6 @@ def _worker_main(conn, config: WorkerConfig) -> None:
 
 
 def _set_threads(model, info: ModelInfo, threads: int | None) -> None:
-    import os
-
     import torch
 
     small = sum(p.numel() for p in model.parameters()) < 100_000_000

@@ -94,9 +94,9 @@ def test_healthz_and_metrics(live_app, client):
     import re
     import urllib.request
 
+    client.predict(prompt="def f(", api_name="/complete", **GREEDY)  # the model is loaded
     with urllib.request.urlopen(live_app.url + "healthz", timeout=10) as r:
         assert r.status == 200 and b'"ok"' in r.read()
-    client.predict(prompt="def f(", api_name="/complete", **GREEDY)
     with urllib.request.urlopen(live_app.url + "metrics", timeout=10) as r:
         text = r.read().decode()
     tokens = re.search(r"^playground_generated_tokens_total (\S+)$", text, re.M)
@@ -108,3 +108,16 @@ def test_healthz_and_metrics(live_app, client):
         "playground_worker_restarts",
     ):
         assert name in text
+
+
+def test_gradio_monitoring_is_not_exposed(live_app, client):
+    """Ops data is /metrics only. Gradio's monitoring summary, on by default, listed the app's
+    functions with their latencies to anyone, and rebuilt it with pandas after every request."""
+    import urllib.error
+    import urllib.request
+
+    client.predict(prompt="def f(", api_name="/complete", **GREEDY)
+    for path in ("monitoring/summary", "monitoring"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(live_app.url + path, timeout=10)
+        assert err.value.code == 403, path

@@ -57,3 +57,21 @@ def test_unknown_model_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(PlaygroundError) as err:
         loading.load(str(tmp_path / "missing"), device="cpu")
     assert "Could not load `MODEL_ID`" in err.value.message and err.value.field == "model"
+
+
+def test_cpu_layout_keeps_the_models_outputs():
+    """load() stores Linear weights transposed on CPU for speed: the logits and the greedy text
+    are those of the model as transformers loads it, and tied embeddings stay tied."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = str(loading.EMBEDDED_MODEL)
+    model, tokenizer, _ = loading.load(folder, device="cpu")
+    plain = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    assert not model.lm_head.weight.is_contiguous()  # the layout did change
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    ids = tokenizer("def fibonacci(n):\n", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, plain(ids).logits, atol=1e-4, rtol=0)
+        kw = dict(max_new_tokens=40, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        assert torch.equal(model.generate(ids, **kw), plain.generate(ids, **kw))

@@ -240,7 +240,9 @@ def test_metrics_and_healthz(worker):
 
 
 def test_batched_repetition_penalty_matches_generates_per_row():
-    """Rows with their own penalties and repeated ids get exactly generate()'s processor."""
+    """Rows with their own penalties and repeated ids get exactly generate()'s processor, step
+    after step, while histories grow, a request leaves and comes back, and a soft reset moves
+    generated ids into the prompt (the kept per-request histories must follow all of that)."""
     from types import SimpleNamespace
 
     import torch
@@ -250,19 +252,28 @@ def test_batched_repetition_penalty_matches_generates_per_row():
 
     histories = [([5, 7, 7], [9, 5]), ([1, 2], []), ([3, 3, 3], [4]), ([8], [0])]
     penalties = [1.2, 1.0, 1.7, 1.3]
-    requests = [
+    states = [
         SimpleNamespace(
-            state=SimpleNamespace(
-                initial_tokens=prompt, generated_tokens=generated,
-                logit_processor_kwargs={"repetition_penalty": p},
-            )
+            request_id=f"r{i}", initial_tokens=list(prompt), generated_tokens=list(generated),
+            logit_processor_kwargs={"repetition_penalty": p},
         )
-        for (prompt, generated), p in zip(histories, penalties, strict=True)
+        for i, ((prompt, generated), p) in enumerate(zip(histories, penalties, strict=True))
     ]  # fmt: skip
-    scores = torch.randn(len(requests), 12)
     cb = RepetitionPenaltyCB(RepetitionPenaltyLogitsProcessor(1.2))
-    got = cb(scores.clone(), cb.prepare_tensor_args(requests))
-    for row, ((prompt, generated), p) in enumerate(zip(histories, penalties, strict=True)):
-        ids = torch.tensor([prompt + generated])
-        want = RepetitionPenaltyLogitsProcessor(p)(ids, scores[row : row + 1].clone())
-        assert torch.equal(got[row], want[0]), row
+    torch.manual_seed(0)
+    for step in range(6):
+        batch = [s for i, s in enumerate(states) if not (step == 2 and i == 0)]  # r0 sits out
+        scores = torch.randn(len(batch), 12)
+        got = cb(scores.clone(), cb.prepare_tensor_args([SimpleNamespace(state=s) for s in batch]))
+        for row, state in enumerate(batch):
+            ids = torch.tensor([state.initial_tokens + state.generated_tokens])
+            p = state.logit_processor_kwargs["repetition_penalty"]
+            want = RepetitionPenaltyLogitsProcessor(p)(ids, scores[row : row + 1].clone())
+            assert torch.equal(got[row], want[0]), (step, state.request_id)
+        for state in batch:
+            state.generated_tokens.append((step * 5 + len(state.initial_tokens)) % 12)
+        if step == 1:  # two new ids in one step
+            states[3].generated_tokens.append(3)
+        if step == 3:  # transformers' soft reset: same request id, generated ids become prompt
+            s = states[2]
+            s.initial_tokens, s.generated_tokens = s.initial_tokens + s.generated_tokens, []

@@ -202,11 +202,21 @@ class _Stream:
 class BatchingServer:
     """Serves requests from the worker's command loop; events go out through `send(pairs)`."""
 
-    def __init__(self, model, tokenizer, info: ModelInfo, send: Send, *, max_batch: int = 8):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        info: ModelInfo,
+        send: Send,
+        *,
+        max_batch: int = 8,
+        on_fatal: Callable[[], None] | None = None,
+    ):
         self.local = LocalEngine(model, tokenizer, info)
         self.tokenizer = tokenizer
         self.info = info
         self.send = send
+        self.on_fatal = on_fatal  # a batching loop died: the device may be unusable (CUDA error)
         self._streams: dict[str, tuple[_Stream, object]] = {}  # rid -> (state, its manager)
         self._cancels: dict[str, CancelToken] = {}  # one-at-a-time requests
         self._lock = threading.Lock()
@@ -335,7 +345,10 @@ class BatchingServer:
         while not self._closed:
             if not manager.is_running():
                 log.error("continuous batching loop stopped; failing its requests")
-                self._fail_all("the batching loop stopped")
+                fatal = manager.background_thread_status.fatal_error  # e.g. CUDA out of memory
+                self._fail_all(str(fatal or "the batching loop stopped"))
+                if self.on_fatal is not None and not self._closed:
+                    self.on_fatal()
                 return
             out = manager.get_result(timeout=0.1)
             events: list[tuple[str, Event]] = []

@@ -453,6 +453,12 @@ def _worker_main(conn, config: WorkerConfig) -> None:
     )
     send_lock = threading.Lock()
 
+    def exit_for_restart() -> None:
+        # After a CUDA error the device is unusable: exit so the parent starts a fresh worker.
+        logging.getLogger(__name__).error("batching loop died; worker exits")
+        with send_lock:  # not in the middle of a message
+            os._exit(70)
+
     def send(msg) -> None:
         try:
             with send_lock:
@@ -467,12 +473,14 @@ def _worker_main(conn, config: WorkerConfig) -> None:
         source = _resolve(config)
         model, tokenizer, info = load(source, device=config.device, hf_token=config.hf_token)
         _set_threads(model, info, config.torch_threads)
+        _arm_fake_device_error(model)
         server = BatchingServer(
             model,
             tokenizer,
             info,
             lambda events: send(("evs", events)),
             max_batch=config.max_batch,
+            on_fatal=exit_for_restart,
         )
     except PlaygroundError as exc:  # a known reason (e.g. no such model): no traceback needed
         logging.getLogger(__name__).error("worker failed to start: %s", exc.message)
@@ -490,11 +498,8 @@ def _worker_main(conn, config: WorkerConfig) -> None:
             # Checked on a clock, not only when idle: under steady traffic poll() never times out.
             if time.monotonic() - checked >= 1.0:
                 checked = time.monotonic()
-                if not server.alive():
-                    # The batching loop died (e.g. a CUDA error): exit so the parent restarts us.
-                    logging.getLogger(__name__).error("batching loop died; worker exits")
-                    conn.close()
-                    os._exit(70)
+                if not server.alive():  # a backstop: the router thread normally exits first
+                    exit_for_restart()
             if not ready:
                 continue
             try:
@@ -522,6 +527,32 @@ def _worker_main(conn, config: WorkerConfig) -> None:
                 break
     finally:
         server.close()
+
+
+FAKE_DEVICE_ERROR_ENV = "PLAYGROUND_FAKE_DEVICE_ERROR"
+
+
+def _arm_fake_device_error(model) -> None:
+    """A FAKE CUDA error, for tests only: no GPU runs on the CI machines.
+
+    When the env var names a file holding N, the model's N-th forward raises what a dying GPU
+    raises, and the file is removed so the restarted worker runs clean. Unset (always, outside
+    tests), this does nothing.
+    """
+    path = os.environ.get(FAKE_DEVICE_ERROR_ENV)
+    if not path or not os.path.exists(path):
+        return
+    fail_at = int(Path(path).read_text())
+    os.remove(path)
+    forward, calls = model.forward, [0]
+
+    def failing_forward(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == fail_at:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (FAKE)")
+        return forward(*args, **kwargs)
+
+    model.forward = failing_forward
 
 
 def _set_threads(model, info: ModelInfo, threads: int | None) -> None:

@@ -191,6 +191,37 @@ def test_killed_worker_fails_in_flight_then_restarts(worker):
     assert worker.health() == (True, "ok")
 
 
+def test_device_error_fails_in_flight_then_restarts(model_dir, tmp_path, monkeypatch):
+    """A CUDA error kills the batching loop (transformers stops it and fails its requests).
+    Uses a FAKE CUDA error: no GPU runs here (model/worker.py, _arm_fake_device_error)."""
+    from model.worker import FAKE_DEVICE_ERROR_ENV
+
+    fault = tmp_path / "fault"
+    fault.write_text("20")  # the 20th forward: prefill and some decode steps of both streams
+    monkeypatch.setenv(FAKE_DEVICE_ERROR_ENV, str(fault))
+    eng = WorkerEngine(WorkerConfig(model_dir, device="cpu", max_batch=MAX_BATCH)).start()
+    try:
+        first_pid = eng.worker_pid
+        params = GenerationParams(max_new_tokens=200, temperature=0, repetition_penalty=1.0)
+        results = run_concurrently(
+            lambda p: collect(eng, p, params), [("class A:",), ("def foo(x):",)]
+        )
+        for _, done in results:
+            assert done.reason == "error" and done.error_kind == "engine", done
+            assert "Generation failed inside the model" in done.error
+        assert not fault.exists()  # armed once: the next worker runs clean
+        deadline = time.monotonic() + 30
+        while eng.stats()["restarts"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert eng.stats()["restarts"] == 1
+        text, done = collect(eng, "def foo(x):", GenerationParams(max_new_tokens=8, temperature=0))
+        assert done.reason in ("length", "eos") and text
+        assert eng.worker_pid != first_pid
+        assert eng.health() == (True, "ok")
+    finally:
+        eng.close()
+
+
 def test_web_process_never_imports_torch(model_dir):
     code = textwrap.dedent(
         f"""

@@ -6,7 +6,8 @@ gradio_client session per stream as a second load generator):
   worker  WorkerEngine: our worker process with transformers' continuous batching
   peer    RemoteEngine -> `transformers serve --continuous-batching` on loopback
 
-    python -m bench.load [--model DIR] [--streams 1,4,8,16] [--max-new-tokens 64] [--out FILE]
+    python -m bench.load [--model DIR] [--streams 1,4,8,16] [--max-new-tokens 64]
+                         [--requests 32] [--rounds 3] [--out FILE]
 
 Tokens are counted exactly by the engines (the app's Prometheus counter), not re-tokenized.
 """
@@ -234,6 +235,7 @@ def _row(streams, requests, tokens, wall, ttfts, errors) -> dict:
         "tok_s": tokens / wall if wall else 0.0,
         "ttft_p50": _pct(ttfts, 50),
         "ttft_p95": _pct(ttfts, 95),
+        "ttfts": ttfts,
         "errors": errors,
     }
 
@@ -330,16 +332,48 @@ def run_direct_level(
     return _row(streams, streams * per_stream, tokens[0], wall, ttfts, errors)
 
 
-def bench_direct(name: str, engine, levels, total: int, max_new: int, temperature=0.0) -> list:
+def bench_direct(name: str, engine, levels, total: int, max_new: int, rounds: int, temperature=0.0):
+    def run(n: int, per_stream: int) -> dict:
+        return run_direct_level(engine, n, per_stream, max_new, temperature)
+
+    return bench_rounds(name, run, levels, total, rounds)
+
+
+def bench_rounds(name: str, run, levels, total: int, rounds: int) -> list:
+    """`rounds` passes over all levels, interleaved (1, 4, 8, 16, 1, 4, ...), pooled per level.
+
+    The ratio to one stream is taken within each round, against that round's own 1-stream
+    level, so drift on the shared machine (its speed wanders by ~10-20 % over minutes) lands
+    on both sides of each ratio; the rows report its median and range over the rounds.
+    """
+    # Warm-up at the sizes measured: a short one left the first (1-stream) level ~20 % slow,
+    # which flattered every ratio to it.
+    run(max(levels), 1)
+    run(1, 2)
+    runs: dict[int, list[dict]] = {n: [] for n in levels}
+    for r in range(rounds):
+        for n in levels:
+            row = run(n, max(2, total // n))
+            runs[n].append(row)
+            log.info(
+                "%s round %d streams=%d tok/s=%.1f ttft p50=%.3f p95=%.3f errors=%d",
+                name, r + 1, n, row["tok_s"], row["ttft_p50"], row["ttft_p95"],
+                len(row["errors"]),
+            )  # fmt: skip
+    base = runs[min(levels)]
     rows = []
-    # Warm-up at the sizes measured: a short one left the first (1-stream) level ~20 % slow.
-    run_direct_level(engine, max(levels), 1, max_new, temperature)
-    run_direct_level(engine, 1, 2, max_new, temperature)
     for n in levels:
-        row = run_direct_level(engine, n, max(2, total // n), max_new, temperature)
-        row["engine"] = name
+        rs = runs[n]
+        row = _row(
+            n, sum(x["requests"] for x in rs), sum(x["tokens"] for x in rs),
+            sum(x["wall_s"] for x in rs), [t for x in rs for t in x["ttfts"]],
+            [e for x in rs for e in x["errors"]],
+        )  # fmt: skip
+        ratios = [x["tok_s"] / b["tok_s"] for x, b in zip(rs, base, strict=True) if b["tok_s"]]
+        row.update(engine=name, rounds=len(rs), ratios=ratios)
+        if all("client_cores" in x for x in rs):
+            row["client_cores"] = sum(x["client_cores"] * x["wall_s"] for x in rs) / row["wall_s"]
         rows.append(row)
-        log.info("%s streams=%d tok/s=%.1f", name, n, row["tok_s"])
     return rows
 
 
@@ -352,22 +386,14 @@ def _pct(values: list[float], q: int) -> float:
 
 
 def bench_levels(
-    name: str, url: str, tokens_now, levels, total: int, max_new: int, client: str = "http"
-) -> list:
-    rows = []
-    # Warm-up at the sizes measured: a short one left the first (1-stream) level ~20 % slow,
-    # which flattered every ratio to it.
-    run_level(url, tokens_now, max(levels), 1, max_new, client)
-    run_level(url, tokens_now, 1, 2, max_new, client)
-    for n in levels:
-        row = run_level(url, tokens_now, n, max(2, total // n), max_new, client)
-        row["engine"] = name if client == "http" else f"{name}, via gradio_client"
-        rows.append(row)
-        log.info(
-            "%s streams=%d tok/s=%.1f ttft p50=%.3f p95=%.3f errors=%d",
-            name, n, row["tok_s"], row["ttft_p50"], row["ttft_p95"], len(row["errors"]),
-        )  # fmt: skip
-    return rows
+    name: str, url: str, tokens_now, levels, total: int, max_new: int, rounds: int,
+    client: str = "http",
+) -> list:  # fmt: skip
+    def run(n: int, per_stream: int) -> dict:
+        return run_level(url, tokens_now, n, per_stream, max_new, client)
+
+    label = name if client == "http" else f"{name}, via gradio_client"
+    return bench_rounds(label, run, levels, total, rounds)
 
 
 @contextlib.contextmanager
@@ -415,7 +441,8 @@ def write_results(path: Path, rows: list[dict], args, model: str, serve_cmd: str
         "",
         f"- Machine: {os.cpu_count()} CPU cores ({cpu}), no GPU; shared with other jobs.",
         f"- Model: `{model}`.",
-        f"- Load: {args.requests} greedy /complete requests per level through the app's API "
+        f"- Load: {args.requests} greedy /complete requests per level and round, "
+        f"{args.rounds} rounds over the levels in turn, through the app's API "
         "(HTTP + SSE on Gradio's `/gradio_api/call/complete`, all streams on one asyncio "
         "loop; `via gradio_client` rows: one gradio_client session per stream instead); the "
         f"app runs in its own process; {args.max_new_tokens} new tokens, "
@@ -426,30 +453,30 @@ def write_results(path: Path, rows: list[dict], args, model: str, serve_cmd: str
         "without Gradio/HTTP (diagnostic: what the engine alone sustains); `sampled` uses "
         "the UI defaults temperature 0.2, top_p 0.9 instead of greedy.",
         "",
-        "| engine | streams | requests | tokens | wall s | tokens/s | x single | TTFT p50 s "
-        "| TTFT p95 s | load generator CPU cores | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| engine | streams | requests | tokens | wall s | tokens/s | x single, median "
+        "| x single, range | TTFT p50 s | TTFT p95 s | load generator CPU cores | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    single = {r["engine"]: r["tok_s"] for r in rows if r["streams"] == 1}
     for r in rows:
-        base = single.get(r["engine"]) or float("nan")
         cores = f"{r['client_cores']:.2f}" if "client_cores" in r else "—"
+        ratios = r["ratios"] or [float("nan")]
         lines.append(
             f"| {r['engine']} | {r['streams']} | {r['requests']} | {r['tokens']} | "
-            f"{r['wall_s']:.1f} | {r['tok_s']:.1f} | {r['tok_s'] / base:.2f} | "
-            f"{r['ttft_p50']:.3f} | {r['ttft_p95']:.3f} | {cores} | {len(r['errors'])} |"
+            f"{r['wall_s']:.1f} | {r['tok_s']:.1f} | {statistics.median(ratios):.2f} | "
+            f"{min(ratios):.2f}-{max(ratios):.2f} | {r['ttft_p50']:.3f} | "
+            f"{r['ttft_p95']:.3f} | {cores} | {len(r['errors'])} |"
         )
     lines += [
         "",
         "How to read it:",
-        "- `x single` is aggregate tokens/s over the same engine's 1-stream rate; the goal is "
-        ">= 4x at 8 streams.",
+        "- `x single` is aggregate tokens/s over the same engine's 1-stream rate in the same "
+        "round; the median and range are over the rounds. The goal is >= 4x at 8 streams.",
         "- The app rows pay for the web stack: Gradio's queue and one SSE message per 50 ms "
         "frame per stream, on the same 2 cores as the model, and so does the load generator "
         "(its CPU is in its own column). The `engine API only` rows show what the engines "
         "themselves sustain; the gap between the two is the web stack's share.",
-        "- Levels last only a few seconds on a tiny model, so single rows move by +-30 % "
-        "between runs on this shared machine; compare the shape, not the last digit.",
+        "- Levels last only a few seconds on a tiny model and the machine's speed drifts, "
+        "which is why the levels run in turn and each ratio is taken within its round.",
         "- The peer's continuous batching drops `repetition_penalty` (transformers has no CB "
         "version of it) and fixes sampling settings at its first request; the worker honours "
         "both per request (model/batching.py), so it does somewhat more work per token.",
@@ -465,7 +492,10 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, help="model folder (default: tiny-starcoder)")
     p.add_argument("--streams", default="1,4,8,16", help="concurrency levels")
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--requests", type=int, default=64, help="requests per level (>= 2/stream)")
+    p.add_argument(
+        "--requests", type=int, default=32, help="requests per level and round (>= 2/stream)"
+    )
+    p.add_argument("--rounds", type=int, default=3, help="interleaved passes over the levels")
     p.add_argument(
         "--gradio-client",
         action="store_true",
@@ -489,7 +519,7 @@ def main(argv=None) -> int:
     model = args.model or default_model()
     max_batch = max(args.levels)
     rows = []
-    load = (args.levels, args.requests, args.max_new_tokens)
+    load = (args.levels, args.requests, args.max_new_tokens, args.rounds)
     with app_process("worker", model, max_batch) as (url, tokens):
         rows += bench_levels("worker", url, tokens, *load)
         if args.gradio_client:
@@ -519,7 +549,7 @@ def main(argv=None) -> int:
     if args.out:
         write_results(Path(args.out), rows, args, model, serve_cmd)
     for r in rows:
-        log.info("%s", {k: v for k, v in r.items() if k != "errors"})
+        log.info("%s", {k: v for k, v in r.items() if k not in ("errors", "ttfts")})
     return 0
 
 

@@ -3,21 +3,18 @@
 Batched path: transformers' own continuous batching (ContinuousBatchingManager); we write no
 scheduler. What it honours per request, and therefore what we batch:
   - max_new_tokens, EOS / special-token stops (per-request eos_token_id)
-  - greedy vs sampling: a manager samples or not for its whole batch, so there are two
-    managers on the one model: greedy requests go to an argmax manager, sampled ones to a
-    sampling manager. (One sampling manager with top_k=1 for greedy would also be exact, but
-    its per-step sorts over the vocabulary cost more than the tiny model's forward on a CPU.)
-  - temperature, top_p: per-request logits processors of the sampling manager
-  - repetition_penalty: transformers has no CB version; `RepetitionPenaltyCB` below adds one
-    over each request's own prompt + generated tokens, matching generate()'s processor.
+  - repetition_penalty, temperature (0 = greedy), top_p: transformers has no CB repetition
+    penalty, and its CB sampling is per manager and slow on a CPU, so one processor of ours
+    (model/sampling.py, RequestSamplingCB) does all three and the draw, as generate() does,
+    per request. Greedy and sampled requests share the one batch.
   - text stop sequences: matched on our side (StopMatcher); a hit cancels the request in the
     manager, which frees its slot at the next step.
 One-at-a-time path (LocalEngine on the same model, serialised by its lock):
-  - requests with a `seed`: the managers sample from torch's one global RNG, so "same seed,
-    same output" only holds for a request that runs alone. The batches pause while it runs.
+  - requests with a `seed`: the batch samples from torch's one global RNG, so "same seed,
+    same output" only holds for a request that runs alone. The batch pauses while it runs.
   - completion prompts that end in whitespace, which token healing rewrites (model/healing.py):
-    its constraint on the first tokens is a per-request logits processor, which the managers
-    do not take.
+    its constraint on the first tokens is a per-request logits processor, which the manager
+    does not take.
 """
 
 from __future__ import annotations
@@ -28,17 +25,15 @@ import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
 
-import torch
-from transformers import GenerationConfig, RepetitionPenaltyLogitsProcessor
+from transformers import GenerationConfig
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
-from transformers.generation.continuous_batching import cb_logits_processors as cblp
 
 from model.decoding import IncrementalDecoder
 from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo
 from model.healing import heal, needs_healing
 from model.local import LocalEngine
+from model.sampling import RequestSamplingCB
 from model.stops import StopMatcher
 
 log = logging.getLogger(__name__)
@@ -46,115 +41,18 @@ log = logging.getLogger(__name__)
 Send = Callable[[list[tuple[str, Event]]], None]  # (request id, event) pairs, in order
 
 
-class _History:
-    """One request's prompt + generated ids as a growing tensor, extended by the new tail."""
-
-    __slots__ = ("ids", "n")
-
-    def __init__(self) -> None:
-        self.ids = torch.empty(0, dtype=torch.long)
-        self.n = 0
-
-    def of(self, state) -> torch.Tensor:
-        prompt, generated = state.initial_tokens, state.generated_tokens
-        total = len(prompt) + len(generated)
-        if total < self.n:  # not this request's history any more: start over
-            self.n = 0
-        if total > self.n:
-            # A soft reset moves generated ids into initial_tokens; the concatenation, and so
-            # the tail we need, stays the same.
-            tail = generated[self.n - len(prompt) :] if self.n >= len(prompt) else [
-                *prompt[self.n :], *generated
-            ]  # fmt: skip
-            if total > self.ids.numel():
-                grown = torch.empty(max(2 * total, 64), dtype=torch.long)
-                grown[: self.n] = self.ids[: self.n]
-                self.ids = grown
-            self.ids[self.n : total] = torch.tensor(tail, dtype=torch.long)
-            self.n = total
-        return self.ids[:total]
-
-
-class RepetitionPenaltyCB(cblp.ContinuousBatchingLogitsProcessor):
-    """Per-request repetition penalty for continuous batching (generate()'s formula).
-
-    The tensor argument carries the penalty; the token history cannot travel in an int32 row,
-    so prepare_tensor_args() keeps it for the __call__ of the same step. That is only valid in
-    synchronous batching without CUDA graphs, which build_cb_config() enforces.
-    """
-
-    supported_kwargs: ClassVar[dict[str, type]] = {"repetition_penalty": float}
-    ignored_kwargs: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(self, processor: RepetitionPenaltyLogitsProcessor) -> None:
-        self.penalty = float(processor.penalty)
-        # (row, token id) of every history token of the penalised rows, for the next __call__.
-        self._rows: torch.Tensor | None = None
-        self._cols: torch.Tensor | None = None
-        # Request id -> its history. Rebuilding each history from Python lists every step was
-        # O(context) per row, the worker's largest single cost at 8 streams of 256 tokens.
-        self._histories: dict[str, _History] = {}
-
-    def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
-        default = torch.full_like(int32_tensor, self.penalty, dtype=torch.float32)
-        int32_tensor.copy_(default.view(dtype=torch.int32))
-
-    def prepare_tensor_args(self, requests_with_new_token) -> torch.Tensor:
-        penalties, rows, lengths, parts, kept = [], [], [], [], {}
-        for row, request in enumerate(requests_with_new_token):
-            state = request.state
-            p = state.logit_processor_kwargs.get("repetition_penalty", self.penalty)
-            penalties.append(p)
-            if p == 1.0:
-                continue
-            history = kept[state.request_id] = self._histories.get(state.request_id) or _History()
-            ids = history.of(state)
-            if ids.numel():
-                rows.append(row)
-                lengths.append(ids.numel())
-                parts.append(ids)
-        self._histories = kept  # requests not in this step are rebuilt if they come back
-        if parts:
-            self._rows = torch.repeat_interleave(torch.tensor(rows), torch.tensor(lengths))
-            self._cols = torch.cat(parts)
-        else:
-            self._rows = self._cols = None
-        return torch.tensor(penalties, dtype=torch.float32).view(dtype=torch.int32)
-
-    def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
-        if self._rows is None:
-            return scores
-        # One gather and one scatter for the whole batch: a loop over rows cost ~10 % of the
-        # worker's time at 8 streams. Repeated ids gather the same score and write the same
-        # value back, so they need no dedup.
-        rows, cols = self._rows.to(scores.device), self._cols.to(scores.device)
-        keep = rows < scores.size(0)
-        rows, cols = rows[keep], cols[keep]
-        penalty = tensor_arg[: scores.size(0)].view(dtype=torch.float32).to(scores.dtype)[rows]
-        s = scores[rows, cols]
-        scores[rows, cols] = torch.where(s < 0, s * penalty, s / penalty)
-        return scores
-
-
-# Register our CB version so per_request_processors converts generate()'s processor to it.
-cblp.CLASSIC_TO_CB_PROCESSORS_MAP.setdefault(RepetitionPenaltyLogitsProcessor, RepetitionPenaltyCB)
-
-
-def build_cb_config(
-    model, max_batch: int, context_length: int, *, share: float = 1.0
-) -> ContinuousBatchingConfig:
+def build_cb_config(model, max_batch: int, context_length: int) -> ContinuousBatchingConfig:
     """Size the paged cache from the model and device.
 
     transformers' defaults target a GPU (memory-derived block counts, 256-token pages): on a CPU
     they allocate and pad far more than a tiny model needs, which made 4 x 12 tokens take 21 s
     instead of 0.5 s. On CPU: small pages, exactly enough blocks for `max_batch` full contexts,
     and a prefill budget of 256 tokens per step (longer prompts are prefilled in chunks).
-    `share` is this manager's part of the device memory (there is one per sampling mode).
     """
     common = dict(
         max_requests_per_batch=max_batch,
         per_request_processors=True,
-        # RepetitionPenaltyCB keeps per-step state: needs synchronous steps, no graph capture.
+        # RequestSamplingCB keeps per-step state: needs synchronous steps, no graph capture.
         use_async_batching=False,
         use_cuda_graph=False,
         # Few, short prompts: prefix sharing buys little here and would share blocks
@@ -171,8 +69,7 @@ def build_cb_config(
             max_blocks_per_request=0,
             **common,
         )
-    # GPU: memory-derived sizes, `share` of the 0.8 default as two managers share the device.
-    return ContinuousBatchingConfig(max_memory_percent=0.8 * share, **common)
+    return ContinuousBatchingConfig(max_memory_percent=0.8, **common)  # GPU: memory-derived
 
 
 def batchable(request: GenerationRequest, tokenizer) -> bool:
@@ -217,34 +114,32 @@ class BatchingServer:
         self.info = info
         self.send = send
         self.on_fatal = on_fatal  # a batching loop died: the device may be unusable (CUDA error)
-        self._streams: dict[str, tuple[_Stream, object]] = {}  # rid -> (state, its manager)
+        self._streams: dict[str, _Stream] = {}  # batched requests by id
         self._cancels: dict[str, CancelToken] = {}  # one-at-a-time requests
         self._lock = threading.Lock()
         self._closed = False
         eos = self.local._eos_ids(())[0]
-        common = dict(max_new_tokens=256, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
-        # A non-1 default makes transformers build a processor; each request sets its own value.
-        greedy = GenerationConfig(do_sample=False, repetition_penalty=1.1, **common)
-        sample = GenerationConfig(
-            do_sample=True, temperature=0.7, top_p=0.9, top_k=None, repetition_penalty=1.1,
-            **common,
+        # Greedy: the argmax is taken after our processor, which leaves a sampled row only its
+        # drawn token. A non-1 default penalty makes transformers build the processor that
+        # per_request_processors turns into ours; each request sets its own values.
+        gen = GenerationConfig(
+            do_sample=False, repetition_penalty=1.1, max_new_tokens=256, eos_token_id=eos,
+            pad_token_id=tokenizer.pad_token_id,
         )  # fmt: skip
-        # Raised by _get_logits_processor because CB passes no input_ids; RepetitionPenaltyCB
-        # does see the prompt, so the warning does not apply here.
+        # Raised by _get_logits_processor because CB passes no input_ids; our processor does
+        # see the prompt, so the warning does not apply here.
         warnings.filterwarnings("ignore", message="Passing `repetition_penalty` with")
-        if not log.isEnabledFor(logging.DEBUG):  # its INFO lines repeat per manager start/stop
+        if not log.isEnabledFor(logging.DEBUG):  # its INFO lines repeat per start/stop
             logging.getLogger("ContinuousBatchingLogger").setLevel(logging.WARNING)
-        self.managers = {}
-        for name, gen in (("greedy", greedy), ("sample", sample)):
-            cfg = build_cb_config(model, max_batch, info.context_length, share=0.5)
-            manager = model.init_continuous_batching(
-                generation_config=gen, continuous_batching_config=cfg
-            )
-            manager.start()
-            self.managers[name] = manager
-            threading.Thread(
-                target=self._route, args=(manager,), name=f"cb-router-{name}", daemon=True
-            ).start()
+        cfg = build_cb_config(model, max_batch, info.context_length)
+        self.manager = model.init_continuous_batching(
+            generation_config=gen, continuous_batching_config=cfg
+        )
+        processors = self.manager.logit_processor.logits_processor
+        if not any(isinstance(p, RequestSamplingCB) for p in processors):
+            raise RuntimeError(f"continuous batching did not take our sampler: {processors}")
+        self.manager.start()
+        threading.Thread(target=self._route, name="cb-router", daemon=True).start()
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -269,12 +164,12 @@ class BatchingServer:
         if token is not None:
             token.cancel()  # LocalEngine stops within one token and sends Done("cancelled")
         if entry is not None:
-            stream, manager = entry
-            manager.cancel_request(rid)  # dropped from the batch at the next step
+            stream = entry
+            self.manager.cancel_request(rid)  # dropped from the batch at the next step
             self.emit(rid, Done("cancelled", stream.n_prompt, stream.generated))
 
     def alive(self) -> bool:
-        return all(m.is_running() for m in self.managers.values())
+        return self.manager.is_running()
 
     def close(self) -> None:
         self._closed = True
@@ -282,8 +177,7 @@ class BatchingServer:
             tokens = list(self._cancels.values())
         for t in tokens:
             t.cancel()
-        for manager in self.managers.values():
-            manager.stop(block=True, timeout=10, hard_stop=True)  # nobody waits for the rest
+        self.manager.stop(block=True, timeout=10, hard_stop=True)  # nobody waits for the rest
 
     # -- one at a time ----------------------------------------------------------------------
 
@@ -291,7 +185,7 @@ class BatchingServer:
         try:
             # The batches sample from the same global torch RNG: pause them, or the seed would
             # not pin the output. Seeded requests are rare (the user asked for one explicitly).
-            with self.managers["greedy"].pause(), self.managers["sample"].pause():
+            with self.manager.pause():
                 for event in self.local.stream(request, token):
                     self.emit(rid, event)
         finally:
@@ -319,15 +213,12 @@ class BatchingServer:
             matcher=StopMatcher(text_stops),
             n_prompt=len(ids),
         )
-        kwargs = {"repetition_penalty": float(p.repetition_penalty)}
-        if p.greedy:
-            manager = self.managers["greedy"]
-        else:
-            manager = self.managers["sample"]
+        kwargs = {"repetition_penalty": float(p.repetition_penalty), "temperature": 0.0}
+        if not p.greedy:
             kwargs.update(temperature=float(p.temperature), top_p=float(p.top_p))
         with self._lock:
-            self._streams[rid] = (stream, manager)
-        added = manager.add_request(
+            self._streams[rid] = stream
+        added = self.manager.add_request(
             ids,
             request_id=rid,
             max_new_tokens=p.max_new_tokens,
@@ -340,8 +231,9 @@ class BatchingServer:
                 self._streams.pop(rid, None)
             self.emit(rid, _engine_error("the batching loop is not accepting requests", 0))
 
-    def _route(self, manager) -> None:
-        """Turns one manager's cumulative outputs into Delta/Done events per request."""
+    def _route(self) -> None:
+        """Turns the manager's cumulative outputs into Delta/Done events per request."""
+        manager = self.manager
         while not self._closed:
             if not manager.is_running():
                 log.error("continuous batching loop stopped; failing its requests")
@@ -358,9 +250,7 @@ class BatchingServer:
                 with self._lock:
                     entry = self._streams.get(out.request_id)
                 # No entry: cancelled or stopped already.
-                if entry is not None and self._advance(
-                    out.request_id, entry[0], manager, out, events
-                ):
+                if entry is not None and self._advance(out.request_id, entry, manager, out, events):
                     with self._lock:
                         self._streams.pop(out.request_id, None)
                 out = manager.get_result(timeout=0) if len(events) < 256 else None
@@ -407,10 +297,7 @@ class BatchingServer:
         with self._lock:
             streams, self._streams = self._streams, {}
         self.send(
-            [
-                (rid, _engine_error(why, st.n_prompt, st.generated))
-                for rid, (st, _) in streams.items()
-            ]
+            [(rid, _engine_error(why, st.n_prompt, st.generated)) for rid, st in streams.items()]
         )
 
 

@@ -148,12 +148,13 @@ def serve_app_main(args) -> int:
 
 
 def run_level(
-    url: str, tokens_now, streams: int, per_stream: int, max_new: int, client: str = "http"
-) -> dict:
+    url: str, tokens_now, streams: int, per_stream: int, max_new: int, client: str = "http",
+    temperature: float = 0.0,
+) -> dict:  # fmt: skip
     """One concurrency level against the app's /complete; `client` picks the load generator."""
     cpu_before = _process_cpu()
     if client == "http":
-        row = _run_http_level(url, tokens_now, streams, per_stream, max_new)
+        row = _run_http_level(url, tokens_now, streams, per_stream, max_new, temperature)
     else:
         row = _run_gradio_client_level(url, tokens_now, streams, per_stream, max_new)
     row["client_cores"] = (_process_cpu() - cpu_before) / row["wall_s"] if row["wall_s"] else 0
@@ -165,17 +166,22 @@ def _process_cpu() -> float:
     return t.user + t.system
 
 
-def _complete_args(url: str, max_new: int) -> list:
+def _complete_args(url: str, max_new: int, temperature: float) -> list:
     """/complete's positional data, built from the app's own API description."""
     import httpx
 
     info = httpx.get(f"{url}gradio_api/info", timeout=30).json()
     params = info["named_endpoints"]["/complete"]["parameters"]
-    given = {"max_new_tokens": max_new, "temperature": 0, "repetition_penalty": 1.2}
+    given = {
+        "max_new_tokens": max_new, "temperature": temperature, "top_p": 0.9,
+        "repetition_penalty": 1.2,
+    }  # fmt: skip
     return [given.get(p["parameter_name"], p.get("parameter_default")) for p in params]
 
 
-def _run_http_level(url: str, tokens_now, streams: int, per_stream: int, max_new: int) -> dict:
+def _run_http_level(
+    url: str, tokens_now, streams: int, per_stream: int, max_new: int, temperature: float
+) -> dict:
     """Plain HTTP + SSE on Gradio's API (POST /gradio_api/call/complete, then its event
     stream), from one asyncio loop: a load generator that takes ~0.1 core at 8 streams, where
     gradio_client's threads took ~0.66 of the same 2 cores the app and the model run on."""
@@ -184,7 +190,7 @@ def _run_http_level(url: str, tokens_now, streams: int, per_stream: int, max_new
 
     import httpx
 
-    template = _complete_args(url, max_new)
+    template = _complete_args(url, max_new, temperature)
     ttfts: list[float] = []
     errors: list[str] = []
 
@@ -387,10 +393,10 @@ def _pct(values: list[float], q: int) -> float:
 
 def bench_levels(
     name: str, url: str, tokens_now, levels, total: int, max_new: int, rounds: int,
-    client: str = "http",
+    client: str = "http", temperature: float = 0.0,
 ) -> list:  # fmt: skip
     def run(n: int, per_stream: int) -> dict:
-        return run_level(url, tokens_now, n, per_stream, max_new, client)
+        return run_level(url, tokens_now, n, per_stream, max_new, client, temperature)
 
     label = name if client == "http" else f"{name}, via gradio_client"
     return bench_rounds(label, run, levels, total, rounds)
@@ -450,8 +456,8 @@ def write_results(path: Path, rows: list[dict], args, model: str, serve_cmd: str
         f"- worker: WorkerEngine, max_batch={max(args.levels)} (continuous batching).",
         f"- peer: RemoteEngine -> `{serve_cmd}`.",
         "- `engine API only` rows: the same load on Engine.stream() in the bench process, "
-        "without Gradio/HTTP (diagnostic: what the engine alone sustains); `sampled` uses "
-        "the UI defaults temperature 0.2, top_p 0.9 instead of greedy.",
+        "without Gradio/HTTP (diagnostic: what the engine alone sustains). `sampled` rows use "
+        "temperature 0.2 and top_p 0.9 (tiny-starcoder's defaults in the UI) instead of greedy.",
         "",
         "| engine | streams | requests | tokens | wall s | tokens/s | x single, median "
         "| x single, range | TTFT p50 s | TTFT p95 s | load generator CPU cores | errors |",
@@ -522,6 +528,7 @@ def main(argv=None) -> int:
     load = (args.levels, args.requests, args.max_new_tokens, args.rounds)
     with app_process("worker", model, max_batch) as (url, tokens):
         rows += bench_levels("worker", url, tokens, *load)
+        rows += bench_levels("worker, sampled", url, tokens, *load, temperature=0.2)
         if args.gradio_client:
             rows += bench_levels("worker", url, tokens, *load, client="gradio_client")
     from model.worker import WorkerConfig, WorkerEngine

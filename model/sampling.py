@@ -24,9 +24,10 @@ def nucleus_sample(probs: torch.Tensor, top_p: torch.Tensor, k: int = TOP_K_FIRS
     """One token id per row of `probs` [rows, vocab], drawn from the row's top-p nucleus.
 
     The nucleus is generate()'s (TopPLogitsWarper): the most likely tokens, in order, while the
-    mass ranked above them is below top_p. When the k most likely tokens already hold top_p of
-    the mass, the nucleus lies among them, so only they are looked at; other rows are sorted
-    in full. top_p >= 1 keeps every token and needs no sort at all.
+    mass ranked above them is below top_p. When the most likely token alone holds top_p (most
+    steps at a low temperature), that token is the nucleus. When the k most likely tokens hold
+    it, the nucleus lies among them, so only they are looked at; other rows are sorted in full.
+    top_p >= 1 keeps every token and needs no sort at all.
     """
     dev = probs.device
     out = torch.empty(probs.size(0), dtype=torch.long, device=dev)
@@ -36,16 +37,22 @@ def nucleus_sample(probs: torch.Tensor, top_p: torch.Tensor, k: int = TOP_K_FIRS
         r = every.nonzero().squeeze(1)
         idx = torch.arange(probs.size(1), device=dev).expand(len(r), -1)
         out[r] = _draw(probs[r], idx, top_p[r], ordered=False)
-    vals, idx = probs.topk(min(k, probs.size(1)), dim=-1)
-    inside = ~every & (vals.sum(-1) >= top_p)
+    # The most likely token alone already holds top_p: the nucleus is that one token.
+    top1, arg1 = probs.max(dim=-1)
+    one = ~every & (top1 >= top_p)
+    out[one] = arg1[one]
+    rest = ~every & ~one
+    if not rest.any():
+        return out
+    r = rest.nonzero().squeeze(1)
+    vals, idx = probs[r].topk(min(k, probs.size(1)), dim=-1)
+    inside = vals.sum(-1) >= top_p[r]
     if inside.any():
-        r = inside.nonzero().squeeze(1)
-        out[r] = _draw(vals[r], idx[r], top_p[r])
-    wide = ~every & ~inside
-    if wide.any():
-        r = wide.nonzero().squeeze(1)
-        vals, idx = probs[r].sort(dim=-1, descending=True)
-        out[r] = _draw(vals, idx, top_p[r])
+        out[r[inside]] = _draw(vals[inside], idx[inside], top_p[r][inside])
+    wide = r[~inside]
+    if wide.numel():
+        vals, idx = probs[wide].sort(dim=-1, descending=True)
+        out[wide] = _draw(vals, idx, top_p[wide])
     return out
 
 
@@ -166,7 +173,7 @@ class RequestSamplingCB(cblp.ContinuousBatchingLogitsProcessor):
             dev = scores.device
             rows, keep = self._sampled.to(dev), self._sampled < scores.size(0)
             rows, temperature = rows[keep.to(dev)], self._temperature.to(dev)[keep.to(dev)]
-            probs = (scores[rows].float() / temperature[:, None]).softmax(-1)
+            probs = scores[rows].float().div_(temperature[:, None]).softmax(-1)
             tokens = nucleus_sample(probs, self._top_p[keep])
             # The batch takes the argmax of each row: leave the drawn token alone on top.
             scores[rows] = torch.finfo(scores.dtype).min

@@ -9,12 +9,11 @@ scheduler. What it honours per request, and therefore what we batch:
     per request. Greedy and sampled requests share the one batch.
   - text stop sequences: matched on our side (StopMatcher); a hit cancels the request in the
     manager, which frees its slot at the next step.
+  - token healing of completion prompts that end in whitespace (model/healing.py): the same
+    processor holds each healed request's first tokens to the backed-off text.
 One-at-a-time path (LocalEngine on the same model, serialised by its lock):
   - requests with a `seed`: the batch samples from torch's one global RNG, so "same seed,
     same output" only holds for a request that runs alone. The batch pauses while it runs.
-  - completion prompts that end in whitespace, which token healing rewrites (model/healing.py):
-    its constraint on the first tokens is a per-request logits processor, which the manager
-    does not take.
 """
 
 from __future__ import annotations
@@ -72,14 +71,9 @@ def build_cb_config(model, max_batch: int, context_length: int) -> ContinuousBat
     return ContinuousBatchingConfig(max_memory_percent=0.8, **common)  # GPU: memory-derived
 
 
-def batchable(request: GenerationRequest, tokenizer) -> bool:
+def batchable(request: GenerationRequest) -> bool:
     """Whether the continuous-batching path honours every parameter (see the module doc)."""
-    if request.params.seed is not None:
-        return False
-    if request.params.heal and needs_healing(request.prompt):
-        ids = tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
-        return not heal(tokenizer, ids).active  # only prompts healing would change run alone
-    return True
+    return request.params.seed is None
 
 
 @dataclass
@@ -90,6 +84,7 @@ class _Stream:
     decoder: IncrementalDecoder
     matcher: StopMatcher
     n_prompt: int
+    strip: Callable[[str], str] = str  # drops the healed text, which the prompt already shows
     seen: int = 0
     generated: int = 0
     reason: str = "length"
@@ -144,7 +139,7 @@ class BatchingServer:
     # -- commands ---------------------------------------------------------------------------
 
     def submit(self, rid: str, request: GenerationRequest) -> None:
-        if batchable(request, self.tokenizer):
+        if batchable(request):
             self._submit_batched(rid, request)
         else:
             token = CancelToken()
@@ -206,14 +201,21 @@ class BatchingServer:
             )
             self.emit(rid, Done("error", len(ids), 0, error=msg, error_kind="validation"))
             return
+        kwargs = {"repetition_penalty": float(p.repetition_penalty), "temperature": 0.0}
+        strip = str
+        if p.heal and needs_healing(request.prompt):
+            healing = heal(self.tokenizer, ids)
+            if healing.active:
+                ids, strip = healing.input_ids, healing.stripper().feed
+                kwargs["healing"] = healing.processor
         eos_ids, text_stops = self.local._eos_ids(p.stop)
         stream = _Stream(
             eos_ids=set(eos_ids),
             decoder=IncrementalDecoder(self.tokenizer),
             matcher=StopMatcher(text_stops),
             n_prompt=len(ids),
+            strip=strip,
         )
-        kwargs = {"repetition_penalty": float(p.repetition_penalty), "temperature": 0.0}
         if not p.greedy:
             kwargs.update(temperature=float(p.temperature), top_p=float(p.top_p))
         with self._lock:
@@ -267,7 +269,7 @@ class BatchingServer:
             if tok in st.eos_ids:
                 st.reason = "eos"
                 break
-            text += st.matcher.feed(st.decoder.push(tok))
+            text += st.matcher.feed(st.strip(st.decoder.push(tok)))
             if st.matcher.stopped:
                 st.reason = "stop"
                 break
@@ -280,7 +282,7 @@ class BatchingServer:
         elif st.reason == "eos" or out.is_finished():
             if st.reason == "eos":
                 manager.cancel_request(rid)  # no-op if the manager finished it too
-            tail = st.matcher.feed(st.decoder.flush())
+            tail = st.matcher.feed(st.strip(st.decoder.flush()))
             if st.matcher.stopped:
                 st.reason = "stop"
             else:

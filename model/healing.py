@@ -7,7 +7,8 @@ unusual token boundary and tends to answer in prose. Healing backs the prompt of
 trailing whitespace token(s) and lets the model choose them again: the first generated token(s)
 must start with the removed text, so "\\n" can become "\\n    " and the body follows.
 
-Use (LocalEngine.stream, completion mode only):
+Use (LocalEngine.stream, completion mode only; the batch does the same through
+model/sampling.py):
 
     healing = healer.heal(prompt_ids)            # once per request
     generate(input_ids=healing.input_ids, logits_processor=[healing.processor], ...)
@@ -109,15 +110,21 @@ class HealingProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for row in range(input_ids.shape[0]):
-            consumed = self._consumed(input_ids[row, self.prompt_len :].tolist())
-            if consumed is None:
-                continue  # healed: from here on the model is free
-            mask = self.vocab.allowed(self.removed[len(consumed) :])
-            width = min(scores.shape[-1], mask.shape[0])
-            blocked = torch.ones(scores.shape[-1], dtype=torch.bool, device=scores.device)
-            blocked[:width] = ~mask[:width].to(scores.device)
-            scores[row, blocked] = -float("inf")
+            blocked = self.blocked(input_ids[row, self.prompt_len :].tolist(), scores.shape[-1])
+            if blocked is not None:
+                scores[row, blocked.to(scores.device)] = -float("inf")
         return scores
+
+    def blocked(self, generated: list[int], width: int) -> torch.Tensor | None:
+        """[width] mask of the tokens that may not come next, or None once healed."""
+        consumed = self._consumed(generated)
+        if consumed is None:
+            return None  # healed: from here on the model is free
+        mask = self.vocab.allowed(self.removed[len(consumed) :])
+        n = min(width, mask.shape[0])
+        blocked = torch.ones(width, dtype=torch.bool)
+        blocked[:n] = ~mask[:n]
+        return blocked
 
     def _consumed(self, generated: list[int]) -> bytes | None:
         """The removed text rebuilt so far, or None once it is complete (or cannot be)."""
@@ -222,9 +229,8 @@ class TokenHealer:
 
 
 def needs_healing(prompt: str) -> bool:
-    """Whether heal() may act on this prompt text (it only heals trailing whitespace). Lets a
-    caller route such requests to the generate() path, e.g. away from continuous batching,
-    which takes no per-request logits processors."""
+    """Whether heal() may act on this prompt text (it only heals trailing whitespace): a cheap
+    check before tokenizing."""
     return prompt[-1:].isspace()
 
 

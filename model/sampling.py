@@ -1,7 +1,7 @@
 """Per-request sampling for transformers' continuous batching (imports torch).
 
-One logits processor does what generate() does per request: repetition penalty, then
-temperature, top-p and the draw. Greedy requests (temperature 0) only get the penalty, so
+One logits processor does what generate() does per request: repetition penalty, the token
+healing constraint (model/healing.py), then temperature, top-p and the draw. Greedy requests (temperature 0) only get the penalty, so
 greedy and sampled requests share one batch and argmax picks each row's token: a sampled row
 leaves only its drawn token. transformers' own CB warpers would need a sampling batch of their
 own, and on a CPU their per-step work cost more than the model: a full sort of every row for
@@ -16,6 +16,8 @@ from typing import ClassVar
 import torch
 from transformers import RepetitionPenaltyLogitsProcessor
 from transformers.generation.continuous_batching import cb_logits_processors as cblp
+
+from model.healing import HealingProcessor
 
 TOP_K_FIRST = 64  # top-p looks here first; a row whose nucleus is wider is sorted in full
 
@@ -98,7 +100,7 @@ class _History:
 
 
 class RequestSamplingCB(cblp.ContinuousBatchingLogitsProcessor):
-    """repetition_penalty, temperature and top_p of each request, then its draw.
+    """repetition_penalty, token healing, temperature and top_p of each request, then its draw.
 
     transformers gives a CB processor one int32 slot per row; the penalty travels there, and
     the rest (token histories, temperatures, top-p) is kept by prepare_tensor_args() for the
@@ -110,6 +112,7 @@ class RequestSamplingCB(cblp.ContinuousBatchingLogitsProcessor):
         "repetition_penalty": float,
         "temperature": float,  # 0: greedy
         "top_p": float,
+        "healing": HealingProcessor,  # the first tokens must rebuild the backed-off text
     }
     ignored_kwargs: ClassVar[tuple[str, ...]] = ()
 
@@ -119,6 +122,7 @@ class RequestSamplingCB(cblp.ContinuousBatchingLogitsProcessor):
         self._rows: torch.Tensor | None = None
         self._cols: torch.Tensor | None = None
         self._sampled: torch.Tensor | None = None  # rows that draw, with their settings
+        self._healing: list[tuple[int, HealingProcessor, list[int]]] = []  # row, rule, generated
         self._temperature = self._top_p = torch.empty(0)
         # Request id -> its history. Rebuilding each history from Python lists every step was
         # O(context) per row, the worker's largest single cost at 8 streams of 256 tokens.
@@ -130,10 +134,16 @@ class RequestSamplingCB(cblp.ContinuousBatchingLogitsProcessor):
 
     def prepare_tensor_args(self, requests_with_new_token) -> torch.Tensor:
         penalties, rows, lengths, parts, kept = [], [], [], [], {}
-        sampled, temperatures, top_ps = [], [], []
+        sampled, temperatures, top_ps, healing = [], [], [], []
         for row, request in enumerate(requests_with_new_token):
             state = request.state
             kwargs = state.logit_processor_kwargs
+            rule = kwargs.get("healing")
+            if rule is not None and len(state.generated_tokens) < len(rule.removed) + 1:
+                # Only the first tokens can still be constrained; a soft reset moves them into
+                # initial_tokens, so read them from the whole history.
+                ids = [*state.initial_tokens, *state.generated_tokens]
+                healing.append((row, rule, ids[rule.prompt_len :]))
             p = kwargs.get("repetition_penalty", self.penalty)
             penalties.append(p)
             if kwargs.get("temperature", 0.0) > 0:
@@ -154,6 +164,7 @@ class RequestSamplingCB(cblp.ContinuousBatchingLogitsProcessor):
             self._cols = torch.cat(parts)
         else:
             self._rows = self._cols = None
+        self._healing = healing
         self._sampled = torch.tensor(sampled, dtype=torch.long) if sampled else None
         self._temperature = torch.tensor(temperatures, dtype=torch.float32)
         self._top_p = torch.tensor(top_ps, dtype=torch.float32)
@@ -169,6 +180,10 @@ class RequestSamplingCB(cblp.ContinuousBatchingLogitsProcessor):
             penalty = tensor_arg[: scores.size(0)].view(dtype=torch.float32).to(scores.dtype)
             s = scores[rows, cols]
             scores[rows, cols] = torch.where(s < 0, s * penalty[rows], s / penalty[rows])
+        for row, rule, generated in self._healing:
+            blocked = rule.blocked(generated, scores.size(-1)) if row < scores.size(0) else None
+            if blocked is not None:
+                scores[row, blocked.to(scores.device)] = -float("inf")
         if self._sampled is not None:
             dev = scores.device
             rows, keep = self._sampled.to(dev), self._sampled < scores.size(0)

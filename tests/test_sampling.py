@@ -105,3 +105,38 @@ def test_greedy_and_sampled_rows_share_a_batch():
             torch.tensor([prompt]), scores[row : row + 1].clone()
         )
         assert _generate_probs(base, temperature, top_p)[0, token] > 0
+
+
+def test_healing_holds_the_first_tokens_in_the_batch(model_dir):
+    """A healed request's first token must rebuild the backed-off whitespace, greedy or
+    sampled, in a batch beside an unconstrained row; once rebuilt, the row is free."""
+    from transformers import AutoTokenizer
+
+    from model.healing import heal
+
+    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    healing = heal(tok, tok("def f(x):\n    ")["input_ids"])
+    assert healing.active
+    vocab = healing.processor.vocab
+    allowed = vocab.allowed(healing.processor.removed)
+    prompt = healing.input_ids
+    torch.manual_seed(3)
+    cb = RequestSamplingCB(RepetitionPenaltyLogitsProcessor(1.1))
+    for _ in range(20):
+        scores = torch.randn(3, len(vocab)) * 2
+        requests = [
+            _request("g", prompt, repetition_penalty=1.0, temperature=0.0,
+                     healing=healing.processor),
+            _request("s", prompt, repetition_penalty=1.0, temperature=1.0, top_p=1.0,
+                     healing=healing.processor),
+            _request("free", prompt, repetition_penalty=1.0, temperature=0.0),
+        ]  # fmt: skip
+        got = _step(cb, requests, scores)
+        assert allowed[int(got[0].argmax())] and allowed[int(got[1].argmax())]
+        assert torch.equal(got[2], scores[2])
+    # Rebuilt by the very tokens healing backed off: from then on the row is free.
+    original = tok("def f(x):\n    ")["input_ids"]
+    rebuilt = _request("g", prompt, original[len(prompt) :], repetition_penalty=1.0,
+                       temperature=0.0, healing=healing.processor)  # fmt: skip
+    scores = torch.randn(1, len(vocab))
+    assert torch.equal(_step(cb, [rebuilt], scores), scores)

@@ -87,6 +87,26 @@ def test_sampled_and_seeded_requests(worker):
     assert results[1][0] == results[2][0]
 
 
+def test_healed_prompts_batch_and_equal_generate(worker, engine):
+    """A completion prompt ending in indentation is token-healed (tiny-starcoder merges
+    "\n" + spaces): in the batch, beside other requests, it gives generate()'s healed text,
+    and a sampled healed request still streams."""
+    from model.batching import batchable
+
+    healed = GenerationParams(max_new_tokens=16, temperature=0, repetition_penalty=1.2, heal=True)
+    prompt = "def f(x):\n    "
+    assert batchable(GenerationRequest(prompt, healed))
+    sampled = GenerationParams(max_new_tokens=16, temperature=0.8, top_p=0.9, heal=True)
+    results = run_concurrently(
+        lambda p, params: collect(worker, p, params),
+        [(prompt, healed), ("class A:", GREEDY), (prompt, sampled), ("import json\n", GREEDY)],
+    )
+    alone, alone_done = collect(engine, prompt, healed)
+    assert results[0][0] == alone and results[0][1].prompt_tokens == alone_done.prompt_tokens
+    assert alone_done.prompt_tokens < engine.count_tokens(prompt)  # healing did back off
+    assert results[2][1].reason in ("length", "eos") and results[2][1].generated_tokens > 0
+
+
 def test_stop_sequence_cuts_batched_output(worker):
     params = GenerationParams(max_new_tokens=24, temperature=0, repetition_penalty=1.0)
     full, _ = collect(worker, "class A:", params)

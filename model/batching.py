@@ -30,7 +30,7 @@ from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
 from model.decoding import IncrementalDecoder
 from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo
-from model.healing import heal, needs_healing
+from model.healing import heal_request
 from model.local import LocalEngine
 from model.sampling import RequestSamplingCB
 from model.stops import StopMatcher
@@ -203,11 +203,10 @@ class BatchingServer:
             return
         kwargs = {"repetition_penalty": float(p.repetition_penalty), "temperature": 0.0}
         strip = str
-        if p.heal and needs_healing(request.prompt):
-            healing = heal(self.tokenizer, ids)
-            if healing.active:
-                ids, strip = healing.input_ids, healing.stripper().feed
-                kwargs["healing"] = healing.processor
+        healing = heal_request(self.tokenizer, request, ids)
+        if healing is not None:
+            ids, strip = healing.input_ids, healing.stripper().feed
+            kwargs["healing"] = healing.processor
         eos_ids, text_stops = self.local._eos_ids(p.stop)
         stream = _Stream(
             eos_ids=set(eos_ids),

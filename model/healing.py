@@ -234,6 +234,15 @@ def needs_healing(prompt: str) -> bool:
     return prompt[-1:].isspace()
 
 
+def heal_request(tokenizer, request, ids: Sequence[int]) -> Healing | None:
+    """The healing to apply to a request's prompt `ids`, or None: not asked for (`params.heal`
+    is off outside completion mode) or nothing to heal. One rule for generate() and the batch."""
+    if not (request.params.heal and needs_healing(request.prompt)):
+        return None
+    healing = heal(tokenizer, ids)
+    return healing if healing.active else None
+
+
 _healers: dict[int, TokenHealer] = {}
 
 

@@ -18,7 +18,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from model.decoding import IncrementalDecoder
 from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo
-from model.healing import heal
+from model.healing import heal_request
 from model.stops import StopMatcher
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,8 @@ class LocalEngine:
 
     def stream(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[Event]:
         ids = self.tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
-        healing = heal(self.tokenizer, ids) if request.params.heal else None
-        if healing is not None and healing.active:
+        healing = heal_request(self.tokenizer, request, ids)
+        if healing is not None:
             ids = healing.input_ids
         input_ids = torch.tensor([ids], device=self._device)
         enc = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
@@ -123,8 +123,8 @@ class LocalEngine:
         errors: list[BaseException] = []
         kwargs = self.generate_kwargs(request, eos_ids)
         # The healed text is already in the prompt the user sees: drop it from the stream.
-        strip = healing.stripper().feed if healing is not None and healing.active else str
-        if healing is not None and healing.active:
+        strip = healing.stripper().feed if healing is not None else str
+        if healing is not None:
             kwargs["logits_processor"] = LogitsProcessorList([healing.processor])
         seed = request.params.seed
 

@@ -1,9 +1,9 @@
 """Per-request sampling for transformers' continuous batching (imports torch).
 
 One logits processor does what generate() does per request: repetition penalty, the token
-healing constraint (model/healing.py), then temperature, top-p and the draw. Greedy requests (temperature 0) only get the penalty, so
-greedy and sampled requests share one batch and argmax picks each row's token: a sampled row
-leaves only its drawn token. transformers' own CB warpers would need a sampling batch of their
+healing constraint (model/healing.py), then temperature, top-p and the draw. Greedy requests
+(temperature 0) stop before the draw, so greedy and sampled requests share one batch and argmax
+picks each row's token: a sampled row leaves only its drawn token. transformers' own CB warpers would need a sampling batch of their
 own, and on a CPU their per-step work cost more than the model: a full sort of every row for
 top-p (5.6 ms for 8 x 8,192 logits) and torch.multinomial (2.3 ms), against ~5 ms for the
 tiny model's forward (bench/RESULTS.md).
@@ -186,8 +186,9 @@ class RequestSamplingCB(cblp.ContinuousBatchingLogitsProcessor):
                 scores[row, blocked.to(scores.device)] = -float("inf")
         if self._sampled is not None:
             dev = scores.device
-            rows, keep = self._sampled.to(dev), self._sampled < scores.size(0)
-            rows, temperature = rows[keep.to(dev)], self._temperature.to(dev)[keep.to(dev)]
+            keep = self._sampled < scores.size(0)
+            rows = self._sampled[keep].to(dev)
+            temperature = self._temperature[keep].to(dev)
             probs = scores[rows].float().div_(temperature[:, None]).softmax(-1)
             tokens = nucleus_sample(probs, self._top_p[keep])
             # The batch takes the argmax of each row: leave the drawn token alone on top.

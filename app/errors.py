@@ -21,11 +21,14 @@ def _translate(exc: Exception, as_html: bool):
     import gradio as gr
 
     if isinstance(exc, PlaygroundError):
+        # Expected: one line naming the field and kind, not two tracebacks (3.5 KB of log per
+        # 61-byte bad request let anyone flood the log). The message itself may be huge.
+        log.info("refused: field=%s kind=%s", exc.field, exc.kind)
         # The browser's toast renders HTML: "<FILL_HERE>" would vanish as an unknown tag.
         message = html.escape(exc.message) if as_html else exc.message
-        return gr.Error(message, title=_title(exc))
+        return gr.Error(message, title=_title(exc), print_exception=False)
     log.exception("unexpected error in handler", exc_info=exc)
-    return gr.Error(INTERNAL, title="Internal error")
+    return gr.Error(INTERNAL, title="Internal error", print_exception=False)
 
 
 def _title(exc: PlaygroundError) -> str:

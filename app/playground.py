@@ -9,7 +9,9 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
-from app.requests import Limits, check_context, check_text
+from app.limits import Limits
+from app.ratelimit import RateLimiter
+from app.requests import check_context, check_text
 from model.chat import chat_prompt
 from model.engine import (
     CancelToken,
@@ -47,6 +49,7 @@ class Output:
     seconds: float = 0.0
     queue_position: int | None = None  # set while the request waits for a batch slot
     model: str = ""  # the registry id of the model that wrote it
+    stopped: str = ""  # why a cancelled generation stopped, in words for the user
 
     @property
     def generated_span(self) -> tuple[int, int]:
@@ -64,7 +67,7 @@ class Output:
             "eos": "end of text",
             "stop": "stop sequence",
             "length": "max_new_tokens reached",
-            "cancelled": "stopped by you",
+            "cancelled": self.stopped or "stopped by you",
         }.get(d.reason, d.reason)
         by = f" · {self.model}" if self.model else ""
         return (
@@ -74,10 +77,18 @@ class Output:
 
 
 class Playground:
-    def __init__(self, engines: EnginePool, ta: TaPrompt, limits: Limits | None = None):
+    def __init__(
+        self,
+        engines: EnginePool,
+        ta: TaPrompt,
+        limits: Limits | None = None,
+        rate_limit_per_min: int = 0,
+    ):
         self.engines = engines
         self.ta = ta
         self.limits = limits or Limits()
+        # Keyed on the client's address; checked after validation, so a typo costs no budget.
+        self.limiter = RateLimiter(rate_limit_per_min, what="generations")
 
     @property
     def registry(self):
@@ -133,7 +144,11 @@ class Playground:
         client: str = "",
         model: str | None = None,
     ) -> Iterator[Output]:
+        from app.requests import check_history  # local: this change may touch only assist()
+
         check_text("message", message, self.limits)
+        # Bounded before any token is counted: 1,000 turns once took 18 s of shared CPU to fit.
+        history = check_history(history, self.limits)
         spec, engine = self.engines.choose(model, "assistant")
         info = engine.info
         budget = info.context_length - params.max_new_tokens
@@ -179,6 +194,7 @@ class Playground:
         suffix: str,
         client: str = "",
     ) -> Iterator[Output]:
+        self.limiter.check(client)
         start = time.perf_counter()
         generated = ""
         request = GenerationRequest(model_prompt, params, client=client)
@@ -196,5 +212,5 @@ class Playground:
                 elapsed = time.perf_counter() - start
                 yield Output(
                     mode, prefix + generated + suffix, generated, prefix, event,
-                    seconds=elapsed, model=model_id,
+                    seconds=elapsed, model=model_id, stopped=cancel.reason,
                 )  # fmt: skip

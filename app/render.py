@@ -45,17 +45,28 @@ def _laminar(marks) -> list[Mark]:
     return out
 
 
+# guess_lexer is unreliable on short code: it calls `def fibonacci(n):` a Tera Term macro,
+# `def is_prime(n):` scdoc and `class LinkedList:` Perl 6. Only these guesses are believed.
+TRUSTED_GUESSES = {
+    "C", "C++", "C#", "Go", "Java", "JavaScript", "TypeScript", "Rust", "Ruby", "PHP", "Bash",
+    "HTML", "CSS", "SQL", "Kotlin", "Scala", "Swift", "Lua", "Julia", "R", "Haskell", "YAML",
+    "JSON", "Dockerfile", "Makefile", "TOML", "Perl", "Python",
+}  # fmt: skip
+GUESS_CHARS = 4000
+
+
 def detect_language(text: str, default: str = "python") -> str:
-    """Pygments' guess, falling back to the mode's language when the guess is weak."""
+    """The one language rule (code view, downloads, share pages): Pygments' guess when it is one
+    of the trusted languages, else the mode's language (`default`)."""
     if not text.strip():
         return default
     try:
-        lexer = guess_lexer(text)
+        guess = guess_lexer(text[:GUESS_CHARS])
     except ClassNotFound:
         return default
-    # guess_lexer answers "text" (or a template lexer) for short snippets; keep the default then.
-    name = lexer.aliases[0] if lexer.aliases else default
-    return default if name in {"text", "output"} or "+" in name else name
+    if guess.name not in TRUSTED_GUESSES or not guess.aliases:
+        return default
+    return guess.aliases[0]
 
 
 def _lexer(language: str):

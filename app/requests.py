@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from app.limits import Limits
 from model.engine import GenerationParams
 from model.errors import PlaygroundError
 
@@ -13,11 +13,6 @@ MAX_STOPS = 4
 MAX_STOP_CHARS = 64
 MAX_NEW_TOKENS = 8192
 MAX_SEED = 2**63 - 1
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_prompt_bytes: int = 1_000_000
 
 
 def _err(field: str, msg: str) -> PlaygroundError:
@@ -55,18 +50,41 @@ def _number(field: str, value, lo: float, hi: float, *, lo_open: bool = False) -
 
 
 def _integer(field: str, value, lo: int, hi: int) -> int:
-    x = _number(field, value, lo, hi)
-    if x != int(x):
-        raise _err(field, f"must be a whole number; got {x:g}.")
-    return int(x)
+    """Exact for any size: a float would print 2**63 - 1 as 9.22337e+18 and lose digits."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise _err(field, f"must be a whole number; got {type(value).__name__}.")
+    if isinstance(value, int):
+        x = value
+    else:
+        number = _number(field, value, -math.inf, math.inf)
+        if not number.is_integer():
+            raise _err(field, f"must be a whole number; got {number:g}.")
+        x = (
+            int(value)
+            if isinstance(value, str) and value.strip().lstrip("-").isdigit()
+            else int(number)
+        )
+    if not lo <= x <= hi:
+        raise _err(field, f"must be in [{lo}, {hi}]; got {x}.")
+    return x
 
 
 def parse_stops(value) -> tuple[str, ...]:
     """Stops arrive as a list or as one string with one stop per line."""
-    if value in (None, ""):
+    if value is None or value == "":
         return ()
-    items: Sequence = value.split("\n") if isinstance(value, str) else value
-    stops = tuple(s for s in (str(x) for x in items) if s != "")
+    if isinstance(value, str):
+        items: Sequence = value.split("\n")
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        raise _err("stop", f"must be a list of strings; got {type(value).__name__}.")
+    for x in items:
+        if not isinstance(x, str):
+            raise _err(
+                "stop", f"must be a list of strings; got an item of type {type(x).__name__}."
+            )
+    stops = tuple(s for s in items if s != "")
     if len(stops) > MAX_STOPS:
         raise _err("stop", f"allows at most {MAX_STOPS} sequences; got {len(stops)}.")
     for s in stops:
@@ -101,8 +119,84 @@ def parse_params(
 def check_context(field: str, prompt_tokens: int, max_new_tokens: int, context: int) -> None:
     """TGI-style: name both numbers when prompt + max_new_tokens exceed the context."""
     if prompt_tokens + max_new_tokens > context:
+        # A ContextLength (model/engine.py) says what lowered it, e.g. "KV_CACHE_MB=64".
+        why = getattr(context, "limited_by", None)
+        what = f"the model's context, limited by {why}" if why else "the model's context"
         raise PlaygroundError(
-            f"`{field}` tokens + `max_new_tokens` must be <= {context} (the model's context). "
+            f"`{field}` tokens + `max_new_tokens` must be <= {context} ({what}). "
             f"Given: {prompt_tokens} `{field}` tokens and {max_new_tokens} `max_new_tokens`.",
             field=field,
         )
+
+
+# --- chat history ---------------------------------------------------------------------------
+
+# Each turn costs a token count and prompt text; a context of 8,192 tokens rarely holds more.
+MAX_HISTORY_TURNS = 50
+_ROLES = ("user", "assistant")
+
+
+def _history_err(where: str, msg: str) -> PlaygroundError:
+    return PlaygroundError(f"`history{where}` {msg}", field="history")
+
+
+def _kind(value) -> str:
+    if isinstance(value, list | tuple):
+        return f"a list of {len(value)}"
+    return "None" if value is None else type(value).__name__
+
+
+def _count_turns(raw) -> None:
+    if not isinstance(raw, list | tuple):
+        raise _history_err("", f"must be a list of [user, assistant] pairs; got {_kind(raw)}.")
+    if len(raw) > MAX_HISTORY_TURNS:
+        raise _history_err(
+            "",
+            f"has {len(raw)} turns; the limit is {MAX_HISTORY_TURNS}. "
+            "Send only the most recent turns.",
+        )
+
+
+def _pair(i: int, item) -> tuple[str, str]:
+    """One turn as (user, assistant): a Turn, or a [user, assistant] pair of strings."""
+    pair = (item.user, item.assistant) if hasattr(item, "assistant") else item
+    if not isinstance(pair, list | tuple) or len(pair) != 2:
+        raise _history_err(f"[{i}]", f"must be a [user, assistant] pair; got {_kind(pair)}.")
+    for j, text in enumerate(pair):
+        if not isinstance(text, str):
+            raise _history_err(
+                f"[{i}][{j}]", f"(the {_ROLES[j]}'s text) must be text; got {_kind(text)}."
+            )
+    return pair[0], pair[1]
+
+
+def parse_history(raw) -> tuple:
+    """The API's history, [[user, assistant], ...], as Turns; a wrong shape is named with its
+    index. Counted before anything is built, so a huge history costs nothing."""
+    from model.prompts import Turn  # local: this section is appended, the imports stay as-is
+
+    if raw is None:
+        return ()
+    _count_turns(raw)
+    return tuple(Turn(*_pair(i, item)) for i, item in enumerate(raw))
+
+
+def check_history(turns, limits: Limits) -> tuple:
+    """Bound a conversation before any token is counted: its turns, its UTF-8 bytes (all turns
+    together, the same limit as one prompt), each text. Returns it as a tuple of Turns."""
+    from model.prompts import Turn
+
+    _count_turns(turns)
+    pairs = [_pair(i, item) for i, item in enumerate(turns)]
+    # surrogatepass: a lone surrogate must not crash the count; check_text names it below.
+    size = sum(len(text.encode("utf-8", "surrogatepass")) for pair in pairs for text in pair)
+    if size > limits.max_prompt_bytes:
+        raise _history_err(
+            "",
+            f"is {size:,} bytes; the limit is {limits.max_prompt_bytes:,} bytes. "
+            "Send only the most recent turns.",
+        )
+    for i, pair in enumerate(pairs):
+        for j, text in enumerate(pair):
+            check_text(f"history[{i}][{j}]", text, limits, allow_empty=True)
+    return tuple(Turn(*pair) for pair in pairs)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import sys
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -14,11 +14,14 @@ import uvicorn
 from fastapi import FastAPI
 
 from app.attribution import AttributionIndex, ensure_default_index
+from app.gradio_compat import GradioRouteChecks, tune_queue
+from app.guard import SPACE_FRAME_ANCESTORS, EdgeGuard
 from app.handlers import Handlers
+from app.limits import Limits
+from app.links import PublicLinks
 from app.metrics import EngineMetrics, add_ops_routes
 from app.playground import Playground
 from app.render import style_css
-from app.requests import Limits
 from app.session_state import install as install_lazy_session_state
 from app.settings import ROOT, Settings
 from app.share_routes import mount_share_routes
@@ -29,7 +32,7 @@ from model.errors import PlaygroundError
 from model.factory import build_engine
 from model.pool import EnginePool
 from model.prompts import TaPrompt
-from model.registry import ModelSpec, Registry
+from model.registry import TINY_STARCODER, ModelSpec, Registry
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,8 @@ def build_engines(settings: Settings) -> EnginePool:
         model = spec.id if spec.source == "package" else spec.location
         return build_engine(
             model=model, data_dir=settings.data_dir, max_batch=settings.max_batch,
-            max_queue=settings.max_queue, rate_limit_per_min=settings.rate_limit, **common,
+            max_queue=settings.max_queue, rate_limit_per_min=settings.rate_limit,
+            kv_cache_mb=settings.kv_cache_mb, **common,
         )  # fmt: skip
 
     return EnginePool(registry, start)
@@ -77,6 +81,15 @@ def open_attribution(settings: Settings) -> AttributionIndex:
     return ensure_default_index(settings.resolved_index_url(), settings.corpus_manifest)
 
 
+def indexed_model(settings: Settings) -> str | None:
+    """Whose training data the attribution index holds, when we know: the default index is built
+    from the embedded model's corpus manifest."""
+    default = Settings.load([], env={})
+    if settings.index_url is None and settings.corpus_manifest == default.corpus_manifest:
+        return TINY_STARCODER
+    return None
+
+
 def build_app(
     settings: Settings, engines: EnginePool, attribution: AttributionIndex | None = None
 ) -> PlaygroundApp:
@@ -85,32 +98,43 @@ def build_app(
     engines.wrap(metrics.wrap)
     metrics.watch(lambda: engines.loaded().values())
     ta = TaPrompt.load(settings.ta_prompt)
-    playground = Playground(engines, ta, Limits(max_prompt_bytes=settings.max_prompt_bytes))
+    limits = Limits(max_prompt_bytes=settings.max_prompt_bytes)
+    playground = Playground(engines, ta, limits, rate_limit_per_min=settings.rate_limit)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    store = Store(settings.resolved_database_url(), writes_per_window=settings.share_rate)
+    store = Store(
+        settings.resolved_database_url(), limits=limits, writes_per_window=settings.share_rate
+    )
+    links = PublicLinks.from_settings(settings)
     handlers = Handlers(
         playground,
         downloads_dir=str(Path(settings.data_dir) / "downloads"),
         store=store,
-        public_url=settings.public_url,
+        links=links,
         attribution=attribution,
+        trusted_proxy_header=settings.trusted_proxy_header,
+        indexed_model=indexed_model(settings),
     )
     blocks = build_ui(handlers)
     # Requests flow on to the engine, which batches up to max_batch and queues max_queue more
     # (with positions and a clear "busy"); Gradio's own queue only needs to hold the overflow.
     model_slots = settings.max_batch + settings.max_queue
     blocks.queue(max_size=model_slots, default_concurrency_limit=model_slots)
-    # Gradio's monitoring summary rebuilt a pandas DataFrame of up to 10,000 past events after
-    # every event: 4.5-12.6 ms of CPU per request. Its endpoint is off (we serve Prometheus
-    # /metrics), so nothing reads the summary; gradio's own knob
-    # (GRADIO_ANALYTICS_CACHE_FREQUENCY) is read before we could set it, hence the attribute.
-    blocks._queue.ANAYLTICS_CACHE_FREQUENCY = sys.maxsize
+    tune_queue(blocks)
 
     api = FastAPI(title="StarCoder Playground", docs_url=None, redoc_url=None)
-
+    api.add_middleware(GradioRouteChecks, blocks=blocks)
+    api.add_middleware(  # added last, so it runs first: before everything else, Gradio too
+        EdgeGuard,
+        max_body_bytes=settings.max_body_bytes or limits.max_body_bytes,
+        trusted_origins=links.origins(),
+        frame_ancestors=SPACE_FRAME_ANCESTORS if os.environ.get("SPACE_ID") else None,
+    )
     add_ops_routes(api, engines.loaded, metrics)  # /healthz and /metrics, before Gradio takes "/"
     # Before Gradio: mounted at "/", it would otherwise answer every path.
-    mount_share_routes(api, store, public_base_url=settings.public_url)
+    mount_share_routes(
+        api, store, links=links, client_ip_header=settings.trusted_proxy_header,
+        max_body_bytes=settings.max_body_bytes,
+    )  # fmt: skip
     css = STATIC.joinpath("style.css").read_text(encoding="utf-8") + "\n" + style_css()
     gr.mount_gradio_app(
         api,
@@ -120,6 +144,9 @@ def build_app(
         footer_links=["api"],
         ssr_mode=False,
         enable_monitoring=False,
+        # Only our own gr.Error messages reach users; other exceptions' text (Gradio's or
+        # pydantic's internals) stays in the log.
+        show_error=False,
     )
     return PlaygroundApp(api, blocks, handlers, store)
 

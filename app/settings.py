@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from app.links import DEFAULT_ALLOWED_HOSTS
+
 ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_MODEL = str(ROOT / "model" / "checkpoints" / "tiny-starcoder")
 
@@ -87,9 +89,49 @@ OPTIONS: tuple[Option, ...] = (
         str(ROOT / "model" / "checkpoints" / "tiny-starcoder" / "corpus_manifest.json"),
         "Corpus manifest the default attribution index is built from.",
     ),
-    Option("max_prompt_bytes", "MAX_PROMPT_BYTES", 1_000_000, "Largest prompt accepted.", int),
+    Option(
+        "max_prompt_bytes",
+        "MAX_PROMPT_BYTES",
+        128 * 1024,
+        "Largest prompt, message or history accepted, in UTF-8 bytes; shares hold the same.",
+        int,
+    ),
     Option("share_rate", "SHARE_RATE_PER_MIN", 30, "Shares one client may create per minute.", int),
-    Option("public_url", "PUBLIC_URL", None, "Base URL used in share links (default: request's)."),
+    Option(
+        "public_url",
+        "PUBLIC_URL",
+        None,
+        "Base URL of share links, e.g. https://playground.example (on a Space: from SPACE_HOST). "
+        "Unset: the request's host, if it is one of ALLOWED_HOSTS.",
+    ),
+    Option(
+        "allowed_hosts",
+        "ALLOWED_HOSTS",
+        DEFAULT_ALLOWED_HOSTS,
+        "Comma-separated Host names share links may be built from when PUBLIC_URL is unset.",
+    ),
+    Option(
+        "trusted_proxy_header",
+        "TRUSTED_PROXY_HEADER",
+        None,
+        "Header a trusted reverse proxy sets to the client address (e.g. x-forwarded-for; its "
+        "last entry is used). Unset: the socket peer is the client, for rate limits.",
+    ),
+    Option(
+        "max_body_bytes",
+        "MAX_BODY_BYTES",
+        None,
+        "Largest HTTP request body accepted (default: just above the largest valid request).",
+        int,
+    ),
+    Option(
+        "kv_cache_mb",
+        "KV_CACHE_MB",
+        None,
+        "Memory for the worker's paged KV cache, per model, in MiB (default: derived from the "
+        "machine's available memory). Requests that cannot fit are refused with the limit.",
+        int,
+    ),
     Option("log_level", "LOG_LEVEL", "INFO", "Logging level."),
 )
 
@@ -115,6 +157,10 @@ class Settings:
     max_prompt_bytes: int
     share_rate: int
     public_url: str | None
+    allowed_hosts: str
+    trusted_proxy_header: str | None
+    max_body_bytes: int | None
+    kv_cache_mb: int | None
     log_level: str
 
     @classmethod

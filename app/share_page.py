@@ -18,16 +18,15 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexer import Lexer
 from pygments.lexers import (
     MarkdownLexer,
-    PythonLexer,
     TextLexer,
     get_lexer_by_name,
     get_lexer_for_filename,
-    guess_lexer,
 )
 from pygments.styles import get_style_by_name
 from pygments.token import STANDARD_TYPES
 from pygments.util import ClassNotFound
 
+from app.render import detect_language
 from app.store import SharePublic
 
 SITE = "StarCoder Playground"
@@ -40,13 +39,6 @@ SECURITY_HEADERS = {
     # Delete links carry a secret token in the query string: never leak it in a Referer.
     "Referrer-Policy": "no-referrer",
 }
-# guess_lexer is unreliable on short code ("Tera Term macro"); only trust it for these.
-_TRUSTED_GUESSES = {
-    "C", "C++", "C#", "Go", "Java", "JavaScript", "TypeScript", "Rust", "Ruby", "PHP", "Bash",
-    "HTML", "CSS", "SQL", "Kotlin", "Scala", "Swift", "Lua", "Julia", "R", "Haskell", "YAML",
-    "JSON", "Dockerfile", "Makefile", "TOML", "Perl", "Python",
-}  # fmt: skip
-_GUESS_CHARS = 4000
 
 
 def _css() -> str:
@@ -83,14 +75,8 @@ def pick_lexer(share: SharePublic) -> Lexer:
             return get_lexer_for_filename(fname, **opts)
     except ClassNotFound:
         pass
-    sample = (share.output or share.prompt)[:_GUESS_CHARS]
-    try:
-        guess = guess_lexer(sample)
-        if guess.name in _TRUSTED_GUESSES:
-            return type(guess)(**opts)
-    except ClassNotFound:
-        pass
-    return PythonLexer(**opts)  # StarCoder's playground examples are mostly Python
+    # The playground's own rule (app/render.py); StarCoder's examples are mostly Python.
+    return get_lexer_by_name(detect_language(share.output or share.prompt), **opts)
 
 
 def _css_class(ttype) -> str:

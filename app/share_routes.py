@@ -25,13 +25,18 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from app import share_page
-from app.store import RateLimited, Store
+from app.links import PublicLinks
+from app.ratelimit import RateLimited, client_address
+from app.store import MAX_JSON_DEPTH, Store
 from model.errors import PlaygroundError
 
 log = logging.getLogger(__name__)
 
 API_FIELDS = ("mode", "prompt", "output", "parameters", "model", "fim", "spans")
-_STATUS = {"validation": 400, "busy": 503, "not_found": 404, "forbidden": 403, "too_large": 413}
+_STATUS = {
+    "validation": 400, "busy": 503, "not_found": 404, "forbidden": 403, "too_large": 413,
+    "rate_limit": 429, "unsupported_media_type": 415,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -82,20 +87,19 @@ def mount_share_routes(
     app: FastAPI,
     store: Store,
     *,
-    public_base_url: str | None = None,
+    links: PublicLinks | None = None,
     client_ip_header: str | None = None,
     max_body_bytes: int | None = None,
     page_cache_chars: int = 32 * 2**20,
 ) -> None:
     """Add the share routes to `app`.
 
-    `public_base_url` (e.g. "https://playground.example") builds absolute links; by default they
-    come from the request. `client_ip_header` (e.g. "x-forwarded-for") names the header that holds
-    the client address behind a trusted proxy; by default the socket peer is the client.
+    `links` builds absolute links (PUBLIC_URL, or an allowed request host). `client_ip_header`
+    (e.g. "x-forwarded-for") names the header that holds the client address behind a trusted
+    proxy; by default the socket peer is the client.
     """
-    lim = store.limits
-    # JSON escapes can grow text up to 6x ("\u00e9"); anything beyond that is not a share.
-    max_body = max_body_bytes or 6 * (lim.max_prompt_bytes + lim.max_output_bytes) + 2**20
+    links = links or PublicLinks()
+    max_body = max_body_bytes or store.limits.max_body_bytes
 
     # Shares never change, so rendered pages can be reused (a link posted in a chat is fetched by
     # many unfurl bots at once). The row is still read first, so a deleted share is a 404 at once.
@@ -105,12 +109,12 @@ def mount_share_routes(
         return request.scope.get("root_path", "").rstrip("/")
 
     def base_url(request: Request) -> str:
-        return (public_base_url or str(request.base_url)).rstrip("/")
+        host = request.headers.get("host")
+        return links.base(host, request.url.scheme, base_path(request))
 
     def client_id(request: Request) -> str:
-        if client_ip_header and (fwd := request.headers.get(client_ip_header)):
-            return fwd.split(",")[0].strip()
-        return request.client.host if request.client else "unknown"
+        peer = request.client.host if request.client else None
+        return client_address(peer, request.headers, client_ip_header)
 
     def html(body: str, status: int = 200, *, cache: str = "no-store") -> HTMLResponse:
         headers = {**share_page.SECURITY_HEADERS, "Cache-Control": cache}
@@ -157,6 +161,7 @@ def mount_share_routes(
 
     async def api_create(request: Request) -> Response:
         try:
+            _require_json(request)
             payload = await _read_json(request, max_body)
             link = await run_in_threadpool(
                 lambda: create_share(store, **payload, client_id=client_id(request))
@@ -180,6 +185,17 @@ def mount_share_routes(
     app.add_api_route("/api/shares", api_create, methods=["POST"])
 
 
+def _require_json(request: Request) -> None:
+    """A JSON body only: a cross-site form or text/plain POST needs no CORS preflight."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise PlaygroundError(
+            f"`Content-Type` must be application/json. Given: {kind[:60] or 'none'!r}.",
+            field="content-type",
+            kind="unsupported_media_type",
+        )
+
+
 async def _read_json(request: Request, max_body: int) -> dict[str, Any]:
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -195,6 +211,10 @@ async def _read_json(request: Request, max_body: int) -> dict[str, Any]:
         payload = json.loads(b"".join(chunks))
     except (ValueError, UnicodeDecodeError) as exc:
         raise PlaygroundError(f"Request body is not valid JSON: {exc}.", field="body") from None
+    except RecursionError:
+        raise PlaygroundError(
+            f"Request body nests too deeply; the limit is {MAX_JSON_DEPTH} levels.", field="body"
+        ) from None
     if not isinstance(payload, dict):
         raise PlaygroundError(
             f"Request body must be a JSON object. Given: {type(payload).__name__}.", field="body"

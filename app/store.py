@@ -15,8 +15,6 @@ import logging
 import re
 import secrets
 import threading
-import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +26,11 @@ from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from app.limits import Limits
+from app.ratelimit import RateLimited, RateLimiter
 from model.errors import PlaygroundError
+
+__all__ = ["Limits", "RateLimited", "RateLimiter", "Store"]
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +39,7 @@ MODES = ("completion", "fim", "assistant")
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 ID_BYTES = 12  # 96 random bits -> 16 URL-safe characters
 TOKEN_BYTES = 32
-
-
-class RateLimited(PlaygroundError):
-    """Too many writes from one client; `retry_after_s` says when the next one is allowed."""
-
-    def __init__(self, message: str, *, retry_after_s: float):
-        super().__init__(message, field=None, kind="busy")
-        self.retry_after_s = retry_after_s
+MAX_JSON_DEPTH = 16  # shares hold flat parameters and shallow spans; deeper is not a share
 
 
 # ---------------------------------------------------------------- public view
@@ -206,50 +201,7 @@ def _write_tx(engine: sa.Engine):
     return engine.execution_options(sqlite_begin="IMMEDIATE").begin()
 
 
-# ---------------------------------------------------------------- rate limit
-
-
-class RateLimiter:
-    """Sliding window: at most `max_writes` per `window_s` seconds per client id (in-process)."""
-
-    def __init__(self, max_writes: int, window_s: float = 60.0, *, clock=time.monotonic):
-        self.max_writes = max_writes
-        self.window_s = window_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._hits: dict[str, deque[float]] = {}
-
-    def check(self, client_id: str) -> None:
-        now = self._clock()
-        with self._lock:
-            if len(self._hits) > 10_000:  # bound memory: forget idle clients
-                self._hits = {
-                    k: v for k, v in self._hits.items() if v and v[-1] > now - self.window_s
-                }
-            hits = self._hits.setdefault(client_id, deque())
-            while hits and hits[0] <= now - self.window_s:
-                hits.popleft()
-            if len(hits) >= self.max_writes:
-                wait = max(1.0, hits[0] + self.window_s - now)
-                raise RateLimited(
-                    f"Too many shares: the limit is {self.max_writes} per {self.window_s:g} s "
-                    f"per client. Try again in {wait:.0f} s.",
-                    retry_after_s=wait,
-                )
-            hits.append(now)
-
-
 # ---------------------------------------------------------------- store
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_prompt_bytes: int = 128 * 1024
-    max_output_bytes: int = 128 * 1024
-    max_parameters_bytes: int = 4096
-    max_model_chars: int = 200
-    max_spans: int = 2000
-    max_spans_bytes: int = 256 * 1024
 
 
 def normalize_url(url: str) -> str:
@@ -276,7 +228,7 @@ class Store:
     ):
         self.url = normalize_url(url)
         self.limits = limits or Limits()
-        self.rate_limiter = rate_limiter or RateLimiter(writes_per_window, window_s)
+        self.rate_limiter = rate_limiter or RateLimiter(writes_per_window, window_s, what="shares")
         self.engine = _make_engine(self.url, busy_timeout_ms)
         self._write_engine = self.engine.execution_options(sqlite_begin="IMMEDIATE")
         self.dialect = self.engine.dialect.name
@@ -525,6 +477,11 @@ def _dump_json(name: str, value: Any, max_bytes: int, kind: type) -> str:
             f"Given: {type(value).__name__}.",
             field=name,
         )
+    if _json_depth(value) > MAX_JSON_DEPTH:
+        raise PlaygroundError(
+            f"`{name}` must nest at most {MAX_JSON_DEPTH} levels deep. Given: more than that.",
+            field=name,
+        )
     try:
         text = json.dumps(value, sort_keys=True, ensure_ascii=False, allow_nan=False)
         size = len(text.encode("utf-8"))
@@ -538,6 +495,20 @@ def _dump_json(name: str, value: Any, max_bytes: int, kind: type) -> str:
             field=name,
         )
     return text
+
+
+def _json_depth(value: Any) -> int:
+    """Nesting depth, without recursion: json.dumps of deep data raised RecursionError (a 500)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth > MAX_JSON_DEPTH:
+                break
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _is_int(x: Any) -> bool:

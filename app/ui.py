@@ -13,6 +13,7 @@ from app.handlers import PARAM_NAMES, Handlers, throttle, turns_from_messages
 from app.render import code_view
 from app.requests import parse_params
 from model.engine import GenerationParams
+from model.errors import PlaygroundError
 from model.prompts import Turn
 
 MODEL_LOCK = "model"  # one concurrency group: every generation goes to the engine's queue
@@ -62,55 +63,37 @@ NOTE = (
 )
 
 
-def _param_inputs(context_length: int, default_context: int, defaults: tuple[float, float]) -> list:
+def _param_inputs(mode: str, handlers: Handlers) -> list:
+    """A tab's own parameters: a max-tokens limit set for a long completion must not silently
+    cut the assistant's answers short. Defaults and the context are those of the tab's model."""
     d = GenerationParams()
-    default_temperature, repetition_penalty = defaults
-    default_new = min(d.max_new_tokens, default_context // 2)
-    with gr.Accordion("Parameters", open=False, elem_id="params"):
+    default_temperature, repetition_penalty = handlers.defaults(AUTO, mode)
+    context_length = handlers.context_length(AUTO, mode)
+    default_new = min(d.max_new_tokens, context_length // 2)
+    with gr.Accordion("Parameters", open=False, elem_id=f"{mode}-params"):
         with gr.Row():
             temperature = gr.Slider(0, 1, default_temperature, step=0.05, label="Temperature",
                                     info="0 means greedy; set to the selected model's default",
-                                    elem_id="temperature")  # fmt: skip
+                                    elem_id=f"{mode}-temperature")  # fmt: skip
             max_new = gr.Slider(1, context_length, default_new, step=1, label="Max new tokens",
                                 info="prompt + new tokens must fit the model's context",
-                                elem_id="max-new-tokens")  # fmt: skip
+                                elem_id=f"{mode}-max-new-tokens")  # fmt: skip
         with gr.Row():
-            top_p = gr.Slider(0.05, 1, d.top_p, step=0.05, label="Top-p", elem_id="top-p")
+            top_p = gr.Slider(0.05, 1, d.top_p, step=0.05, label="Top-p", elem_id=f"{mode}-top-p")
             rep = gr.Slider(1, 2, repetition_penalty, step=0.05, label="Repetition penalty",
                             info="set to the selected model's default when you pick a model",
-                            elem_id="repetition-penalty")  # fmt: skip
+                            elem_id=f"{mode}-repetition-penalty")  # fmt: skip
         with gr.Row():
             seed = gr.Textbox("", label="Seed", placeholder="empty: random; a number repeats a run",
-                              elem_id="seed")  # fmt: skip
+                              elem_id=f"{mode}-seed")  # fmt: skip
             stop = gr.Textbox(label="Stop sequences (one per line, at most 4)", lines=2,
-                              elem_id="stop")  # fmt: skip
+                              elem_id=f"{mode}-stop")  # fmt: skip
     return [max_new, temperature, top_p, rep, seed, stop]
 
 
-TAB_MODES = {"Completion": "completion", "Fill-in-the-middle": "fim", "Tech assistant": "assistant"}
-
-
-def _wire_tab_defaults(tabs, handlers: Handlers, model, params) -> None:
-    """With "automatic", each tab has its own model (SmolLM2 completes, tiny-starcoder fills
-    in): switching tabs switches the parameters to that model's defaults, as picking it would."""
-
-    last_mode = gr.State("completion")
-
-    def tab_defaults(model_id, last, evt: gr.SelectData):
-        mode = TAB_MODES.get(evt.value)
-        if mode is None:  # the search tab generates nothing
-            return gr.skip(), gr.skip(), last
-        if model_id or handlers.model_for(AUTO, mode) == handlers.model_for(AUTO, last):
-            return gr.skip(), gr.skip(), mode  # the same model: keep the user's edits
-        return (*handlers.defaults(AUTO, mode), mode)
-
-    tabs.select(tab_defaults, [model, last_mode], [params[1], params[3], last_mode], queue=False,
-                api_visibility="private")  # fmt: skip
-
-
-def _wire_stop(button, handlers: Handlers) -> None:
+def _wire_stop(button, handlers: Handlers, tab: str) -> None:
     def stop(request: gr.Request) -> None:
-        handlers.stop(request)  # the generation itself reports "stopped by you"
+        handlers.stop(request, tab)  # the generation itself reports "stopped by you"
 
     # Queued (for the session hash) but outside the model's concurrency group, so it never waits.
     button.click(stop, None, None, concurrency_limit=None, api_visibility="private")
@@ -136,7 +119,7 @@ def _share_row(mode: str, handlers: Handlers, record: gr.State):
     return link, delete
 
 
-def _code_tab(mode, label, examples, placeholder, handlers: Handlers, model, params):
+def _code_tab(mode, label, examples, placeholder, handlers: Handlers, model):
     ui = SimpleNamespace(mode=mode)
     with gr.Tab(label, id=mode):
         ui.prompt = gr.Textbox(lines=12, max_lines=40, label="Code", placeholder=placeholder,
@@ -157,6 +140,7 @@ def _code_tab(mode, label, examples, placeholder, handlers: Handlers, model, par
             ui.raw = gr.Textbox(label="Exactly what was generated", lines=6, interactive=False,
                                 elem_id=f"{mode}-raw", elem_classes=["code-input"])  # fmt: skip
         gr.Examples(examples, inputs=[ui.prompt])
+        ui.params = params = _param_inputs(mode, handlers)
 
     @user_errors(as_html=True)
     def generate(
@@ -165,20 +149,22 @@ def _code_tab(mode, label, examples, placeholder, handlers: Handlers, model, par
         values = (max_new, temperature, top_p, rep, seed, stop)
         yield from handlers.ui_code(mode, prompt_text, model_id, *values, request=request)
 
-    def hide():  # a new generation hides the previous one's share link
-        return gr.update(visible=False), gr.update(visible=False)
+    def clear():  # a new generation starts from a clean slate: no stale output under an error
+        hidden = gr.update(visible=False)
+        return hidden, hidden, code_view("", "text"), "", "", "", None
 
-    run.click(hide, None, [link, delete], queue=False, api_visibility="private").then(
+    cleared = [link, delete, ui.view, ui.raw, ui.status, ui.sources, ui.record]
+    run.click(clear, None, cleared, queue=False, api_visibility="private").then(
         generate, [ui.prompt, model, *params],
         [ui.view, ui.raw, ui.status, download, ui.record, ui.sources],
         concurrency_id=MODEL_LOCK, api_visibility="private",
     )  # fmt: skip
-    _wire_stop(stop, handlers)
+    _wire_stop(stop, handlers, mode)
     copy.click(None, [ui.raw], None, js="(t) => { navigator.clipboard.writeText(t); return []; }")
     return ui
 
 
-def _assist_tab(handlers: Handlers, model, params):
+def _assist_tab(handlers: Handlers, model):
     ui = SimpleNamespace(mode="assistant")
     with gr.Tab("Tech assistant", id="assistant"):
         ui.chat = gr.Chatbot(label="Tech assistant", height=420, elem_id="assistant-chat",
@@ -194,6 +180,7 @@ def _assist_tab(handlers: Handlers, model, params):
         ui.record = gr.State(None)
         _share_row("assistant", handlers, ui.record)
         gr.Examples(ASSIST_EXAMPLES, inputs=[message])
+        ui.params = params = _param_inputs("assistant", handlers)
 
     @user_errors(as_html=True)
     def respond(
@@ -206,7 +193,7 @@ def _assist_tab(handlers: Handlers, model, params):
         trigger(respond, [message, ui.chat, model, *params],
                 [ui.chat, message, ui.status, ui.record, ui.sources],
                 concurrency_id=MODEL_LOCK, api_visibility="private")  # fmt: skip
-    _wire_stop(stop, handlers)
+    _wire_stop(stop, handlers, "assistant")
     clear.click(lambda: ([], "", None), None, [ui.chat, ui.status, ui.record], queue=False,
                 api_visibility="private")  # fmt: skip
     return ui
@@ -236,23 +223,22 @@ def _search_tab(handlers: Handlers):
         trigger(do_search, inputs, results, concurrency_limit=4, api_visibility="private")
 
 
-def _open_share(handlers: Handlers, tabs, code_tabs, chat_tab, params):
+def _open_share(handlers: Handlers, tabs, code_tabs, chat_tab):
     """`/?share=<id>` loads a shared generation: its mode, prompt, parameters and output."""
-    outputs = [tabs, *params, chat_tab.chat, chat_tab.status]
+    outputs = [tabs, chat_tab.chat, chat_tab.status]
     for t in code_tabs:
         outputs += [t.prompt, t.view, t.raw, t.status]
+    all_tabs = [*code_tabs, chat_tab]
+    for t in all_tabs:
+        outputs += t.params
 
     @user_errors(as_html=True)
     def load(request: gr.Request):
         share = handlers.load_share(request.query_params.get("share"))
         if share is None:
             return [gr.skip()] * len(outputs)
-        p = share.parameters
+        form = handlers.share_form(share)
         values = [gr.Tabs(selected=share.mode)]
-        for name in PARAM_NAMES:
-            value = p.get(name)
-            values.append("\n".join(value) if name == "stop" else value)
-        values[1 + PARAM_NAMES.index("seed")] = "" if p.get("seed") is None else str(p["seed"])
         note = f"Opened shared generation `{share.id}` from {share.created_at:%Y-%m-%d %H:%M} UTC."
         if share.mode == "assistant":
             chat = [{"role": "user", "content": share.prompt},
@@ -266,9 +252,13 @@ def _open_share(handlers: Handlers, tabs, code_tabs, chat_tab, params):
                 continue
             span = (share.fim.middle_start, share.fim.middle_end) if share.fim else (
                 len(share.prompt), len(share.output))  # fmt: skip
-            language = p.get("language", "python")
-            html = handlers.code_html(t.mode, share.output, language, span)
+            html = handlers.code_html(t.mode, share.output, form["language"], span)
             values += [share.prompt, html, share.output, note]
+        for t in all_tabs:
+            if t.mode == share.mode:
+                values += [form[name] for name in PARAM_NAMES]
+            else:
+                values += [gr.skip()] * len(PARAM_NAMES)
         return values
 
     return load, outputs
@@ -277,9 +267,12 @@ def _open_share(handlers: Handlers, tabs, code_tabs, chat_tab, params):
 def _api_params(handlers: Handlers, model, mode, max_new_tokens, temperature, top_p,
                 rep, seed, stop):  # fmt: skip
     default_temperature, default_rep = handlers.defaults(model, mode)
-    # Not given: the model's own defaults.
+    base = GenerationParams()
+    # Not given (or null over plain HTTP): the model's own defaults.
     temperature = default_temperature if temperature is None else temperature
     rep = default_rep if rep is None else rep
+    max_new_tokens = base.max_new_tokens if max_new_tokens is None else max_new_tokens
+    top_p = base.top_p if top_p is None else top_p
     return parse_params(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                         repetition_penalty=rep, seed=seed, stop=stop)  # fmt: skip
 
@@ -339,7 +332,10 @@ def _api(handlers: Handlers) -> None:
         """Answer `message` as the tech assistant; `history` is [[user, assistant], ...]."""
         params = _api_params(handlers, model, "assistant", max_new_tokens, temperature, top_p,
                              repetition_penalty, seed, stop)  # fmt: skip
-        turns = [Turn(str(u), str(a)) for u, a in (history or [])]
+        from app.requests import parse_history  # local: this change may touch only assist()
+
+        # Not str() of whatever came: a dict or a number is refused, naming its index.
+        turns: tuple[Turn, ...] = parse_history(history)
         for out in throttle(handlers.run_assist(message, turns, params, request, model)):
             yield out.text
 
@@ -398,34 +394,46 @@ def _model_picker(handlers: Handlers):
     return model
 
 
+def _wire_model_defaults(model, handlers: Handlers, tabs: list) -> None:
+    """Picking a model brings its defaults to every tab it can serve (and its context as the
+    max-tokens limit); "automatic" brings each tab's own model's."""
+    outputs = [p for t in tabs for p in (t.params[1], t.params[3], t.params[0])]
+
+    def on_model(model_id, *max_new_values):
+        updates = []
+        for t, current in zip(tabs, max_new_values, strict=True):
+            try:
+                temperature, rep = handlers.defaults(model_id, t.mode)
+                context = handlers.context_length(model_id, t.mode)
+            except PlaygroundError:  # a model that cannot serve this tab: leave the tab alone
+                updates += [gr.skip()] * 3
+                continue
+            max_new = gr.Slider(maximum=context, value=min(int(current or 1), context))
+            updates += [temperature, rep, max_new]
+        return updates
+
+    model.change(on_model, [model, *(t.params[0] for t in tabs)], outputs, queue=False,
+                 api_visibility="private")  # fmt: skip
+
+
 def build_ui(handlers: Handlers) -> gr.Blocks:
-    registry = handlers.playground.registry
-    max_context = max(spec.context_length for spec in registry)
-    default_context = min(spec.context_length for spec in registry)
     with gr.Blocks(title="StarCoder Playground", analytics_enabled=False) as demo:
         gr.HTML(
             '<div class="header"><h1>StarCoder Playground</h1>'
             "<p>Complete code, fill in the middle, or ask the tech assistant.</p></div>"
         )
         model = _model_picker(handlers)
-        params_slot = gr.Column(render=False)  # shown below the tabs, wired into each of them
-        with params_slot:
-            params = _param_inputs(max_context, default_context, handlers.defaults(AUTO))
-        # Each model brings its own default temperature and repetition penalty (see ModelSpec).
-        model.change(handlers.defaults, model, [params[1], params[3]], queue=False,
-                     api_visibility="private")  # fmt: skip
         with gr.Tabs() as tabs:
             completion = _code_tab("completion", "Completion", COMPLETION_EXAMPLES,
-                                   "def fibonacci(n):", handlers, model, params)  # fmt: skip
+                                   "def fibonacci(n):", handlers, model)  # fmt: skip
             fim = _code_tab("fim", "Fill-in-the-middle", FIM_EXAMPLES,
                             "Write code with one <FILL_HERE> where the model should fill in.",
-                            handlers, model, params)  # fmt: skip
-            chat = _assist_tab(handlers, model, params)
+                            handlers, model)  # fmt: skip
+            chat = _assist_tab(handlers, model)
             _search_tab(handlers)
-        params_slot.render()
-        _wire_tab_defaults(tabs, handlers, model, params)
+        _wire_model_defaults(model, handlers, [completion, fim, chat])
         gr.Markdown(NOTE, elem_id="license-note")
-        load, outputs = _open_share(handlers, tabs, [completion, fim], chat, params)
+        load, outputs = _open_share(handlers, tabs, [completion, fim], chat)
         demo.load(load, None, outputs, api_visibility="private")
         _api(handlers)
     return demo

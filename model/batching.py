@@ -11,6 +11,9 @@ scheduler. What it honours per request, and therefore what we batch:
     manager, which frees its slot at the next step.
   - token healing of completion prompts that end in whitespace (model/healing.py): the same
     processor holds each healed request's first tokens to the backed-off text.
+KV cache: sized to a budget (KV_CACHE_MB, else a share of free memory; plan_kv_cache) and
+allocated at start. A request may use at most what the cache holds (ModelInfo.context_length),
+and starts once its prompt + max_new_tokens fit beside the running ones, so none is evicted.
 One-at-a-time path (LocalEngine on the same model, serialised by its lock):
   - requests with a `seed`: the batch samples from torch's one global RNG, so "same seed,
     same output" only holds for a request that runs alone. The batch pauses while it runs.
@@ -22,14 +25,25 @@ import logging
 import math
 import threading
 import warnings
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from transformers import GenerationConfig
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
+from transformers.generation.continuous_batching import utils as cb_utils
 
 from model.decoding import IncrementalDecoder
-from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo
+from model.engine import (
+    CancelToken,
+    ContextLength,
+    Delta,
+    Done,
+    Event,
+    GenerationRequest,
+    ModelInfo,
+)
+from model.errors import PlaygroundError
 from model.healing import heal_request
 from model.local import LocalEngine
 from model.sampling import RequestSamplingCB
@@ -40,13 +54,96 @@ log = logging.getLogger(__name__)
 Send = Callable[[list[tuple[str, Event]]], None]  # (request id, event) pairs, in order
 
 
-def build_cb_config(model, max_batch: int, context_length: int) -> ContinuousBatchingConfig:
-    """Size the paged cache from the model and device.
+MIB = 2**20
+CPU_PAGE = 32  # tokens per cache page on CPU: small pages waste little on short requests
+# Default budget: this share of the memory transformers counts as available (it refuses a
+# cache whose working set exceeds 0.6 of it on CPU, and that set is up to ~2.2x the cache for
+# multi-query models), and at most DEFAULT_CAP_MIB on CPU, or one full context if larger.
+DEFAULT_SHARE = 0.2
+DEFAULT_CAP_MIB = 512
+
+
+@dataclass(frozen=True)
+class KvPlan:
+    """The paged KV cache's size and what it allows per request."""
+
+    page: int  # tokens per block
+    num_blocks: int
+    bytes_per_token: int  # all layers, K and V
+    context_length: int  # per-request limit on prompt + max_new_tokens
+    limited_by: str | None  # why context_length is below the model's, for messages
+
+    @property
+    def cache_bytes(self) -> int:
+        return self.num_blocks * self.page * self.bytes_per_token
+
+    def blocks_for(self, tokens: int) -> int:
+        """Blocks one request of `tokens` may occupy (one spare, as transformers writes ahead)."""
+        return math.ceil(tokens / self.page) + 1
+
+
+def kv_bytes_per_token(config, dtype_size: int) -> int:
+    """Cache bytes of one token: layers x kv heads x head dim x 2 (K and V) x dtype size."""
+    config = config.get_text_config()
+    heads = cb_utils.find_num_key_value_heads(config)
+    return config.num_hidden_layers * heads * cb_utils.find_head_dim(config) * 2 * dtype_size
+
+
+def available_memory() -> int:
+    """Bytes transformers counts as free for the cache (on CPU: RAM capped by the NUMA node's
+    MemTotal, minus our RSS), and on CPU no more than the OS says is available right now."""
+    device, total, reserved, allocated = cb_utils.get_device_and_memory_breakdown()
+    free = total - max(allocated, reserved)
+    if device.type == "cpu" and cb_utils.is_psutil_available():
+        import psutil  # accelerate's dependency; transformers reads RAM through it too
+
+        free = min(free, psutil.virtual_memory().available)
+    return max(0, free)
+
+
+def plan_kv_cache(
+    config,
+    dtype_size: int,
+    *,
+    max_batch: int,
+    context_length: int,
+    kv_cache_mb: float | None,
+    available: int,
+    page: int = CPU_PAGE,
+) -> KvPlan:
+    """Blocks for the budget (KV_CACHE_MB, else a default from `available`), never more than
+    `max_batch` full contexts need; the per-request limit is what the cache holds, at most
+    the model's context. Raises PlaygroundError if it cannot hold one page plus the spare."""
+    per_token = kv_bytes_per_token(config, dtype_size)
+    block = page * per_token
+    full_context = (math.ceil(context_length / page) + 1) * block
+    if kv_cache_mb is None:
+        cap = max(DEFAULT_CAP_MIB * MIB, full_context)
+        budget = min(max_batch * full_context, cap, int(DEFAULT_SHARE * available))
+        setting = f"KV_CACHE_MB={budget / MIB:.0f}, derived from this machine's memory"
+    else:
+        budget = int(kv_cache_mb * MIB)
+        setting = f"KV_CACHE_MB={kv_cache_mb:g}"
+    num_blocks = min(budget // block, max_batch * (full_context // block))
+    if num_blocks < 2:
+        raise PlaygroundError(
+            f"The KV cache ({setting}) holds {budget // per_token} tokens; this model needs "
+            f"at least {2 * page} ({2 * block / MIB:.2f} MiB). Raise KV_CACHE_MB.",
+            field="kv_cache_mb",
+            kind="config",
+        )
+    limit = min(context_length, (num_blocks - 1) * page)
+    limited_by = setting if limit < context_length else None
+    return KvPlan(page, num_blocks, per_token, limit, limited_by)
+
+
+def build_cb_config(model, max_batch: int, plan: KvPlan | None) -> ContinuousBatchingConfig:
+    """The paged cache as `plan` sizes it; no plan (GPU without KV_CACHE_MB): memory-derived.
 
     transformers' defaults target a GPU (memory-derived block counts, 256-token pages): on a CPU
     they allocate and pad far more than a tiny model needs, which made 4 x 12 tokens take 21 s
-    instead of 0.5 s. On CPU: small pages, exactly enough blocks for `max_batch` full contexts,
-    and a prefill budget of 256 tokens per step (longer prompts are prefilled in chunks).
+    instead of 0.5 s. So: the plan's pages and blocks, and a prefill budget of 256 tokens per
+    step on CPU (longer prompts are prefilled in chunks).
     """
     common = dict(
         max_requests_per_batch=max_batch,
@@ -58,17 +155,16 @@ def build_cb_config(model, max_batch: int, context_length: int) -> ContinuousBat
         # between requests that we cancel independently.
         allow_block_sharing=False,
     )
-    if model.device.type == "cpu":
-        page = 32
-        blocks_per_request = math.ceil(context_length / page) + 1
-        return ContinuousBatchingConfig(
-            page_size=page,
-            num_blocks=blocks_per_request * max_batch,
-            max_batch_tokens=256,
-            max_blocks_per_request=0,
-            **common,
-        )
-    return ContinuousBatchingConfig(max_memory_percent=0.8, **common)  # GPU: memory-derived
+    if plan is None:
+        return ContinuousBatchingConfig(max_memory_percent=0.8, **common)  # GPU: memory-derived
+    cpu = model.device.type == "cpu"
+    return ContinuousBatchingConfig(
+        page_size=plan.page,
+        num_blocks=plan.num_blocks,
+        max_batch_tokens=256 if cpu else None,
+        max_blocks_per_request=0 if cpu else None,
+        **common,
+    )
 
 
 def batchable(request: GenerationRequest) -> bool:
@@ -85,6 +181,7 @@ class _Stream:
     matcher: StopMatcher
     n_prompt: int
     strip: Callable[[str], str] = str  # drops the healed text, which the prompt already shows
+    blocks: int = 0  # cache blocks reserved for it (0: not admitted yet)
     seen: int = 0
     generated: int = 0
     reason: str = "length"
@@ -102,8 +199,14 @@ class BatchingServer:
         send: Send,
         *,
         max_batch: int = 8,
+        kv_cache_mb: float | None = None,
         on_fatal: Callable[[], None] | None = None,
     ):
+        self.plan = _plan(model, info, max_batch, kv_cache_mb)
+        if self.plan is not None and self.plan.context_length < info.context_length:
+            limit = ContextLength(self.plan.context_length, self.plan.limited_by)
+            info = replace(info, context_length=limit)
+            log.warning("requests are limited to %d tokens by %s", limit, limit.limited_by)
         self.local = LocalEngine(model, tokenizer, info)
         self.tokenizer = tokenizer
         self.info = info
@@ -111,6 +214,10 @@ class BatchingServer:
         self.on_fatal = on_fatal  # a batching loop died: the device may be unusable (CUDA error)
         self._streams: dict[str, _Stream] = {}  # batched requests by id
         self._cancels: dict[str, CancelToken] = {}  # one-at-a-time requests
+        # Admission by cache blocks: a request starts once its prompt + max_new_tokens fit
+        # beside the running ones, so transformers never has to evict (and re-run) one.
+        self._free_blocks = self.plan.num_blocks if self.plan is not None else math.inf
+        self._pending: deque[tuple[str, list[int], dict]] = deque()
         self._lock = threading.Lock()
         self._closed = False
         eos = self.local._eos_ids(())[0]
@@ -126,13 +233,25 @@ class BatchingServer:
         warnings.filterwarnings("ignore", message="Passing `repetition_penalty` with")
         if not log.isEnabledFor(logging.DEBUG):  # its INFO lines repeat per start/stop
             logging.getLogger("ContinuousBatchingLogger").setLevel(logging.WARNING)
-        cfg = build_cb_config(model, max_batch, info.context_length)
+        cfg = build_cb_config(model, max_batch, self.plan)
         self.manager = model.init_continuous_batching(
             generation_config=gen, continuous_batching_config=cfg
         )
         processors = self.manager.logit_processor.logits_processor
         if not any(isinstance(p, RequestSamplingCB) for p in processors):
             raise RuntimeError(f"continuous batching did not take our sampler: {processors}")
+        try:
+            # Allocates the cache here and now: in the loop's thread a MemoryError killed the
+            # loop, the worker restarted, and the next request died the same way.
+            self.manager.warmup()
+        except MemoryError as exc:
+            raise PlaygroundError(_no_room(self.plan, kv_cache_mb, exc), kind="config") from exc
+        cache = getattr(self.manager.batch_processor, "cache", None)
+        self.info = replace(
+            self.info,
+            weight_bytes=sum(t.nbytes for t in (*model.parameters(), *model.buffers())),
+            kv_cache_bytes=getattr(getattr(cache, "cache_tensor", None), "nbytes", 0),
+        )
         self.manager.start()
         threading.Thread(target=self._route, name="cb-router", daemon=True).start()
 
@@ -160,7 +279,9 @@ class BatchingServer:
             token.cancel()  # LocalEngine stops within one token and sends Done("cancelled")
         if entry is not None:
             stream = entry
-            self.manager.cancel_request(rid)  # dropped from the batch at the next step
+            if stream.blocks:
+                self.manager.cancel_request(rid)  # dropped from the batch at the next step
+            self._release(rid, stream)
             self.emit(rid, Done("cancelled", stream.n_prompt, stream.generated))
 
     def alive(self) -> bool:
@@ -192,11 +313,15 @@ class BatchingServer:
     def _submit_batched(self, rid: str, request: GenerationRequest) -> None:
         p = request.params
         ids = self.tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
-        if len(ids) + p.max_new_tokens > self.info.context_length:
-            # Past the position table the forward fails, and CB fails the whole batch with it:
-            # refuse this one request instead (the app validates this earlier anyway).
+        limit = self.info.context_length
+        if len(ids) + p.max_new_tokens > limit:
+            # Past the position table the forward fails, and CB fails the whole batch with it;
+            # past the cache it could never be scheduled: refuse this one request instead (the
+            # app validates this earlier anyway).
+            why = getattr(limit, "limited_by", None)
+            what = f" (the model's context, limited by {why})" if why else ""
             msg = (
-                f"`prompt` tokens + `max_new_tokens` must be <= {self.info.context_length}. "
+                f"`prompt` tokens + `max_new_tokens` must be <= {limit}{what}. "
                 f"Given: {len(ids)} prompt tokens and {p.max_new_tokens} `max_new_tokens`."
             )
             self.emit(rid, Done("error", len(ids), 0, error=msg, error_kind="validation"))
@@ -217,20 +342,45 @@ class BatchingServer:
         )
         if not p.greedy:
             kwargs.update(temperature=float(p.temperature), top_p=float(p.top_p))
+        kwargs.update(max_new_tokens=p.max_new_tokens, eos_token_id=eos_ids)
         with self._lock:
             self._streams[rid] = stream
-        added = self.manager.add_request(
-            ids,
-            request_id=rid,
-            max_new_tokens=p.max_new_tokens,
-            streaming=True,
-            eos_token_id=eos_ids,
-            **kwargs,
-        )
-        if added is None:
+            self._pending.append((rid, ids, kwargs))
+        self._admit()
+
+    def _blocks_for(self, ids: list[int], kwargs: dict) -> int:
+        return self.plan.blocks_for(len(ids) + kwargs["max_new_tokens"]) if self.plan else 1
+
+    def _admit(self) -> None:
+        """Starts waiting requests, oldest first, while their cache blocks are free."""
+        while True:
             with self._lock:
-                self._streams.pop(rid, None)
-            self.emit(rid, _engine_error("the batching loop is not accepting requests", 0))
+                if not self._pending:
+                    return
+                rid, ids, kwargs = self._pending[0]
+                stream = self._streams.get(rid)
+                need = self._blocks_for(ids, kwargs)
+                if stream is not None and need > self._free_blocks:
+                    return  # FIFO: a long request is not overtaken for ever by short ones
+                self._pending.popleft()
+                if stream is None:  # cancelled while waiting
+                    continue
+                stream.blocks = need
+                self._free_blocks -= need
+            added = self.manager.add_request(ids, request_id=rid, streaming=True, **kwargs)
+            if added is None:
+                with self._lock:
+                    self._streams.pop(rid, None)
+                self._release(rid, stream)
+                self.emit(rid, _engine_error("the batching loop is not accepting requests", 0))
+            elif rid not in self._streams:  # cancelled meanwhile, before the manager knew it
+                self.manager.cancel_request(rid)
+
+    def _release(self, rid: str, stream: _Stream) -> None:
+        with self._lock:
+            self._free_blocks += stream.blocks
+            stream.blocks = 0
+        self._admit()
 
     def _route(self) -> None:
         """Turns the manager's cumulative outputs into Delta/Done events per request."""
@@ -254,6 +404,7 @@ class BatchingServer:
                 if entry is not None and self._advance(out.request_id, entry, manager, out, events):
                     with self._lock:
                         self._streams.pop(out.request_id, None)
+                    self._release(out.request_id, entry)
                 out = manager.get_result(timeout=0) if len(events) < 256 else None
             if events:
                 self.send(events)
@@ -297,9 +448,41 @@ class BatchingServer:
     def _fail_all(self, why: str) -> None:
         with self._lock:
             streams, self._streams = self._streams, {}
+            self._pending.clear()
         self.send(
             [(rid, _engine_error(why, st.n_prompt, st.generated)) for rid, st in streams.items()]
         )
+
+
+def _plan(model, info: ModelInfo, max_batch: int, kv_cache_mb: float | None) -> KvPlan | None:
+    """The cache plan; None on a GPU without KV_CACHE_MB (transformers sizes it from memory)."""
+    cpu = model.device.type == "cpu"
+    if not cpu and kv_cache_mb is None:
+        return None
+    plan = plan_kv_cache(
+        model.config,
+        model.dtype.itemsize,
+        max_batch=max_batch,
+        context_length=info.context_length,
+        kv_cache_mb=kv_cache_mb,
+        available=available_memory(),
+        page=CPU_PAGE if cpu else 256,
+    )
+    log.info(
+        "KV cache: %.0f MiB, %d blocks of %d tokens (%d bytes per token); requests up to %d "
+        "tokens", plan.cache_bytes / MIB, plan.num_blocks, plan.page, plan.bytes_per_token,
+        plan.context_length,
+    )  # fmt: skip
+    return plan
+
+
+def _no_room(plan: KvPlan | None, kv_cache_mb: float | None, exc: MemoryError) -> str:
+    size = f"{plan.cache_bytes / MIB:.0f} MiB" if plan is not None else "memory-derived"
+    setting = f"KV_CACHE_MB={kv_cache_mb:g}" if kv_cache_mb is not None else "the default"
+    return (
+        f"The model's KV cache ({size}, {setting}) does not fit in the memory available to "
+        f"this worker ({exc}). Set a smaller KV_CACHE_MB."
+    )
 
 
 def _engine_error(why: str, n_prompt: int, generated: int = 0) -> Done:

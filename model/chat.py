@@ -3,7 +3,7 @@ template (from tokenizer_config.json, carried in ModelInfo) the way apply_chat_t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 
 from jinja2.exceptions import TemplateError
@@ -50,6 +50,11 @@ def render_chat(template: str, messages: list[dict], *, special: dict[str, str] 
         ) from exc
 
 
+# Each turn is measured in a conversation of its own with this stand-in for the message, so the
+# count never re-tokenizes the message (up to 128 KiB) or the other turns.
+STAND_IN = "x"
+
+
 def chat_prompt(
     template: str,
     history: Sequence[Turn],
@@ -60,12 +65,22 @@ def chat_prompt(
     special: dict[str, str] | None = None,
 ) -> AssistantPrompt:
     """The conversation through the model's chat template, oldest turns dropped to fit."""
+
+    def render(turns: Sequence[Turn], ask: str) -> str:
+        return render_chat(template, chat_messages(turns, ask), special=special)
+
+    def measure() -> tuple[int, Iterator[int]]:
+        # A turn's tokens: the template with it minus without it. The template's own text
+        # (system prompt, BOS) cancels out, whatever the template puts around turns.
+        bare = count_tokens(render((), STAND_IN))
+        sizes = (count_tokens(render((t,), STAND_IN)) - bare for t in reversed(history))
+        return count_tokens(render((), message)), sizes
+
     return fit_prompt(
-        lambda _examples, turns: render_chat(
-            template, chat_messages(turns, message), special=special
-        ),
+        lambda _examples, turns: render(turns, message),
         (),
         history,
         budget_tokens=budget_tokens,
         count_tokens=count_tokens,
+        measure=measure,
     )

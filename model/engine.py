@@ -69,11 +69,28 @@ class Queued:
 Event = Delta | Done | Queued
 
 
+class ContextLength(int):
+    """A token limit that is an int (validators compare it as one) and can say what lowered it
+    below the model's own context, e.g. "KV_CACHE_MB=64", so refusals can name the reason."""
+
+    limited_by: str | None
+
+    def __new__(cls, value: int, limited_by: str | None = None) -> ContextLength:
+        self = super().__new__(cls, value)
+        self.limited_by = limited_by
+        return self
+
+    def __reduce__(self):  # crosses the worker pipe with its reason
+        return (ContextLength, (int(self), self.limited_by))
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What the prompt builder and the validator need to know about a model."""
 
     model_id: str
+    # Per request: prompt + max_new_tokens. Below the model's own context when the KV cache
+    # budget holds less (then a ContextLength whose `limited_by` names the setting).
     context_length: int
     special_tokens: frozenset[str]
     eos_token: str | None
@@ -83,6 +100,9 @@ class ModelInfo:
     has_chat_template: bool = False
     chat_template: str | None = None  # Jinja source, rendered in the web process (model/chat.py)
     bos_token: str | None = None
+    # Memory the worker holds for this model (bench/memory.py, logs): weights and paged KV cache.
+    weight_bytes: int = 0
+    kv_cache_bytes: int = 0
 
 
 class CancelToken:
@@ -90,8 +110,11 @@ class CancelToken:
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self.reason = ""  # why, in words for the user; the first cancel() sets it
 
-    def cancel(self) -> None:
+    def cancel(self, reason: str = "stopped by you") -> None:
+        if not self._event.is_set():
+            self.reason = reason
         self._event.set()
 
     @property

@@ -22,6 +22,7 @@ def build_engine(
     rate_limit_per_min: int = 0,
     log_level: str = "INFO",
     data_dir: str | None = None,
+    kv_cache_mb: float | None = None,
 ) -> Engine:
     """A RemoteEngine when `engine_url` is set, else a started WorkerEngine for `model`."""
     if engine_url:
@@ -39,6 +40,7 @@ def build_engine(
         max_batch=max_batch,
         log_level=log_level,
         data_dir=data_dir,
+        kv_cache_mb=kv_cache_mb,
     )
     engine = WorkerEngine(
         config, max_queue=max_queue, rate_limit_per_min=rate_limit_per_min, report_queue=True

@@ -71,6 +71,7 @@ def load(model_id: str, *, device: str | None = None, hf_token: str | None = Non
     model.eval()
     if placement.device == "cpu":
         column_major_linears(model)
+        release_checkpoint(model)
         # Softmax over a low-temperature row underflows into denormals, which x86 handles
         # ~10x slower: 8 x 8,192 logits took 196 us, 56 us flushed to zero. They are far
         # below any probability that can be drawn.
@@ -114,6 +115,23 @@ def column_major_linears(model) -> None:
         if isinstance(module, torch.nn.Linear) and id(weight) not in done:
             done.add(id(weight))
             weight.data = weight.data.t().contiguous().t()
+
+
+def release_checkpoint(model) -> None:
+    """Copy every tensor that still lives in the checkpoint file's memory map into our memory.
+
+    On CPU transformers hands out views of the mmapped safetensors file, and one view (a 2 KB
+    norm weight) keeps the whole mapping, read once while loading, in our RSS: SmolLM2's
+    worker held its 0.54 GB of weights twice, once as the transposed copies column_major_linears
+    made and once as file pages (bench/RESULTS.md, "Worker memory"). The copies are small: the
+    Linear weights were copied already.
+    """
+    import torch
+
+    copied = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    for t in (*model.parameters(), *model.buffers()):  # a tied tensor comes once
+        if id(t) not in copied:
+            t.data = t.data.clone()
 
 
 def context_length(config, tokenizer) -> int:

@@ -54,9 +54,11 @@ class EnginePool:
         with lock:  # one start per model, however many requests arrive meanwhile
             if spec.id not in self._engines:
                 log.info("starting the engine for %s", spec.id)
-                engine = self._wrap(self._factory(spec))
+                engine = self._factory(spec)
+                # The wrapper is read only now: a start takes seconds, and a wrapper (metrics)
+                # set meanwhile must apply to it too, or this engine goes uncounted for ever.
                 with self._lock:
-                    self._engines[spec.id] = engine
+                    self._engines[spec.id] = self._wrap(engine)
             return self._engines[spec.id]
 
     def wrap(self, wrapper: Callable[[Engine], Engine]) -> None:

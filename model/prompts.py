@@ -5,8 +5,10 @@ Pure string work, torch-free and tokenizer-free: callers pass `count_tokens` whe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 from model.errors import PlaygroundError
@@ -197,12 +199,32 @@ class AssistantPrompt:
         )
 
 
+SEPARATOR = f"\n\n{DIALOGUE_SEPARATOR}\n\n"
+
+
 def _render(ta: TaPrompt, examples: Sequence[str], history: Sequence[Turn], message: str) -> str:
     parts = [ta.preamble, *examples]
-    convo = [f"Human: {t.user}\n\nAssistant: {t.assistant}" for t in history]
-    convo.append(f"Human: {message}\n\nAssistant:")
+    convo = [_turn_text(t) for t in history]
+    convo.append(_ask_text(message))
     parts.append("\n\n".join(convo))
-    return f"\n\n{DIALOGUE_SEPARATOR}\n\n".join(parts)
+    return SEPARATOR.join(parts)
+
+
+def _turn_text(turn: Turn) -> str:
+    return f"Human: {turn.user}\n\nAssistant: {turn.assistant}"
+
+
+def _ask_text(message: str) -> str:
+    return f"Human: {message}\n\nAssistant:"
+
+
+# A sum of piece counts is an estimate: a token can form (or split) where two pieces meet. So the
+# assembled prompt is always counted exactly: once as given, then at most this many times.
+MAX_EXACT_COUNTS = 3
+
+# () -> (tokens always in the prompt, tokens of each droppable piece newest first: the turns from
+# the last, then the examples from the last). Lazy, so pieces too old to fit are never counted.
+Measure = Callable[[], tuple[int, Iterable[int]]]
 
 
 def fit_prompt(
@@ -212,28 +234,63 @@ def fit_prompt(
     *,
     budget_tokens: int,
     count_tokens: Callable[[str], int],
+    measure: Measure,
 ) -> AssistantPrompt:
-    """Render, dropping the oldest examples first, then the oldest turns, until it fits."""
-    examples, turns = list(examples), list(history)
-    dropped_ex = dropped_turns = 0
-    while True:
-        prompt = render(examples, turns)
+    """Render, dropping the oldest examples first, then the oldest turns, until it fits.
+
+    count_tokens may be a round trip to the model worker, and counting the whole prompt once per
+    dropped turn was quadratic (18 s for a 1,000-turn history). Instead each piece that could
+    fit is counted once, the sums pick how much to drop, and the assembled prompt is counted
+    exactly at most 1 + MAX_EXACT_COUNTS times: O(pieces) calls over O(prompt) text.
+    """
+    prompt = render(examples, history)
+    needed = count_tokens(prompt)
+    if needed <= budget_tokens:  # the common case: one count, nothing dropped
+        return AssistantPrompt(prompt, 0, 0)
+    n, n_examples = len(examples) + len(history), len(examples)
+    if n == 0:
+        raise _too_long(needed, budget_tokens)
+    fixed, newest_first = measure()
+    # kept[k]: tokens of the pieces left after dropping the k oldest, known for k >= oldest.
+    kept, oldest = [0] * (n + 1), n
+    for size in newest_first:
+        if fixed + kept[oldest] > budget_tokens:
+            break  # older pieces only add to a prompt that is already too long
+        oldest -= 1
+        kept[oldest] = kept[oldest + 1] + max(0, size)
+
+    def first_fit(start: int, per_seam: float) -> int:
+        """The fewest drops, from `start`, whose estimate fits; else drop all that can go."""
+        for k in range(max(start, oldest), n):
+            if fixed + kept[k] + math.ceil(per_seam * (n - k + 1)) <= budget_tokens:
+                return k
+        return n
+
+    per_seam, d = 0.0, 0
+    for attempt in range(1, MAX_EXACT_COUNTS + 1):
+        if d >= oldest:
+            # What the exact count found beyond the estimate, spread over the seams: the next
+            # pick's estimate covers `needed`, so it drops strictly more.
+            per_seam = max(per_seam, (needed - fixed - kept[d]) / (n - d + 1))
+        d = first_fit(d + 1, per_seam) if attempt < MAX_EXACT_COUNTS else n
+        dropped_ex = min(d, n_examples)
+        dropped_turns = d - dropped_ex
+        prompt = render(examples[dropped_ex:], history[dropped_turns:])
         needed = count_tokens(prompt)
         if needed <= budget_tokens:
             return AssistantPrompt(prompt, dropped_ex, dropped_turns)
-        if examples:
-            examples.pop(0)
-            dropped_ex += 1
-        elif turns:
-            turns.pop(0)
-            dropped_turns += 1
-        else:
-            raise PlaygroundError(
-                f"`message` is too long for the model's context: the prompt needs {needed} "
-                f"tokens but only {budget_tokens} are left after `max_new_tokens`. Shorten the "
-                "message or lower max_new_tokens.",
-                field="message",
-            )
+        if d == n:
+            break
+    raise _too_long(needed, budget_tokens)
+
+
+def _too_long(needed: int, budget_tokens: int) -> PlaygroundError:
+    return PlaygroundError(
+        f"`message` is too long for the model's context: the prompt needs {needed} "
+        f"tokens but only {budget_tokens} are left after `max_new_tokens`. Shorten the "
+        "message or lower max_new_tokens.",
+        field="message",
+    )
 
 
 def assistant_prompt(
@@ -245,12 +302,24 @@ def assistant_prompt(
     count_tokens: Callable[[str], int],
 ) -> AssistantPrompt:
     """The ta-prompt chat: preamble, example dialogues, then this conversation."""
+
+    def measure() -> tuple[int, Iterator[int]]:
+        # The prompt is exactly: preamble+SEP, (example+SEP)..., (turn+"\n\n")..., the ask.
+        extra = count_tokens("")  # what a tokenizer adds to every text (a BOS): counted once
+        fixed = count_tokens(ta.preamble + SEPARATOR) + count_tokens(_ask_text(message)) - extra
+        newest_first = chain(
+            (_turn_text(t) + "\n\n" for t in reversed(history)),
+            (e + SEPARATOR for e in reversed(ta.dialogues)),
+        )
+        return fixed, (count_tokens(p) - extra for p in newest_first)
+
     return fit_prompt(
         lambda examples, turns: _render(ta, examples, turns, message),
         ta.dialogues,
         history,
         budget_tokens=budget_tokens,
         count_tokens=count_tokens,
+        measure=measure,
     )
 
 

@@ -252,6 +252,10 @@ class Registry:
         return [(s.label, s.id) for s in self]
 
     def get(self, model_id: str) -> ModelSpec:
+        if not isinstance(model_id, str):
+            raise PlaygroundError(
+                f"`model` must be a model id (text); got {type(model_id).__name__}.", field="model"
+            )
         try:
             return self._specs[model_id]
         except KeyError:

@@ -51,6 +51,9 @@ class WorkerConfig:
     # With a data dir, `model` may be a packaged registry id (SmolLM2), converted here on first
     # use: the conversion needs torch, which only the worker may import.
     data_dir: str | None = None
+    # MiB for the paged KV cache (KV_CACHE_MB); None: derived from the machine's free memory.
+    # It caps each request's prompt + max_new_tokens at what the cache holds (model/batching.py).
+    kv_cache_mb: float | None = None
 
 
 class RateLimiter:
@@ -480,8 +483,10 @@ def _worker_main(conn, config: WorkerConfig) -> None:
             info,
             lambda events: send(("evs", events)),
             max_batch=config.max_batch,
+            kv_cache_mb=config.kv_cache_mb,
             on_fatal=exit_for_restart,
         )
+        info = server.info  # with the per-request limit the cache allows, and memory figures
     except PlaygroundError as exc:  # a known reason (e.g. no such model): no traceback needed
         logging.getLogger(__name__).error("worker failed to start: %s", exc.message)
         send(("failed", exc.message))

@@ -70,7 +70,19 @@ def attribution_index(tmp_path_factory):
 def live_app(attribution_index, tmp_path_factory):
     """The real app as `python app.py` builds it (worker processes, Gradio, routes), served by
     uvicorn on a free loopback port, with tiny-starcoder the default of every mode."""
-    yield from _serve(["--model", "tiny-starcoder"], attribution_index, tmp_path_factory)
+    # Every test talks from 127.0.0.1, and limits are keyed on the address: no limits here
+    # (tests/test_security.py checks them on an app of its own).
+    argv = ["--model", "tiny-starcoder", "--rate-limit", "0", "--share-rate", "100000"]
+    yield from _serve(argv, attribution_index, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def strict_app(attribution_index, tmp_path_factory):
+    """The real app with tight limits: one generation at a time, nothing may wait, 4
+    generations and 2 shares per client per minute."""
+    argv = ["--model", "tiny-starcoder", "--max-queue", "0", "--rate-limit", "4",
+            "--share-rate", "2", "--max-batch", "1"]  # fmt: skip
+    yield from _serve(argv, attribution_index, tmp_path_factory)
 
 
 def _serve(argv, attribution_index, tmp_path_factory):
@@ -84,6 +96,7 @@ def _serve(argv, attribution_index, tmp_path_factory):
         built = build_app(Settings.load(argv, env={}), engines, attribution_index)
         with BackgroundServer(built.fastapi) as server:
             built.url = server.url
+            built.data_dir = str(data)
             yield built
     finally:
         engines.close()

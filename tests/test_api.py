@@ -86,8 +86,8 @@ def test_prompt_over_the_context_names_both_numbers(client, engine):
 
 def test_oversized_prompt_is_refused_with_the_limit(client):
     with pytest.raises(AppError) as err:
-        client.predict(prompt="x" * 1_000_001, api_name="/complete")
-    assert "1,000,001 bytes; the limit is 1,000,000 bytes" in str(err.value)
+        client.predict(prompt="x" * 131_073, api_name="/complete")
+    assert "131,073 bytes; the limit is 131,072 bytes" in str(err.value)
 
 
 def test_healthz_and_metrics(live_app, client):

@@ -52,10 +52,10 @@ RECORD_LENGTHS = """(sel) => {
 }"""
 
 
-def _set_param(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
+def _set_param(page, name: str, value, tab: str = "completion") -> None:
+    box = page.locator(f"#{tab}-{name} input[type=number]")
     if not box.is_visible():
-        page.click("#params")  # open the accordion
+        page.click(f"#{tab}-params")  # open the tab's accordion
     box.fill(str(value))
     box.press("Enter")
 

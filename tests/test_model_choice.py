@@ -78,20 +78,26 @@ def test_a_new_users_first_completion_is_a_correct_function_from_smollm2(page):
     assert run.returncode == 0, code + run.stderr
 
 
-def test_automatic_model_brings_each_tabs_own_defaults(page):
-    page.click("#params")
-    temperature = "#temperature input[type=number]"
-    assert page.input_value(temperature) == "0"  # completion: SmolLM2, greedy
+def _value(page, tab: str, name: str) -> str:
+    return page.input_value(f"#{tab}-{name} input[type=number]")
+
+
+def test_each_tab_keeps_its_own_models_defaults_and_parameters(page):
+    page.click("#completion-params")
+    assert _value(page, "completion", "temperature") == "0"  # SmolLM2, greedy
     page.click("button[role=tab]:has-text('Fill-in-the-middle')")  # tiny-starcoder
-    page.wait_for_function(f"() => document.querySelector('{temperature}').value === '0.2'")
-    assert page.input_value("#repetition-penalty input[type=number]") == "1.2"
+    page.click("#fim-params")
+    assert _value(page, "fim", "temperature") == "0.2"
+    assert _value(page, "fim", "repetition-penalty") == "1.2"
+    # The max-tokens slider ends at the tab's model's context: 512 for tiny-starcoder.
+    assert page.get_attribute("#fim-max-new-tokens input[type=range]", "max") == "512"
+    _set_param(page, "max-new-tokens", 8, tab="fim")
     page.click("button[role=tab]:has-text('Completion')")
-    page.wait_for_function(f"() => document.querySelector('{temperature}').value === '0'")
-    # Completion and the assistant share SmolLM2: a user's edit survives that switch.
-    _set_param(page, "temperature", 0.5)
-    page.click("button[role=tab]:has-text('Tech assistant')")
-    page.wait_for_timeout(500)
-    assert page.input_value(temperature) == "0.5"
+    page.wait_for_timeout(300)
+    assert _value(page, "completion", "max-new-tokens") == "256"  # untouched by the FIM edit
+    page.click("button[role=tab]:has-text('Search training data')")
+    assert page.locator("#search-query").is_visible()
+    assert not page.locator("[id$='-params']").first.is_visible()  # no parameters on Search
 
 
 def test_selector_switches_models_and_fim_names_the_models_that_can(page):
@@ -100,8 +106,8 @@ def test_selector_switches_models_and_fim_names_the_models_that_can(page):
     page.wait_for_function(
         "() => document.querySelector('#model-card').innerText.includes('Apache-2.0')"
     )
-    page.click("#params")  # open the parameters
-    assert page.input_value("#temperature input[type=number]") == "0"
+    page.click("#completion-params")  # open the parameters
+    assert _value(page, "completion", "temperature") == "0"
     page.click("button[role=tab]:has-text('Fill-in-the-middle')")
     page.fill("#fim-prompt textarea", "def f():\n    <FILL_HERE>\n")
     page.click("#fim-run")
@@ -109,12 +115,14 @@ def test_selector_switches_models_and_fim_names_the_models_that_can(page):
     assert "tiny-starcoder" in page.inner_text("body")
     page.click("#model input")
     page.get_by_role("option", name="tiny-starcoder", exact=False).first.click()
-    # Its own defaults replace SmolLM2's greedy 0 and 1.0.
+    # Its own defaults replace SmolLM2's greedy 0 and 1.0 in the tabs it serves.
+    page.click("button[role=tab]:has-text('Completion')")
     page.wait_for_function(
-        "() => document.querySelector('#temperature input[type=number]').value === '0.2'"
+        "() => document.querySelector('#completion-temperature input[type=number]').value === '0.2'"
     )
-    assert page.input_value("#repetition-penalty input[type=number]") == "1.2"
-    _set_param(page, "max-new-tokens", 8)
+    assert _value(page, "completion", "repetition-penalty") == "1.2"
+    page.click("button[role=tab]:has-text('Fill-in-the-middle')")
+    _set_param(page, "max-new-tokens", 8, tab="fim")
     page.click("#fim-run")
     page.wait_for_function(
         "() => document.querySelector('#fim-status').innerText.includes('tiny-starcoder')"

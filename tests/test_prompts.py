@@ -1,10 +1,15 @@
 """FIM splitting and templates per model family, ta-prompt assembly and truncation."""
 
-import pytest
+from pathlib import Path
 
+import pytest
+from tokenizers import Tokenizer
+
+from model.chat import chat_prompt
 from model.errors import PlaygroundError
 from model.prompts import (
     FILL_MARKER,
+    MAX_EXACT_COUNTS,
     TaPrompt,
     Turn,
     assistant_prompt,
@@ -119,3 +124,145 @@ def test_clean_reply_trims_stop_markers_and_whitespace():
     assert clean_reply(" Use a set.\n\nHuman: thanks") == "Use a set."
     assert clean_reply("ok\n-----\nHuman:") == "ok"
     assert clean_reply("fine\nAssistant: more") == "fine"
+
+
+# --- fitting a long conversation: linear in the history, whole prompt counted a few times ---
+
+TOKENIZER = Path(__file__).parent.parent / "model/checkpoints/tiny-starcoder/tokenizer.json"
+
+# SmolLM2-Instruct's chat template: ChatML with a default system prompt.
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\\n' }}{% endif %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+ASK = "And how do I sort it in reverse?"
+
+
+class CountingTokenizer:
+    """The tiny model's real tokenizer, remembering every text it was asked to count."""
+
+    def __init__(self):
+        self.tok = Tokenizer.from_file(str(TOKENIZER))
+        self.texts: list[str] = []
+
+    def __call__(self, text: str) -> int:
+        self.texts.append(text)
+        return len(self.tok.encode(text).ids)
+
+    def whole_prompts(self) -> int:
+        """Counts of an assembled prompt: the only texts holding the message and a turn."""
+        return sum(1 for t in self.texts if ASK in t and "turn-" in t)
+
+
+def _history(n: int) -> list[Turn]:
+    return [
+        Turn(
+            f"turn-{i}: how do I sort a list of dicts by key {i}? " * 2,
+            f"answer-{i}: sorted(items, key=lambda d: d['k{i}'])",
+        )
+        for i in range(n)
+    ]
+
+
+def _build(kind: str, history, budget: int, count, drop_examples: int = 0):
+    if kind == "ta":
+        ta = TaPrompt.load()
+        ta = TaPrompt(ta.preamble, ta.dialogues[drop_examples:])
+        return assistant_prompt(ta, history, ASK, budget_tokens=budget, count_tokens=count)
+    return chat_prompt(CHATML, history, ASK, budget_tokens=budget, count_tokens=count)
+
+
+@pytest.mark.parametrize("kind", ["ta", "chat"])
+@pytest.mark.parametrize("budget", [256, 1500, 7936])
+def test_a_50_turn_history_is_fitted_with_a_linear_number_of_counts(kind, budget):
+    history = _history(50)
+    count = CountingTokenizer()
+    built = _build(kind, history, budget, count)
+    # Before: one whole-prompt count per dropped turn (quadratic in the history's size).
+    assert len(count.texts) <= len(history) + 8
+    assert count.whole_prompts() <= 1 + MAX_EXACT_COUNTS
+    assert sum(map(len, count.texts)) <= 3 * len(built.prompt) + 20_000
+    exact = count(built.prompt)
+    assert exact <= budget
+    # The oldest turns went first, and only as many as had to: one more would not fit.
+    kept = history[built.dropped_turns :]
+    assert all(t.user in built.prompt for t in kept)
+    assert not any(f"turn-{i}:" in built.prompt for i in range(built.dropped_turns))
+    if built.dropped_turns:
+        assert f"the {built.dropped_turns} oldest turn(s)" in built.notice
+        more = history[built.dropped_turns - 1 :]
+        one_more = _build(kind, more, 10**6, count, drop_examples=built.dropped_examples)
+        assert one_more.notice is None and count(one_more.prompt) > budget
+
+
+def test_fitting_1000_turns_counts_only_what_can_fit():
+    count = CountingTokenizer()
+    built = _build("chat", _history(1000), 512, count)
+    assert count(built.prompt) <= 512 and built.dropped_turns > 990
+    assert len(count.texts) <= 30
+
+
+def _seamy(text: str) -> int:
+    """Words, plus one token per seam between turns: piece sums undercount the whole."""
+    return len(text.split()) + text.count("\n\nHuman:")
+
+
+def test_when_pieces_undercount_the_exact_count_corrects_the_pick():
+    ta = TaPrompt.parse("Pre.\n-----\nHuman: ex\n\nAssistant: b\n")
+    history = [Turn(f"q{i} " * 5, f"a{i}") for i in range(40)]
+    wholes = []
+
+    def count(text: str) -> int:
+        if text.endswith("Human: now\n\nAssistant:") and text.startswith("Pre."):
+            wholes.append(text)
+        return _seamy(text)
+
+    built = assistant_prompt(ta, history, "now", budget_tokens=60, count_tokens=count)
+    assert _seamy(built.prompt) <= 60 and len(wholes) <= 1 + MAX_EXACT_COUNTS
+    assert built.prompt.endswith(
+        "Human: q39 q39 q39 q39 q39 \n\nAssistant: a39\n\nHuman: now\n\nAssistant:"
+    )
+    # As many turns as fit: one more would not.
+    ta_left = TaPrompt(ta.preamble, ta.dialogues[built.dropped_examples :])
+    more = history[built.dropped_turns - 1 :]
+    one_more = assistant_prompt(ta_left, more, "now", budget_tokens=10**6, count_tokens=_seamy)
+    assert _seamy(one_more.prompt) > 60
+
+
+def test_a_count_far_above_the_estimate_still_ends_after_a_bounded_number_of_tries():
+    ta = TaPrompt.parse("Pre.\n-----\nHuman: ex\n\nAssistant: b\n")
+    history = [Turn(f"q{i}", f"a{i}") for i in range(30)]
+    wholes = []
+
+    def count(text: str) -> int:
+        if text.startswith("Pre.") and text.endswith("Assistant:"):
+            wholes.append(text)
+            return 1000 if "Human: q" in text else 5  # any turn at all overflows
+        return 1
+
+    built = assistant_prompt(ta, history, "now", budget_tokens=50, count_tokens=count)
+    assert built.dropped_turns == 30 and built.dropped_examples == 1
+    assert len(wholes) <= 1 + MAX_EXACT_COUNTS
+
+
+def test_chat_prompt_drops_the_oldest_turns_and_keeps_the_template_intact():
+    count = CountingTokenizer()
+    history = _history(6)
+    full = chat_prompt(CHATML, history, ASK, budget_tokens=10**6, count_tokens=count)
+    assert full.notice is None
+    budget = count(full.prompt) - 1
+    built = chat_prompt(CHATML, history, ASK, budget_tokens=budget, count_tokens=count)
+    assert built.dropped_turns == 1 and "1 oldest turn(s)" in built.notice
+    assert built.prompt.startswith("<|im_start|>system\nYou are a helpful AI assistant")
+    assert built.prompt.endswith(f"<|im_start|>user\n{ASK}<|im_end|>\n<|im_start|>assistant\n")
+    assert "turn-0:" not in built.prompt and "turn-1:" in built.prompt
+
+
+def test_a_chat_message_too_long_for_any_history_is_refused_with_both_numbers():
+    count = CountingTokenizer()
+    with pytest.raises(PlaygroundError) as err:
+        chat_prompt(CHATML, _history(3), "sort " * 400, budget_tokens=100, count_tokens=count)
+    assert "`message` is too long" in str(err.value) and "only 100 are left" in str(err.value)

@@ -2,6 +2,9 @@
 
 import html
 import re
+from datetime import UTC, datetime
+
+import pytest
 
 from app.render import Mark, code_view, detect_language, highlight
 
@@ -35,6 +38,26 @@ def test_language_detection_with_fallback():
     assert detect_language("#include <stdio.h>\nint main(void) { return 0; }\n") == "c"
     assert detect_language("") == "python"
     assert "Output appears here" in code_view("", "python")
+
+
+MISGUESSED = [  # what Pygments' own guess called these: teratermmacro, scdoc, perl6
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
+    "def is_prime(n):\n",
+    "class LinkedList:\n",
+]
+
+
+@pytest.mark.parametrize("code", MISGUESSED)
+def test_python_is_never_misnamed_in_the_view_downloads_or_share_pages(code):
+    from app.handlers import extension
+    from app.share_page import pick_lexer
+    from app.store import SharePublic
+
+    assert detect_language(code) == "python"
+    assert extension(detect_language(code)) == ".py"
+    share = SharePublic("x" * 16, datetime.now(UTC), "completion", None, {}, code, code)
+    assert pick_lexer(share).name == "Python"
+    assert '<span class="k">def</span>' in highlight(code, detect_language(code)) or "class" in code
 
 
 def test_attribution_marks_nest_inside_the_generated_mark():

@@ -56,7 +56,7 @@ def test_up_to_four_stops_and_blank_seed_are_fine():
         ("   \n", "is empty"),
         ("a\x00b", "NUL byte (at character 1)"),
         ("ok \ud800 bad", "lone surrogate U+D800 at character 3"),
-        ("x" * 1_000_001, "is 1,000,001 bytes; the limit is 1,000,000 bytes"),
+        ("x" * 131_073, "is 131,073 bytes; the limit is 131,072 bytes"),
     ],
 )
 def test_bad_prompts(value, needle):

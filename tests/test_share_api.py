@@ -135,14 +135,47 @@ def test_bad_requests_get_400_with_a_clear_message(tmp_path, body, status, field
     st = Store(f"sqlite:///{tmp_path / 'p.db'}", limits=Limits(max_prompt_bytes=1024))
     with LiveServer(share_app(st)) as server:
         r = httpx.post(f"{server.url}/api/shares", json=body)
-        bad_json = httpx.post(f"{server.url}/api/shares", content=b"{not json")
-        huge = httpx.post(f"{server.url}/api/shares", content=b" " * 3_000_000)
+        as_json = {"Content-Type": "application/json"}
+        bad_json = httpx.post(f"{server.url}/api/shares", content=b"{not json", headers=as_json)
+        huge = httpx.post(f"{server.url}/api/shares", content=b" " * 3_000_000, headers=as_json)
     st.close()
     assert r.status_code == status and r.json()["field"] == field
     for word in words:
         assert word in r.json()["error"]
     assert bad_json.status_code == 400 and "not valid JSON" in bad_json.json()["error"]
     assert huge.status_code == 413 and huge.json()["field"] == "body"
+
+
+def test_only_json_bodies_create_shares(tmp_path):
+    """A cross-site form or text/plain POST needs no CORS preflight: it must not create a share."""
+    st = Store(f"sqlite:///{tmp_path / 'p.db'}")
+    body = json.dumps({"mode": "completion", "prompt": "", "output": "x = 1"})
+    with LiveServer(share_app(st)) as server:
+        plain = httpx.post(f"{server.url}/api/shares", content=body,
+                           headers={"Content-Type": "text/plain"})  # fmt: skip
+        form = httpx.post(f"{server.url}/api/shares", data={"mode": "completion"})
+        ok = httpx.post(f"{server.url}/api/shares", content=body,
+                        headers={"Content-Type": "application/json; charset=utf-8"})  # fmt: skip
+    with st.engine.connect() as conn:
+        count = conn.exec_driver_sql("SELECT COUNT(*) FROM shares").scalar()
+    st.close()
+    assert plain.status_code == 415 and plain.json()["field"] == "content-type"
+    assert "application/json" in plain.json()["error"] and "'text/plain'" in plain.json()["error"]
+    assert form.status_code == 415
+    assert ok.status_code == 201 and count == 1
+
+
+@pytest.mark.parametrize("depth", [17, 100_000])
+def test_deeply_nested_parameters_are_refused_with_the_limit(tmp_path, depth):
+    st = Store(f"sqlite:///{tmp_path / 'p.db'}")
+    nested = '{"a":' * depth + "1" + "}" * depth
+    body = '{"mode": "completion", "prompt": "", "output": "x", "parameters": ' + nested + "}"
+    with LiveServer(share_app(st)) as server:
+        r = httpx.post(f"{server.url}/api/shares", content=body,
+                       headers={"Content-Type": "application/json"})  # fmt: skip
+    st.close()
+    assert r.status_code == 400, r.text
+    assert "16 levels" in r.json()["error"] and r.json()["field"] in ("parameters", "body")
 
 
 def test_write_rate_limit_answers_429_with_retry_after(db_url):

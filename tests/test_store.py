@@ -123,7 +123,7 @@ def test_bad_input_is_refused_with_a_message_naming_field_limit_and_value(
 ):
     limits = Limits(
         max_prompt_bytes=1000,
-        max_output_bytes=1000,
+        max_new_text_bytes=0,
         max_parameters_bytes=256,
         max_model_chars=50,
         max_spans=3,
@@ -146,7 +146,7 @@ def test_write_rate_is_limited_per_client(db_url):
         _make(store, output=f"x = {i}")
     with pytest.raises(RateLimited) as err:
         _make(store, output="x = 3")
-    assert err.value.kind == "busy" and "3 per 60 s" in err.value.message
+    assert err.value.kind == "rate_limit" and "3 per 60 s" in err.value.message
     assert 59 <= err.value.retry_after_s <= 60
     _make(store, output="x = 3", client_id="another client")  # others are not affected
     now[0] += 61

@@ -38,12 +38,14 @@ def highlight_html(text: str, spans: Sequence[Span]) -> str:
     return "".join(parts)
 
 
-def sources_html(spans: Sequence[Span]) -> str:
-    """A panel listing, per span, where it occurs: repo/path, lines and license."""
+def sources_html(spans: Sequence[Span], scope: str = "") -> str:
+    """A panel listing, per span, where it occurs: repo/path, lines and license; `scope` says
+    which data was checked."""
+    note = f'<p class="attr-scope">{escape(scope)}</p>' if scope else ""
     if not spans:
         return (
             '<div class="attr-sources attr-none">'
-            "No verbatim copies of indexed training code were found.</div>"
+            f"No verbatim copies of indexed training code were found.{note}</div>"
         )
     total = sum(s.end - s.start for s in spans)
     items = []
@@ -68,7 +70,7 @@ def sources_html(spans: Sequence[Span]) -> str:
         '<div class="attr-sources">'
         f"<p>{len(spans)} verbatim span{plural} ({total} characters) found in the training "
         "data. Check the licenses before reusing this code.</p>"
-        f"<ol>{''.join(items)}</ol></div>"
+        f"<ol>{''.join(items)}</ol>{note}</div>"
     )
 
 

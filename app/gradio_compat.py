@@ -1,0 +1,101 @@
+"""Adjustments to Gradio's queue, in one visible place (written for gradio 6.31, pinned).
+
+Each one touches a single Blocks instance, never Gradio's classes, and checks that the internal
+it relies on is still there, so an upgrade fails loudly at start instead of silently.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from urllib.parse import parse_qs
+
+import gradio as gr
+
+BUSY_MESSAGE = (
+    "The playground is busy: {waiting} requests are already waiting for the model. "
+    "Please try again in a minute."
+)
+
+
+def tune_queue(blocks: gr.Blocks) -> None:
+    queue = getattr(blocks, "_queue", None)
+    if queue is None or not hasattr(queue, "push") or not hasattr(queue, "max_size"):
+        raise RuntimeError(
+            f"gradio {gr.__version__}: Blocks._queue changed; see app/gradio_compat.py"
+        )
+    # Gradio's monitoring summary rebuilt a pandas DataFrame of up to 10,000 past events after
+    # every event: 4.5-12.6 ms of CPU per request. Its endpoint is off (we serve Prometheus
+    # /metrics), so nothing reads the summary; gradio's own knob
+    # (GRADIO_ANALYTICS_CACHE_FREQUENCY) is read before we could set it, hence the attribute.
+    queue.ANAYLTICS_CACHE_FREQUENCY = sys.maxsize
+    push = queue.push
+
+    async def checked_push(body, *args, **kwargs):
+        # What Gradio does not check itself turned into 500s (an empty session id, an unknown
+        # fn_index) or into its internals' text in the error (too few values).
+        problem = _body_problem(blocks, body)
+        if problem:
+            return False, problem, "error"
+        ok, detail, state = await push(body, *args, **kwargs)
+        if state == "queue_full":  # was "Queue is full. Max size is 72 and size is 72."
+            detail = BUSY_MESSAGE.format(waiting=len(queue))
+        return ok, detail, state
+
+    queue.push = checked_push
+
+
+SESSION_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def _body_problem(blocks: gr.Blocks, body) -> str | None:
+    session = body.session_hash
+    if not isinstance(session, str) or not SESSION_RE.match(session):
+        return "`session_hash` must be 1 to 128 letters, digits, '-' or '_'."
+    fn = blocks.fns.get(body.fn_index) if isinstance(body.fn_index, int) else None
+    if fn is None:
+        return f"`fn_index` {str(body.fn_index)[:20]} is not an event of this app."
+    if not isinstance(body.data, list) or len(body.data) != len(fn.inputs):
+        given = len(body.data) if isinstance(body.data, list) else type(body.data).__name__
+        return f"`data` must hold {len(fn.inputs)} values for this event; given: {given}."
+    return None
+
+
+class GradioRouteChecks:
+    """ASGI middleware for two Gradio routes that fail after their response has started: an
+    unknown session's event stream (the connection just drops) and an unknown API name (500)."""
+
+    def __init__(self, app, *, blocks: gr.Blocks, prefix: str = "/gradio_api"):
+        self.app = app
+        self.blocks = blocks
+        self.prefix = prefix
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            problem = self._problem(scope)
+            if problem:
+                body = json.dumps({"error": problem[1], "kind": "not_found"}).encode()
+                headers = [(b"content-type", b"application/json"),
+                           (b"content-length", str(len(body)).encode())]  # fmt: skip
+                await send({"type": "http.response.start", "status": problem[0],
+                            "headers": headers})  # fmt: skip
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+    def _problem(self, scope) -> tuple[int, str] | None:
+        path = scope.get("path", "").rstrip("/")
+        if path == f"{self.prefix}/queue/data":
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            session = (query.get("session_hash") or [""])[0]
+            if session not in self.blocks._queue.pending_messages_per_session:
+                return 404, "No such session: join the queue first (`session_hash`)."
+        call = f"{self.prefix}/call/"
+        if path.startswith(call) and scope["method"] == "POST":
+            name = path[len(call) :].removeprefix("v2/")
+            names = {fn.api_name for fn in self.blocks.fns.values() if fn.api_name}
+            if name not in names:
+                public = ", ".join(f"/{n}" for n in sorted(names) if not n.startswith("_"))
+                return 404, f"No API endpoint /{name[:60]}. This app has: {public}."
+        return None

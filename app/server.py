@@ -66,7 +66,7 @@ def build_engines(settings: Settings) -> EnginePool:
         model = spec.id if spec.source == "package" else spec.location
         return build_engine(
             model=model, data_dir=settings.data_dir, max_batch=settings.max_batch,
-            max_queue=settings.max_queue, rate_limit_per_min=settings.rate_limit,
+            max_queue=settings.max_queue,
             kv_cache_mb=settings.kv_cache_mb, **common,
         )  # fmt: skip
 

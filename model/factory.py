@@ -19,7 +19,6 @@ def build_engine(
     engine_api_key: str | None = None,
     max_batch: int = 8,
     max_queue: int = 64,
-    rate_limit_per_min: int = 0,
     log_level: str = "INFO",
     data_dir: str | None = None,
     kv_cache_mb: float | None = None,
@@ -42,7 +41,5 @@ def build_engine(
         data_dir=data_dir,
         kv_cache_mb=kv_cache_mb,
     )
-    engine = WorkerEngine(
-        config, max_queue=max_queue, rate_limit_per_min=rate_limit_per_min, report_queue=True
-    )
+    engine = WorkerEngine(config, max_queue=max_queue, report_queue=True)
     return engine.start()

@@ -56,36 +56,6 @@ class WorkerConfig:
     kv_cache_mb: float | None = None
 
 
-class RateLimiter:
-    """At most `per_minute` requests per client in any sliding 60 s window; 0 disables it."""
-
-    def __init__(self, per_minute: int, clock=time.monotonic):
-        self.per_minute = per_minute
-        self.clock = clock
-        self._seen: dict[str, collections.deque] = {}
-        self._lock = threading.Lock()
-
-    def check(self, client: str) -> None:
-        if self.per_minute <= 0 or not client:
-            return
-        now = self.clock()
-        with self._lock:
-            times = self._seen.setdefault(client, collections.deque())
-            while times and now - times[0] >= 60:
-                times.popleft()
-            if len(times) >= self.per_minute:
-                wait = max(1, int(60 - (now - times[0]) + 0.999))
-                raise PlaygroundError(
-                    f"Too many requests: the limit is {self.per_minute} generations per minute "
-                    f"per user. Try again in {wait} s.",
-                    kind="rate_limit",
-                )
-            times.append(now)
-            if len(self._seen) > 10_000:  # forget idle clients so the map stays small
-                for key in [k for k, v in self._seen.items() if not v or now - v[-1] >= 60]:
-                    del self._seen[key]
-
-
 @dataclass(eq=False)
 class _Worker:
     """One incarnation of the worker process and its pipe."""
@@ -115,7 +85,6 @@ class WorkerEngine:
         config: WorkerConfig,
         *,
         max_queue: int = 64,
-        rate_limit_per_min: int = 0,
         report_queue: bool = False,
         start_timeout: float = 600.0,
     ):
@@ -123,7 +92,6 @@ class WorkerEngine:
         self.max_queue = max_queue
         self.report_queue = report_queue
         self.start_timeout = start_timeout
-        self.limiter = RateLimiter(rate_limit_per_min)
         self.restarts = 0
         self._ctx = multiprocessing.get_context("spawn")  # never fork a process holding threads
         self._cond = threading.Condition()
@@ -198,9 +166,8 @@ class WorkerEngine:
         return int(self._call("count", text, timeout=30))
 
     def stream(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[Event]:
-        """Queue, then stream. Raises PlaygroundError (kind busy / rate_limit) before any event
+        """Queue, then stream. Raises PlaygroundError (kind busy) before any event
         when the request is refused; every other failure ends in Done("error")."""
-        self.limiter.check(request.client)
         ticket = object()
         with self._cond:
             if len(self._waiting) >= self.max_queue and not self._can_start_now():

@@ -14,7 +14,7 @@ import pytest
 
 from model.engine import CancelToken, Delta, Done, GenerationParams, GenerationRequest, Queued
 from model.errors import PlaygroundError
-from model.worker import RateLimiter, WorkerConfig, WorkerEngine
+from model.worker import WorkerConfig, WorkerEngine
 
 PROMPTS = ["def foo(x):", "import json\n", "class A:", "return self", "for i in", "while True:"]
 GREEDY = GenerationParams(max_new_tokens=24, temperature=0, repetition_penalty=1.2)
@@ -182,19 +182,6 @@ def test_unloadable_model_is_a_clear_start_error(tmp_path):
     with pytest.raises(PlaygroundError) as err:
         WorkerEngine(WorkerConfig(str(tmp_path / "missing"), device="cpu")).start()
     assert err.value.kind == "config" and "missing" in err.value.message
-
-
-def test_rate_limit_per_client():
-    now = [0.0]
-    limiter = RateLimiter(2, clock=lambda: now[0])
-    limiter.check("a")
-    limiter.check("a")
-    limiter.check("b")
-    with pytest.raises(PlaygroundError) as err:
-        limiter.check("a")
-    assert err.value.kind == "rate_limit" and "2 generations per minute" in err.value.message
-    now[0] = 61.0
-    limiter.check("a")
 
 
 def test_killed_worker_fails_in_flight_then_restarts(worker):

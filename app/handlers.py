@@ -23,7 +23,7 @@ from app.links import PublicLinks
 from app.playground import Output, Playground
 from app.ratelimit import client_address
 from app.render import Mark, code_view, detect_language
-from app.requests import parse_params
+from app.requests import parse_params, recent_turns
 from app.sessions import CancelRegistry
 from app.share_routes import create_share
 from app.store import Store
@@ -281,7 +281,7 @@ class Handlers:
     def ui_assist(self, message: str, chat: list, model, *param_values, request=None):
         """Yields (chat messages, cleared input box, status, shareable record, sources)."""
         params = parse_params(**_param_kwargs(param_values))
-        history = turns_from_messages(chat)
+        history = recent_turns(turns_from_messages(chat), self.playground.limits)
         base = [*chat, {"role": "user", "content": message}]
         run = self.run_assist(message, history, params, request, model, tab="assistant")
         for out in throttle(run):

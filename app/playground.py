@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 from app.limits import Limits
 from app.ratelimit import RateLimiter
-from app.requests import check_context, check_text
+from app.requests import check_context, check_history, check_text
 from model.chat import chat_prompt
 from model.engine import (
     CancelToken,
@@ -144,7 +144,6 @@ class Playground:
         client: str = "",
         model: str | None = None,
     ) -> Iterator[Output]:
-        from app.requests import check_history  # local: this change may touch only assist()
 
         check_text("message", message, self.limits)
         # Bounded before any token is counted: 1,000 turns once took 18 s of shared CPU to fit.

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from app.limits import Limits
 from model.engine import GenerationParams
 from model.errors import PlaygroundError
+from model.prompts import Turn
 
 MAX_STOPS = 4
 MAX_STOP_CHARS = 64
@@ -170,22 +171,18 @@ def _pair(i: int, item) -> tuple[str, str]:
     return pair[0], pair[1]
 
 
-def parse_history(raw) -> tuple:
+def parse_history(raw) -> tuple[Turn, ...]:
     """The API's history, [[user, assistant], ...], as Turns; a wrong shape is named with its
     index. Counted before anything is built, so a huge history costs nothing."""
-    from model.prompts import Turn  # local: this section is appended, the imports stay as-is
-
     if raw is None:
         return ()
     _count_turns(raw)
     return tuple(Turn(*_pair(i, item)) for i, item in enumerate(raw))
 
 
-def check_history(turns, limits: Limits) -> tuple:
+def check_history(turns, limits: Limits) -> tuple[Turn, ...]:
     """Bound a conversation before any token is counted: its turns, its UTF-8 bytes (all turns
     together, the same limit as one prompt), each text. Returns it as a tuple of Turns."""
-    from model.prompts import Turn
-
     _count_turns(turns)
     pairs = [_pair(i, item) for i, item in enumerate(turns)]
     # surrogatepass: a lone surrogate must not crash the count; check_text names it below.
@@ -200,3 +197,17 @@ def check_history(turns, limits: Limits) -> tuple:
         for j, text in enumerate(pair):
             check_text(f"history[{i}][{j}]", text, limits, allow_empty=True)
     return tuple(Turn(*pair) for pair in pairs)
+
+
+def recent_turns(turns: list[Turn], limits: Limits) -> list[Turn]:
+    """The newest turns of a browser chat that fit the history limits. A long chat in the page
+    must keep working: the model's context would drop the oldest turns anyway."""
+    kept: list[Turn] = []
+    size = 0
+    for turn in reversed(turns):
+        size += len(turn.user.encode("utf-8", "surrogatepass"))
+        size += len(turn.assistant.encode("utf-8", "surrogatepass"))
+        if len(kept) == MAX_HISTORY_TURNS or size > limits.max_prompt_bytes:
+            break
+        kept.append(turn)
+    return kept[::-1]

@@ -11,7 +11,7 @@ from app.attribution.render import search_results_html
 from app.errors import user_errors
 from app.handlers import PARAM_NAMES, Handlers, throttle, turns_from_messages
 from app.render import code_view
-from app.requests import parse_params
+from app.requests import parse_history, parse_params
 from model.engine import GenerationParams
 from model.errors import PlaygroundError
 from model.prompts import Turn
@@ -332,7 +332,6 @@ def _api(handlers: Handlers) -> None:
         """Answer `message` as the tech assistant; `history` is [[user, assistant], ...]."""
         params = _api_params(handlers, model, "assistant", max_new_tokens, temperature, top_p,
                              repetition_penalty, seed, stop)  # fmt: skip
-        from app.requests import parse_history  # local: this change may touch only assist()
 
         # Not str() of whatever came: a dict or a number is refused, naming its index.
         turns: tuple[Turn, ...] = parse_history(history)

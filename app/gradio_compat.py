@@ -50,8 +50,8 @@ SESSION_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
 def _body_problem(blocks: gr.Blocks, body) -> str | None:
-    session = body.session_hash
-    if not isinstance(session, str) or not SESSION_RE.match(session):
+    session = body.session_hash  # None for /call/<api>: Gradio makes one up itself
+    if session is not None and (not isinstance(session, str) or not SESSION_RE.match(session)):
         return "`session_hash` must be 1 to 128 letters, digits, '-' or '_'."
     fn = blocks.fns.get(body.fn_index) if isinstance(body.fn_index, int) else None
     if fn is None:

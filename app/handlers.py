@@ -115,7 +115,8 @@ class Handlers:
         run = self.run_complete if mode == "completion" else self.run_fill
         for out in throttle(run(prompt, params, request, model, tab=mode)):
             if out.done is None:
-                html = self.code_html(mode, out.text, language, out.generated_span)
+                html = self.code_html(mode, out.text, live_language(out.text, language),
+                                      out.generated_span)  # fmt: skip
                 yield html, out.text, out.status, None, PENDING, gr_skip()
                 continue
             spans = self.attribute_output(out)
@@ -308,6 +309,16 @@ def _said_if_stopped(outputs: Iterator[Output], tab: str | None) -> Iterator[Out
 
 
 UI_FRAME_SECONDS = 0.05
+LIVE_HIGHLIGHT_CHARS = 20_000  # ~38 ms to highlight: within a frame
+
+
+def live_language(text: str, language: str) -> str:
+    """How a streaming frame is highlighted. Re-highlighting the whole text every frame cost
+    0.18 s at 100k characters and 1.7 s at 1 MB: long texts stream plain (6 ms at 1 MB) and
+    are highlighted once, in the final frame."""
+    return language if len(text) <= LIVE_HIGHLIGHT_CHARS else "text"
+
+
 PENDING = {"pending": True}  # the share record while a generation is still streaming
 
 

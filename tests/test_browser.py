@@ -120,3 +120,25 @@ def test_assistant_replies_in_the_chat(page):
     chat = page.inner_text("#assistant-chat")
     assert "How do I sort a list in Python?" in chat
     assert "Human:" not in chat.split("How do I sort a list in Python?", 1)[1]
+
+
+def test_share_while_streaming_says_to_wait_and_a_failed_run_clears_the_old_output(page):
+    _set_param(page, "temperature", 0)
+    _set_param(page, "repetition-penalty", 1)
+    _set_param(page, "max-new-tokens", 400)
+    page.fill("#completion-prompt textarea", "x = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,")
+    page.click("#completion-run")
+    page.wait_for_function("() => document.querySelector('#completion-status')"
+                           ".innerText.includes('Generating')")  # fmt: skip
+    page.click("#completion-share")
+    page.get_by_text("still running").first.wait_for()
+    page.click("#completion-stop")
+    page.wait_for_function(
+        "() => document.querySelector('#completion-status').innerText.includes('stopped by you')"
+    )
+    assert "x = [1, 2" in page.inner_text("#completion-output")
+    page.fill("#completion-prompt textarea", "   ")  # refused: the old output must not stay
+    page.click("#completion-run")
+    page.get_by_text("`prompt` is empty").first.wait_for()
+    assert "x = [1, 2" not in page.inner_text("#completion-output")
+    assert page.inner_text("#completion-status").strip() == ""

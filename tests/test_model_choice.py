@@ -66,6 +66,8 @@ def test_a_new_users_first_completion_is_a_correct_function_from_smollm2(page):
         "() => document.querySelector('#completion-status').innerText.includes('tokens/s')"
     )
     assert SMOLLM2 in page.inner_text("#completion-status")
+    # The index holds tiny-starcoder's data only: the panel says so under SmolLM2's output.
+    assert "tiny-starcoder's training data only" in page.inner_text("#completion-sources")
     page.click("#completion-exact")
     raw = page.input_value("#completion-raw textarea")
     # SmolLM2's defaults (greedy, and a stop at the markdown fence it closes code with) give

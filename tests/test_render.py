@@ -71,3 +71,14 @@ def test_attribution_marks_nest_inside_the_generated_mark():
     inner = re.search(r'<mark class="attr-span"[^>]*>(.*?)</mark>', out, re.S).group(1)
     assert _text_of(inner) == text[10:30]
     assert _text_of(out) == text
+
+
+def test_long_texts_stream_plain_and_are_highlighted_once_at_the_end():
+    from app.handlers import LIVE_HIGHLIGHT_CHARS, live_language
+
+    short, long = "def f():\n    pass\n", "x = 1\n" * (LIVE_HIGHLIGHT_CHARS // 6 + 1)
+    assert live_language(short, "python") == "python"
+    assert live_language(long, "python") == "text"
+    plain = code_view(long, live_language(long, "python"), [Mark(6, 12, "generated")])
+    assert '<span class="n">' not in plain and '<mark class="generated">' in plain
+    assert _text_of(plain) == long

@@ -48,28 +48,33 @@ def _generate_fn_index(base: str) -> int:
     return next(i for i, d in enumerate(config["dependencies"]) if downloads & set(d["outputs"]))
 
 
-@pytest.mark.parametrize("style", ["absolute", "traversal"])
-def test_session_id_cannot_choose_where_downloads_are_written(live_app, tmp_path, style):
-    base = live_app.url
-    marker = f"probe-{uuid.uuid4().hex[:8]}"
-    target = tmp_path / marker
-    session = str(target) if style == "absolute" else "../" * 12 + str(target).lstrip("/")
-    fn_index = _generate_fn_index(base)
-    # The event's inputs: prompt, model, then the six parameters.
-    data = ["def f(x):\n", "", 4, 0, 0.9, 1.0, "", ""]
-    body = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None}
+@pytest.mark.parametrize("style", ["absolute", "traversal", "empty"])
+def test_a_session_id_that_is_a_path_is_refused(live_app, tmp_path, style):
+    marker = tmp_path / f"probe-{uuid.uuid4().hex[:8]}"
+    session = {"absolute": str(marker), "traversal": "../" * 12 + str(marker).lstrip("/"),
+               "empty": ""}[style]  # fmt: skip
+    body = {"data": ["def f(x):\n", "", 4, 0, 0.9, 1.0, "", ""], "event_data": None,
+            "fn_index": _generate_fn_index(live_app.url), "session_hash": session}  # fmt: skip
+    r = httpx.post(f"{live_app.url}gradio_api/queue/join", json=body)
+    assert r.status_code == 400 and "`session_hash` must be 1 to 128" in r.json()["detail"]
+    assert not marker.exists()
+
+
+def test_downloads_are_written_under_the_data_folder_in_server_named_folders(live_app):
+    base, session = live_app.url, f"s{uuid.uuid4().hex}"
+    body = {"data": ["def f(x):\n", "", 4, 0, 0.9, 1.0, "", ""], "event_data": None,
+            "fn_index": _generate_fn_index(base), "session_hash": session}  # fmt: skip
     assert httpx.post(f"{base}gradio_api/queue/join", json=body).status_code == 200
     with httpx.stream("GET", f"{base}gradio_api/queue/data", params={"session_hash": session},
                       timeout=60) as stream:  # fmt: skip
         events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data:")]
     finished = [e for e in events if e.get("msg") == "process_completed"]
     assert finished and finished[-1]["success"], events[-1]
-    download = finished[-1]["output"]["data"][3]
-    assert download and download["orig_name"] == "completion.py"
-    assert not target.exists() and not Path(session).exists()
+    assert finished[-1]["output"]["data"][3]["orig_name"] == "completion.py"
     downloads = Path(live_app.data_dir, "downloads").resolve()
-    written = [p for p in downloads.rglob("completion.py")]
+    written = list(downloads.rglob("completion.py"))
     assert written and all(p.resolve().is_relative_to(downloads) for p in written)
+    assert not any(session in str(p) for p in written)  # the folder is named by the server
 
 
 def test_old_downloads_are_removed(tmp_path):

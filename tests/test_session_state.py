@@ -45,7 +45,7 @@ def test_the_deferred_snapshot_equals_gradios(live_app):
 def test_updates_before_first_read_keep_the_rest_of_the_snapshot(live_app):
     blocks = live_app.blocks
     session = state_holder.SessionState(blocks)
-    key = next(k for k, v in blocks.blocks.items() if getattr(v, "elem_id", None) == "seed")
+    key = next(k for k, v in blocks.blocks.items() if getattr(v, "elem_id", None) == "completion-seed")
     session._update_value_in_config(key, "42")
     values = dict(session.config_values.items())
     expected = _eager(blocks)

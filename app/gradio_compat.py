@@ -7,11 +7,14 @@ it relies on is still there, so an upgrade fails loudly at start instead of sile
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 from urllib.parse import parse_qs
 
 import gradio as gr
+
+log = logging.getLogger(__name__)
 
 BUSY_MESSAGE = (
     "The playground is busy: {waiting} requests are already waiting for the model. "
@@ -44,6 +47,30 @@ def tune_queue(blocks: gr.Blocks) -> None:
         return ok, detail, state
 
     queue.push = checked_push
+
+    if not callable(getattr(blocks, "preprocess_data", None)):
+        raise RuntimeError(f"gradio {gr.__version__}: Blocks.preprocess_data changed")
+    preprocess = blocks.preprocess_data
+
+    async def checked_preprocess(block_fn, inputs, *args, **kwargs):
+        # A value no component accepts (a chat history of triples, say) raised pydantic's or
+        # Gradio's own error: a traceback in the log and internals' text for the client.
+        try:
+            return await preprocess(block_fn, inputs, *args, **kwargs)
+        except gr.Error as exc:  # a component's own check ("Value -1 is less than ...")
+            log.info("refused: event=%s kind=invalid_input", block_fn.api_name or block_fn.name)
+            exc.print_exception = False
+            raise
+        except Exception as exc:
+            name = block_fn.api_name or block_fn.name
+            log.info("refused: event=%s kind=invalid_input (%s)", name, type(exc).__name__)
+            raise gr.Error(
+                f"The values sent for `{name}` do not fit its inputs ({type(exc).__name__}).",
+                title="Invalid input",
+                print_exception=False,
+            ) from None
+
+    blocks.preprocess_data = checked_preprocess
 
 
 SESSION_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")

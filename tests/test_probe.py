@@ -12,20 +12,8 @@ from pathlib import Path
 from bench.probe import run_probe
 
 
-def data_dir_of(app) -> Path:
-    """The app's --data-dir: from its settings if it keeps them, else the downloads' parent."""
-    for owner in (app, getattr(app, "settings", None)):
-        if owner is not None and getattr(owner, "data_dir", None):
-            return Path(owner.data_dir).resolve()
-    downloads = app.handlers.downloads
-    if not isinstance(downloads, (str, Path)):
-        downloads = next(getattr(downloads, a) for a in ("folder", "root", "path")
-                         if getattr(downloads, a, None))  # fmt: skip
-    return Path(downloads).resolve().parent
-
-
-def test_hostile_probe_finds_nothing(live_app):
-    data_dir = data_dir_of(live_app)
+def test_hostile_probe_finds_nothing(live_app, capfd, caplog):
+    data_dir = Path(live_app.data_dir).resolve()
     assert (data_dir / "downloads").is_dir(), data_dir
     report = run_probe(live_app.url, str(data_dir), max_seconds=150)
     text = "\n\n".join([report.summary_table(), report.route_table(),
@@ -41,3 +29,7 @@ def test_hostile_probe_finds_nothing(live_app):
     }
     assert found == dict.fromkeys(found, 0), text
     assert report.server_alive, text
+    # Nor in the log: expected refusals are one line each, never a traceback.
+    traced = [r.getMessage()[:200] for r in caplog.records if r.exc_info]
+    err = capfd.readouterr().err
+    assert not traced and "Traceback" not in err, (traced, err[-3000:])

@@ -268,3 +268,15 @@ def test_rate_limits_bind_each_address_across_fresh_sessions(strict_app):
         Client(strict_app.url, verbose=False).predict(
             mode="completion", prompt="", output="t = 1", api_name="/share"
         )
+
+
+def test_one_set_of_limits_for_generation_and_sharing(live_app):
+    """A 240 KB prompt used to generate and then fail to share (1 MB vs 128 KiB limits)."""
+    limits = live_app.handlers.playground.limits
+    assert limits is live_app.store.limits
+    prompt = "x" * limits.max_prompt_bytes  # the largest prompt generation accepts ...
+    body = {"mode": "completion", "prompt": prompt, "output": prompt + "\ny = 1\n"}
+    r = httpx.post(f"{live_app.url}api/shares", json=body, timeout=30)
+    assert r.status_code == 201, r.text  # ... is shareable with what the model added
+    _, event, payload = _call(live_app.url, "complete", _complete(prompt + "x"))
+    assert event == "error" and f"the limit is {limits.max_prompt_bytes:,} bytes" in payload

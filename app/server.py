@@ -14,19 +14,22 @@ import uvicorn
 from fastapi import FastAPI
 
 from app.attribution import AttributionIndex, ensure_default_index
-from app.gradio_compat import GradioRouteChecks, tune_queue
-from app.guard import SPACE_FRAME_ANCESTORS, EdgeGuard
-from app.handlers import Handlers
 from app.limits import Limits
 from app.links import PublicLinks
 from app.metrics import EngineMetrics, add_ops_routes
-from app.playground import Playground
 from app.render import style_css
-from app.session_state import install as install_lazy_session_state
+from app.services.generate import Generations
+from app.services.playground import Playground
+from app.services.search import Search
+from app.services.shares import Shares
 from app.settings import ROOT, Settings
-from app.share_routes import mount_share_routes
 from app.store import Store
-from app.ui import build_ui
+from app.web.guard import SPACE_FRAME_ANCESTORS, EdgeGuard
+from app.web.handlers import Handlers
+from app.web.share_routes import mount_share_routes
+from app.web.ui import build_ui
+from compat import gradio_session
+from compat.gradio_queue import GradioRouteChecks, tune_queue
 from model.engine import Engine
 from model.errors import PlaygroundError
 from model.factory import build_engine
@@ -93,7 +96,7 @@ def indexed_model(settings: Settings) -> str | None:
 def build_app(
     settings: Settings, engines: EnginePool, attribution: AttributionIndex | None = None
 ) -> PlaygroundApp:
-    install_lazy_session_state()
+    gradio_session.install()
     metrics = EngineMetrics()
     engines.wrap(metrics.wrap)
     metrics.watch(lambda: engines.loaded().values())
@@ -106,13 +109,10 @@ def build_app(
     )
     links = PublicLinks.from_settings(settings)
     handlers = Handlers(
-        playground,
+        Generations(playground, settings.trusted_proxy_header),
+        Shares(store, links, engines.registry),
+        Search(attribution, indexed_model(settings)),
         downloads_dir=str(Path(settings.data_dir) / "downloads"),
-        store=store,
-        links=links,
-        attribution=attribution,
-        trusted_proxy_header=settings.trusted_proxy_header,
-        indexed_model=indexed_model(settings),
     )
     blocks = build_ui(handlers)
     # Requests flow on to the engine, which batches up to max_batch and queues max_queue more

@@ -12,9 +12,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from app.links import DEFAULT_ALLOWED_HOSTS
+from model.registry import TINY_STARCODER_DIR, TINY_STARCODER_MANIFEST
 
 ROOT = Path(__file__).resolve().parent.parent
-EMBEDDED_MODEL = str(ROOT / "model" / "checkpoints" / "tiny-starcoder")
+EMBEDDED_MODEL = str(TINY_STARCODER_DIR)
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "corpus_manifest",
         "CORPUS_MANIFEST",
-        str(ROOT / "model" / "checkpoints" / "tiny-starcoder" / "corpus_manifest.json"),
+        str(TINY_STARCODER_MANIFEST),
         "Corpus manifest the default attribution index is built from.",
     ),
     Option(

@@ -296,6 +296,13 @@ mistyped, or its creator deleted it.</p>
     return _layout(f"Share not found · {SITE}", body, base_path=base_path)
 
 
+def render_unavailable(message: str, *, base_path: str = "") -> str:
+    body = f"""<h1>Try again in a minute</h1>
+<p>{_e(message)}</p>
+<div class="actions"><a class="button primary" href="{_e(base_path)}/">Go to the playground</a></div>"""
+    return _layout(f"Unavailable · {SITE}", body, base_path=base_path)
+
+
 def render_delete_confirm(share: SharePublic, token: str, *, base_path: str = "") -> str:
     action = f"{base_path}/s/{share.id}/delete"
     body = f"""<h1>Delete this share?</h1>

@@ -8,6 +8,7 @@ get the frozen `SharePublic` view. Schema changes go through the numbered `MIGRA
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -23,7 +24,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from app.limits import Limits
@@ -212,6 +213,24 @@ def normalize_url(url: str) -> str:
     return url
 
 
+UNAVAILABLE = "The share store is busy or unavailable right now; please try again in a minute."
+
+
+def _available(method):
+    """A database that is down or restarting is the user's "try again", never a 500: with
+    PostgreSQL restarted under load, every read and the dedup lookup before a write failed so."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (OperationalError, InterfaceError) as exc:
+            log.warning("share store unavailable: %s", str(exc).splitlines()[0][:200])
+            raise PlaygroundError(UNAVAILABLE, kind="busy") from None
+
+    return call
+
+
 class Store:
     """Shares on one database. Thread-safe; create one per process and pass it around."""
 
@@ -251,6 +270,7 @@ class Store:
 
     # -- reads
 
+    @_available
     def get(self, share_id: str) -> SharePublic | None:
         if not ID_RE.match(share_id or ""):
             return None
@@ -260,6 +280,7 @@ class Store:
 
     # -- writes
 
+    @_available
     def create(
         self,
         *,
@@ -296,18 +317,13 @@ class Store:
             )
             try:
                 self._insert(row)
-            except OperationalError:
-                log.exception("share insert failed")
-                raise PlaygroundError(
-                    "The share store is busy or unavailable right now; please try again.",
-                    kind="busy",
-                ) from None
             except IntegrityError:
                 log.info("share insert conflicted (dedup race or id collision); retrying")
                 continue
             return CreatedShare(_to_public(row), delete_token=token, created=True)
         raise PlaygroundError("Could not save the share; please try again.", kind="busy")
 
+    @_available
     def token_matches(self, share_id: str, token: str) -> bool:
         """Whether `token` is the delete token of share `share_id` (False if no such share)."""
         if not ID_RE.match(share_id or ""):
@@ -318,6 +334,7 @@ class Store:
             ).scalar()
         return stored is not None and hmac.compare_digest(stored, _hash_token(token or ""))
 
+    @_available
     def delete(self, share_id: str, token: str) -> None:
         """Delete a share given its delete token. Raises kind "not_found" or "forbidden"."""
         with self._locked(), _write_tx(self.engine) as conn:

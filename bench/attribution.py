@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.attribution import WINDOW, AttributionIndex, IndexDocument
+from app.settings import Settings
 
 logger = logging.getLogger("bench.attribution")
 TEXT_CHARS = 2048
@@ -47,7 +48,7 @@ NOTES = """
 
 How it is measured:
 - Corpus: the tiny-starcoder corpus manifest (or, without one, the same stdlib corpus rebuilt by
-  model/corpus.py). Build = `AttributionIndex.add_documents` into a fresh SQLite file: stored text,
+  corpus.py). Build = `AttributionIndex.add_documents` into a fresh SQLite file: stored text,
   FTS5 BM25 over 30-line chunks, FTS5 trigram over whole files, segment-key table, Bloom filter.
 - Sizes: Bloom filter = serialized rbloom filter (1% false positives); text indexes = dbstat pages
   of the FTS5 tables and the segment-key table; stored text = the documents table.
@@ -67,20 +68,20 @@ How it is measured:
 
 def load_corpus(manifest: str | None, limit_mb: float) -> tuple[list[IndexDocument], str]:
     """The model's corpus from its manifest if there is one, else the stdlib corpus rebuilt
-    with model/corpus.py; capped at `limit_mb` (files in a fixed shuffled order)."""
+    with corpus.py; capped at `limit_mb` (files in a fixed shuffled order)."""
     if manifest and Path(manifest).is_file():
-        from model.corpus import iter_manifest_documents
+        from corpus import iter_manifest_documents
 
         docs = [IndexDocument(d.repo, d.path, d.license, d.text, split=d.split, sha256=d.sha256)
                 for d in iter_manifest_documents(manifest)]  # fmt: skip
         label = f"corpus manifest {manifest}"
     else:
-        from model.corpus import build_corpus
+        from corpus import build_corpus
 
         _, found = build_corpus()
         docs = [IndexDocument(d.repo, d.path, d.license, d.text, split=d.split, sha256=d.sha256)
                 for d in found]  # fmt: skip
-        label = "stdlib corpus from model/corpus.py (no manifest found)"
+        label = "stdlib corpus from corpus.py (no manifest found)"
     random.Random(0).shuffle(docs)
     kept, total = [], 0
     for d in docs:
@@ -178,9 +179,7 @@ def bench_postgres(args, docs: list[IndexDocument], rnd: random.Random) -> list[
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--manifest", default="model/checkpoints/tiny-starcoder/corpus_manifest.json"
-    )
+    parser.add_argument("--manifest", default=Settings.load([]).corpus_manifest)
     parser.add_argument("--limit-mb", type=float, default=30.0, help="cap on corpus size (MB)")
     parser.add_argument("--texts", type=int, default=100, help="2 KB texts per kind")
     parser.add_argument("--rg-texts", type=int, default=10, help="texts per kind for ripgrep")

@@ -99,7 +99,7 @@ def cold_start(model: str) -> float:
 
 
 def main() -> None:
-    from app.playground import Playground
+    from app.services.playground import Playground
     from app.settings import EMBEDDED_MODEL
     from model.engine import GenerationParams
     from model.local import LocalEngine

@@ -56,7 +56,8 @@ def free_port() -> int:
 
 
 def default_model() -> str:
-    embedded = ROOT / "model" / "checkpoints" / "tiny-starcoder"
+    from model.registry import TINY_STARCODER_DIR as embedded
+
     if (embedded / "config.json").exists():
         return str(embedded)
     from tests.random_model import build_random_model

@@ -35,8 +35,8 @@ def serve(url: str, port: int) -> None:
     import uvicorn
     from fastapi import FastAPI
 
-    from app.share_routes import mount_share_routes
     from app.store import Store
+    from app.web.share_routes import mount_share_routes
 
     app = FastAPI()
     mount_share_routes(app, Store(url, writes_per_window=10**9))

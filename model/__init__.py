@@ -1,5 +1,5 @@
-"""Everything about the language model: prompts, engines, loading, training.
+"""The runtime around the language model: families and prompts, engines, loading, the registry.
 
-Importing this package must stay cheap and torch-free; only model.loading,
-model.local, model.worker's child and model.train import torch.
+Importing this package must stay cheap and torch-free: torch comes in only where a model runs
+(model.loading, model.local, the worker's child). Training the embedded model is training/'s job.
 """

@@ -33,6 +33,7 @@ from transformers import GenerationConfig
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 from transformers.generation.continuous_batching import utils as cb_utils
 
+from compat import transformers_cb
 from model.decoding import IncrementalDecoder
 from model.engine import (
     CancelToken,
@@ -202,6 +203,7 @@ class BatchingServer:
         kv_cache_mb: float | None = None,
         on_fatal: Callable[[], None] | None = None,
     ):
+        transformers_cb.install(RequestSamplingCB)  # our sampler in transformers' batching
         self.plan = _plan(model, info, max_batch, kv_cache_mb)
         if self.plan is not None and self.plan.context_length < info.context_length:
             limit = ContextLength(self.plan.context_length, self.plan.limited_by)

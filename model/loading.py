@@ -8,11 +8,9 @@ from pathlib import Path
 
 from model.engine import ModelInfo
 from model.errors import PlaygroundError
+from model.registry import CONTEXT_KEYS, DEFAULT_CONTEXT
 
 log = logging.getLogger(__name__)
-
-EMBEDDED_MODEL = Path(__file__).parent / "checkpoints" / "tiny-starcoder"
-DEFAULT_CONTEXT = 2048
 
 
 @dataclass(frozen=True)
@@ -135,7 +133,7 @@ def release_checkpoint(model) -> None:
 
 
 def context_length(config, tokenizer) -> int:
-    for attr in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+    for attr in CONTEXT_KEYS:
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
             return value

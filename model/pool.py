@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 
 from model.engine import Engine
 from model.errors import PlaygroundError
-from model.prompts import detect_fim_template
+from model.families import detect_fim_template
 from model.registry import ModelSpec, Registry
 
 log = logging.getLogger(__name__)

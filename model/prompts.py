@@ -12,6 +12,8 @@ from itertools import chain
 from pathlib import Path
 
 from model.errors import PlaygroundError
+from model.families import FimTemplate
+from model.families import detect_fim_template as detect_fim_template  # re-exported
 
 FILL_MARKER = "<FILL_HERE>"
 TA_PROMPT_PATH = Path(__file__).with_name("ta_prompt.txt")
@@ -20,88 +22,6 @@ ASSISTANT_STOPS = ("Human:", "-----", "Assistant:")
 
 
 # --- fill-in-the-middle --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FimTemplate:
-    family: str
-    prefix_token: str
-    suffix_token: str
-    middle_token: str
-    template: str  # str.format with prefix/suffix and the three tokens
-    stop_tokens: tuple[str, ...]
-
-    def format(self, prefix: str, suffix: str) -> str:
-        return self.template.format(
-            pre=self.prefix_token,
-            suf=self.suffix_token,
-            mid=self.middle_token,
-            prefix=prefix,
-            suffix=suffix,
-        )
-
-
-# Order matters: StarCoder2 is StarCoder's tokens plus <file_sep>, so it is tried first.
-FIM_TEMPLATES: tuple[FimTemplate, ...] = (
-    FimTemplate(
-        "starcoder2",
-        "<fim_prefix>",
-        "<fim_suffix>",
-        "<fim_middle>",
-        "{pre}{prefix}{suf}{suffix}{mid}",
-        ("<|endoftext|>", "<file_sep>"),
-    ),
-    FimTemplate(
-        "starcoder",
-        "<fim_prefix>",
-        "<fim_suffix>",
-        "<fim_middle>",
-        "{pre}{prefix}{suf}{suffix}{mid}",
-        ("<|endoftext|>",),
-    ),
-    FimTemplate(
-        "santacoder",
-        "<fim-prefix>",
-        "<fim-suffix>",
-        "<fim-middle>",
-        "{pre}{prefix}{suf}{suffix}{mid}",
-        ("<|endoftext|>",),
-    ),
-    FimTemplate(
-        "codellama",
-        "▁<PRE>",
-        "▁<SUF>",
-        "▁<MID>",
-        "<PRE> {prefix} <SUF>{suffix} <MID>",
-        ("<EOT>",),
-    ),
-    FimTemplate(
-        "deepseek-coder",
-        "<｜fim▁begin｜>",
-        "<｜fim▁hole｜>",
-        "<｜fim▁end｜>",
-        "{pre}{prefix}{suf}{suffix}{mid}",
-        ("<|EOT|>", "<｜end▁of▁sentence｜>"),
-    ),
-)
-
-# Code Llama's tokenizer registers the markers with or without the SentencePiece space.
-_CODELLAMA_MARKERS = ({"<PRE>", "<SUF>", "<MID>"}, {"▁<PRE>", "▁<SUF>", "▁<MID>"})
-
-
-def detect_fim_template(special_tokens: frozenset[str] | set[str]) -> FimTemplate | None:
-    """The FIM template whose marker tokens the tokenizer has, or None."""
-    for tpl in FIM_TEMPLATES:
-        if tpl.family == "codellama":
-            if any(m <= special_tokens for m in _CODELLAMA_MARKERS):
-                return tpl
-            continue
-        needed = {tpl.prefix_token, tpl.suffix_token, tpl.middle_token}
-        if tpl.family == "starcoder2":
-            needed = needed | {"<file_sep>"}
-        if needed <= special_tokens:
-            return tpl
-    return None
 
 
 def split_fim(code: str) -> tuple[str, str]:
@@ -330,3 +250,39 @@ def clean_reply(text: str) -> str:
         if idx != -1:
             text = text[:idx]
     return text.strip()
+
+
+# --- where a fill ends ----------------------------------------------------------------------
+
+
+def fim_gap_is_single_line(suffix: str) -> bool:
+    """The gap sits inside a line that has code after it (`x = <FILL_HERE>(y)`): the middle
+    belongs to that one line."""
+    return bool(suffix.split("\n", 1)[0].strip())
+
+
+def fim_stop_sequences(
+    prefix: str, suffix: str, *, single_line: bool | None = None
+) -> tuple[str, ...]:
+    """Stops that end a middle where the code after the gap takes over.
+
+    A small FIM model rarely emits its end token at the right place (tiny-starcoder ends 1% of
+    middles there) and goes on to re-write the suffix. So a gap inside a line with code after
+    it (or `single_line=True`, when the caller knows) ends at the first newline; any other gap
+    ends when the model starts the suffix's first non-blank line itself. (A middle that ends
+    with the rest of its line, as in `sum(x)` before `)`, may or may not re-write it, so that
+    is left alone. `prefix` is in the signature so a rule can look at the gap's line.)
+    """
+    if fim_gap_is_single_line(suffix) if single_line is None else single_line:
+        return ("\n",)
+    later = suffix.split("\n")[1:]  # the lines after the gap's own
+    first = next((line.rstrip() for line in later if line.strip()), None)
+    return ("\n" + first,) if first else ()
+
+
+def trim_fim_middle(middle: str, suffix: str) -> str:
+    """Drop the middle's trailing whitespace when the suffix starts on a new line: it can only
+    add blank lines before the suffix (a middle stopped at the suffix's first line keeps the
+    blank lines the suffix already has)."""
+    rest_of_line, newline, _ = suffix.partition("\n")
+    return middle.rstrip() if newline and not rest_of_line.strip() else middle

@@ -14,22 +14,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from corpus import MANIFEST_NAME
 from model import smollm2
 from model.errors import PlaygroundError
+from model.families import FIM_PREFIX_MARKERS
 
 log = logging.getLogger(__name__)
 
-Source = Literal["local", "package", "hub"]
+ModelSource = Literal["local", "package", "hub"]
 Mode = Literal["completion", "fim", "assistant"]
 MODES: tuple[str, ...] = ("completion", "fim", "assistant")
 
 TINY_STARCODER = "tiny-starcoder"
 SMOLLM2 = smollm2.MODEL_ID
+# The embedded checkpoint: the app serves it, training exports to it, evaluation measures it.
 TINY_STARCODER_DIR = Path(__file__).resolve().parent / "checkpoints" / "tiny-starcoder"
+TINY_STARCODER_MANIFEST = TINY_STARCODER_DIR / MANIFEST_NAME
+# Config keys that name a model's context, and the context assumed when none does.
+CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "seq_length")
 DEFAULT_CONTEXT = 2048
 
-# Marker tokens of the FIM families model/prompts.py knows; any of them in a tokenizer means FIM.
-_FIM_MARKERS = ("<fim_prefix>", "<fim-prefix>", "<PRE>", "▁<PRE>", "<｜fim▁begin｜>")
 # Hub ids are not downloaded to build the menu, so their capabilities come from the family name;
 # the loaded tokenizer has the last word (Playground.fill checks its FIM tokens again).
 _HUB_FIM_FAMILIES = ("starcoder", "santacoder", "codellama", "code-llama", "deepseek-coder")
@@ -42,7 +46,7 @@ class ModelSpec:
 
     id: str  # short stable name, used in the API's `model` parameter
     label: str  # what the dropdown shows
-    source: Source  # local folder, embedded pip package, or Hugging Face Hub id
+    source: ModelSource  # local folder, embedded pip package, or Hugging Face Hub id
     location: str  # folder path, pip distribution name, or Hub repo id
     context_length: int
     completion: bool = True
@@ -163,7 +167,7 @@ def spec_for(model_id: str) -> ModelSpec:
     folder = Path(model_id).expanduser()
     if folder.is_dir():
         tokens, has_template = _folder_tokens(folder)
-        fim = any(m in tokens for m in _FIM_MARKERS)
+        fim = any(m in tokens for m in FIM_PREFIX_MARKERS)
         name = folder.resolve().name
         return ModelSpec(
             id=name.lower(),
@@ -337,7 +341,7 @@ def _folder_context(folder: Path) -> int | None:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    for key in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+    for key in CONTEXT_KEYS:
         value = config.get(key)
         if isinstance(value, int) and value > 0:
             return value

@@ -25,12 +25,12 @@ import httpx
 
 from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo
 from model.errors import PlaygroundError
+from model.registry import CONTEXT_KEYS, DEFAULT_CONTEXT
 from model.stops import StopMatcher
 
 log = logging.getLogger(__name__)
 
 Flavor = Literal["auto", "openai", "transformers"]
-DEFAULT_CONTEXT = 2048
 _OVERFLOW = re.compile(
     r"maximum context length|context length|must be <=|too long|exceeds? .*(context|length)"
     r"|index out of range",
@@ -386,7 +386,7 @@ def _load_tokenizer(source: str):
 
 
 def _context_from(config: dict, tok_config: dict) -> int | None:
-    for key in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+    for key in CONTEXT_KEYS:
         if isinstance(config.get(key), int) and config[key] > 0:
             return config[key]
     limit = tok_config.get("model_max_length")

@@ -195,7 +195,3 @@ class RequestSamplingCB(cblp.ContinuousBatchingLogitsProcessor):
             scores[rows] = torch.finfo(scores.dtype).min
             scores[rows, tokens] = 0
         return scores
-
-
-# Register ours so per_request_processors turns generate()'s penalty processor into it.
-cblp.CLASSIC_TO_CB_PROCESSORS_MAP[RepetitionPenaltyLogitsProcessor] = RequestSamplingCB

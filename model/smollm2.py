@@ -156,11 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m model.smollm2 [--data-dir DIR]`: convert ahead of time (e.g. in a Dockerfile)."""
     import argparse
 
-    root = Path(__file__).resolve().parent.parent
+    # An entry point like app.py: DATA_DIR (env or default) means what it means to the app.
+    from app.settings import Settings
+
     p = argparse.ArgumentParser(prog="python -m model.smollm2", description=main.__doc__)
     p.add_argument(
         "--data-dir",
-        default=os.environ.get("DATA_DIR", str(root / "data")),
+        default=Settings.load([]).data_dir,
         help="the app's DATA_DIR; the model goes to DATA_DIR/models/" + MODEL_ID,
     )
     args = p.parse_args(argv)

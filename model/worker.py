@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import collections
+import importlib
 import logging
 import multiprocessing
 import os
@@ -54,6 +55,9 @@ class WorkerConfig:
     # MiB for the paged KV cache (KV_CACHE_MB); None: derived from the machine's free memory.
     # It caps each request's prompt + max_new_tokens at what the cache holds (model/batching.py).
     kv_cache_mb: float | None = None
+    # "module:function" called in the worker with the loaded model, before it serves: the tests
+    # use it to make the model fail like a dying GPU (no GPU runs on the CI machines).
+    on_loaded: str | None = None
 
 
 @dataclass(eq=False)
@@ -283,10 +287,25 @@ class WorkerEngine:
 
     # -- plumbing ---------------------------------------------------------------------------
 
+    def _ready_worker(self, timeout: float) -> _Worker | None:
+        """The current worker once it is ready. Re-read while waiting: a call that arrived just
+        after a worker died would otherwise wait its whole timeout on the dead one, though a
+        new one was serving seconds later."""
+        deadline = time.monotonic() + timeout
+        while True:
+            w = self._worker
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            if w is None:
+                time.sleep(min(remaining, 0.05))
+            elif w.ready.wait(min(remaining, 0.25)):
+                return w
+
     def _call(self, kind: str, arg, timeout: float):
         """A request/reply round trip to the worker (token counting, ping)."""
-        w = self._worker
-        if w is None or not w.ready.wait(timeout):
+        w = self._ready_worker(timeout)
+        if w is None:
             raise PlaygroundError("The model worker is not ready yet; try again.", kind="engine")
         rid = uuid.uuid4().hex
         q: queue.SimpleQueue = queue.SimpleQueue()
@@ -443,7 +462,7 @@ def _worker_main(conn, config: WorkerConfig) -> None:
         source = _resolve(config)
         model, tokenizer, info = load(source, device=config.device, hf_token=config.hf_token)
         _set_threads(model, info, config.torch_threads)
-        _arm_fake_device_error(model)
+        _run_on_loaded(config.on_loaded, model)
         server = BatchingServer(
             model,
             tokenizer,
@@ -501,30 +520,11 @@ def _worker_main(conn, config: WorkerConfig) -> None:
         server.close()
 
 
-FAKE_DEVICE_ERROR_ENV = "PLAYGROUND_FAKE_DEVICE_ERROR"
-
-
-def _arm_fake_device_error(model) -> None:
-    """A FAKE CUDA error, for tests only: no GPU runs on the CI machines.
-
-    When the env var names a file holding N, the model's N-th forward raises what a dying GPU
-    raises, and the file is removed so the restarted worker runs clean. Unset (always, outside
-    tests), this does nothing.
-    """
-    path = os.environ.get(FAKE_DEVICE_ERROR_ENV)
-    if not path or not os.path.exists(path):
-        return
-    fail_at = int(Path(path).read_text())
-    os.remove(path)
-    forward, calls = model.forward, [0]
-
-    def failing_forward(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == fail_at:
-            raise RuntimeError("CUDA error: an illegal memory access was encountered (FAKE)")
-        return forward(*args, **kwargs)
-
-    model.forward = failing_forward
+def _run_on_loaded(hook: str | None, model) -> None:
+    """`module:function` named by WorkerConfig.on_loaded, called with the loaded model."""
+    if hook:
+        module, _, name = hook.partition(":")
+        getattr(importlib.import_module(module), name)(model)
 
 
 def _set_threads(model, info: ModelInfo, threads: int | None) -> None:

@@ -10,21 +10,15 @@ import sysconfig
 from pathlib import Path
 from types import SimpleNamespace
 
-STARCODER_SPECIALS = [
-    "<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<filename>",
-    "<gh_stars>", "<issue_start>", "<issue_comment>", "<issue_closed>", "<jupyter_start>",
-    "<jupyter_text>", "<jupyter_code>", "<jupyter_output>", "<empty_output>", "<commit_before>",
-    "<commit_msg>", "<commit_after>", "<reponame>",
-]  # fmt: skip
-
 
 def build_random_model(out: Path, *, fim: bool = True, vocab_size: int = 512) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPTBigCodeForCausalLM, PreTrainedTokenizerFast
 
-    from model.train import make_config
+    from model.families import ENDOFTEXT, STARCODER_SPECIAL_TOKENS
+    from training.train import make_config
 
-    specials = STARCODER_SPECIALS if fim else ["<|endoftext|>"]
+    specials = list(STARCODER_SPECIAL_TOKENS) if fim else [ENDOFTEXT]
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     texts = [(stdlib / name).read_text(encoding="utf-8") for name in ("json/decoder.py", "abc.py")]
     tok = Tokenizer(models.BPE())

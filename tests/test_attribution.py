@@ -10,19 +10,19 @@ import pytest
 
 from app.attribution import WINDOW, AttributionIndex, build
 from app.attribution.sources import manifest_source
-from model.corpus import (
+from corpus import (
     STDLIB_LICENSE,
     STDLIB_REPO,
     Document,
     sha256_text,
     split_for,
+    stdlib_repo,
     stdlib_root,
-    stdlib_source,
     write_manifest,
 )
 from model.errors import PlaygroundError
 
-# -- a small real corpus: stdlib files in a manifest written as model/corpus.py writes the
+# -- a small real corpus: stdlib files in a manifest written as corpus.py writes the
 # model's own (paths relative to the stdlib root) -------------------------------------------
 CORPUS_FILES = (
     "textwrap.py", "heapq.py", "bisect.py", "fnmatch.py", "glob.py", "queue.py", "sched.py",
@@ -45,7 +45,7 @@ def corpus_documents() -> list[Document]:
 
 def write_corpus_manifest(path: Path) -> list[Document]:
     docs = corpus_documents()
-    write_manifest(path, [stdlib_source()], docs)
+    write_manifest(path, [stdlib_repo()], docs)
     return docs
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from app.settings import Settings
-from model.corpus import iter_manifest_documents
+from corpus import iter_manifest_documents
 from model.engine import CancelToken, Delta, GenerationParams, GenerationRequest
 from tests.conftest import ATTRIBUTION_DOCS
 from tests.test_browser import _set_param, browser, page  # noqa: F401  (fixtures)

@@ -166,10 +166,10 @@ def test_ensure_default_index_builds_once_and_logs(tmp_path, caplog):
     again.close()
 
     # The model was retrained on fewer files: the index follows its manifest.
-    from model.corpus import stdlib_source, write_manifest
+    from corpus import stdlib_repo, write_manifest
 
     dropped = next(d for d in docs if d.path == "heapq.py")
-    write_manifest(manifest, [stdlib_source()], [d for d in docs if d is not dropped])
+    write_manifest(manifest, [stdlib_repo()], [d for d in docs if d is not dropped])
     with caplog.at_level(logging.INFO, logger="app.attribution"):
         updated = ensure_default_index(path, manifest)
     assert "changed; updating" in caplog.text
@@ -218,6 +218,27 @@ def test_cli_build_search_attribute_stats(tmp_path):
     help_text = cli("build", "--help").stdout
     for option in ("--manifest", "--folder", "--stack", "--index", "--description"):
         assert option in help_text
+
+
+def test_cli_defaults_come_from_the_apps_settings(tmp_path, monkeypatch, capsys):
+    """INDEX_URL, CORPUS_MANIFEST and DATA_DIR mean to the CLI what they mean to the app."""
+    from app.attribution.__main__ import main
+
+    manifest = tmp_path / "corpus_manifest.json"
+    docs = write_corpus_manifest(manifest)
+    index = tmp_path / "named-by-env" / "index.sqlite"
+    monkeypatch.setenv("INDEX_URL", str(index))
+    monkeypatch.setenv("CORPUS_MANIFEST", str(manifest))
+    assert main(["build", "--no-progress"]) == 0  # no source given: CORPUS_MANIFEST
+    assert f"added {len(docs)} documents" in capsys.readouterr().out
+    assert AttributionIndex.open(index).stats().documents == len(docs)
+    assert main(["search", "--json", "heapify"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["path"] == "heapq.py"
+
+    monkeypatch.delenv("INDEX_URL")
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    assert main(["stats"]) == 1  # DATA_DIR's default index, not yet built
+    assert str(tmp_path / "data" / "attribution" / "index.sqlite") in capsys.readouterr().err
 
 
 def test_rendering_escapes_and_marks_spans(tmp_path):

@@ -77,7 +77,7 @@ def test_completion_streams_into_the_code_view(page):
 def test_stop_ends_a_long_generation(page, live_app):
     # Greedy on a counting prompt loops without an end-of-text, so only Stop can end it early.
     prompt = "x = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
-    budget = live_app.handlers.playground.registry.get("tiny-starcoder").context_length - 64
+    budget = live_app.handlers.registry.get("tiny-starcoder").context_length - 64
     _set_param(page, "temperature", 0)
     _set_param(page, "repetition-penalty", 1)
     _set_param(page, "max-new-tokens", budget)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from model import corpus
+import corpus
+from model.registry import TINY_STARCODER_MANIFEST as CHECKPOINT_MANIFEST
 
 REPO = Path(__file__).resolve().parent.parent
-CHECKPOINT_MANIFEST = REPO / "model" / "checkpoints" / "tiny-starcoder" / "corpus_manifest.json"
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def built():
 def test_generated_tables_are_rejected_and_code_is_kept():
     table = "TABLE = (\n" + "".join(f"    0x{i:04x}, 0x{i * 7:04x},\n" for i in range(400)) + ")\n"
     escapes = "DATA = (\n" + "".join(f"    b'\\x{i:02x}\\x{i:02x}\\x{i:02x}'\n" for i in range(256))
-    code = (REPO / "model" / "corpus.py").read_text()
+    code = (REPO / "corpus.py").read_text()
     assert corpus.looks_generated(table)
     assert corpus.looks_generated(escapes + ")\n")
     assert corpus.looks_generated("x = '" + "a" * 5000 + "'\n")
@@ -33,8 +33,8 @@ def test_generated_tables_are_rejected_and_code_is_kept():
 
 
 def test_stdlib_corpus_excludes_tables_and_holds_out_whole_files(built):
-    sources, docs = built
-    assert sources[0].repo == "cpython-stdlib" and sources[0].license == "PSF-2.0"
+    repos, docs = built
+    assert repos[0].repo == "cpython-stdlib" and repos[0].license == "PSF-2.0"
     paths = {d.path for d in docs}
     assert "os.py" in paths and "json/decoder.py" in paths
     assert not any(p.startswith("encodings/") for p in paths)
@@ -50,11 +50,11 @@ def test_stdlib_corpus_excludes_tables_and_holds_out_whole_files(built):
 
 
 def test_manifest_roundtrip_skips_changed_files(built, tmp_path, caplog):
-    sources, docs = built
+    repos, docs = built
     some = [d for d in docs if d.path in ("os.py", "json/decoder.py", "textwrap.py")]
     assert len(some) == 3
     path = tmp_path / "corpus_manifest.json"
-    corpus.write_manifest(path, sources, some)
+    corpus.write_manifest(path, repos, some)
     manifest = json.loads(path.read_text())
     assert manifest["version"] == 1 and manifest["created"]
     assert set(manifest["repos"][0]) == {"repo", "version", "license", "root_kind"}
@@ -62,7 +62,7 @@ def test_manifest_roundtrip_skips_changed_files(built, tmp_path, caplog):
     # Tamper with one hash: that file must be skipped with a warning.
     manifest["documents"][0]["sha256"] = "0" * 64
     path.write_text(json.dumps(manifest))
-    with caplog.at_level(logging.WARNING, logger="model.corpus"):
+    with caplog.at_level(logging.WARNING, logger="corpus"):
         got = list(corpus.iter_manifest_documents(path))
     assert [d.path for d in got] == [d["path"] for d in manifest["documents"][1:]]
     assert any("differs" in r.message for r in caplog.records)
@@ -95,7 +95,7 @@ def test_permissive_license_is_read_from_package_metadata():
 
 
 def test_corpus_module_does_not_import_torch():
-    code = "import sys, model.corpus; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, corpus; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 

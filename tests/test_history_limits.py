@@ -49,7 +49,7 @@ def test_history_size_is_utf8_bytes_of_all_turns_and_each_text_is_checked():
 
 
 def _limit(live_app) -> int:
-    return live_app.handlers.playground.limits.max_prompt_bytes
+    return live_app.handlers.generate.playground.limits.max_prompt_bytes
 
 
 def _assist_refusal(client, history) -> tuple[str, float]:

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_web_layer_never_imports_torch():
     code = (
-        "import sys; import app.server, app.ui, app.handlers, app.store, app.attribution; "
+        "import sys; import app.server, app.web.ui, app.web.handlers, app.store, app.attribution; "
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -105,3 +105,27 @@ def test_a_missing_model_fails_with_a_clear_message(tmp_path):
     )
     assert r.returncode == 2
     assert "Could not load `MODEL_ID`" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_runtime_never_imports_the_training_toolchain():
+    """training/ makes tiny-starcoder offline; app/ and model/ only serve it (issue 14)."""
+    for folder in ("app", "model"):
+        for path in (ROOT / folder).rglob("*.py"):
+            assert not re.search(r"^\s*(import|from)\s+training\b", path.read_text(), re.M), path
+
+
+def test_family_tokens_checkpoint_path_and_default_context_are_written_once():
+    """One definition each, imported everywhere else: FIM tokens in model/families.py, the
+    embedded checkpoint and the default context in model/registry.py."""
+    homes = {
+        '"<fim_prefix>"': "model/families.py",
+        '"<fim-prefix>"': "model/families.py",
+        '"<｜fim▁begin｜>"': "model/families.py",
+        '"checkpoints"': "model/registry.py",
+        "DEFAULT_CONTEXT = ": "model/registry.py",
+    }
+    code = [ROOT / "app.py", ROOT / "corpus.py"]
+    code += [p for d in ("app", "model", "training", "bench") for p in (ROOT / d).rglob("*.py")]
+    for needle, home in homes.items():
+        found = [str(p.relative_to(ROOT)) for p in code if needle in p.read_text(encoding="utf-8")]
+        assert found == [home], needle

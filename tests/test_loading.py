@@ -4,6 +4,7 @@ import pytest
 
 from model import loading
 from model.errors import PlaygroundError
+from model.registry import TINY_STARCODER_DIR
 from tests.random_model import build_random_model
 
 
@@ -65,7 +66,7 @@ def test_cpu_layout_keeps_the_models_outputs():
     import torch
     from transformers import AutoModelForCausalLM
 
-    folder = str(loading.EMBEDDED_MODEL)
+    folder = str(TINY_STARCODER_DIR)
     model, tokenizer, _ = loading.load(folder, device="cpu")
     plain = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     assert not model.lm_head.weight.is_contiguous()  # the layout did change

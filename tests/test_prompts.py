@@ -1,12 +1,11 @@
 """FIM splitting and templates per model family, ta-prompt assembly and truncation."""
 
-from pathlib import Path
-
 import pytest
 from tokenizers import Tokenizer
 
 from model.chat import chat_prompt
 from model.errors import PlaygroundError
+from model.families import STARCODER_SPECIAL_TOKENS, detect_fim_template
 from model.prompts import (
     FILL_MARKER,
     MAX_EXACT_COUNTS,
@@ -14,11 +13,10 @@ from model.prompts import (
     Turn,
     assistant_prompt,
     clean_reply,
-    detect_fim_template,
     fim_prompt,
     split_fim,
 )
-from tests.random_model import STARCODER_SPECIALS
+from model.registry import TINY_STARCODER_DIR
 
 
 def test_split_fim_at_the_single_marker_keeps_whitespace_exactly():
@@ -35,9 +33,9 @@ def test_zero_or_several_markers_are_a_clear_error(code, count):
 
 
 FAMILIES = {
-    "starcoder": (set(STARCODER_SPECIALS), "<fim_prefix>P<fim_suffix>S<fim_middle>"),
+    "starcoder": (set(STARCODER_SPECIAL_TOKENS), "<fim_prefix>P<fim_suffix>S<fim_middle>"),
     "starcoder2": (
-        set(STARCODER_SPECIALS) | {"<file_sep>"},
+        set(STARCODER_SPECIAL_TOKENS) | {"<file_sep>"},
         "<fim_prefix>P<fim_suffix>S<fim_middle>",
     ),
     "santacoder": (
@@ -128,7 +126,7 @@ def test_clean_reply_trims_stop_markers_and_whitespace():
 
 # --- fitting a long conversation: linear in the history, whole prompt counted a few times ---
 
-TOKENIZER = Path(__file__).parent.parent / "model/checkpoints/tiny-starcoder/tokenizer.json"
+TOKENIZER = TINY_STARCODER_DIR / "tokenizer.json"
 
 # SmolLM2-Instruct's chat template: ChatML with a default system prompt.
 CHATML = (

@@ -21,7 +21,8 @@ import pytest
 
 from model.engine import CancelToken, Delta, Done, GenerationParams, GenerationRequest
 from model.errors import PlaygroundError
-from model.prompts import detect_fim_template, fim_prompt
+from model.families import detect_fim_template
+from model.prompts import fim_prompt
 from model.remote import RemoteEngine
 
 GREEDY = GenerationParams(max_new_tokens=16, temperature=0)  # repetition_penalty 1.2

@@ -49,9 +49,9 @@ MISGUESSED = [  # what Pygments' own guess called these: teratermmacro, scdoc, p
 
 @pytest.mark.parametrize("code", MISGUESSED)
 def test_python_is_never_misnamed_in_the_view_downloads_or_share_pages(code):
-    from app.handlers import extension
     from app.share_page import pick_lexer
     from app.store import SharePublic
+    from app.web.handlers import extension
 
     assert detect_language(code) == "python"
     assert extension(detect_language(code)) == ".py"
@@ -74,7 +74,7 @@ def test_attribution_marks_nest_inside_the_generated_mark():
 
 
 def test_long_texts_stream_plain_and_are_highlighted_once_at_the_end():
-    from app.handlers import LIVE_HIGHLIGHT_CHARS, live_language
+    from app.web.handlers import LIVE_HIGHLIGHT_CHARS, live_language
 
     short, long = "def f():\n    pass\n", "x = 1\n" * (LIVE_HIGHLIGHT_CHARS // 6 + 1)
     assert live_language(short, "python") == "python"

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from app.downloads import Downloads
+from app.web.downloads import Downloads
 
 COMPLETE_ARGS = 8  # prompt, model, max_new_tokens, temperature, top_p, rep, seed, stop
 
@@ -146,7 +146,7 @@ def test_shares_made_through_the_api_reopen_in_the_playground(live_app, paramete
     url = client.predict(mode="completion", prompt="def f(", output="def f(x):\n    return x\n",
                          parameters=parameters, api_name="/share")  # fmt: skip
     share_id = url.rsplit("/", 1)[-1]
-    form = live_app.handlers.share_form(live_app.store.get(share_id))
+    form = live_app.handlers.shares.form(live_app.store.get(share_id))
     expected_temperature = (parameters or {}).get("temperature", 0.2)
     assert form["temperature"] == expected_temperature and form["stop"] in ("", "oops")
     assert form["max_new_tokens"] == 256 and form["seed"] == ""
@@ -272,7 +272,7 @@ def test_rate_limits_bind_each_address_across_fresh_sessions(strict_app):
 
 def test_one_set_of_limits_for_generation_and_sharing(live_app):
     """A 240 KB prompt used to generate and then fail to share (1 MB vs 128 KiB limits)."""
-    limits = live_app.handlers.playground.limits
+    limits = live_app.handlers.generate.playground.limits
     assert limits is live_app.store.limits
     prompt = "x" * limits.max_prompt_bytes  # the largest prompt generation accepts ...
     body = {"mode": "completion", "prompt": prompt, "output": prompt + "\ny = 1\n"}

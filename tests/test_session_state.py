@@ -5,7 +5,7 @@ import httpx
 from gradio import state_holder
 from gradio.blocks import BlocksConfig
 
-from app import session_state
+from compat import gradio_session as session_state
 
 
 def _eager(blocks) -> dict:
@@ -45,7 +45,9 @@ def test_the_deferred_snapshot_equals_gradios(live_app):
 def test_updates_before_first_read_keep_the_rest_of_the_snapshot(live_app):
     blocks = live_app.blocks
     session = state_holder.SessionState(blocks)
-    key = next(k for k, v in blocks.blocks.items() if getattr(v, "elem_id", None) == "completion-seed")
+    key = next(
+        k for k, v in blocks.blocks.items() if getattr(v, "elem_id", None) == "completion-seed"
+    )
     session._update_value_in_config(key, "42")
     values = dict(session.config_values.items())
     expected = _eager(blocks)

@@ -27,13 +27,13 @@ def _request(session: str):
 
 
 def test_a_chat_does_not_stop_the_completion_running_in_another_tab(live_app):
-    handlers = live_app.handlers
+    generate = live_app.handlers.generate
     request = _request("one-browser-tab")
     params = parse_params(max_new_tokens=48, temperature=0, repetition_penalty=1.0)
-    completion = handlers.run_complete("import os\n", params, request, tab="completion")
+    completion = generate.complete("import os\n", params, request, tab="completion")
     first = next(completion)  # the completion is running ...
     chat = list(
-        handlers.run_assist("How do I sort a list?", [], params, request, tab="assistant")
+        generate.assist("How do I sort a list?", [], params, request, tab="assistant")
     )  # fmt: skip  ... when a chat starts
     rest = [first, *completion]
     assert rest[-1].done.reason != "cancelled" and rest[-1].generated
@@ -41,18 +41,18 @@ def test_a_chat_does_not_stop_the_completion_running_in_another_tab(live_app):
 
 
 def test_stop_and_supersede_are_said_in_the_status(live_app):
-    handlers = live_app.handlers
+    generate = live_app.handlers.generate
     request = _request("stopper")
     params = parse_params(max_new_tokens=400, temperature=0, repetition_penalty=1.0)
-    run = handlers.run_complete("# count\n1\n2\n", params, request, tab="completion")
+    run = generate.complete("# count\n1\n2\n", params, request, tab="completion")
     next(run)
-    threading.Timer(0.2, handlers.stop, (request, "completion")).start()
+    threading.Timer(0.2, generate.stop, (request, "completion")).start()
     final = list(run)[-1]
     assert final.done.reason == "cancelled" and "stopped by you" in final.status
 
-    old = handlers.run_fill("def f():\n    <FILL_HERE>\n", params, request, tab="fim")
+    old = generate.fill("def f():\n    <FILL_HERE>\n", params, request, tab="fim")
     next(old)
-    new = handlers.run_fill("def g():\n    <FILL_HERE>\n", params, request, tab="fim")
+    new = generate.fill("def g():\n    <FILL_HERE>\n", params, request, tab="fim")
     next(new)
     final = list(old)[-1]
     assert final.done.reason == "cancelled"

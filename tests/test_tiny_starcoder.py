@@ -6,13 +6,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from model.tokenizer_train import SPECIAL_TOKENS
-
-CKPT = Path(__file__).resolve().parent.parent / "model" / "checkpoints" / "tiny-starcoder"
+from model.families import STARCODER, STARCODER_SPECIAL_TOKENS
+from model.registry import TINY_STARCODER_DIR as CKPT
 
 TRICKY = [
     "def f(x):\n\treturn x  \n",
@@ -41,7 +39,7 @@ def model():
 
 
 def test_special_tokens_have_starcoders_ids(tokenizer):
-    assert tokenizer.convert_ids_to_tokens(list(range(19))) == SPECIAL_TOKENS
+    assert tokenizer.convert_ids_to_tokens(list(range(19))) == list(STARCODER_SPECIAL_TOKENS)
     assert tokenizer.eos_token_id == tokenizer.bos_token_id == tokenizer.pad_token_id == 0
     assert len(tokenizer) == 8192
     assert tokenizer.encode("<fim_prefix>x<fim_suffix>", add_special_tokens=False)[0] == 1
@@ -100,13 +98,13 @@ def test_fim_ranks_endoftext_high_after_the_true_middle(model, tokenizer):
     # The FIM stop signal: given prefix, suffix and the right middle, <|endoftext|> comes next.
     import torch
 
-    from model.metrics import fim_examples, fim_prompt, heldout_documents
+    from training.evaluate import fim_examples, heldout_documents
 
     examples = fim_examples(heldout_documents(CKPT, 40), 30, max_chars=600)
     assert len(examples) == 30
     top5 = 0
     for ex in examples:
-        text = fim_prompt(ex.prefix, ex.suffix) + ex.middle
+        text = STARCODER.format(ex.prefix, ex.suffix) + ex.middle
         ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[:, -511:]
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0, -1]
@@ -117,21 +115,21 @@ def test_fim_ranks_endoftext_high_after_the_true_middle(model, tokenizer):
 
 def test_fim_middle_ends_at_endoftext_on_heldout_code(model, tokenizer):
     # The model stops a greedy middle by itself on about 2% of held-out single-line gaps
-    # (model.metrics), so it takes ~100 examples to see "some": 2 of 97 end within 48 tokens.
-    from model.metrics import fim_examples, fim_prompt, greedy, heldout_documents
+    # (training.evaluate), so it takes ~100 examples to see "some": 2 of 97 end within 48 tokens.
+    from training.evaluate import fim_examples, greedy, heldout_documents
 
     examples = fim_examples(heldout_documents(CKPT, 40), 100, max_chars=600)
     assert len(examples) >= 90
     ended = 0
     for ex in examples:
-        middle, eos = greedy(model, tokenizer, fim_prompt(ex.prefix, ex.suffix), 48)
+        middle, eos = greedy(model, tokenizer, STARCODER.format(ex.prefix, ex.suffix), 48)
         ended += eos
         assert "<fim_" not in middle
     assert ended >= 1, "no FIM middle ended at <|endoftext|> within 48 tokens"
 
 
 def test_completion_streams_plausible_python(model, tokenizer):
-    from model.metrics import greedy
+    from training.evaluate import greedy
 
     text, _ = greedy(model, tokenizer, "import os\nimport sys\n", 24)
     assert text.strip(), "empty completion"

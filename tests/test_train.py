@@ -1,4 +1,4 @@
-"""model.train: FIM formats, packing, the schedule, the CLI, and a few real training steps."""
+"""training: FIM formats, packing, the schedule, the CLI, and a few real training steps."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from model.corpus import Document
-from model.tokenizer_train import SPECIAL_TOKENS, new_tokenizer
-from model.train import lr_at, parse_args, train
-from model.train_data import StreamBuilder, split_pieces, token_byte_lengths, windows
+from corpus import Document
+from model.families import STARCODER_SPECIAL_TOKENS
+from training.data import StreamBuilder, split_pieces, token_byte_lengths, windows
+from training.tokenizer import new_tokenizer
+from training.train import lr_at, parse_args, train
 
 TEXT = "def add(a, b):\n    return a + b\n\n\nclass Foo:\n    x = 'é\\t'\n"
 
@@ -25,7 +26,7 @@ def tok() -> Tokenizer:
     t = new_tokenizer()
     trainer = trainers.BpeTrainer(
         vocab_size=400,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=list(STARCODER_SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )

@@ -198,15 +198,31 @@ def test_killed_worker_fails_in_flight_then_restarts(worker):
     assert worker.health() == (True, "ok")
 
 
+def test_a_call_right_after_a_worker_death_waits_for_the_new_worker(worker):
+    """Token counts and pings that arrived just after a death waited their whole timeout on the
+    dead worker (30 s for SmolLM2's token counts), though a new one served seconds later."""
+    pid = worker.worker_pid
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while worker._worker is not None and worker._worker.ready.is_set():
+        assert time.monotonic() < deadline, "the death was never noticed"
+        time.sleep(0.01)
+    # Before: this waited the full 60 s on the dead worker, then said "not ready yet".
+    assert worker._call("ping", None, timeout=60) is True
+    assert worker.worker_pid != pid
+
+
 def test_device_error_fails_in_flight_then_restarts(model_dir, tmp_path, monkeypatch):
     """A CUDA error kills the batching loop (transformers stops it and fails its requests).
-    Uses a FAKE CUDA error: no GPU runs here (model/worker.py, _arm_fake_device_error)."""
-    from model.worker import FAKE_DEVICE_ERROR_ENV
+    Uses a FAKE CUDA error: no GPU runs here (tests/faults.py, armed via on_loaded)."""
+    from tests.faults import FAULT_FILE_ENV
 
     fault = tmp_path / "fault"
     fault.write_text("20")  # the 20th forward: prefill and some decode steps of both streams
-    monkeypatch.setenv(FAKE_DEVICE_ERROR_ENV, str(fault))
-    eng = WorkerEngine(WorkerConfig(model_dir, device="cpu", max_batch=MAX_BATCH)).start()
+    monkeypatch.setenv(FAULT_FILE_ENV, str(fault))
+    config = WorkerConfig(model_dir, device="cpu", max_batch=MAX_BATCH,
+                          on_loaded="tests.faults:fake_device_error")  # fmt: skip
+    eng = WorkerEngine(config).start()
     try:
         first_pid = eng.worker_pid
         params = GenerationParams(max_new_tokens=200, temperature=0, repetition_penalty=1.0)

@@ -13,12 +13,7 @@ from .build import build, ensure_default_index
 from .core import WINDOW, BuildReport, Hit, IndexDocument, Source, Span
 from .index import AttributionIndex, IndexStats
 
-DEFAULT_INDEX_PATH = "data/attribution/index.sqlite"
-DEFAULT_MANIFEST_PATH = "model/checkpoints/tiny-starcoder/corpus_manifest.json"
-
 __all__ = [
-    "DEFAULT_INDEX_PATH",
-    "DEFAULT_MANIFEST_PATH",
     "WINDOW",
     "AttributionIndex",
     "BuildReport",

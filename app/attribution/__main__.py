@@ -1,9 +1,12 @@
 """Command line for the attribution index: build, search, attribute, stats.
 
-python -m app.attribution build --manifest model/checkpoints/tiny-starcoder/corpus_manifest.json
+python -m app.attribution build                  # CORPUS_MANIFEST into INDEX_URL, as the app
 python -m app.attribution build --folder ~/src --stack the-stack-python-0000.parquet
 python -m app.attribution search "def make_archive" --exact
 python -m app.attribution stats
+
+Defaults come from the app's Settings (INDEX_URL, DATA_DIR, CORPUS_MANIFEST in the environment),
+so the CLI and the app mean the same index; flags override them.
 """
 
 from __future__ import annotations
@@ -14,26 +17,28 @@ import logging
 import sys
 from pathlib import Path
 
+from app.settings import Settings
 from model.errors import PlaygroundError
 
-from . import DEFAULT_INDEX_PATH, DEFAULT_MANIFEST_PATH
 from .build import DEFAULT_DESCRIPTION, build
 from .index import AttributionIndex
 from .sources import folder_source, manifest_source, stack_source
 
 
-def _index_arg(parser: argparse.ArgumentParser) -> None:
+def _index_arg(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument(
         "--index",
-        default=DEFAULT_INDEX_PATH,
+        default=default,
         metavar="URL_OR_PATH",
         help="the index: a SQLite file path (created if missing), sqlite:///PATH, or "
         "postgresql+psycopg://user:pass@host/db[?schema=NAME] (tables in schema NAME, "
-        f"default 'attribution'). Default: {DEFAULT_INDEX_PATH}",
+        "default 'attribution'). Default: INDEX_URL, else DATA_DIR/attribution/index.sqlite "
+        "(now %(default)s)",
     )
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(settings: Settings) -> argparse.ArgumentParser:
+    index = settings.resolved_index_url()
     parser = argparse.ArgumentParser(
         prog="python -m app.attribution",
         description="Index training data for attribution: a Bloom filter of 50-character "
@@ -49,14 +54,15 @@ def make_parser() -> argparse.ArgumentParser:
         "skipped, content seen before (same sha256) is stored once, and a changed file at a "
         "known repo/path replaces the old version. Prints statistics at the end.",
     )
-    _index_arg(p)
+    _index_arg(p, index)
     p.add_argument(
         "--manifest",
         action="append",
         default=[],
         metavar="PATH",
-        help="a corpus manifest (model/corpus.py format) listing the files a model was "
-        f"trained on, e.g. {DEFAULT_MANIFEST_PATH}; repeatable",
+        help="a corpus manifest (corpus.py format) listing the files a model was trained on; "
+        "repeatable. Without any --manifest, --folder or --stack: CORPUS_MANIFEST "
+        f"(now {settings.corpus_manifest})",
     )
     p.add_argument(
         "--folder",
@@ -84,7 +90,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines)")
 
     p = sub.add_parser("search", help="full-text search (BM25) or exact phrase search")
-    _index_arg(p)
+    _index_arg(p, index)
     p.add_argument("query", help="words to search for (any text is safe), or a phrase with --exact")
     p.add_argument("--exact", action="store_true", help="files containing the query verbatim")
     p.add_argument("--repo", help="only this repo")
@@ -95,12 +101,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print results as JSON")
 
     p = sub.add_parser("attribute", help="find verbatim spans of a text (file or stdin)")
-    _index_arg(p)
+    _index_arg(p, index)
     p.add_argument("file", nargs="?", default="-", help="text file to check; - for stdin")
     p.add_argument("--json", action="store_true", help="print spans as JSON")
 
     p = sub.add_parser("stats", help="what the index holds and how big it is")
-    _index_arg(p)
+    _index_arg(p, index)
     p.add_argument("--json", action="store_true", help="print statistics as JSON")
     return parser
 
@@ -124,7 +130,8 @@ def _print_stats(index: AttributionIndex, as_json: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    settings = Settings.load([])  # the environment's; this CLI's own flags override it
+    args = make_parser(settings).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -132,17 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     target = str(args.index).removeprefix("sqlite:///")
     if args.command != "build" and "://" not in target and not Path(target).exists():
         print(f"error: no index at {target}; build one with: python -m app.attribution build "
-              f"--manifest {DEFAULT_MANIFEST_PATH} --index {target}", file=sys.stderr)  # fmt: skip
+              f"--index {target}", file=sys.stderr)  # fmt: skip
         return 1
     try:
         index = AttributionIndex.open(args.index)
         if args.command == "build":
+            if not (args.manifest or args.folder or args.stack):
+                args.manifest = [settings.corpus_manifest]
             specs = [manifest_source(p) for p in args.manifest]
             specs += [folder_source(p) for p in args.folder]
             specs += [stack_source(p) for p in args.stack]
-            if not specs:
-                print("build: give at least one --manifest, --folder or --stack", file=sys.stderr)
-                return 2
             description = args.description
             if description is None and args.manifest and not (args.folder or args.stack):
                 description = DEFAULT_DESCRIPTION

@@ -67,7 +67,7 @@ def _fingerprint(manifest_path: Path) -> str:
 def sync_manifest(index: AttributionIndex, manifest_path: Path) -> BuildReport:
     """Make the index hold exactly the manifest's documents: add new and changed files,
     remove files the manifest no longer lists, and remember which manifest that was."""
-    from model.corpus import read_manifest
+    from corpus import read_manifest
 
     report = build(index, [manifest_source(manifest_path)], show_progress=False,
                    description=DEFAULT_DESCRIPTION)  # fmt: skip

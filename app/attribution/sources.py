@@ -35,7 +35,7 @@ class SourceSpec:
 
 # -- the model's corpus manifest ----------------------------------------------------------
 def manifest_source(path: str | Path) -> SourceSpec:
-    from model.corpus import iter_manifest_documents, read_manifest
+    from corpus import iter_manifest_documents, read_manifest
 
     manifest = read_manifest(path)
     entries = manifest["documents"]

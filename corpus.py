@@ -6,7 +6,8 @@ license and sha256, and the corpus manifest (written beside the checkpoint) list
 files the model saw, so the attribution index can be rebuilt from it on any machine with the
 same Python and packages.
 
-This module must not import torch: the app imports it to build the attribution index.
+Shared by training (what the model reads) and the attribution index (what a generation is
+checked against), so it belongs to neither. It must not import torch: the web imports it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path, PurePosixPath
 logger = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
+MANIFEST_NAME = "corpus_manifest.json"  # beside the checkpoint it describes
 STDLIB_REPO = "cpython-stdlib"
 STDLIB_LICENSE = "PSF-2.0"
 
@@ -98,7 +100,7 @@ _ESCAPE = re.compile(r"\\[xuU][0-9a-fA-F]{2,8}")
 
 
 @dataclass(frozen=True)
-class Source:
+class Repo:
     """One repository of the corpus: the stdlib or one installed distribution."""
 
     repo: str
@@ -161,10 +163,10 @@ def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def stdlib_source() -> Source:
+def stdlib_repo() -> Repo:
     import platform
 
-    return Source(STDLIB_REPO, platform.python_version(), STDLIB_LICENSE, "stdlib")
+    return Repo(STDLIB_REPO, platform.python_version(), STDLIB_LICENSE, "stdlib")
 
 
 def _read_utf8(path: Path) -> str | None:
@@ -200,7 +202,7 @@ def permissive_license(dist: importlib.metadata.Distribution) -> str | None:
     return None
 
 
-def package_source(name: str) -> tuple[Source, importlib.metadata.Distribution] | None:
+def package_repo(name: str) -> tuple[Repo, importlib.metadata.Distribution] | None:
     try:
         dist = importlib.metadata.distribution(name)
     except importlib.metadata.PackageNotFoundError:
@@ -210,7 +212,7 @@ def package_source(name: str) -> tuple[Source, importlib.metadata.Distribution] 
     if spdx is None:
         logger.warning("package %s has no permissive license in its metadata; skipped", name)
         return None
-    return Source(dist.metadata["Name"], dist.version, spdx, "site-packages"), dist
+    return Repo(dist.metadata["Name"], dist.version, spdx, "site-packages"), dist
 
 
 def iter_package_files(dist: importlib.metadata.Distribution) -> Iterator[tuple[str, Path]]:
@@ -223,24 +225,24 @@ def iter_package_files(dist: importlib.metadata.Distribution) -> Iterator[tuple[
 
 def build_corpus(
     packages: Iterable[str] = (), heldout_percent: float = 3.0
-) -> tuple[list[Source], list[Document]]:
+) -> tuple[list[Repo], list[Document]]:
     """Collect the corpus from this machine: the stdlib, then the permissive packages named."""
-    sources = [stdlib_source()]
+    repos = [stdlib_repo()]
     documents: list[Document] = []
-    groups: list[tuple[Source, Iterator[tuple[str, Path]]]] = [(sources[0], iter_stdlib_files())]
+    groups: list[tuple[Repo, Iterator[tuple[str, Path]]]] = [(repos[0], iter_stdlib_files())]
     for name in packages:
-        found = package_source(name)
+        found = package_repo(name)
         if found:
-            sources.append(found[0])
+            repos.append(found[0])
             groups.append((found[0], iter_package_files(found[1])))
     skipped = 0
     seen: set[str] = set()
-    for source, files in groups:
+    for repo, files in groups:
         for rel, file in files:
             text = _read_utf8(file)
             reason = "not UTF-8" if text is None else looks_generated(text)
             if text is None or reason:
-                logger.debug("skip %s/%s: %s", source.repo, rel, reason)
+                logger.debug("skip %s/%s: %s", repo.repo, rel, reason)
                 skipped += 1
                 continue
             digest = sha256_text(text)
@@ -248,19 +250,19 @@ def build_corpus(
                 skipped += 1
                 continue
             seen.add(digest)
-            split = split_for(source.repo, rel, heldout_percent)
-            documents.append(Document(source.repo, rel, source.license, digest, text, split))
+            split = split_for(repo.repo, rel, heldout_percent)
+            documents.append(Document(repo.repo, rel, repo.license, digest, text, split))
     logger.info("corpus: %d documents kept, %d skipped", len(documents), skipped)
-    return sources, documents
+    return repos, documents
 
 
-def write_manifest(path: str | Path, sources: list[Source], documents: list[Document]) -> None:
+def write_manifest(path: str | Path, repos: list[Repo], documents: list[Document]) -> None:
     manifest = {
         "version": MANIFEST_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "repos": [
             {"repo": s.repo, "version": s.version, "license": s.license, "root_kind": s.root_kind}
-            for s in sources
+            for s in repos
         ],
         "documents": [
             {

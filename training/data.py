@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
-from model.corpus import Document
-from model.tokenizer_train import EOS, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+from corpus import Document
+from model.families import ENDOFTEXT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class StreamBuilder:
         self.fim_rate = fim_rate
         self.fim_spm_rate = fim_spm_rate
         self.min_piece_chars = min_piece_chars
-        self.eos = tokenizer.token_to_id(EOS)
+        self.eos = tokenizer.token_to_id(ENDOFTEXT)
         self.prefix = tokenizer.token_to_id(FIM_PREFIX)
         self.middle = tokenizer.token_to_id(FIM_MIDDLE)
         self.suffix = tokenizer.token_to_id(FIM_SUFFIX)

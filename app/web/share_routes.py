@@ -1,5 +1,5 @@
-"""HTTP routes for shares (thin), and `create_share`, the one service both the REST API and the
-Gradio `/share` endpoint call.
+"""HTTP routes for shares (thin): pages, deletion, and `POST /api/shares` over the shares service
+(app/services/shares.py), which the Gradio `/share` endpoint calls too.
 
 Routes (mount them before Gradio is mounted at "/", or Gradio's catch-all shadows them):
   GET  /s/{id}                      share page, or a friendly 404 page
@@ -12,13 +12,13 @@ Routes (mount them before Gradio is mounted at "/", or Gradio's catch-all shadow
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from app import share_page
 from app.links import PublicLinks
 from app.ratelimit import RateLimited, client_address
+from app.services.shares import create_share
 from app.store import MAX_JSON_DEPTH, Store
 from model.errors import PlaygroundError
 
@@ -37,50 +38,6 @@ _STATUS = {
     "validation": 400, "busy": 503, "not_found": 404, "forbidden": 403, "too_large": 413,
     "rate_limit": 429, "unsupported_media_type": 415,
 }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ShareLink:
-    id: str
-    path: str  # "/s/<id>", relative to the app root
-    delete_path: str | None  # "/s/<id>/delete?token=..."; None when the content was shared before
-    created: bool
-
-
-def create_share(
-    store: Store,
-    *,
-    mode: str,
-    prompt: str,
-    output: str,
-    parameters: dict[str, Any] | None = None,
-    model: str | None = None,
-    fim: dict[str, Any] | None = None,
-    spans: list[dict[str, Any]] | None = None,
-    client_id: str,
-) -> ShareLink:
-    """Save a generation and return its links. Raises PlaygroundError with a user-ready message.
-
-    `client_id` keys the per-client write rate limit (an IP, or a Gradio session hash).
-    See `Store.create` for the shape of `fim` and `spans`.
-    """
-    made = store.create(
-        mode=mode,
-        prompt=prompt,
-        output=output,
-        parameters=parameters,
-        model=model,
-        fim=fim,
-        spans=spans,
-        client_id=client_id,
-    )
-    sid = made.share.id
-    delete_path = None
-    if made.delete_token:
-        delete_path = f"/s/{sid}/delete?token={quote(made.delete_token)}"
-    if made.created:
-        log.info("share %s created (mode=%s, %d output chars)", sid, mode, len(output))
-    return ShareLink(id=sid, path=f"/s/{sid}", delete_path=delete_path, created=made.created)
 
 
 def mount_share_routes(
@@ -120,6 +77,24 @@ def mount_share_routes(
         headers = {**share_page.SECURITY_HEADERS, "Cache-Control": cache}
         return HTMLResponse(body, status_code=status, headers=headers)
 
+    def unavailable_is_503(page):
+        """The database down or restarting: a page saying to try again, not a 500."""
+
+        @functools.wraps(page)
+        async def answer(share_id: str, request: Request, *args, **kwargs) -> Response:
+            try:
+                return await page(share_id, request, *args, **kwargs)
+            except PlaygroundError as exc:
+                if exc.kind != "busy":
+                    raise
+                body = share_page.render_unavailable(exc.message, base_path=base_path(request))
+                response = html(body, 503)
+                response.headers["Retry-After"] = "30"
+                return response
+
+        return answer
+
+    @unavailable_is_503
     async def show(share_id: str, request: Request) -> Response:
         share = await run_in_threadpool(store.get, share_id)
         bp = base_path(request)
@@ -136,6 +111,7 @@ def mount_share_routes(
         # Short cache: a deleted share should disappear soon from shared caches too.
         return html(page, cache="public, max-age=60")
 
+    @unavailable_is_503
     async def confirm_delete(share_id: str, request: Request, token: str = "") -> Response:
         bp = base_path(request)
         share = await run_in_threadpool(store.get, share_id)
@@ -145,6 +121,7 @@ def mount_share_routes(
             return html(share_page.render_delete_refused(share_id, base_path=bp), 403)
         return html(share_page.render_delete_confirm(share, token, base_path=bp))
 
+    @unavailable_is_503
     async def do_delete(share_id: str, request: Request) -> Response:
         bp = base_path(request)
         form = parse_qs((await request.body())[:4096].decode("utf-8", "replace"))

@@ -1,4 +1,4 @@
-"""Adjustments to Gradio's queue, in one visible place (written for gradio 6.31, pinned).
+"""Adjustments to Gradio's queue and two of its routes (written for gradio 6.31, pinned).
 
 Each one touches a single Blocks instance, never Gradio's classes, and checks that the internal
 it relies on is still there, so an upgrade fails loudly at start instead of silently.
@@ -14,6 +14,10 @@ from urllib.parse import parse_qs
 
 import gradio as gr
 
+from compat import require
+
+WRITTEN_FOR = "6.31.0"
+
 log = logging.getLogger(__name__)
 
 BUSY_MESSAGE = (
@@ -23,6 +27,7 @@ BUSY_MESSAGE = (
 
 
 def tune_queue(blocks: gr.Blocks) -> None:
+    require("gradio", gr.__version__, WRITTEN_FOR, __name__)
     queue = getattr(blocks, "_queue", None)
     if queue is None or not hasattr(queue, "push") or not hasattr(queue, "max_size"):
         raise RuntimeError(

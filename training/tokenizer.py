@@ -9,32 +9,10 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from model.families import ENDOFTEXT, STARCODER_SPECIAL_TOKENS
+
 logger = logging.getLogger(__name__)
 
-# StarCoder's tokenizer order; ids 0-18.
-SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<fim_prefix>",
-    "<fim_middle>",
-    "<fim_suffix>",
-    "<fim_pad>",
-    "<filename>",
-    "<gh_stars>",
-    "<issue_start>",
-    "<issue_comment>",
-    "<issue_closed>",
-    "<jupyter_start>",
-    "<jupyter_text>",
-    "<jupyter_code>",
-    "<jupyter_output>",
-    "<empty_output>",
-    "<commit_before>",
-    "<commit_msg>",
-    "<commit_after>",
-    "<reponame>",
-]
-EOS = "<|endoftext|>"
-FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD = SPECIAL_TOKENS[1:5]
 DEFAULT_VOCAB_SIZE = 8192
 
 
@@ -62,12 +40,12 @@ def train_tokenizer(
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=2,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=list(STARCODER_SPECIAL_TOKENS),  # at ids 0-18, in StarCoder's order
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    for i, name in enumerate(SPECIAL_TOKENS):
+    for i, name in enumerate(STARCODER_SPECIAL_TOKENS):
         assert tok.token_to_id(name) == i, (name, tok.token_to_id(name))
     logger.info("tokenizer trained: vocab %d", tok.get_vocab_size())
     return wrap(tok, model_max_length)
@@ -76,12 +54,12 @@ def train_tokenizer(
 def wrap(tok: Tokenizer, model_max_length: int) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        bos_token=EOS,
-        eos_token=EOS,
-        unk_token=EOS,
+        bos_token=ENDOFTEXT,
+        eos_token=ENDOFTEXT,
+        unk_token=ENDOFTEXT,
         # Padding with <|endoftext|> as StarCoder users do (pad_token_id = eos_token_id).
-        pad_token=EOS,
-        additional_special_tokens=SPECIAL_TOKENS[1:],
+        pad_token=ENDOFTEXT,
+        additional_special_tokens=list(STARCODER_SPECIAL_TOKENS[1:]),
         model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,
     )

@@ -32,7 +32,9 @@ from model.prompts import (
     clean_reply,
     detect_fim_template,
     fim_prompt,
+    fim_stop_sequences,
     split_fim,
+    trim_fim_middle,
 )
 
 
@@ -129,11 +131,19 @@ class Playground:
         template = detect_fim_template(info.special_tokens)
         model_prompt, prefix, suffix = fim_prompt(code, template, spec.id)
         self._check_context(engine, "prompt", model_prompt, params)
-        params = replace(params, stop=(*params.stop, *template.stop_tokens))
-        yield from self._run(
+        # End the middle where the code after the gap takes over (the line's end, or the
+        # suffix's next line): small FIM models seldom emit their end token there (issue 13).
+        stops = fim_stop_sequences(prefix, suffix)
+        params = replace(params, stop=(*params.stop, *template.stop_tokens, *stops))
+        run = self._run(
             engine, spec.id, "fim", model_prompt, params, cancel, prefix=prefix, suffix=suffix,
             client=client,
         )  # fmt: skip
+        for out in run:
+            if out.done is not None:
+                middle = trim_fim_middle(out.generated, suffix)
+                out = replace(out, text=prefix + middle + suffix, generated=middle)
+            yield out
 
     def assist(
         self,

@@ -13,7 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from types import SimpleNamespace
 
+import gradio as gr
 from gradio import state_holder
+
+from compat import require
+
+WRITTEN_FOR = "6.31.0"
 
 
 class LazyConfigValues(dict):
@@ -91,4 +96,5 @@ def _lazy_init(self, blocks) -> None:
 
 def install() -> None:
     """Idempotent; called when the app is built."""
+    require("gradio", gr.__version__, WRITTEN_FOR, __name__)
     state_holder.SessionState.__init__ = _lazy_init

@@ -1,10 +1,10 @@
 """Train tiny-starcoder: StarCoder's architecture, tokens and FIM objective, at CPU size.
 
-    python -m model.train                      # corpus + tokenizer + training, resumable
-    python -m model.train --time-budget 120    # cosine schedule fitted to 120 minutes
-    python -m model.train --export             # copy the best checkpoint into the repo
+    python -m training.train                      # corpus + tokenizer + training, resumable
+    python -m training.train --time-budget 120    # cosine schedule fitted to 120 minutes
+    python -m training.train --export             # copy the best checkpoint into the repo
 
-The work dir (--work-dir) holds the tokenizer, corpus manifest, `state.pt` (latest, for
+The work dir (--work-dir, default DATA_DIR/train_run) holds the tokenizer, corpus manifest, `state.pt` (latest, for
 resuming), `best/` (best held-out loss, in the final Hugging Face format) and
 `learning_curve.csv`. Running the same command again resumes from `state.pt`.
 """
@@ -33,15 +33,20 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from model import corpus as corpus_mod
-from model.tokenizer_train import SPECIAL_TOKENS, train_tokenizer
-from model.train_data import StreamBuilder, token_byte_lengths, windows
+from app.settings import Settings
+from corpus import (
+    MANIFEST_NAME,
+    Document,
+    build_corpus,
+    iter_manifest_documents,
+    write_manifest,
+)
+from model.registry import TINY_STARCODER_DIR
+from training.data import StreamBuilder, token_byte_lengths, windows
+from training.tokenizer import train_tokenizer
 
-logger = logging.getLogger("model.train")
+logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_EXPORT_DIR = REPO_ROOT / "model" / "checkpoints" / "tiny-starcoder"
-MANIFEST_NAME = "corpus_manifest.json"
 CURVE_NAME = "learning_curve.csv"
 # Defaults per device: what trains best in ~2 h on a 2-core CPU, and a larger model for a GPU
 # that still fits the 30 MB budget when saved in fp16.
@@ -53,7 +58,7 @@ PRESETS = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m model.train",
+        prog="python -m training.train",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -61,13 +66,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     io.add_argument(
         "--work-dir",
         type=Path,
-        default=Path("/work/train_run"),
+        default=Path(Settings.load([]).data_dir) / "train_run",
         help="tokenizer, manifest, resumable state and best checkpoint (default: %(default)s)",
     )
     io.add_argument(
         "--export-dir",
         type=Path,
-        default=DEFAULT_EXPORT_DIR,
+        default=TINY_STARCODER_DIR,
         help="where --export copies the best checkpoint (default: the repo's)",
     )
     io.add_argument(
@@ -234,8 +239,8 @@ def generation_config() -> GenerationConfig:
 
 @dataclass
 class Corpus:
-    train: list[corpus_mod.Document]
-    heldout: list[corpus_mod.Document]
+    train: list[Document]
+    heldout: list[Document]
 
 
 def prepare_corpus(args: argparse.Namespace) -> tuple[Corpus, PreTrainedTokenizerFast]:
@@ -244,10 +249,10 @@ def prepare_corpus(args: argparse.Namespace) -> tuple[Corpus, PreTrainedTokenize
     manifest = work / MANIFEST_NAME
     tok_dir = work / "tokenizer"
     if manifest.exists():
-        docs = list(corpus_mod.iter_manifest_documents(manifest))
+        docs = list(iter_manifest_documents(manifest))
     else:
-        sources, docs = corpus_mod.build_corpus(args.packages, args.heldout_percent)
-        corpus_mod.write_manifest(manifest, sources, docs)
+        repos, docs = build_corpus(args.packages, args.heldout_percent)
+        write_manifest(manifest, repos, docs)
     train = [d for d in docs if d.split == "train"]
     heldout = [d for d in docs if d.split == "heldout"]
     if args.max_docs:
@@ -503,4 +508,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["SPECIAL_TOKENS", "main", "parse_args", "train"]
+__all__ = ["main", "parse_args", "train"]

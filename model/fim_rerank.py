@@ -1,0 +1,310 @@
+"""Fill-in-the-middle for any causal LM, without FIM training: sample middles, rerank by suffix.
+
+A left-to-right model cannot see the code after the gap while it writes, but it can judge it. So:
+sample K candidate middles from the prefix (one batched decode that shares the prefix's KV
+cache), end each at the line's end (single-line) or where it starts the suffix, and keep the
+one under which the model finds the code after the gap most likely: log p(suffix | prefix +
+middle), for all candidates in one batched forward over the prefix's cache. The suffix is cut
+to its first lines (and tokens): they carry the signal, and the cost grows with their length.
+
+Works on an in-process transformers model and tokenizer (torch: this is the model side).
+
+    filler = RerankFiller(model, tokenizer, RerankSettings(k=8))
+    fill = filler(prefix, suffix, single_line=True)
+    fill.middle, fill.candidates
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from model.healing import heal
+from model.prompts import fim_stop_sequences
+
+Proposal = Literal["plain", "chat"]
+ScoreBy = Literal["suffix", "joint", "greedy"]
+
+
+@dataclass(frozen=True)
+class RerankSettings:
+    k: int = 8  # candidates sampled per fill (row 0 greedy when greedy_first)
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 50  # top-p looks only among these: a full sort of 49k logits per row is slow
+    max_new_tokens: int = 48
+    suffix_lines: int = 3  # the suffix's first lines (after the gap's own) that are scored
+    suffix_tokens: int = 32  # and at most this many of its tokens
+    greedy_first: bool = True  # row 0 takes the argmax: the plain left-to-right fill is a candidate
+    score_by: ScoreBy = "suffix"
+    # "plain": sample from the code before the gap; "chat": an instruct model sees the whole
+    # code with the gap in a user turn and answers with the code, seeded with the prefix.
+    proposal: Proposal = "plain"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    text: str  # the middle
+    suffix_logprob: float  # log p(suffix head | prefix + middle), nats
+    middle_logprob: float  # log p(middle | prefix), nats, as re-tokenized for scoring
+    greedy: bool = False  # the argmax row's middle
+
+    @property
+    def joint_logprob(self) -> float:
+        return self.suffix_logprob + self.middle_logprob
+
+
+@dataclass(frozen=True)
+class Fill:
+    candidates: tuple[Candidate, ...]  # unique middles, in the order first sampled
+    sample_seconds: float
+    score_seconds: float
+    prompt_tokens: int
+    new_tokens: int  # decode steps taken (the longest candidate)
+    timings: dict = field(default_factory=dict)
+
+    def best(self, by: ScoreBy = "suffix") -> Candidate:
+        if by == "greedy":
+            return next((c for c in self.candidates if c.greedy), self.candidates[0])
+        key = (lambda c: c.suffix_logprob) if by == "suffix" else (lambda c: c.joint_logprob)
+        return max(self.candidates, key=key)
+
+    @property
+    def seconds(self) -> float:
+        return self.sample_seconds + self.score_seconds
+
+
+def cut_middle(text: str, *, single_line: bool, stops: Sequence[str]) -> tuple[str, bool]:
+    """(the middle, whether it is finished) from generated text.
+
+    Single-line: the text up to the first newline after some code (leading blank lines are
+    dropped: a blank line is never the fill of a line). Otherwise: up to the first stop.
+    """
+    if single_line:
+        body = text.lstrip("\n")
+        if "\n" in body.lstrip():
+            head = body.lstrip()
+            return body[: len(body) - len(head) + head.index("\n")], True
+        return body, False
+    cuts = [i for i in (text.find(s) for s in stops if s) if i != -1]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+class RerankFiller:
+    """Fills one gap at a time with a model already loaded (eval mode, any device)."""
+
+    def __init__(self, model, tokenizer, settings: RerankSettings | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings or RerankSettings()
+        self.device = next(model.parameters()).device
+        gen_eos = model.generation_config.eos_token_id
+        eos = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
+        if tokenizer.eos_token_id is not None:
+            eos.append(tokenizer.eos_token_id)
+        self.eos_ids = set(eos)
+        from model.loading import context_length
+
+        self.context = context_length(model.config, tokenizer)
+
+    # -- the fill -------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def __call__(self, prefix: str, suffix: str, *, single_line: bool) -> Fill:
+        s = self.settings
+        start = time.perf_counter()
+        stops = fim_stop_sequences(prefix, suffix, single_line=single_line)
+        head = suffix_head(suffix, s.suffix_lines)
+        room = s.max_new_tokens + s.suffix_tokens + 8
+        # The scoring context: the prefix, backed off before its trailing whitespace token(s)
+        # ("\n" alone is rare in training; "\n    " is one token), which the middle re-creates.
+        plain = self._ids(prefix, room)
+        healing = heal(self.tokenizer, plain)
+        ctx_ids, removed = healing.input_ids, healing.removed
+        cache, last = self._prefill(ctx_ids)
+        t_prefill = time.perf_counter() - start
+        if s.proposal == "chat":
+            # The chat request gets a cache of its own; the plain one is kept for scoring.
+            seed_ids = self._chat_ids(prefix, suffix, room)
+            chat_healing = heal(self.tokenizer, seed_ids)
+            sample_cache, sample_last = self._prefill(chat_healing.input_ids)
+            sample_healing = chat_healing
+        else:
+            sample_cache, sample_last = copy.deepcopy(cache), last
+            sample_healing = healing
+        texts, greedy_row, steps = self._sample(
+            sample_cache, sample_last, sample_healing, single_line=single_line, stops=stops
+        )
+        sampled = time.perf_counter()
+        middles: list[str] = []
+        greedy_text = None
+        for row, text in enumerate(texts):
+            if text is None:
+                continue
+            middle = text[len(sample_healing.removed) :]
+            middle, _ = cut_middle(middle, single_line=single_line, stops=stops)
+            if row == greedy_row:
+                greedy_text = middle
+            if middle not in middles:
+                middles.append(middle)
+        scores = self._score(cache, last, removed, middles, head)
+        done = time.perf_counter()
+        candidates = tuple(
+            Candidate(m, sl, ml, greedy=m == greedy_text)
+            for m, (sl, ml) in zip(middles, scores, strict=True)
+        )
+        return Fill(
+            candidates,
+            sample_seconds=sampled - start,
+            score_seconds=done - sampled,
+            prompt_tokens=len(ctx_ids),
+            new_tokens=steps,
+            timings={"prefill": t_prefill},
+        )
+
+    def fill(self, prefix: str, suffix: str, *, single_line: bool) -> str:
+        """Just the chosen middle."""
+        return self(prefix, suffix, single_line=single_line).best(self.settings.score_by).text
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def _ids(self, text: str, room: int) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        keep = self.context - room
+        return ids[-keep:] if len(ids) > keep else ids  # the code nearest the gap matters most
+
+    def _chat_ids(self, prefix: str, suffix: str, room: int) -> list[int]:
+        ask = (
+            "Complete the Python code: write the missing code at <FILL_HERE>, so that the "
+            "code after it still follows.\n\n```python\n" + prefix + "<FILL_HERE>" + suffix + "```"
+        )
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": ask}], tokenize=False, add_generation_prompt=True
+        )
+        return self._ids(text + "```python\n" + prefix, room)
+
+    def _prefill(self, ids: list[int]):
+        out = self.model(
+            input_ids=torch.tensor([ids], device=self.device), use_cache=True, logits_to_keep=1
+        )
+        return out.past_key_values, out.logits[:, -1].float()
+
+    def _sample(self, cache, last, healing, *, single_line: bool, stops: Sequence[str]):
+        """K continuations of the cached context; returns (texts, the greedy row, steps)."""
+        s = self.settings
+        k = s.k
+        cache.batch_repeat_interleave(k)
+        logits = last.expand(k, -1)
+        gen = torch.Generator(device="cpu").manual_seed(s.seed)
+        rows = list(range(k))  # the original row of each live batch row
+        ids: list[list[int]] = [[] for _ in range(k)]
+        texts = [""] * k
+        processor = healing.processor
+        finished: dict[int, int] = {}  # row -> the step its middle ended at
+        steps = 0
+        for step in range(s.max_new_tokens):
+            scores = logits.float().clone()
+            if processor is not None:
+                for i, row in enumerate(rows):
+                    blocked = processor.blocked(ids[row], scores.size(-1))
+                    if blocked is not None:
+                        scores[i, blocked.to(scores.device)] = -float("inf")
+            greedy = [s.greedy_first and row == 0 for row in rows]
+            tokens = self._draw(scores, greedy=greedy, gen=gen)
+            keep = []
+            for i, row in enumerate(rows):
+                token = int(tokens[i])
+                if token not in self.eos_ids:
+                    ids[row].append(token)
+                    texts[row] = self.tokenizer.decode(ids[row], skip_special_tokens=True)
+                    middle = texts[row][len(healing.removed) :]
+                    if not cut_middle(middle, single_line=single_line, stops=stops)[1]:
+                        keep.append(i)
+                        continue
+                finished[row] = step + 1
+            steps = step + 1
+            # Once half the rows have ended, a row still going at twice the longest ended one
+            # is a ramble, not a better candidate: stop rather than wait for it.
+            if len(finished) * 2 >= k and steps >= 2 * max(finished.values()) + 2:
+                keep = []
+            if not keep:
+                break
+            if len(keep) < len(rows):
+                cache.batch_select_indices(torch.tensor(keep, device=self.device))
+                tokens = tokens[keep]
+                rows = [rows[i] for i in keep]
+            out = self.model(
+                input_ids=tokens.view(-1, 1).to(self.device), past_key_values=cache, use_cache=True
+            )
+            cache, logits = out.past_key_values, out.logits[:, -1]
+        if finished:  # unfinished rows are dropped while others ended (the greedy one stays)
+            greedy_row = 0 if s.greedy_first else -1
+            texts = [t if r in finished or r == greedy_row else None for r, t in enumerate(texts)]
+        return texts, 0 if s.greedy_first else -1, steps
+
+    def _draw(self, scores: torch.Tensor, *, greedy: list[bool], gen) -> torch.Tensor:
+        s = self.settings
+        tokens = scores.argmax(-1).cpu()
+        sampled = [i for i, g in enumerate(greedy) if not g]
+        if not sampled or s.temperature <= 0:
+            return tokens
+        vals, idx = scores[sampled].topk(min(s.top_k, scores.size(-1)), dim=-1)
+        probs = (vals / s.temperature).softmax(-1).cpu()
+        above = probs.cumsum(-1) - probs  # the mass ranked above each token
+        probs = torch.where(above < s.top_p, probs, torch.zeros_like(probs))
+        pick = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+        tokens[sampled] = idx.cpu().gather(1, pick[:, None]).squeeze(1)
+        return tokens
+
+    def _score(self, cache, last, removed: str, middles: list[str], head: str):
+        """(log p(suffix head | prefix + middle), log p(middle | prefix)) per middle, batched."""
+        s = self.settings
+        rests = [removed + m + head for m in middles]
+        enc = self.tokenizer(rests, add_special_tokens=False, return_offsets_mapping=True)
+        rows, is_suffix = [], []
+        for m, ids, offsets in zip(middles, enc["input_ids"], enc["offset_mapping"], strict=True):
+            boundary = len(removed) + len(m)
+            flags = [end > boundary for _, end in offsets]
+            if head:
+                first = flags.index(True) if True in flags else len(flags)
+                ids, flags = ids[: first + s.suffix_tokens], flags[: first + s.suffix_tokens]
+            rows.append(ids)
+            is_suffix.append(flags)
+        n, width = len(rows), max(len(r) for r in rows)
+        if width == 0:
+            return [(0.0, 0.0)] * n
+        pad = self.tokenizer.pad_token_id or 0
+        batch = torch.full((n, width), pad, dtype=torch.long)
+        for i, r in enumerate(rows):
+            batch[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        # Right padding: real tokens never attend to the pads after them, so no mask is needed.
+        cache = copy.deepcopy(cache)
+        cache.batch_repeat_interleave(n)
+        out = self.model(input_ids=batch.to(self.device), past_key_values=cache, use_cache=True)
+        logits = torch.cat([last.expand(n, 1, -1), out.logits[:, :-1].float()], dim=1)
+        logp = logits.log_softmax(-1).gather(2, batch.to(logits.device)[..., None]).squeeze(2)
+        result = []
+        for i, flags in enumerate(is_suffix):
+            row = logp[i, : len(flags)].tolist()
+            suf = sum(v for v, f in zip(row, flags, strict=True) if f)
+            mid = sum(v for v, f in zip(row, flags, strict=True) if not f)
+            result.append((suf, mid))
+        return result
+
+
+def suffix_head(suffix: str, lines: int) -> str:
+    """The suffix's own line plus its next `lines` non-blank lines (blank ones kept between)."""
+    parts = suffix.split("\n")
+    out, seen = [parts[0]], 0
+    for line in parts[1:]:
+        if seen >= lines:
+            break
+        out.append(line)
+        seen += bool(line.strip())
+    return "\n".join(out)

@@ -33,39 +33,20 @@ class ShareLink:
     created: bool
 
 
-def create_share(
-    store: Store,
-    *,
-    mode: str,
-    prompt: str,
-    output: str,
-    parameters: dict[str, Any] | None = None,
-    model: str | None = None,
-    fim: dict[str, Any] | None = None,
-    spans: list[dict[str, Any]] | None = None,
-    client_id: str,
-) -> ShareLink:
+def create_share(store: Store, *, client_id: str, **fields: Any) -> ShareLink:
     """Save a generation and return its links. Raises PlaygroundError with a user-ready message.
 
-    `client_id` keys the per-client write rate limit (an IP, or a Gradio session hash).
-    See `Store.create` for the shape of `fim` and `spans`.
+    `fields` are `Store.create`'s (mode, prompt, output, parameters, model, fim, spans);
+    `client_id` keys the per-client write rate limit (the client's address).
     """
-    made = store.create(
-        mode=mode,
-        prompt=prompt,
-        output=output,
-        parameters=parameters,
-        model=model,
-        fim=fim,
-        spans=spans,
-        client_id=client_id,
-    )
+    made = store.create(client_id=client_id, **fields)
     sid = made.share.id
     delete_path = None
     if made.delete_token:
         delete_path = f"/s/{sid}/delete?token={quote(made.delete_token)}"
     if made.created:
-        log.info("share %s created (mode=%s, %d output chars)", sid, mode, len(output))
+        log.info("share %s created (mode=%s, %d output chars)", sid, made.share.mode,
+                 len(made.share.output))  # fmt: skip
     return ShareLink(id=sid, path=f"/s/{sid}", delete_path=delete_path, created=made.created)
 
 

@@ -26,6 +26,7 @@ from app.settings import ROOT, Settings
 from app.store import Store
 from app.web.guard import SPACE_FRAME_ANCESTORS, EdgeGuard
 from app.web.handlers import Handlers
+from app.web.openai_api import mount_openai_routes
 from app.web.share_routes import mount_share_routes
 from app.web.ui import build_ui
 from compat import gradio_session
@@ -131,6 +132,8 @@ def build_app(
     )
     add_ops_routes(api, engines.loaded, metrics)  # /healthz and /metrics, before Gradio takes "/"
     # Before Gradio: mounted at "/", it would otherwise answer every path.
+    keys = tuple(k.strip() for k in (settings.api_keys or "").split(",") if k.strip())
+    mount_openai_routes(api, handlers.generate, api_keys=keys)
     mount_share_routes(
         api, store, links=links, client_ip_header=settings.trusted_proxy_header,
         max_body_bytes=settings.max_body_bytes,

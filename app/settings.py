@@ -126,6 +126,13 @@ OPTIONS: tuple[Option, ...] = (
         int,
     ),
     Option(
+        "api_keys",
+        "API_KEYS",
+        None,
+        "Comma-separated keys; when set, the OpenAI-compatible /v1 routes require "
+        "`Authorization: Bearer <key>` (the page and its Gradio API do not).",
+    ),
+    Option(
         "kv_cache_mb",
         "KV_CACHE_MB",
         None,
@@ -161,6 +168,7 @@ class Settings:
     allowed_hosts: str
     trusted_proxy_header: str | None
     max_body_bytes: int | None
+    api_keys: str | None
     kv_cache_mb: int | None
     log_level: str
 

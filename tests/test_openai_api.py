@@ -1,0 +1,108 @@
+"""The OpenAI-compatible /v1 routes, driven by the real `openai` client and by the playground's
+own RemoteEngine (one playground as another's ENGINE_URL), against the real app."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from model.engine import CancelToken, Delta, Done, GenerationParams, GenerationRequest
+
+GREEDY = {"temperature": 0, "extra_body": {"repetition_penalty": 1.0}}
+
+
+@pytest.fixture(scope="module")
+def oai(live_app):
+    return openai.OpenAI(base_url=live_app.url + "v1", api_key="unused", max_retries=0)
+
+
+def test_models_lists_the_registry(oai, live_app):
+    ids = {m.id for m in oai.models.list()}
+    assert ids == set(live_app.handlers.registry.ids)
+
+
+def test_completion_and_its_stream_agree(oai):
+    kwargs = {"model": "tiny-starcoder", "prompt": "def fibonacci(n):\n", "max_tokens": 24}
+    whole = oai.completions.create(**kwargs, **GREEDY)
+    assert whole.choices[0].text and whole.choices[0].finish_reason in ("stop", "length")
+    assert whole.usage.completion_tokens > 0 and whole.model == "tiny-starcoder"
+    chunks = list(oai.completions.create(**kwargs, stream=True, **GREEDY))
+    assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    echoed = oai.completions.create(**kwargs, echo=True, **GREEDY)
+    assert echoed.choices[0].text == kwargs["prompt"] + whole.choices[0].text
+
+
+def test_suffix_fills_in_the_middle(oai):
+    prefix, suffix = "def add(a, b):\n    ", "\n\n\nprint(add(1, 2))\n"
+    out = oai.completions.create(model="tiny-starcoder", prompt=prefix, suffix=suffix,
+                                 max_tokens=16, **GREEDY)  # fmt: skip
+    middle = out.choices[0].text
+    assert middle and "<fim_" not in middle and "<|endoftext|>" not in middle
+
+
+def test_chat_answers_and_streams(oai):
+    messages = [{"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": "How do I reverse a list in Python?"}]  # fmt: skip
+    reply = oai.chat.completions.create(model="tiny-starcoder", messages=messages,
+                                        max_tokens=24, **GREEDY)  # fmt: skip
+    assert reply.choices[0].message.role == "assistant"
+    text = reply.choices[0].message.content
+    assert "Human:" not in text and "-----" not in text
+    chunks = list(oai.chat.completions.create(model="tiny-starcoder", messages=messages,
+                                              max_tokens=24, stream=True, **GREEDY))  # fmt: skip
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert streamed.strip() == text.strip()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, needle",
+    [
+        ({"temperature": 3}, openai.BadRequestError, "`temperature` must be in [0, 1] here; got 3"),
+        ({"max_tokens": 100_000}, openai.BadRequestError, "[1, 8192]; got 100000"),
+        ({"model": "gpt-4"}, openai.NotFoundError, "The model `gpt-4` does not exist here"),
+        ({"prompt": "x" * 200_000}, openai.BadRequestError, "the limit is 131,072 bytes"),
+        ({"logprobs": 5}, openai.BadRequestError, "`logprobs` is not supported here yet"),
+    ],
+)
+def test_bad_requests_get_openai_errors_with_precise_messages(oai, kwargs, error, needle):
+    request = {"model": "tiny-starcoder", "prompt": "x = 1", "max_tokens": 4, **kwargs}
+    with pytest.raises(error) as err:
+        oai.completions.create(**request)
+    assert needle in err.value.body["message"]
+    assert err.value.body["param"] in ("temperature", "max_new_tokens", "model", "prompt",
+                                       "logprobs")  # fmt: skip
+
+
+def test_api_keys_are_required_when_configured(attribution_index, tmp_path_factory):
+    from tests.conftest import _serve
+
+    serve = _serve(["--model", "tiny-starcoder", "--api-keys", "k1,k2"], attribution_index,
+                   tmp_path_factory)  # fmt: skip
+    app = next(serve)
+    try:
+        url = app.url + "v1"
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
+        ok = openai.OpenAI(base_url=url, api_key="k2", max_retries=0)
+        assert {m.id for m in ok.models.list()}
+        # The page and its Gradio API stay open.
+        assert httpx.get(app.url).status_code == 200
+    finally:
+        serve.close()
+
+
+def test_another_playground_can_use_this_one_as_its_engine(live_app):
+    """A second playground's RemoteEngine (ENGINE_URL) streams from our own /v1."""
+    from model.remote import RemoteEngine
+
+    engine = RemoteEngine(live_app.url.rstrip("/"), model="tiny-starcoder",
+                          tokenizer=str(live_app.handlers.registry.get("tiny-starcoder").location))  # fmt: skip
+    try:
+        params = GenerationParams(max_new_tokens=12, temperature=0, repetition_penalty=1.0)
+        events = list(engine.stream(GenerationRequest("def f(x):\n", params), CancelToken()))
+        text = "".join(e.text for e in events if isinstance(e, Delta))
+        assert text and isinstance(events[-1], Done) and events[-1].reason in ("length", "eos")
+    finally:
+        engine.close()

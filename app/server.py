@@ -133,7 +133,7 @@ def build_app(
     add_ops_routes(api, engines.loaded, metrics)  # /healthz and /metrics, before Gradio takes "/"
     # Before Gradio: mounted at "/", it would otherwise answer every path.
     keys = tuple(k.strip() for k in (settings.api_keys or "").split(",") if k.strip())
-    mount_openai_routes(api, handlers.generate, api_keys=keys)
+    mount_openai_routes(api, handlers.generate, handlers.search, api_keys=keys)
     mount_share_routes(
         api, store, links=links, client_ip_header=settings.trusted_proxy_header,
         max_body_bytes=settings.max_body_bytes,

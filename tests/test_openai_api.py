@@ -8,6 +8,7 @@ import openai
 import pytest
 
 from model.engine import CancelToken, Delta, Done, GenerationParams, GenerationRequest
+from tests.test_attribution_flow import _reproducing_prompt, indexed_docs  # noqa: F401 (fixture)
 
 GREEDY = {"temperature": 0, "extra_body": {"repetition_penalty": 1.0}}
 
@@ -106,3 +107,15 @@ def test_another_playground_can_use_this_one_as_its_engine(live_app):
         assert text and isinstance(events[-1], Done) and events[-1].reason in ("length", "eos")
     finally:
         engine.close()
+
+
+def test_attribution_is_attached_when_asked(oai, engine, indexed_docs):  # noqa: F811
+    prompt, doc = _reproducing_prompt(engine, indexed_docs)  # makes the model copy a file
+    request = {"model": "tiny-starcoder", "prompt": prompt, "max_tokens": 6, "temperature": 0}
+    plain = oai.completions.create(**request, extra_body={"repetition_penalty": 1.0})
+    assert "attribution" not in (plain.model_extra or {})
+    asked = oai.completions.create(**request, extra_body={"repetition_penalty": 1.0,
+                                                          "attribution": True})  # fmt: skip
+    spans = asked.model_extra["attribution"]
+    assert spans and any(doc.path == src["path"] for span in spans for src in span["sources"])
+    assert asked.choices[0].text == plain.choices[0].text

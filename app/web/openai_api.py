@@ -11,7 +11,7 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from app.requests import parse_params
 from app.services.generate import Generations
 from app.services.playground import Output
+from app.services.search import Search
 from model.engine import GenerationParams
 from model.errors import PlaygroundError
 from model.prompts import Turn
@@ -30,14 +31,21 @@ _STATUS = {"validation": 400, "unsupported": 400, "not_found": 404, "too_large":
            "cancelled": 503, "unauthorized": 401}  # fmt: skip
 _FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop"}
 _BASE = GenerationParams()
+Attribute = Callable[[Output], list]
 # OpenAI fields we do not honour yet, and the values that mean "not asked for".
 _NOT_YET = {"logprobs": (None, False, 0), "best_of": (None, 1), "logit_bias": (None, {}),
             "tools": (None, []), "functions": (None, [])}  # fmt: skip
 MAX_OPENAI_TEMPERATURE = 1.0  # our models are sampled in [0, 1]; OpenAI allows up to 2
 
 
-def mount_openai_routes(app: FastAPI, generate: Generations, api_keys: tuple[str, ...] = ()):
+def mount_openai_routes(
+    app: FastAPI, generate: Generations, search: Search, api_keys: tuple[str, ...] = ()
+):
     registry = generate.playground.registry
+
+    def attribution(body: dict):
+        """`attribution: true` asks for the verbatim training-data spans of what was written."""
+        return search.attribute_output if body.get("attribution") is True else None
 
     def authorized(request: Request) -> None:
         if not api_keys:
@@ -79,7 +87,7 @@ def mount_openai_routes(app: FastAPI, generate: Generations, api_keys: tuple[str
                 run = generate.complete(prompt, params, request, model)
             echo = prompt if body.get("echo") is True else ""
             kind = "text_completion"
-            return await _respond(run, body.get("stream") is True, kind, echo)
+            return await _respond(run, body.get("stream") is True, kind, echo, attribution(body))
         except PlaygroundError as exc:
             return _error(exc)
 
@@ -91,7 +99,8 @@ def mount_openai_routes(app: FastAPI, generate: Generations, api_keys: tuple[str
             model = _model(body, registry, "assistant")
             params = _params(body, registry.choose(model, "assistant"))
             run = generate.assist(message, history, params, request, model)
-            return await _respond(run, body.get("stream") is True, "chat.completion", "")
+            stream = body.get("stream") is True
+            return await _respond(run, stream, "chat.completion", "", attribution(body))
         except PlaygroundError as exc:
             return _error(exc)
 
@@ -217,15 +226,19 @@ def _conversation(messages) -> tuple[str, list[Turn]]:
 # -- responses ------------------------------------------------------------------------------
 
 
-async def _respond(run: Iterator[Output], stream: bool, kind: str, echo: str) -> Response:
+async def _respond(run: Iterator[Output], stream: bool, kind: str, echo: str,
+                   attribute: Attribute | None) -> Response:  # fmt: skip
     rid = f"{'chatcmpl' if kind.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     if not stream:
         final = await anyio.to_thread.run_sync(_last, run)
-        return JSONResponse(_complete_body(final, rid, created, kind, echo))
+        body = _complete_body(final, rid, created, kind, echo)
+        if attribute:
+            body["attribution"] = await anyio.to_thread.run_sync(attribute, final)
+        return JSONResponse(body)
     first = await anyio.to_thread.run_sync(_next_output, run)  # refusals come before any event
     return StreamingResponse(
-        _chunks(run, first, rid, created, kind, echo), media_type="text/event-stream",
+        _chunks(run, first, rid, created, kind, echo, attribute), media_type="text/event-stream",
         headers={"Cache-Control": "no-store"},
     )  # fmt: skip
 
@@ -238,7 +251,7 @@ def _next_output(run: Iterator[Output]) -> Output | None:
     return next(run, None)
 
 
-async def _chunks(run, first, rid, created, kind, echo) -> AsyncIterator[str]:
+async def _chunks(run, first, rid, created, kind, echo, attribute) -> AsyncIterator[str]:
     chat = kind.startswith("chat")
     sent = ""
     out = first
@@ -257,8 +270,10 @@ async def _chunks(run, first, rid, created, kind, echo) -> AsyncIterator[str]:
             if out.done is not None:
                 finish = _FINISH.get(out.done.reason, "stop")
                 choice = {"delta": {}} if chat else {"text": ""}
-                yield _event(rid, created, out, {**choice, "finish_reason": finish}, kind,
-                             usage=_usage(out))  # fmt: skip
+                extra = {"usage": _usage(out)}
+                if attribute:
+                    extra["attribution"] = await anyio.to_thread.run_sync(attribute, out)
+                yield _event(rid, created, out, {**choice, "finish_reason": finish}, kind, extra)
                 break
             out = await anyio.to_thread.run_sync(_next_output, run)
     except PlaygroundError as exc:
@@ -269,12 +284,11 @@ async def _chunks(run, first, rid, created, kind, echo) -> AsyncIterator[str]:
     yield "data: [DONE]\n\n"
 
 
-def _event(rid, created, out, choice, kind, usage=None) -> str:
+def _event(rid, created, out, choice, kind, extra: dict | None = None) -> str:
     obj = "chat.completion.chunk" if kind.startswith("chat") else "text_completion"
     body = {"id": rid, "object": obj, "created": created, "model": out.model if out else "",
-            "choices": [{"index": 0, "logprobs": None, "finish_reason": None, **choice}]}  # fmt: skip
-    if usage:
-        body["usage"] = usage
+            "choices": [{"index": 0, "logprobs": None, "finish_reason": None, **choice}],
+            **(extra or {})}  # fmt: skip
     return f"data: {json.dumps(body)}\n\n"
 
 

@@ -1,4 +1,4 @@
-"""Adjustments to Gradio's queue and two of its routes (written for gradio 6.31, pinned).
+"""Adjustments to one Blocks' queue and input checks, and two of Gradio's routes (gradio 6.31).
 
 Each one touches a single Blocks instance, never Gradio's classes, and checks that the internal
 it relies on is still there, so an upgrade fails loudly at start instead of silently.
@@ -31,7 +31,7 @@ def tune_queue(blocks: gr.Blocks) -> None:
     queue = getattr(blocks, "_queue", None)
     if queue is None or not hasattr(queue, "push") or not hasattr(queue, "max_size"):
         raise RuntimeError(
-            f"gradio {gr.__version__}: Blocks._queue changed; see app/gradio_compat.py"
+            f"gradio {gr.__version__}: Blocks._queue changed; see compat/gradio_queue.py"
         )
     # Gradio's monitoring summary rebuilt a pandas DataFrame of up to 10,000 past events after
     # every event: 4.5-12.6 ms of CPU per request. Its endpoint is off (we serve Prometheus

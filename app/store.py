@@ -2,12 +2,12 @@
 
 SQLite by default (WAL, explicit busy timeout, synchronous=FULL so an acknowledged share survives
 a crash), PostgreSQL when given a postgresql:// URL. The ORM row (`ShareRow`) stays private; callers
-get the frozen `SharePublic` view. Schema changes go through the numbered `MIGRATIONS` list.
+get the frozen `SharePublic` view. Schema changes go through the numbered `MIGRATIONS` list
+(store_migrations.py); every field is checked in store_validation.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import hmac
@@ -16,7 +16,6 @@ import logging
 import re
 import secrets
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,18 +28,29 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from app.limits import Limits
 from app.ratelimit import RateLimited, RateLimiter
+from app.store_migrations import LATEST_VERSION, MIGRATIONS, migrate, read_version, write_tx
+from app.store_validation import MAX_JSON_DEPTH, MODES, validate
 from model.errors import PlaygroundError
 
-__all__ = ["Limits", "RateLimited", "RateLimiter", "Store"]
+# Re-exported: callers and tests import the store's whole surface from here.
+__all__ = [
+    "LATEST_VERSION",
+    "MAX_JSON_DEPTH",
+    "MIGRATIONS",
+    "MODES",
+    "Limits",
+    "RateLimited",
+    "RateLimiter",
+    "Store",
+    "migrate",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite:///data/playground.db"
-MODES = ("completion", "fim", "assistant")
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 ID_BYTES = 12  # 96 random bits -> 16 URL-safe characters
 TOKEN_BYTES = 32
-MAX_JSON_DEPTH = 16  # shares hold flat parameters and shallow spans; deeper is not a share
 
 
 # ---------------------------------------------------------------- public view
@@ -118,90 +128,6 @@ def _to_public(row: ShareRow) -> SharePublic:
     )
 
 
-# ---------------------------------------------------------------- migrations
-
-
-def _m1_create_shares(conn: sa.Connection) -> None:
-    # Frozen copy of the v1 table: later ORM changes must not alter what v1 means.
-    md = sa.MetaData()
-    sa.Table(
-        "shares",
-        md,
-        sa.Column("id", sa.String(64), primary_key=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("mode", sa.String(16), nullable=False),
-        sa.Column("model", sa.String(200)),
-        sa.Column("parameters", sa.Text, nullable=False),
-        sa.Column("prompt", sa.Text, nullable=False),
-        sa.Column("output", sa.Text, nullable=False),
-        sa.Column("content_hash", sa.String(64), nullable=False, unique=True),
-        sa.Column("delete_token_hash", sa.String(64), nullable=False),
-    )
-    md.create_all(conn)
-
-
-def _m2_fim_and_spans(conn: sa.Connection) -> None:
-    conn.exec_driver_sql("ALTER TABLE shares ADD COLUMN fim TEXT")
-    conn.exec_driver_sql("ALTER TABLE shares ADD COLUMN spans TEXT NOT NULL DEFAULT '[]'")
-    conn.exec_driver_sql("CREATE INDEX ix_shares_created_at ON shares (created_at)")
-
-
-# Append only. Each entry runs once, in its own transaction, and bumps schema_version.
-MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
-    (1, "create shares", _m1_create_shares),
-    (2, "fim split, attribution spans, created_at index", _m2_fim_and_spans),
-]
-LATEST_VERSION = MIGRATIONS[-1][0]
-
-
-def migrate(engine: sa.Engine, *, target: int | None = None) -> int:
-    """Bring the schema up to `target` (default: latest). Safe to run from several processes."""
-    target = LATEST_VERSION if target is None else target
-    with _migration_tx(engine) as conn:
-        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        found = _read_version(conn)
-    if found > LATEST_VERSION:
-        # An older release must not write into a schema it does not know.
-        raise RuntimeError(
-            f"The share database is at schema v{found}, newer than this code (v{LATEST_VERSION}). "
-            "Upgrade the app, or point DATABASE_URL at another database."
-        )
-    for version, name, step in MIGRATIONS:
-        if version > target:
-            break
-        with _migration_tx(engine) as conn:
-            current = _read_version(conn)
-            if version <= current:
-                continue
-            log.info("migrating %s to schema v%d: %s", engine.url.render_as_string(), version, name)
-            step(conn)
-            if current == 0:
-                conn.exec_driver_sql(f"INSERT INTO schema_version (version) VALUES ({version})")
-            else:
-                conn.exec_driver_sql(f"UPDATE schema_version SET version = {version}")
-    with engine.connect() as conn:
-        return _read_version(conn)
-
-
-@contextlib.contextmanager
-def _migration_tx(engine: sa.Engine):
-    with _write_tx(engine) as conn:
-        if engine.dialect.name == "postgresql":
-            # Serialise processes starting at once; the lock is released at commit.
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(724101)"))
-        yield conn
-
-
-def _read_version(conn: sa.Connection) -> int:
-    return conn.exec_driver_sql("SELECT MAX(version) FROM schema_version").scalar() or 0
-
-
-def _write_tx(engine: sa.Engine):
-    # On SQLite, BEGIN IMMEDIATE takes the write lock up front, so the busy timeout applies
-    # instead of a deadlock-style SQLITE_BUSY when a reader later tries to write.
-    return engine.execution_options(sqlite_begin="IMMEDIATE").begin()
-
-
 # ---------------------------------------------------------------- store
 
 
@@ -266,7 +192,7 @@ class Store:
 
     def schema_version(self) -> int:
         with self.engine.connect() as conn:
-            return _read_version(conn)
+            return read_version(conn)
 
     # -- reads
 
@@ -300,7 +226,7 @@ class Store:
         `spans` is a list of {"start": i, "end": j, ...} over `output` (extra JSON keys kept).
         Raises PlaygroundError (kind "validation") or RateLimited (kind "busy").
         """
-        v = self._validate(mode, prompt, output, parameters, model, fim, spans)
+        v = validate(self.limits, mode, prompt, output, parameters, model, fim, spans)
         self.rate_limiter.check(client_id)
         content_hash = _content_hash(v)
         for _ in range(3):  # retry only on a (96-bit) id collision or a lost dedup race
@@ -337,7 +263,7 @@ class Store:
     @_available
     def delete(self, share_id: str, token: str) -> None:
         """Delete a share given its delete token. Raises kind "not_found" or "forbidden"."""
-        with self._locked(), _write_tx(self.engine) as conn:
+        with self._locked(), write_tx(self.engine) as conn:
             stored = None
             if ID_RE.match(share_id or ""):
                 stored = conn.execute(
@@ -370,49 +296,6 @@ class Store:
         with self._locked(), Session(self._write_engine, expire_on_commit=False) as s:
             s.add(row)
             s.commit()  # synchronous=FULL on SQLite: returns only once the WAL is on disk
-
-    def _validate(self, mode, prompt, output, parameters, model, fim, spans) -> dict[str, Any]:
-        lim = self.limits
-        if mode not in MODES:
-            raise PlaygroundError(
-                f"`mode` must be one of {', '.join(MODES)}. Given: {str(mode)[:40]!r}.",
-                field="mode",
-            )
-        _check_text("prompt", prompt, lim.max_prompt_bytes)
-        _check_text("output", output, lim.max_output_bytes)
-        if not prompt and not output:
-            raise PlaygroundError(
-                "Nothing to share: `prompt` and `output` are both empty.", field="output"
-            )
-        if model is not None:
-            if not isinstance(model, str):
-                raise PlaygroundError("`model` must be a string.", field="model")
-            if len(model) > lim.max_model_chars or not model.isprintable():
-                raise PlaygroundError(
-                    f"`model` must be at most {lim.max_model_chars} printable characters. "
-                    f"Given: {len(model)} characters.",
-                    field="model",
-                )
-            model = model or None
-        params_json = _dump_json("parameters", parameters or {}, lim.max_parameters_bytes, dict)
-        fim_json = None
-        if fim is not None:
-            if mode != "fim":
-                raise PlaygroundError(
-                    f"`fim` is only for mode 'fim'. Given mode: {mode!r}.", field="fim"
-                )
-            fim_json = json.dumps(_fim_split(fim, output).__dict__)
-        spans_json = _dump_json("spans", spans or [], lim.max_spans_bytes, list)
-        _check_spans(spans or [], output, lim.max_spans)
-        return {
-            "mode": mode,
-            "prompt": prompt,
-            "output": output,
-            "model": model,
-            "parameters": params_json,
-            "fim": fim_json,
-            "spans": spans_json,
-        }
 
 
 class _NullLock:
@@ -462,114 +345,3 @@ def _content_hash(v: dict[str, Any]) -> str:
     # generation shared again should get the same link.
     key = [v["mode"], v["model"], v["parameters"], v["prompt"], v["output"], v["fim"]]
     return hashlib.sha256(json.dumps(key, ensure_ascii=False).encode()).hexdigest()
-
-
-def _check_text(name: str, value: Any, max_bytes: int) -> None:
-    if not isinstance(value, str):
-        raise PlaygroundError(
-            f"`{name}` must be a string. Given: {type(value).__name__}.", field=name
-        )
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise PlaygroundError(
-            f"`{name}` is not valid Unicode (unpaired surrogate at character {exc.start}).",
-            field=name,
-        ) from None
-    if size > max_bytes:
-        raise PlaygroundError(
-            f"`{name}` must be at most {max_bytes:,} bytes (UTF-8). Given: {size:,} bytes.",
-            field=name,
-        )
-    if "\x00" in value:  # PostgreSQL text cannot hold NUL; refuse it on both databases
-        raise PlaygroundError(
-            f"`{name}` contains a NUL character at position {value.index(chr(0))}.", field=name
-        )
-
-
-def _dump_json(name: str, value: Any, max_bytes: int, kind: type) -> str:
-    if not isinstance(value, kind):
-        raise PlaygroundError(
-            f"`{name}` must be a JSON {'object' if kind is dict else 'list'}. "
-            f"Given: {type(value).__name__}.",
-            field=name,
-        )
-    if _json_depth(value) > MAX_JSON_DEPTH:
-        raise PlaygroundError(
-            f"`{name}` must nest at most {MAX_JSON_DEPTH} levels deep. Given: more than that.",
-            field=name,
-        )
-    try:
-        text = json.dumps(value, sort_keys=True, ensure_ascii=False, allow_nan=False)
-        size = len(text.encode("utf-8"))
-    except (TypeError, ValueError, UnicodeEncodeError) as exc:
-        raise PlaygroundError(f"`{name}` is not valid JSON data: {exc}.", field=name) from None
-    if "\\u0000" in text:
-        raise PlaygroundError(f"`{name}` contains a NUL character.", field=name)
-    if size > max_bytes:
-        raise PlaygroundError(
-            f"`{name}` must be at most {max_bytes:,} bytes as JSON. Given: {size:,} bytes.",
-            field=name,
-        )
-    return text
-
-
-def _json_depth(value: Any) -> int:
-    """Nesting depth, without recursion: json.dumps of deep data raised RecursionError (a 500)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, depth)
-            if depth > MAX_JSON_DEPTH:
-                break
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-    return deepest
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _fim_split(fim: Any, output: str) -> FimSplit:
-    n = len(output)
-    if isinstance(fim, dict) and {"prefix", "middle", "suffix"} <= fim.keys():
-        p, m, s = fim["prefix"], fim["middle"], fim["suffix"]
-        if not all(isinstance(x, str) for x in (p, m, s)) or p + m + s != output:
-            raise PlaygroundError(
-                "`fim` prefix + middle + suffix must equal `output` "
-                f"({n} characters). Given: {sum(len(str(x)) for x in (p, m, s))} characters.",
-                field="fim",
-            )
-        return FimSplit(len(p), len(p) + len(m))
-    if isinstance(fim, dict) and {"middle_start", "middle_end"} <= fim.keys():
-        a, b = fim["middle_start"], fim["middle_end"]
-        if _is_int(a) and _is_int(b) and 0 <= a <= b <= n:
-            return FimSplit(a, b)
-        raise PlaygroundError(
-            f"`fim` needs 0 <= middle_start <= middle_end <= {n} (length of `output`). "
-            f"Given: middle_start={a!r}, middle_end={b!r}.",
-            field="fim",
-        )
-    raise PlaygroundError(
-        "`fim` must be {middle_start, middle_end} or {prefix, middle, suffix}. "
-        f"Given keys: {sorted(fim) if isinstance(fim, dict) else type(fim).__name__}.",
-        field="fim",
-    )
-
-
-def _check_spans(spans: list[Any], output: str, max_spans: int) -> None:
-    if len(spans) > max_spans:
-        raise PlaygroundError(
-            f"`spans` must have at most {max_spans} entries. Given: {len(spans)}.", field="spans"
-        )
-    n = len(output)
-    for i, span in enumerate(spans):
-        ok = isinstance(span, dict) and _is_int(span.get("start")) and _is_int(span.get("end"))
-        if not ok or not 0 <= span["start"] <= span["end"] <= n:
-            raise PlaygroundError(
-                f"`spans[{i}]` must be {{start, end}} with 0 <= start <= end <= {n} "
-                f"(length of `output`). Given: {json.dumps(span)[:80]}.",
-                field="spans",
-            )

@@ -10,6 +10,7 @@ gradio_client session per stream as a second load generator):
                          [--requests 32] [--rounds 3] [--out FILE]
 
 Tokens are counted exactly by the engines (the app's Prometheus counter), not re-tokenized.
+The load generators (levels, rounds) are bench/load_generators.py; here: the servers and the table.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -35,18 +35,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-log = logging.getLogger("bench.load")
+from bench.load_generators import bench_direct, bench_levels  # noqa: E402 - path set above
 
-PROMPTS = [
-    "def fibonacci(n):\n",
-    "import os\n\ndef list_files(path):\n",
-    "class Stack:\n    def __init__(self):\n",
-    "def quicksort(items):\n",
-    "# Parse a CSV file and return rows\n",
-    "def is_prime(n: int) -> bool:\n",
-    "from typing import List\n\ndef flatten(xs: List[list]):\n",
-    "def read_json(path):\n",
-]
+log = logging.getLogger("bench.load")
 
 
 def free_port() -> int:
@@ -146,263 +137,6 @@ def serve_app_main(args) -> int:
     finally:
         engine.close()
     return 0
-
-
-def run_level(
-    url: str, tokens_now, streams: int, per_stream: int, max_new: int, client: str = "http",
-    temperature: float = 0.0,
-) -> dict:  # fmt: skip
-    """One concurrency level against the app's /complete; `client` picks the load generator."""
-    cpu_before = _process_cpu()
-    if client == "http":
-        row = _run_http_level(url, tokens_now, streams, per_stream, max_new, temperature)
-    else:
-        row = _run_gradio_client_level(url, tokens_now, streams, per_stream, max_new)
-    row["client_cores"] = (_process_cpu() - cpu_before) / row["wall_s"] if row["wall_s"] else 0
-    return row
-
-
-def _process_cpu() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-def _complete_args(url: str, max_new: int, temperature: float) -> list:
-    """/complete's positional data, built from the app's own API description."""
-    import httpx
-
-    info = httpx.get(f"{url}gradio_api/info", timeout=30).json()
-    params = info["named_endpoints"]["/complete"]["parameters"]
-    given = {
-        "max_new_tokens": max_new, "temperature": temperature, "top_p": 0.9,
-        "repetition_penalty": 1.2,
-    }  # fmt: skip
-    return [given.get(p["parameter_name"], p.get("parameter_default")) for p in params]
-
-
-def _run_http_level(
-    url: str, tokens_now, streams: int, per_stream: int, max_new: int, temperature: float
-) -> dict:
-    """Plain HTTP + SSE on Gradio's API (POST /gradio_api/call/complete, then its event
-    stream), from one asyncio loop: a load generator that takes ~0.1 core at 8 streams, where
-    gradio_client's threads took ~0.66 of the same 2 cores the app and the model run on."""
-    import asyncio
-    import json
-
-    import httpx
-
-    template = _complete_args(url, max_new, temperature)
-    ttfts: list[float] = []
-    errors: list[str] = []
-
-    async def one_stream(c: httpx.AsyncClient, i: int) -> None:
-        for j in range(per_stream):
-            prompt = PROMPTS[(i + j) % len(PROMPTS)]
-            start, first = time.perf_counter(), None
-            try:
-                r = await c.post("gradio_api/call/complete", json={"data": [prompt, *template[1:]]})
-                r.raise_for_status()
-                event = None
-                path = f"gradio_api/call/complete/{r.json()['event_id']}"
-                async with c.stream("GET", path) as sse:
-                    async for line in sse.aiter_lines():
-                        if line.startswith("event:"):
-                            event = line[6:].strip()
-                        elif line.startswith("data:") and event == "error":
-                            raise RuntimeError(line[5:].strip())
-                        elif line.startswith("data:") and first is None:
-                            data = json.loads(line[5:])
-                            if data and isinstance(data[0], str) and len(data[0]) > len(prompt):
-                                first = time.perf_counter() - start
-            except Exception as exc:  # recorded, reported, and the level goes on
-                errors.append(f"{type(exc).__name__}: {exc}"[:200])
-                continue
-            if first is not None:
-                ttfts.append(first)
-
-    async def level() -> float:
-        limits = httpx.Limits(max_connections=4 * streams + 4)
-        async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as c:
-            start = time.perf_counter()
-            await asyncio.gather(*(one_stream(c, i) for i in range(streams)))
-            return time.perf_counter() - start
-
-    tokens_before = tokens_now()
-    wall = asyncio.run(level())
-    tokens = tokens_now() - tokens_before
-    return _row(streams, streams * per_stream, tokens, wall, ttfts, errors)
-
-
-def _row(streams, requests, tokens, wall, ttfts, errors) -> dict:
-    return {
-        "streams": streams,
-        "requests": requests,
-        "tokens": int(tokens),
-        "wall_s": wall,
-        "tok_s": tokens / wall if wall else 0.0,
-        "ttft_p50": _pct(ttfts, 50),
-        "ttft_p95": _pct(ttfts, 95),
-        "ttfts": ttfts,
-        "errors": errors,
-    }
-
-
-def _run_gradio_client_level(url, tokens_now, streams, per_stream, max_new) -> dict:
-    from gradio_client import Client
-
-    clients = [Client(url, verbose=False) for _ in range(streams)]
-    ttfts: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(streams + 1)
-
-    def one_stream(i: int) -> None:
-        client = clients[i]
-        barrier.wait()
-        for j in range(per_stream):
-            prompt = PROMPTS[(i + j) % len(PROMPTS)]
-            start = time.perf_counter()
-            first = None
-            try:
-                job = client.submit(
-                    prompt=prompt,
-                    max_new_tokens=max_new,
-                    temperature=0,
-                    repetition_penalty=1.2,
-                    api_name="/complete",
-                )
-                for out in job:
-                    if first is None and isinstance(out, str) and len(out) > len(prompt):
-                        first = time.perf_counter() - start
-                job.result()
-            except Exception as exc:  # recorded, reported, and the level goes on
-                with lock:
-                    errors.append(f"{type(exc).__name__}: {exc}"[:200])
-                continue
-            if first is not None:
-                with lock:
-                    ttfts.append(first)
-
-    threads = [threading.Thread(target=one_stream, args=(i,)) for i in range(streams)]
-    for t in threads:
-        t.start()
-    tokens_before = tokens_now()
-    barrier.wait()
-    start = time.perf_counter()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
-    tokens = tokens_now() - tokens_before
-    for c in clients:
-        with contextlib.suppress(Exception):
-            c.close()
-    return _row(streams, streams * per_stream, tokens, wall, ttfts, errors)
-
-
-def run_direct_level(
-    engine, streams: int, per_stream: int, max_new: int, temperature: float = 0.0
-) -> dict:
-    """The same load on the Engine API itself, without the web stack (diagnostic)."""
-    from model.engine import CancelToken, Delta, Done, GenerationParams, GenerationRequest
-
-    params = GenerationParams(
-        max_new_tokens=max_new, temperature=temperature, top_p=0.9, repetition_penalty=1.2
-    )
-    ttfts, errors, tokens = [], [], [0]
-    lock = threading.Lock()
-    barrier = threading.Barrier(streams + 1)
-
-    def one_stream(i: int) -> None:
-        barrier.wait()
-        for j in range(per_stream):
-            request = GenerationRequest(PROMPTS[(i + j) % len(PROMPTS)], params)
-            start, first = time.perf_counter(), None
-            for event in engine.stream(request, CancelToken()):
-                if first is None and isinstance(event, Delta):
-                    first = time.perf_counter() - start
-                if isinstance(event, Done):
-                    with lock:
-                        tokens[0] += event.generated_tokens
-                        if event.reason == "error":
-                            errors.append(event.error)
-                        elif first is not None:
-                            ttfts.append(first)
-
-    threads = [threading.Thread(target=one_stream, args=(i,)) for i in range(streams)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
-    return _row(streams, streams * per_stream, tokens[0], wall, ttfts, errors)
-
-
-def bench_direct(name: str, engine, levels, total: int, max_new: int, rounds: int, temperature=0.0):
-    def run(n: int, per_stream: int) -> dict:
-        return run_direct_level(engine, n, per_stream, max_new, temperature)
-
-    return bench_rounds(name, run, levels, total, rounds)
-
-
-def bench_rounds(name: str, run, levels, total: int, rounds: int) -> list:
-    """`rounds` passes over all levels, interleaved (1, 4, 8, 16, 1, 4, ...), pooled per level.
-
-    The ratio to one stream is taken within each round, against that round's own 1-stream
-    level, so drift on the shared machine (its speed wanders by ~10-20 % over minutes) lands
-    on both sides of each ratio; the rows report its median and range over the rounds.
-    """
-    # Warm-up at the sizes measured: a short one left the first (1-stream) level ~20 % slow,
-    # which flattered every ratio to it.
-    run(max(levels), 1)
-    run(1, 2)
-    runs: dict[int, list[dict]] = {n: [] for n in levels}
-    for r in range(rounds):
-        for n in levels:
-            # n streams get n/2 times the requests, so every level lasts about as long as the
-            # single stream's: a 2 s level at 8 streams let the VM's jitter set the ratio.
-            row = run(n, max(2, total * max(1, n // 2) // n))
-            runs[n].append(row)
-            log.info(
-                "%s round %d streams=%d tok/s=%.1f ttft p50=%.3f p95=%.3f errors=%d",
-                name, r + 1, n, row["tok_s"], row["ttft_p50"], row["ttft_p95"],
-                len(row["errors"]),
-            )  # fmt: skip
-    base = runs[min(levels)]
-    rows = []
-    for n in levels:
-        rs = runs[n]
-        row = _row(
-            n, sum(x["requests"] for x in rs), sum(x["tokens"] for x in rs),
-            sum(x["wall_s"] for x in rs), [t for x in rs for t in x["ttfts"]],
-            [e for x in rs for e in x["errors"]],
-        )  # fmt: skip
-        ratios = [x["tok_s"] / b["tok_s"] for x, b in zip(rs, base, strict=True) if b["tok_s"]]
-        row.update(engine=name, rounds=len(rs), ratios=ratios)
-        if all("client_cores" in x for x in rs):
-            row["client_cores"] = sum(x["client_cores"] * x["wall_s"] for x in rs) / row["wall_s"]
-        rows.append(row)
-    return rows
-
-
-def _pct(values: list[float], q: int) -> float:
-    if not values:
-        return float("nan")
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
-
-
-def bench_levels(
-    name: str, url: str, tokens_now, levels, total: int, max_new: int, rounds: int,
-    client: str = "http", temperature: float = 0.0,
-) -> list:  # fmt: skip
-    def run(n: int, per_stream: int) -> dict:
-        return run_level(url, tokens_now, n, per_stream, max_new, client, temperature)
-
-    label = name if client == "http" else f"{name}, via gradio_client"
-    return bench_rounds(label, run, levels, total, rounds)
 
 
 @contextlib.contextmanager

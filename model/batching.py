@@ -11,7 +11,7 @@ scheduler. What it honours per request, and therefore what we batch:
     manager, which frees its slot at the next step.
   - token healing of completion prompts that end in whitespace (model/healing.py): the same
     processor holds each healed request's first tokens to the backed-off text.
-KV cache: sized to a budget (KV_CACHE_MB, else a share of free memory; plan_kv_cache) and
+KV cache: sized to a budget (KV_CACHE_MB, else a share of free memory; model/kv_budget.py) and
 allocated at start. A request may use at most what the cache holds (ModelInfo.context_length),
 and starts once its prompt + max_new_tokens fit beside the running ones, so none is evicted.
 One-at-a-time path (LocalEngine on the same model, serialised by its lock):
@@ -31,7 +31,6 @@ from dataclasses import dataclass, field, replace
 
 from transformers import GenerationConfig
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
-from transformers.generation.continuous_batching import utils as cb_utils
 
 from compat import transformers_cb
 from model.decoding import IncrementalDecoder
@@ -46,6 +45,7 @@ from model.engine import (
 )
 from model.errors import PlaygroundError
 from model.healing import heal_request
+from model.kv_budget import KvPlan, no_room, plan_for_model
 from model.local import LocalEngine
 from model.sampling import RequestSamplingCB
 from model.stops import StopMatcher
@@ -53,89 +53,6 @@ from model.stops import StopMatcher
 log = logging.getLogger(__name__)
 
 Send = Callable[[list[tuple[str, Event]]], None]  # (request id, event) pairs, in order
-
-
-MIB = 2**20
-CPU_PAGE = 32  # tokens per cache page on CPU: small pages waste little on short requests
-# Default budget: this share of the memory transformers counts as available (it refuses a
-# cache whose working set exceeds 0.6 of it on CPU, and that set is up to ~2.2x the cache for
-# multi-query models), and at most DEFAULT_CAP_MIB on CPU, or one full context if larger.
-DEFAULT_SHARE = 0.2
-DEFAULT_CAP_MIB = 512
-
-
-@dataclass(frozen=True)
-class KvPlan:
-    """The paged KV cache's size and what it allows per request."""
-
-    page: int  # tokens per block
-    num_blocks: int
-    bytes_per_token: int  # all layers, K and V
-    context_length: int  # per-request limit on prompt + max_new_tokens
-    limited_by: str | None  # why context_length is below the model's, for messages
-
-    @property
-    def cache_bytes(self) -> int:
-        return self.num_blocks * self.page * self.bytes_per_token
-
-    def blocks_for(self, tokens: int) -> int:
-        """Blocks one request of `tokens` may occupy (one spare, as transformers writes ahead)."""
-        return math.ceil(tokens / self.page) + 1
-
-
-def kv_bytes_per_token(config, dtype_size: int) -> int:
-    """Cache bytes of one token: layers x kv heads x head dim x 2 (K and V) x dtype size."""
-    config = config.get_text_config()
-    heads = cb_utils.find_num_key_value_heads(config)
-    return config.num_hidden_layers * heads * cb_utils.find_head_dim(config) * 2 * dtype_size
-
-
-def available_memory() -> int:
-    """Bytes transformers counts as free for the cache (on CPU: RAM capped by the NUMA node's
-    MemTotal, minus our RSS), and on CPU no more than the OS says is available right now."""
-    device, total, reserved, allocated = cb_utils.get_device_and_memory_breakdown()
-    free = total - max(allocated, reserved)
-    if device.type == "cpu" and cb_utils.is_psutil_available():
-        import psutil  # accelerate's dependency; transformers reads RAM through it too
-
-        free = min(free, psutil.virtual_memory().available)
-    return max(0, free)
-
-
-def plan_kv_cache(
-    config,
-    dtype_size: int,
-    *,
-    max_batch: int,
-    context_length: int,
-    kv_cache_mb: float | None,
-    available: int,
-    page: int = CPU_PAGE,
-) -> KvPlan:
-    """Blocks for the budget (KV_CACHE_MB, else a default from `available`), never more than
-    `max_batch` full contexts need; the per-request limit is what the cache holds, at most
-    the model's context. Raises PlaygroundError if it cannot hold one page plus the spare."""
-    per_token = kv_bytes_per_token(config, dtype_size)
-    block = page * per_token
-    full_context = (math.ceil(context_length / page) + 1) * block
-    if kv_cache_mb is None:
-        cap = max(DEFAULT_CAP_MIB * MIB, full_context)
-        budget = min(max_batch * full_context, cap, int(DEFAULT_SHARE * available))
-        setting = f"KV_CACHE_MB={budget / MIB:.0f}, derived from this machine's memory"
-    else:
-        budget = int(kv_cache_mb * MIB)
-        setting = f"KV_CACHE_MB={kv_cache_mb:g}"
-    num_blocks = min(budget // block, max_batch * (full_context // block))
-    if num_blocks < 2:
-        raise PlaygroundError(
-            f"The KV cache ({setting}) holds {budget // per_token} tokens; this model needs "
-            f"at least {2 * page} ({2 * block / MIB:.2f} MiB). Raise KV_CACHE_MB.",
-            field="kv_cache_mb",
-            kind="config",
-        )
-    limit = min(context_length, (num_blocks - 1) * page)
-    limited_by = setting if limit < context_length else None
-    return KvPlan(page, num_blocks, per_token, limit, limited_by)
 
 
 def build_cb_config(model, max_batch: int, plan: KvPlan | None) -> ContinuousBatchingConfig:
@@ -204,7 +121,7 @@ class BatchingServer:
         on_fatal: Callable[[], None] | None = None,
     ):
         transformers_cb.install(RequestSamplingCB)  # our sampler in transformers' batching
-        self.plan = _plan(model, info, max_batch, kv_cache_mb)
+        self.plan = plan_for_model(model, info, max_batch, kv_cache_mb)
         if self.plan is not None and self.plan.context_length < info.context_length:
             limit = ContextLength(self.plan.context_length, self.plan.limited_by)
             info = replace(info, context_length=limit)
@@ -247,7 +164,7 @@ class BatchingServer:
             # loop, the worker restarted, and the next request died the same way.
             self.manager.warmup()
         except MemoryError as exc:
-            raise PlaygroundError(_no_room(self.plan, kv_cache_mb, exc), kind="config") from exc
+            raise PlaygroundError(no_room(self.plan, kv_cache_mb, exc), kind="config") from exc
         cache = getattr(self.manager.batch_processor, "cache", None)
         self.info = replace(
             self.info,
@@ -454,37 +371,6 @@ class BatchingServer:
         self.send(
             [(rid, _engine_error(why, st.n_prompt, st.generated)) for rid, st in streams.items()]
         )
-
-
-def _plan(model, info: ModelInfo, max_batch: int, kv_cache_mb: float | None) -> KvPlan | None:
-    """The cache plan; None on a GPU without KV_CACHE_MB (transformers sizes it from memory)."""
-    cpu = model.device.type == "cpu"
-    if not cpu and kv_cache_mb is None:
-        return None
-    plan = plan_kv_cache(
-        model.config,
-        model.dtype.itemsize,
-        max_batch=max_batch,
-        context_length=info.context_length,
-        kv_cache_mb=kv_cache_mb,
-        available=available_memory(),
-        page=CPU_PAGE if cpu else 256,
-    )
-    log.info(
-        "KV cache: %.0f MiB, %d blocks of %d tokens (%d bytes per token); requests up to %d "
-        "tokens", plan.cache_bytes / MIB, plan.num_blocks, plan.page, plan.bytes_per_token,
-        plan.context_length,
-    )  # fmt: skip
-    return plan
-
-
-def _no_room(plan: KvPlan | None, kv_cache_mb: float | None, exc: MemoryError) -> str:
-    size = f"{plan.cache_bytes / MIB:.0f} MiB" if plan is not None else "memory-derived"
-    setting = f"KV_CACHE_MB={kv_cache_mb:g}" if kv_cache_mb is not None else "the default"
-    return (
-        f"The model's KV cache ({size}, {setting}) does not fit in the memory available to "
-        f"this worker ({exc}). Set a smaller KV_CACHE_MB."
-    )
 
 
 def _engine_error(why: str, n_prompt: int, generated: int = 0) -> Done:

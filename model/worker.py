@@ -11,15 +11,14 @@
 - The pipe is the liveness signal: if the worker dies (kill -9, OOM killer, CUDA error) the
   reader gets EOF, every in-flight request of that worker ends with an error Done, and a new
   worker is spawned. Requests queued meanwhile wait for it.
+The worker's side of the pipe, and the WorkerConfig it loads from, live in model/worker_process.py.
 """
 
 from __future__ import annotations
 
 import collections
-import importlib
 import logging
 import multiprocessing
-import os
 import queue
 import threading
 import time
@@ -30,34 +29,11 @@ from pathlib import Path
 
 from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo, Queued
 from model.errors import PlaygroundError
+from model.worker_process import WorkerConfig, worker_main
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.02  # how often a waiting stream looks at its CancelToken
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """What the worker process needs to load the model (must pickle: it crosses the spawn)."""
-
-    model: str
-    device: str | None = None
-    hf_token: str | None = None
-    max_batch: int = 8  # requests decoded together; also the number of worker slots
-    log_level: str = "INFO"
-    # CPU threads for torch in the worker; None: 1 for small models (< 100M parameters, whose
-    # matmuls are too small to split and whose threads would spin against the web process),
-    # else torch's default.
-    torch_threads: int | None = None
-    # With a data dir, `model` may be a packaged registry id (SmolLM2), converted here on first
-    # use: the conversion needs torch, which only the worker may import.
-    data_dir: str | None = None
-    # MiB for the paged KV cache (KV_CACHE_MB); None: derived from the machine's free memory.
-    # It caps each request's prompt + max_new_tokens at what the cache holds (model/batching.py).
-    kv_cache_mb: float | None = None
-    # "module:function" called in the worker with the loaded model, before it serves: the tests
-    # use it to make the model fail like a dying GPU (no GPU runs on the CI machines).
-    on_loaded: str | None = None
 
 
 @dataclass(eq=False)
@@ -123,7 +99,7 @@ class WorkerEngine:
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
-            target=_worker_main, args=(child, self.config), name="model-worker", daemon=True
+            target=worker_main, args=(child, self.config), name="model-worker", daemon=True
         )
         proc.start()
         child.close()  # so EOF on our end means the worker is gone
@@ -415,127 +391,3 @@ def _local_tokenizer(model: str):
     from tokenizers import Tokenizer
 
     return Tokenizer.from_file(str(path))
-
-
-def _resolve(config: WorkerConfig) -> str:
-    if config.data_dir is None:
-        return config.model
-    from model.registry import Registry
-
-    registry = Registry.build(config.data_dir)
-    if config.model in registry and registry.get(config.model).source == "package":
-        return registry.resolve(config.model)
-    return config.model
-
-
-def _worker_main(conn, config: WorkerConfig) -> None:
-    """Entry point of the worker process: load, then serve commands until told to stop."""
-    import signal
-
-    # Ctrl+C or a SIGTERM to the whole process group is the parent's to handle: it closes us.
-    # Dying with it would look like a crash and trigger a pointless restart during shutdown.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s worker %(name)s: %(message)s",
-    )
-    send_lock = threading.Lock()
-
-    def exit_for_restart() -> None:
-        # After a CUDA error the device is unusable: exit so the parent starts a fresh worker.
-        logging.getLogger(__name__).error("batching loop died; worker exits")
-        with send_lock:  # not in the middle of a message
-            os._exit(70)
-
-    def send(msg) -> None:
-        try:
-            with send_lock:
-                conn.send(msg)
-        except (OSError, ValueError):
-            pass  # the parent is gone; the recv loop below notices and exits
-
-    from model.batching import BatchingServer
-    from model.loading import load
-
-    try:
-        source = _resolve(config)
-        model, tokenizer, info = load(source, device=config.device, hf_token=config.hf_token)
-        _set_threads(model, info, config.torch_threads)
-        _run_on_loaded(config.on_loaded, model)
-        server = BatchingServer(
-            model,
-            tokenizer,
-            info,
-            lambda events: send(("evs", events)),
-            max_batch=config.max_batch,
-            kv_cache_mb=config.kv_cache_mb,
-            on_fatal=exit_for_restart,
-        )
-        info = server.info  # with the per-request limit the cache allows, and memory figures
-    except PlaygroundError as exc:  # a known reason (e.g. no such model): no traceback needed
-        logging.getLogger(__name__).error("worker failed to start: %s", exc.message)
-        send(("failed", exc.message))
-        return
-    except Exception as exc:  # reported to the parent as the user-facing reason
-        logging.getLogger(__name__).exception("worker failed to start")
-        send(("failed", f"Model failed to load: {exc}"))
-        return
-    send(("ready", info))
-    try:
-        checked = time.monotonic()
-        while True:
-            ready = conn.poll(1.0)
-            # Checked on a clock, not only when idle: under steady traffic poll() never times out.
-            if time.monotonic() - checked >= 1.0:
-                checked = time.monotonic()
-                if not server.alive():  # a backstop: the router thread normally exits first
-                    exit_for_restart()
-            if not ready:
-                continue
-            try:
-                msg = conn.recv()
-            except (EOFError, OSError):
-                break  # parent went away
-            kind = msg[0]
-            if kind == "gen":
-                try:
-                    server.submit(msg[1], msg[2])
-                except Exception:  # one bad request must not kill the worker
-                    logging.getLogger(__name__).exception("submit failed")
-                    server.emit(
-                        msg[1],
-                        Done("error", error="Generation failed to start.", error_kind="engine"),
-                    )
-            elif kind == "cancel":
-                server.cancel(msg[1])
-            elif kind == "count":
-                n = len(tokenizer(msg[2], add_special_tokens=True)["input_ids"])
-                send(("reply", msg[1], n))
-            elif kind == "ping":
-                send(("reply", msg[1], server.alive()))
-            elif kind == "stop":
-                break
-    finally:
-        server.close()
-
-
-def _run_on_loaded(hook: str | None, model) -> None:
-    """`module:function` named by WorkerConfig.on_loaded, called with the loaded model."""
-    if hook:
-        module, _, name = hook.partition(":")
-        getattr(importlib.import_module(module), name)(model)
-
-
-def _set_threads(model, info: ModelInfo, threads: int | None) -> None:
-    import torch
-
-    small = sum(p.numel() for p in model.parameters()) < 100_000_000
-    # On a 2-core machine the web process and a second model's worker share the cores: two
-    # spinning OpenMP threads per worker made SmolLM2 decode 15x slower (0.3 vs 4.4 tokens/s).
-    few_cores = (os.cpu_count() or 1) <= 2
-    if threads is None and info.device == "cpu" and (small or few_cores):
-        threads = 1
-    if threads:
-        torch.set_num_threads(threads)
-        logging.getLogger(__name__).info("torch uses %d CPU thread(s)", threads)

@@ -14,16 +14,10 @@ from transformers.generation.configuration_utils import ContinuousBatchingConfig
 from transformers.generation.continuous_batching import cache as cb_cache
 
 from app.requests import check_context
-from model.batching import (
-    DEFAULT_CAP_MIB,
-    DEFAULT_SHARE,
-    MIB,
-    BatchingServer,
-    kv_bytes_per_token,
-    plan_kv_cache,
-)
+from model.batching import BatchingServer
 from model.engine import CancelToken, Delta, Done, GenerationParams, GenerationRequest
 from model.errors import PlaygroundError
+from model.kv_budget import DEFAULT_CAP_MIB, DEFAULT_SHARE, MIB, kv_bytes_per_token, plan_kv_cache
 from model.worker import WorkerConfig, WorkerEngine
 
 GIB = 2**30

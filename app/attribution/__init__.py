@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from .build import build, ensure_default_index
 from .core import WINDOW, BuildReport, Hit, IndexDocument, Source, Span
-from .index import AttributionIndex, IndexStats
+from .index import AttributionIndex
+from .stats import IndexStats
 
 __all__ = [
     "WINDOW",

@@ -6,7 +6,6 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,63 +25,17 @@ from .core import (
     bloom_hash,
     window_keys,
 )
+from .matching import informative, match_left, match_right, probe
+from .stats import IndexStats
 
 logger = logging.getLogger(__name__)
 
 FALSE_POSITIVE_RATE = 0.01
 MAX_ATTRIBUTE_CHARS = 200_000
 MIN_SPAN_CHARS = WINDOW
-MIN_DISTINCT_CHARS = 8  # a window of "=====" or blank lines is not evidence of copying
 MAX_SOURCES = 5
 CANDIDATES_PER_WINDOW = 20
 COMMIT_BYTES = 8_000_000
-PROBE_CHARS = 40
-
-
-@dataclass
-class IndexStats:
-    documents: int
-    bytes: int
-    repos: int
-    top_repos: dict[str, int]
-    licenses: dict[str, int]
-    languages: dict[str, int]
-    splits: dict[str, int]
-    description: str
-    backend: str
-    bloom_bytes: int = 0
-    sizes: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def summary(self) -> str:
-        """One line for the UI: how big the index is and what it covers."""
-        if not self.documents:
-            return "Attribution index is empty: verbatim spans cannot be checked."
-        repos = ", ".join(list(self.top_repos)[:3])
-        more = f" and {self.repos - 3} more" if self.repos > 3 else ""
-        licenses = ", ".join(list(self.licenses)[:4])
-        langs = ", ".join(x for x in list(self.languages)[:3] if x) or "mixed languages"
-        what = f" ({self.description})" if self.description else ""
-        return (
-            f"Attribution index{what}: {self.documents:,} files, {self.bytes / 1e6:.1f} MB "
-            f"from {self.repos} repo{'s' if self.repos != 1 else ''} ({repos}{more}); "
-            f"{langs}; licenses {licenses}."
-        )
-
-    def to_dict(self) -> dict:
-        return {
-            "documents": self.documents,
-            "megabytes": round(self.bytes / 1e6, 2),
-            "repos": self.repos,
-            "top_repos": self.top_repos,
-            "licenses": self.licenses,
-            "languages": self.languages,
-            "splits": self.splits,
-            "backend": self.backend,
-            "bloom_bytes": self.bloom_bytes,
-            "index_bytes": self.sizes,
-            "summary": self.summary,
-        }
 
 
 def _open_store(url_or_path: str | Path, schema: str | None):
@@ -96,41 +49,6 @@ def _open_store(url_or_path: str | Path, schema: str | None):
     from .store_sqlite import SQLiteStore
 
     return SQLiteStore(target)
-
-
-def _match_right(a: str, i: int, b: str, j: int) -> int:
-    """Length of the common run of a[i:] and b[j:]; compares blocks first, then characters."""
-    n = 0
-    limit = min(len(a) - i, len(b) - j)
-    step = 64
-    while n + step <= limit and a[i + n : i + n + step] == b[j + n : j + n + step]:
-        n += step
-    while n < limit and a[i + n] == b[j + n]:
-        n += 1
-    return n
-
-
-def _match_left(a: str, i: int, b: str, j: int, limit: int) -> int:
-    """Length of the common run ending just before a[i] and b[j], at most `limit`."""
-    limit = min(limit, i, j)
-    n = 0
-    while n < limit and a[i - n - 1] == b[j - n - 1]:
-        n += 1
-    return n
-
-
-def _probe(text: str) -> str:
-    """The most varied PROBE_CHARS-long piece of a span: rare trigrams make a fast lookup."""
-    if len(text) <= PROBE_CHARS:
-        return text
-    best, best_score = text[:PROBE_CHARS], -1
-    last = min(len(text) - PROBE_CHARS, 12 * PROBE_CHARS)  # a dozen candidates is plenty
-    for start in range(0, last + 1, PROBE_CHARS // 2):
-        piece = text[start : start + PROBE_CHARS]
-        score = len(set(piece)) - piece.count(" ")
-        if score > best_score:
-            best, best_score = piece, score
-    return best
 
 
 class AttributionIndex:
@@ -333,8 +251,8 @@ class AttributionIndex:
                 doc = texts[doc_id]
                 if doc[off : off + WINDOW] != text[i : i + WINDOW]:
                     continue  # a stale or colliding key: not evidence
-                left = _match_left(text, i, doc, off, i - covered if i >= covered else 0)
-                right = _match_right(text, i + WINDOW, doc, off + WINDOW)
+                left = match_left(text, i, doc, off, i - covered if i >= covered else 0)
+                right = match_right(text, i + WINDOW, doc, off + WINDOW)
                 start, end = i - left, i + WINDOW + right
                 if best is None or end - start > best[1] - best[0]:
                     best = (start, end, doc_id, off - left)
@@ -350,14 +268,14 @@ class AttributionIndex:
                 start, off = start + 1, off + 1
             while end > start and text[end - 1].isspace():
                 end -= 1
-            if end - start >= min_chars and _informative(text[start:end]):
+            if end - start >= min_chars and informative(text[start:end]):
                 spans.append((start, end, doc_id, off))
         return [self._with_sources(text, s, texts, max_sources) for s in spans]
 
     def _with_sources(self, text: str, span: tuple, texts: dict[int, str], limit: int) -> Span:
         start, end, doc_id, off = span
         piece = text[start:end]
-        rows = self._store.locate(piece, _probe(piece), limit)
+        rows = self._store.locate(piece, probe(piece), limit)
         found = {row[0]: row for row in rows}
         if doc_id not in found:  # the document the span was verified in always comes first
             doc = texts[doc_id]
@@ -420,7 +338,3 @@ def _text(value: bytes | str | memoryview) -> str:
     if isinstance(value, memoryview):
         value = bytes(value)
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _informative(span: str) -> bool:
-    return len(set(span) - set(" \t\r\n")) >= MIN_DISTINCT_CHARS

@@ -126,7 +126,8 @@ def serve_app_main(args) -> int:
     data = tempfile.mkdtemp(prefix="bench-data-")
     settings = Settings.load(
         ["--data-dir", data, "--port", str(args.port), "--log-level", "WARNING",
-         "--max-batch", str(args.max_batch), "--max-queue", str(4 * args.max_batch)],
+         "--max-batch", str(args.max_batch), "--max-queue", str(4 * args.max_batch),
+         "--rate-limit", "0"],  # every stream comes from 127.0.0.1: limits are keyed on it
         env={},
     )  # fmt: skip
     # The app lets max_batch + max_queue generations into the engine, which batches them.
@@ -270,6 +271,7 @@ def main(argv=None) -> int:
     with app_process("worker", model, max_batch) as (url, tokens):
         rows += bench_levels("worker", url, tokens, *load)
         rows += bench_levels("worker, sampled", url, tokens, *load, temperature=0.2)
+        rows += bench_levels("worker", url, tokens, *load, client="v1")
         if args.gradio_client:
             rows += bench_levels("worker", url, tokens, *load, client="gradio_client")
     from model.worker import WorkerConfig, WorkerEngine

@@ -33,6 +33,8 @@ def run_level(
     cpu_before = _process_cpu()
     if client == "http":
         row = _run_http_level(url, tokens_now, streams, per_stream, max_new, temperature)
+    elif client == "v1":
+        row = _run_v1_level(url, tokens_now, streams, per_stream, max_new, temperature)
     else:
         row = _run_gradio_client_level(url, tokens_now, streams, per_stream, max_new)
     row["client_cores"] = (_process_cpu() - cpu_before) / row["wall_s"] if row["wall_s"] else 0
@@ -63,7 +65,6 @@ def _run_http_level(
     """Plain HTTP + SSE on Gradio's API (POST /gradio_api/call/complete, then its event
     stream), from one asyncio loop: a load generator that takes ~0.1 core at 8 streams, where
     gradio_client's threads took ~0.66 of the same 2 cores the app and the model run on."""
-    import asyncio
     import json
 
     import httpx
@@ -96,6 +97,52 @@ def _run_http_level(
                 continue
             if first is not None:
                 ttfts.append(first)
+
+    return _drive(url, tokens_now, streams, per_stream, one_stream, ttfts, errors)
+
+
+def _run_v1_level(
+    url: str, tokens_now, streams: int, per_stream: int, max_new: int, temperature: float
+) -> dict:
+    """The app's OpenAI-compatible POST /v1/completions, streamed, outside Gradio's queue."""
+    import json
+
+    import httpx
+
+    ttfts: list[float] = []
+    errors: list[str] = []
+    body = {"max_tokens": max_new, "temperature": temperature, "top_p": 0.9,
+            "repetition_penalty": 1.2, "stream": True}  # fmt: skip
+
+    async def one_stream(c: httpx.AsyncClient, i: int) -> None:
+        for j in range(per_stream):
+            prompt = PROMPTS[(i + j) % len(PROMPTS)]
+            start, first = time.perf_counter(), None
+            try:
+                async with c.stream("POST", "v1/completions", json={**body, "prompt": prompt}) as r:
+                    r.raise_for_status()
+                    async for line in r.aiter_lines():
+                        if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                            continue
+                        data = json.loads(line[5:])
+                        if "error" in data:
+                            raise RuntimeError(data["error"]["message"])
+                        if first is None and data["choices"][0]["text"]:
+                            first = time.perf_counter() - start
+            except Exception as exc:  # recorded, reported, and the level goes on
+                errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                continue
+            if first is not None:
+                ttfts.append(first)
+
+    return _drive(url, tokens_now, streams, per_stream, one_stream, ttfts, errors)
+
+
+def _drive(url, tokens_now, streams: int, per_stream: int, one_stream, ttfts, errors) -> dict:
+    """Run `streams` copies of `one_stream(client, i)` on one asyncio loop; one result row."""
+    import asyncio
+
+    import httpx
 
     async def level() -> float:
         limits = httpx.Limits(max_connections=4 * streams + 4)
@@ -278,5 +325,5 @@ def bench_levels(
     def run(n: int, per_stream: int) -> dict:
         return run_level(url, tokens_now, n, per_stream, max_new, client, temperature)
 
-    label = name if client == "http" else f"{name}, via gradio_client"
+    label = {"http": name, "v1": f"{name}, via /v1"}.get(client, f"{name}, via gradio_client")
     return bench_rounds(label, run, levels, total, rounds)

@@ -6,9 +6,11 @@ outside Gradio's queue; errors use OpenAI's shape with our precise messages.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hmac
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -236,9 +238,10 @@ async def _respond(run: Iterator[Output], stream: bool, kind: str, echo: str,
         if attribute:
             body["attribution"] = await anyio.to_thread.run_sync(attribute, final)
         return JSONResponse(body)
-    first = await anyio.to_thread.run_sync(_next_output, run)  # refusals come before any event
+    pump = _Pump(run)
+    first = await pump.next()  # a refusal raises here: an HTTP error, before any event
     return StreamingResponse(
-        _chunks(run, first, rid, created, kind, echo, attribute), media_type="text/event-stream",
+        _chunks(pump, first, rid, created, kind, echo, attribute), media_type="text/event-stream",
         headers={"Cache-Control": "no-store"},
     )  # fmt: skip
 
@@ -247,11 +250,52 @@ def _last(run: Iterator[Output]) -> Output:
     return collections.deque(run, maxlen=1)[0]  # every run ends with a final Output
 
 
-def _next_output(run: Iterator[Output]) -> Output | None:
-    return next(run, None)
+class _Pump:
+    """A generation's Outputs, produced by one thread of its own and read by the event loop.
+
+    A thread hop per token (to_thread for each next()) took 8 streams to 3.3x where the engine
+    alone does 5.1x; here the loop takes whatever arrived since it last looked, as one event.
+    """
+
+    def __init__(self, run: Iterator[Output]):
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._held: tuple | None = None
+        self._stop = threading.Event()
+        threading.Thread(target=self._produce, args=(run,), daemon=True).start()
+
+    def _produce(self, run: Iterator[Output]) -> None:
+        put = self._queue.put_nowait
+        try:
+            for out in run:
+                self._loop.call_soon_threadsafe(put, ("out", out))
+                if self._stop.is_set():
+                    break
+        except Exception as exc:  # handed to the reader, who raises it
+            self._loop.call_soon_threadsafe(put, ("err", exc))
+        finally:
+            run.close()  # a client that went away: this cancels its request at the next step
+            self._loop.call_soon_threadsafe(put, ("end", None))
+
+    async def next(self) -> Output | None:
+        """The latest Output (None at the end); raises what the generation raised."""
+        item = self._held or await self._queue.get()
+        self._held = None
+        while item[0] == "out" and not item[1].done and not self._queue.empty():
+            following = self._queue.get_nowait()
+            if following[0] != "out":
+                self._held = following
+                break
+            item = following
+        if item[0] == "err":
+            raise item[1]
+        return item[1]
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
-async def _chunks(run, first, rid, created, kind, echo, attribute) -> AsyncIterator[str]:
+async def _chunks(pump: _Pump, first, rid, created, kind, echo, attribute) -> AsyncIterator[str]:
     chat = kind.startswith("chat")
     sent = ""
     out = first
@@ -275,12 +319,11 @@ async def _chunks(run, first, rid, created, kind, echo, attribute) -> AsyncItera
                     extra["attribution"] = await anyio.to_thread.run_sync(attribute, out)
                 yield _event(rid, created, out, {**choice, "finish_reason": finish}, kind, extra)
                 break
-            out = await anyio.to_thread.run_sync(_next_output, run)
+            out = await pump.next()
     except PlaygroundError as exc:
         yield f"data: {json.dumps(_error_body(exc))}\n\n"
     finally:
-        # A client that went away: closing the generator cancels its request at the next step.
-        await anyio.to_thread.run_sync(run.close)
+        pump.stop()
     yield "data: [DONE]\n\n"
 
 

@@ -67,38 +67,26 @@ def _run_http_level(
     gradio_client's threads took ~0.66 of the same 2 cores the app and the model run on."""
     import json
 
-    import httpx
-
     template = _complete_args(url, max_new, temperature)
-    ttfts: list[float] = []
-    errors: list[str] = []
 
-    async def one_stream(c: httpx.AsyncClient, i: int) -> None:
-        for j in range(per_stream):
-            prompt = PROMPTS[(i + j) % len(PROMPTS)]
-            start, first = time.perf_counter(), None
-            try:
-                r = await c.post("gradio_api/call/complete", json={"data": [prompt, *template[1:]]})
-                r.raise_for_status()
-                event = None
-                path = f"gradio_api/call/complete/{r.json()['event_id']}"
-                async with c.stream("GET", path) as sse:
-                    async for line in sse.aiter_lines():
-                        if line.startswith("event:"):
-                            event = line[6:].strip()
-                        elif line.startswith("data:") and event == "error":
-                            raise RuntimeError(line[5:].strip())
-                        elif line.startswith("data:") and first is None:
-                            data = json.loads(line[5:])
-                            if data and isinstance(data[0], str) and len(data[0]) > len(prompt):
-                                first = time.perf_counter() - start
-            except Exception as exc:  # recorded, reported, and the level goes on
-                errors.append(f"{type(exc).__name__}: {exc}"[:200])
-                continue
-            if first is not None:
-                ttfts.append(first)
+    async def first_token(c, prompt: str, start: float) -> float | None:
+        first = None
+        r = await c.post("gradio_api/call/complete", json={"data": [prompt, *template[1:]]})
+        r.raise_for_status()
+        event = None
+        async with c.stream("GET", f"gradio_api/call/complete/{r.json()['event_id']}") as sse:
+            async for line in sse.aiter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:") and event == "error":
+                    raise RuntimeError(line[5:].strip())
+                elif line.startswith("data:") and first is None:
+                    data = json.loads(line[5:])
+                    if data and isinstance(data[0], str) and len(data[0]) > len(prompt):
+                        first = time.perf_counter() - start
+        return first
 
-    return _drive(url, tokens_now, streams, per_stream, one_stream, ttfts, errors)
+    return _drive(url, tokens_now, streams, per_stream, first_token)
 
 
 def _run_v1_level(
@@ -107,42 +95,46 @@ def _run_v1_level(
     """The app's OpenAI-compatible POST /v1/completions, streamed, outside Gradio's queue."""
     import json
 
+    body = {"max_tokens": max_new, "temperature": temperature, "top_p": 0.9,
+            "repetition_penalty": 1.2, "stream": True}  # fmt: skip
+
+    async def first_token(c, prompt: str, start: float) -> float | None:
+        first = None
+        async with c.stream("POST", "v1/completions", json={**body, "prompt": prompt}) as r:
+            r.raise_for_status()
+            async for line in r.aiter_lines():
+                if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                    continue
+                data = json.loads(line[5:])
+                if "error" in data:
+                    raise RuntimeError(data["error"]["message"])
+                if first is None and data["choices"][0]["text"]:
+                    first = time.perf_counter() - start
+        return first
+
+    return _drive(url, tokens_now, streams, per_stream, first_token)
+
+
+def _drive(url, tokens_now, streams: int, per_stream: int, first_token) -> dict:
+    """`streams` clients on one asyncio loop, each sending `per_stream` requests one after the
+    other; `first_token(client, prompt, start)` runs one and returns its time to first text."""
+    import asyncio
+
     import httpx
 
     ttfts: list[float] = []
     errors: list[str] = []
-    body = {"max_tokens": max_new, "temperature": temperature, "top_p": 0.9,
-            "repetition_penalty": 1.2, "stream": True}  # fmt: skip
 
     async def one_stream(c: httpx.AsyncClient, i: int) -> None:
         for j in range(per_stream):
             prompt = PROMPTS[(i + j) % len(PROMPTS)]
-            start, first = time.perf_counter(), None
             try:
-                async with c.stream("POST", "v1/completions", json={**body, "prompt": prompt}) as r:
-                    r.raise_for_status()
-                    async for line in r.aiter_lines():
-                        if not line.startswith("data:") or line.strip() == "data: [DONE]":
-                            continue
-                        data = json.loads(line[5:])
-                        if "error" in data:
-                            raise RuntimeError(data["error"]["message"])
-                        if first is None and data["choices"][0]["text"]:
-                            first = time.perf_counter() - start
+                first = await first_token(c, prompt, time.perf_counter())
             except Exception as exc:  # recorded, reported, and the level goes on
                 errors.append(f"{type(exc).__name__}: {exc}"[:200])
                 continue
             if first is not None:
                 ttfts.append(first)
-
-    return _drive(url, tokens_now, streams, per_stream, one_stream, ttfts, errors)
-
-
-def _drive(url, tokens_now, streams: int, per_stream: int, one_stream, ttfts, errors) -> dict:
-    """Run `streams` copies of `one_stream(client, i)` on one asyncio loop; one result row."""
-    import asyncio
-
-    import httpx
 
     async def level() -> float:
         limits = httpx.Limits(max_connections=4 * streams + 4)

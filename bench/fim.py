@@ -25,7 +25,6 @@ import datetime as dt
 import json
 import logging
 import os
-import statistics
 import sys
 import threading
 import time
@@ -38,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.fim_tasks import (  # noqa: E402 - the path above makes `bench` importable as a script
     VARIANTS,
+    Row,
     Task,
     build_tasks,
     check,
@@ -45,6 +45,7 @@ from bench.fim_tasks import (  # noqa: E402 - the path above makes `bench` impor
     exact_match,
     read_problems,
     spread,
+    summarise,
 )
 
 log = logging.getLogger("bench.fim")
@@ -199,22 +200,6 @@ class Rerank:
 # --- a run ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Row:
-    task_id: str
-    target: str
-    middle: str
-    exact: bool
-    passed: bool
-    result: str
-    seconds: float
-    new_tokens: int
-    raw: str = ""
-    candidates: tuple = ()
-    picks: dict | None = None  # rerank: rule -> {"middle", "exact", "passed"}
-    oracle: bool | None = None  # rerank: some candidate is an exact match
-
-
 def run_task(task: Task, problem: dict, fill, timeout: float) -> Row:
     got: Middle = in_thread(fill, task)
     verdicts: dict[str, tuple[bool, str]] = {}
@@ -248,33 +233,6 @@ def run_task(task: Task, problem: dict, fill, timeout: float) -> Row:
     )
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def summarise(rows: Sequence[Row]) -> dict:
-    n = len(rows)
-    seconds = [r.seconds for r in rows]
-    out = {
-        "tasks": n,
-        "exact_match": round(sum(r.exact for r in rows) / n, 4) if n else 0.0,
-        "pass_at_1": round(sum(r.passed for r in rows) / n, 4) if n else 0.0,
-        "latency_p50_s": round(percentile(seconds, 0.5), 3),
-        "latency_p95_s": round(percentile(seconds, 0.95), 3),
-        "latency_mean_s": round(statistics.fmean(seconds), 3) if n else 0.0,
-    }
-    if n and rows[0].picks:
-        for rule in rows[0].picks:
-            out[f"exact_match_{rule}"] = round(sum(r.picks[rule]["exact"] for r in rows) / n, 4)
-            out[f"pass_at_1_{rule}"] = round(sum(r.picks[rule]["passed"] for r in rows) / n, 4)
-        out["oracle_exact_match"] = round(sum(bool(r.oracle) for r in rows) / n, 4)
-        out["candidates_mean"] = round(statistics.fmean(len(r.candidates) for r in rows), 2)
-    return out
-
-
 # --- CLI ------------------------------------------------------------------------------------
 
 
@@ -297,7 +255,7 @@ def parser() -> argparse.ArgumentParser:
     rr.add_argument("--k", type=int, default=8, help="candidates per task")
     rr.add_argument("--temperature", type=float, default=0.8)
     rr.add_argument("--top-p", type=float, default=0.95)
-    rr.add_argument("--score-by", choices=("suffix", "joint", "greedy"), default="suffix")
+    rr.add_argument("--score-by", choices=("suffix", "joint", "greedy"), default="joint")
     rr.add_argument("--proposal", choices=("plain", "chat"), default="plain")
     rr.add_argument("--suffix-lines", type=int, default=3)
     rr.add_argument("--suffix-tokens", type=int, default=32)
@@ -305,6 +263,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 48 single, 128 multi")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds per test program")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="dynamic int8 quantization of the Linear layers (CPU; about 2x faster decoding)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-dir", default=os.environ.get("DATA_DIR", str(ROOT / "data")))
     return p
@@ -317,13 +280,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     import torch
 
-    from bench.humaneval import load_model
+    from bench.humaneval_generator import load_model
 
     torch.set_num_threads(args.threads)
     problems = {p["task_id"]: p for p in read_problems()}
     tasks = spread(build_tasks(problems.values(), args.variant), args.limit)
     max_new = args.max_new_tokens or MAX_NEW_TOKENS[args.variant]
     model, tokenizer = load_model(args.model, args.data_dir, args.device)
+    if args.int8:
+        # Decoding on CPU is bound by reading the weights; int8 reads a quarter of fp32.
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, torch.qint8)
     if args.method == "fim":
         fill = NativeFim(
             model,
@@ -375,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         **summarise(rows),
         "wall_s": round(time.perf_counter() - started, 1),
         "threads": args.threads,
+        "int8": args.int8,
         "loadavg_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "date": dt.date.today().isoformat(),
     }

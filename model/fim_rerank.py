@@ -40,8 +40,14 @@ class RerankSettings:
     max_new_tokens: int = 48
     suffix_lines: int = 3  # the suffix's first lines (after the gap's own) that are scored
     suffix_tokens: int = 32  # and at most this many of its tokens
+    # Multi-line: a row ends after this many lines, and each line end is a candidate end of its
+    # own (shorter_middles): a model without FIM training seldom stops where the suffix starts.
+    max_lines: int = 8
     greedy_first: bool = True  # row 0 takes the argmax: the plain left-to-right fill is a candidate
-    score_by: ScoreBy = "suffix"
+    # "joint": log p(middle | prefix) + log p(suffix | prefix + middle), i.e. the candidate
+    # the model finds likeliest given both sides; measured better than the suffix term alone
+    # (bench/RESULTS.md), which favours odd middles that happen to predict the suffix.
+    score_by: ScoreBy = "joint"
     # "plain": sample from the code before the gap; "chat": an instruct model sees the whole
     # code with the gap in a user turn and answers with the code, seeded with the prefix.
     proposal: Proposal = "plain"
@@ -112,6 +118,8 @@ class RerankFiller:
         from model.loading import context_length
 
         self.context = context_length(model.config, tokenizer)
+        if self.settings.proposal == "chat" and not getattr(tokenizer, "chat_template", None):
+            raise ValueError("proposal='chat' needs a model with a chat template")
 
     # -- the fill -------------------------------------------------------------------------------
 
@@ -151,8 +159,10 @@ class RerankFiller:
             middle, _ = cut_middle(middle, single_line=single_line, stops=stops)
             if row == greedy_row:
                 greedy_text = middle
-            if middle not in middles:
-                middles.append(middle)
+            shorter = shorter_middles(middle, suffix, single_line=single_line, lines=s.max_lines)
+            for variant in (middle, *shorter):
+                if variant not in middles:
+                    middles.append(variant)
         scores = self._score(cache, last, removed, middles, head)
         done = time.perf_counter()
         candidates = tuple(
@@ -193,7 +203,7 @@ class RerankFiller:
         out = self.model(
             input_ids=torch.tensor([ids], device=self.device), use_cache=True, logits_to_keep=1
         )
-        return out.past_key_values, out.logits[:, -1].float()
+        return out.cache, out.logits[:, -1].float()
 
     def _sample(self, cache, last, healing, *, single_line: bool, stops: Sequence[str]):
         """K continuations of the cached context; returns (texts, the greedy row, steps)."""
@@ -224,14 +234,16 @@ class RerankFiller:
                     ids[row].append(token)
                     texts[row] = self.tokenizer.decode(ids[row], skip_special_tokens=True)
                     middle = texts[row][len(healing.removed) :]
-                    if not cut_middle(middle, single_line=single_line, stops=stops)[1]:
+                    ended = cut_middle(middle, single_line=single_line, stops=stops)[1]
+                    if not ended and middle.count("\n") < s.max_lines:
                         keep.append(i)
                         continue
                 finished[row] = step + 1
             steps = step + 1
-            # Once half the rows have ended, a row still going at twice the longest ended one
-            # is a ramble, not a better candidate: stop rather than wait for it.
-            if len(finished) * 2 >= k and steps >= 2 * max(finished.values()) + 2:
+            # Once the greedy row or half the rows have ended, a row still going at twice the
+            # longest ended one is a ramble, not a better candidate: stop rather than wait.
+            settled = len(finished) * 2 >= k or (s.greedy_first and 0 in finished)
+            if settled and steps >= 2 * max(finished.values()) + 2:
                 keep = []
             if not keep:
                 break
@@ -240,9 +252,9 @@ class RerankFiller:
                 tokens = tokens[keep]
                 rows = [rows[i] for i in keep]
             out = self.model(
-                input_ids=tokens.view(-1, 1).to(self.device), past_key_values=cache, use_cache=True
+                input_ids=tokens.view(-1, 1).to(self.device), cache=cache, use_cache=True
             )
-            cache, logits = out.past_key_values, out.logits[:, -1]
+            cache, logits = out.cache, out.logits[:, -1]
         if finished:  # unfinished rows are dropped while others ended (the greedy one stays)
             greedy_row = 0 if s.greedy_first else -1
             texts = [t if r in finished or r == greedy_row else None for r, t in enumerate(texts)]
@@ -284,9 +296,8 @@ class RerankFiller:
         for i, r in enumerate(rows):
             batch[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         # Right padding: real tokens never attend to the pads after them, so no mask is needed.
-        cache = copy.deepcopy(cache)
-        cache.batch_repeat_interleave(n)
-        out = self.model(input_ids=batch.to(self.device), past_key_values=cache, use_cache=True)
+        cache.batch_repeat_interleave(n)  # the prefix's own cache: this is its last use
+        out = self.model(input_ids=batch.to(self.device), cache=cache, use_cache=True)
         logits = torch.cat([last.expand(n, 1, -1), out.logits[:, :-1].float()], dim=1)
         logp = logits.log_softmax(-1).gather(2, batch.to(logits.device)[..., None]).squeeze(2)
         result = []
@@ -296,6 +307,24 @@ class RerankFiller:
             mid = sum(v for v, f in zip(row, flags, strict=True) if not f)
             result.append((suf, mid))
         return result
+
+
+def shorter_middles(middle: str, suffix: str, *, single_line: bool, lines: int = 8) -> list[str]:
+    """Where a middle could end earlier, as candidates of their own; the score picks the end.
+
+    Single-line: a middle that ends with the code after the gap on its line may have re-written
+    it (`r ** 2` before ` ** 2`), or not (`sum(x)` before `)`): both go in. Multi-line: a model
+    without FIM training rarely writes the suffix's next line to stop at, so each of its first
+    `lines` line ends is a candidate end (`return a + b` rather than the example usage after).
+    """
+    if single_line:
+        rest = suffix.split("\n", 1)[0].strip()
+        body = middle.rstrip()
+        shorter = body[: -len(rest)].rstrip() if rest and body.endswith(rest) else ""
+        return [shorter] if shorter.strip() else []
+    parts = middle.split("\n")
+    ends = ("\n".join(parts[:i]).rstrip() for i in range(1, min(len(parts) - 1, lines) + 1))
+    return list(dict.fromkeys(e for e in ends if e.strip() and e != middle))
 
 
 def suffix_head(suffix: str, lines: int) -> str:

@@ -2,16 +2,17 @@
 
 A left-to-right model cannot see the code after the gap while it writes, but it can judge it. So:
 sample K candidate middles from the prefix (one batched decode that shares the prefix's KV
-cache), end each at the line's end (single-line) or where it starts the suffix, and keep the
-one under which the model finds the code after the gap most likely: log p(suffix | prefix +
-middle), for all candidates in one batched forward over the prefix's cache. The suffix is cut
-to its first lines (and tokens): they carry the signal, and the cost grows with their length.
+cache), end each at the line's end (single-line) or where it starts the suffix, and score each
+by log p(suffix | prefix + middle), all candidates in one batched forward over the prefix's
+cache. The pick adds log p(middle | prefix) to that ("joint"): the suffix term alone favours odd
+middles that happen to predict the suffix (bench/RESULTS.md, issue 13). The suffix is cut to its
+first lines (and tokens): they carry the signal, and the cost grows with their length.
 
 Works on an in-process transformers model and tokenizer (torch: this is the model side).
 
     filler = RerankFiller(model, tokenizer, RerankSettings(k=8))
     fill = filler(prefix, suffix, single_line=True)
-    fill.middle, fill.candidates
+    fill.best().text, fill.candidates          # or filler.fill(prefix, suffix, single_line=...)
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class Fill:
     new_tokens: int  # decode steps taken (the longest candidate)
     timings: dict = field(default_factory=dict)
 
-    def best(self, by: ScoreBy = "suffix") -> Candidate:
+    def best(self, by: ScoreBy = "joint") -> Candidate:
         if by == "greedy":
             return next((c for c in self.candidates if c.greedy), self.candidates[0])
         key = (lambda c: c.suffix_logprob) if by == "suffix" else (lambda c: c.joint_logprob)

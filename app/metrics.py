@@ -128,6 +128,9 @@ class InstrumentedEngine:
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)
 
+    def tokenize(self, text: str) -> list[int] | None:
+        return self.inner.tokenize(text)
+
     def close(self) -> None:
         self.inner.close()
 

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 
 from app.limits import Limits
-from model.engine import GenerationParams
+from model.engine import GenerationParams, context_overflow
 from model.errors import PlaygroundError
 from model.prompts import Turn
 
@@ -118,15 +118,9 @@ def parse_params(
 
 
 def check_context(field: str, prompt_tokens: int, max_new_tokens: int, context: int) -> None:
-    """TGI-style: name both numbers when prompt + max_new_tokens exceed the context."""
     if prompt_tokens + max_new_tokens > context:
-        # A ContextLength (model/engine.py) says what lowered it, e.g. "KV_CACHE_MB=64".
-        why = getattr(context, "limited_by", None)
-        what = f"the model's context, limited by {why}" if why else "the model's context"
         raise PlaygroundError(
-            f"`{field}` tokens + `max_new_tokens` must be <= {context} ({what}). "
-            f"Given: {prompt_tokens} `{field}` tokens and {max_new_tokens} `max_new_tokens`.",
-            field=field,
+            context_overflow(field, prompt_tokens, max_new_tokens, context), field=field
         )
 
 

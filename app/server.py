@@ -103,7 +103,10 @@ def build_app(
     metrics.watch(lambda: engines.loaded().values())
     ta = TaPrompt.load(settings.ta_prompt)
     limits = Limits(max_prompt_bytes=settings.max_prompt_bytes)
-    playground = Playground(engines, ta, limits, rate_limit_per_min=settings.rate_limit)
+    playground = Playground(
+        engines, ta, limits, rate_limit_per_min=settings.rate_limit,
+        fim_candidates=settings.fim_candidates,
+    )  # fmt: skip
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     store = Store(
         settings.resolved_database_url(), limits=limits, writes_per_window=settings.share_rate

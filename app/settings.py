@@ -140,6 +140,14 @@ OPTIONS: tuple[Option, ...] = (
         "machine's available memory). Requests that cannot fit are refused with the limit.",
         int,
     ),
+    Option(
+        "fim_candidates",
+        "FIM_CANDIDATES",
+        8,
+        "Candidate lines sampled per fill on a model without FIM tokens (SmolLM2); the one "
+        "likeliest with the code after the gap is kept. More is slower, and finds more.",
+        int,
+    ),
     Option("log_level", "LOG_LEVEL", "INFO", "Logging level."),
 )
 
@@ -170,7 +178,14 @@ class Settings:
     max_body_bytes: int | None
     api_keys: str | None
     kv_cache_mb: int | None
+    fim_candidates: int
     log_level: str
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.fim_candidates <= 32:  # each one is a row of the fill's batch
+            raise SystemExit(
+                f"FIM_CANDIDATES (--fim-candidates) must be from 1 to 32; got {self.fim_candidates}."
+            )
 
     @classmethod
     def load(cls, argv: Sequence[str] | None = None, env: dict | None = None) -> Settings:

@@ -43,11 +43,13 @@ def bare_generate(engine, params, max_new_tokens: int) -> tuple[float, int, floa
     """(seconds, new tokens, seconds to first token) of model.generate with the same settings."""
     import torch
 
+    from model.engine import GenerationRequest
+    from model.token_stream import prepare
+
     enc = engine.tokenizer(PROMPT, return_tensors="pt")
-    eos_ids, _ = engine._eos_ids(params.stop)
-    kwargs = engine.generate_kwargs(
-        type("R", (), {"params": params})(), eos_ids
-    )  # same kwargs the engine uses
+    request = GenerationRequest(PROMPT, params)
+    eos_ids = prepare(engine.tokenizer, engine.info, engine.base_eos_ids(), request).eos_ids
+    kwargs = engine.generate_kwargs(request, eos_ids)  # same kwargs the engine uses
     kwargs["max_new_tokens"] = max_new_tokens
     with torch.inference_mode():
         t0 = time.perf_counter()

@@ -17,6 +17,8 @@ and starts once its prompt + max_new_tokens fit beside the running ones, so none
 One-at-a-time path (LocalEngine on the same model, serialised by its lock):
   - requests with a `seed`: the batch samples from torch's one global RNG, so "same seed,
     same output" only holds for a request that runs alone. The batch pauses while it runs.
+  - fills by reranking (Infill, model/infill.py): a batch of candidates of their own, with
+    their own KV cache, then one scoring forward; about a second on a CPU.
 """
 
 from __future__ import annotations
@@ -27,13 +29,12 @@ import threading
 import warnings
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from transformers import GenerationConfig
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
 from compat import transformers_cb
-from model.decoding import IncrementalDecoder
 from model.engine import (
     CancelToken,
     ContextLength,
@@ -42,13 +43,13 @@ from model.engine import (
     Event,
     GenerationRequest,
     ModelInfo,
+    context_overflow,
 )
 from model.errors import PlaygroundError
-from model.healing import heal_request
 from model.kv_budget import KvPlan, no_room, plan_for_model
 from model.local import LocalEngine
 from model.sampling import RequestSamplingCB
-from model.stops import StopMatcher
+from model.token_stream import TokenStream, prepare
 
 log = logging.getLogger(__name__)
 
@@ -87,23 +88,21 @@ def build_cb_config(model, max_batch: int, plan: KvPlan | None) -> ContinuousBat
 
 def batchable(request: GenerationRequest) -> bool:
     """Whether the continuous-batching path honours every parameter (see the module doc)."""
-    return request.params.seed is None
+    return request.params.seed is None and request.infill is None
 
 
 @dataclass
 class _Stream:
-    """Per-request decoding state of a batched request."""
+    """Per-request state of a batched request."""
 
-    eos_ids: set[int]
-    decoder: IncrementalDecoder
-    matcher: StopMatcher
+    tokens: TokenStream
     n_prompt: int
-    strip: Callable[[str], str] = str  # drops the healed text, which the prompt already shows
     blocks: int = 0  # cache blocks reserved for it (0: not admitted yet)
-    seen: int = 0
-    generated: int = 0
-    reason: str = "length"
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    seen: int = 0  # the manager's outputs are cumulative: how many were read
+
+    @property
+    def generated(self) -> int:
+        return self.tokens.generated
 
 
 class BatchingServer:
@@ -139,7 +138,7 @@ class BatchingServer:
         self._pending: deque[tuple[str, list[int], dict]] = deque()
         self._lock = threading.Lock()
         self._closed = False
-        eos = self.local._eos_ids(())[0]
+        eos = self.local.base_eos_ids()
         # Greedy: the argmax is taken after our processor, which leaves a sampled row only its
         # drawn token. A non-1 default penalty makes transformers build the processor that
         # per_request_processors turns into ours; each request sets its own values.
@@ -231,37 +230,22 @@ class BatchingServer:
 
     def _submit_batched(self, rid: str, request: GenerationRequest) -> None:
         p = request.params
-        ids = self.tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
-        limit = self.info.context_length
+        prepared = prepare(self.tokenizer, self.info, self.local.base_eos_ids(), request)
+        ids, limit = prepared.ids, self.info.context_length
         if len(ids) + p.max_new_tokens > limit:
             # Past the position table the forward fails, and CB fails the whole batch with it;
             # past the cache it could never be scheduled: refuse this one request instead (the
             # app validates this earlier anyway).
-            why = getattr(limit, "limited_by", None)
-            what = f" (the model's context, limited by {why})" if why else ""
-            msg = (
-                f"`prompt` tokens + `max_new_tokens` must be <= {limit}{what}. "
-                f"Given: {len(ids)} prompt tokens and {p.max_new_tokens} `max_new_tokens`."
-            )
+            msg = context_overflow("prompt", len(ids), p.max_new_tokens, limit)
             self.emit(rid, Done("error", len(ids), 0, error=msg, error_kind="validation"))
             return
         kwargs = {"repetition_penalty": float(p.repetition_penalty), "temperature": 0.0}
-        strip = str
-        healing = heal_request(self.tokenizer, request, ids)
-        if healing is not None:
-            ids, strip = healing.input_ids, healing.stripper().feed
-            kwargs["healing"] = healing.processor
-        eos_ids, text_stops = self.local._eos_ids(p.stop)
-        stream = _Stream(
-            eos_ids=set(eos_ids),
-            decoder=IncrementalDecoder(self.tokenizer),
-            matcher=StopMatcher(text_stops),
-            n_prompt=len(ids),
-            strip=strip,
-        )
+        if prepared.healing is not None:
+            kwargs["healing"] = prepared.healing.processor
         if not p.greedy:
             kwargs.update(temperature=float(p.temperature), top_p=float(p.top_p))
-        kwargs.update(max_new_tokens=p.max_new_tokens, eos_token_id=eos_ids)
+        kwargs.update(max_new_tokens=p.max_new_tokens, eos_token_id=prepared.eos_ids)
+        stream = _Stream(TokenStream(self.tokenizer, prepared), n_prompt=len(ids))
         with self._lock:
             self._streams[rid] = stream
             self._pending.append((rid, ids, kwargs))
@@ -332,32 +316,19 @@ class BatchingServer:
         """Appends this output's events for `rid` to `events`; True when the request ended."""
         new = out.generated_tokens[st.seen :]
         st.seen = len(out.generated_tokens)
-        text = ""
-        for tok in new:
-            st.generated += 1
-            if tok in st.eos_ids:
-                st.reason = "eos"
-                break
-            text += st.matcher.feed(st.strip(st.decoder.push(tok)))
-            if st.matcher.stopped:
-                st.reason = "stop"
-                break
+        tokens = st.tokens
+        text = "".join(tokens.push(tok) for tok in new)
         done = None
-        if st.reason == "stop":
+        if tokens.reason == "stop":
             manager.cancel_request(rid)  # frees the slot at the next step
             done = Done("stop", st.n_prompt, st.generated)
         elif out.error is not None:
             done = _engine_error(out.error, st.n_prompt, st.generated)
-        elif st.reason == "eos" or out.is_finished():
-            if st.reason == "eos":
+        elif tokens.ended or out.is_finished():
+            if tokens.reason == "eos":
                 manager.cancel_request(rid)  # no-op if the manager finished it too
-            tail = st.matcher.feed(st.strip(st.decoder.flush()))
-            if st.matcher.stopped:
-                st.reason = "stop"
-            else:
-                tail += st.matcher.flush()
-            text += tail
-            done = Done(st.reason, st.n_prompt, st.generated)
+            text += tokens.finish()
+            done = Done(tokens.reason, st.n_prompt, st.generated)
         if text:
             events.append((rid, Delta(text)))
         if done is not None:

@@ -35,6 +35,18 @@ class GenerationParams:
 
 
 @dataclass(frozen=True)
+class Infill:
+    """A gap to fill on a model without FIM tokens: sample `candidates` middles from the code
+    before the gap and keep the likeliest given both sides (model/fim_rerank.py). Needs the
+    model in this machine's worker; one line per gap (multi-line reranking measured too slow
+    and too poor on CPU, bench/RESULTS.md)."""
+
+    prefix: str
+    suffix: str
+    candidates: int = 8
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """A fully formatted model prompt plus how to continue it."""
 
@@ -42,6 +54,11 @@ class GenerationRequest:
     params: GenerationParams = field(default_factory=GenerationParams)
     # Who asked (session hash or IP), for per-client rate limits; "" means anonymous.
     client: str = ""
+    # The prompt's token ids, when the caller has them (the web process tokenizes each prompt
+    # once, to check it fits): engines then never tokenize it again. None: the engine does.
+    prompt_ids: tuple[int, ...] | None = None
+    # Set for a fill by reranking (then `prompt` is the code before the gap).
+    infill: Infill | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +101,17 @@ class ContextLength(int):
         return (ContextLength, (int(self), self.limited_by))
 
 
+def context_overflow(field: str, prompt_tokens: int, max_new_tokens: int, context: int) -> str:
+    """The refusal for a request that does not fit: names both numbers and the limit (TGI's
+    style), and what lowered the limit when a ContextLength says so."""
+    why = getattr(context, "limited_by", None)
+    what = f"the model's context, limited by {why}" if why else "the model's context"
+    return (
+        f"`{field}` tokens + `max_new_tokens` must be <= {context} ({what}). "
+        f"Given: {prompt_tokens} `{field}` tokens and {max_new_tokens} `max_new_tokens`."
+    )
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What the prompt builder and the validator need to know about a model."""
@@ -103,6 +131,8 @@ class ModelInfo:
     # Memory the worker holds for this model (bench/memory.py, logs): weights and paged KV cache.
     weight_bytes: int = 0
     kv_cache_bytes: int = 0
+    # Can serve Infill requests: the model runs in this machine's process (not ENGINE_URL).
+    fills_by_rerank: bool = False
 
 
 class CancelToken:
@@ -127,6 +157,11 @@ class Engine(Protocol):
     def info(self) -> ModelInfo: ...
 
     def count_tokens(self, text: str) -> int: ...
+
+    def tokenize(self, text: str) -> list[int] | None:
+        """The ids the model will see for `text` (with its BOS); None when this engine cannot
+        tokenize exactly here (a remote server whose tokenizer is not available)."""
+        ...
 
     def stream(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[Event]:
         """Yield Delta events then exactly one Done. Never raises for generation errors."""

@@ -27,6 +27,7 @@ import torch
 
 from model.healing import heal
 from model.prompts import fim_stop_sequences
+from model.token_stream import model_eos_ids
 
 Proposal = Literal["plain", "chat"]
 ScoreBy = Literal["suffix", "joint", "greedy"]
@@ -53,6 +54,9 @@ class RerankSettings:
     # code with the gap in a user turn and answers with the code, seeded with the prefix.
     proposal: Proposal = "plain"
     seed: int = 0
+    # Tokens of the code before the gap that are read (the nearest ones); None: the model's
+    # context. Every candidate gets a copy of the prefix's KV cache, so this bounds the memory.
+    max_context: int | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,10 @@ class Fill:
         return self.sample_seconds + self.score_seconds
 
 
+class Cancelled(Exception):
+    """The fill was cancelled between two decode steps."""
+
+
 def cut_middle(text: str, *, single_line: bool, stops: Sequence[str]) -> tuple[str, bool]:
     """(the middle, whether it is finished) from generated text.
 
@@ -110,23 +118,24 @@ class RerankFiller:
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings or RerankSettings()
+        self._cancel = None  # the current fill's CancelToken
         self.device = next(model.parameters()).device
-        gen_eos = model.generation_config.eos_token_id
-        eos = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
-        if tokenizer.eos_token_id is not None:
-            eos.append(tokenizer.eos_token_id)
-        self.eos_ids = set(eos)
+        self.eos_ids = set(model_eos_ids(model, tokenizer))
+        s = self.settings
         from model.loading import context_length
 
-        self.context = context_length(model.config, tokenizer)
+        self.context = min(context_length(model.config, tokenizer), s.max_context or 1 << 62)
         if self.settings.proposal == "chat" and not getattr(tokenizer, "chat_template", None):
             raise ValueError("proposal='chat' needs a model with a chat template")
 
     # -- the fill -------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def __call__(self, prefix: str, suffix: str, *, single_line: bool) -> Fill:
+    def __call__(self, prefix: str, suffix: str, *, single_line: bool, cancel=None) -> Fill:
+        """`cancel`: anything with a `cancelled` flag (a CancelToken), checked at every step;
+        raises Cancelled once it is set."""
         s = self.settings
+        self._cancel = cancel
         start = time.perf_counter()
         stops = fim_stop_sequences(prefix, suffix, single_line=single_line)
         head = suffix_head(suffix, s.suffix_lines)
@@ -151,6 +160,8 @@ class RerankFiller:
             sample_cache, sample_last, sample_healing, single_line=single_line, stops=stops
         )
         sampled = time.perf_counter()
+        if cancel is not None and cancel.cancelled:
+            raise Cancelled
         middles: list[str] = []
         greedy_text = None
         for row, text in enumerate(texts):
@@ -220,6 +231,8 @@ class RerankFiller:
         finished: dict[int, int] = {}  # row -> the step its middle ended at
         steps = 0
         for step in range(s.max_new_tokens):
+            if self._cancel is not None and self._cancel.cancelled:
+                raise Cancelled
             scores = logits.float().clone()
             if processor is not None:
                 for i, row in enumerate(rows):

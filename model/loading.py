@@ -93,6 +93,7 @@ def load(model_id: str, *, device: str | None = None, hf_token: str | None = Non
         has_chat_template=template is not None,
         chat_template=template,
         bos_token=tokenizer.bos_token,
+        fills_by_rerank=True,  # in process: model/infill.py can sample and score here
     )
     return model, tokenizer, info
 

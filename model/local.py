@@ -16,10 +16,9 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from model.decoding import IncrementalDecoder
 from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo
-from model.healing import heal_request
-from model.stops import StopMatcher
+from model.infill import infill_events
+from model.token_stream import TokenStream, model_eos_ids, prepare
 
 log = logging.getLogger(__name__)
 
@@ -75,25 +74,16 @@ class LocalEngine:
         return self._info
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        return len(self.tokenize(text))
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
 
     def close(self) -> None:
         pass
 
-    def _eos_ids(self, stops: tuple[str, ...]) -> tuple[list[int], tuple[str, ...]]:
-        """Split stops into special tokens (ended by id) and plain strings (matched on text)."""
-        eos = self.model.generation_config.eos_token_id
-        ids = [eos] if isinstance(eos, int) else list(eos or [])
-        if self.tokenizer.eos_token_id is not None:
-            ids.append(self.tokenizer.eos_token_id)
-        texts = []
-        vocab_specials = set(self._info.special_tokens)
-        for s in stops:
-            if s in vocab_specials:
-                ids.append(self.tokenizer.convert_tokens_to_ids(s))
-            else:
-                texts.append(s)
-        return sorted(set(ids)), tuple(texts)
+    def base_eos_ids(self) -> list[int]:
+        return model_eos_ids(self.model, self.tokenizer)
 
     def generate_kwargs(self, request: GenerationRequest, eos_ids: list[int]) -> dict:
         p = request.params
@@ -110,22 +100,21 @@ class LocalEngine:
         return kwargs
 
     def stream(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[Event]:
-        ids = self.tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
-        healing = heal_request(self.tokenizer, request, ids)
-        if healing is not None:
-            ids = healing.input_ids
-        input_ids = torch.tensor([ids], device=self._device)
+        if request.infill is not None:
+            with self._lock:  # its events come at the end: nothing is yielded under the lock
+                events = list(infill_events(self.model, self.tokenizer, request, cancel))
+            yield from events
+            return
+        prepared = prepare(self.tokenizer, self._info, self.base_eos_ids(), request)
+        input_ids = torch.tensor([prepared.ids], device=self._device)
         enc = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-        n_prompt = len(ids)
-        eos_ids, text_stops = self._eos_ids(request.params.stop)
+        n_prompt = len(prepared.ids)
         streamer = _QueueStreamer()
         stop_hit = threading.Event()
         errors: list[BaseException] = []
-        kwargs = self.generate_kwargs(request, eos_ids)
-        # The healed text is already in the prompt the user sees: drop it from the stream.
-        strip = healing.stripper().feed if healing is not None else str
-        if healing is not None:
-            kwargs["logits_processor"] = LogitsProcessorList([healing.processor])
+        kwargs = self.generate_kwargs(request, prepared.eos_ids)
+        if prepared.healing is not None:
+            kwargs["logits_processor"] = LogitsProcessorList([prepared.healing.processor])
         seed = request.params.seed
 
         def run() -> None:
@@ -147,43 +136,30 @@ class LocalEngine:
                 streamer.end()
 
         thread = threading.Thread(target=run, name="generate", daemon=True)
-        decoder = IncrementalDecoder(self.tokenizer)
-        matcher = StopMatcher(text_stops)
-        generated = 0
-        reason = "length"
+        tokens = TokenStream(self.tokenizer, prepared)
         thread.start()
         try:
             while True:
                 tok = streamer.q.get()
                 if tok is _END:
                     break
-                if matcher.stopped or cancel.cancelled:
+                if tokens.ended or cancel.cancelled:
                     continue  # drain: generate() ends at its next step
-                generated += 1
-                if tok in eos_ids:
-                    reason = "eos"
-                    stop_hit.set()
-                    continue
-                text = matcher.feed(strip(decoder.push(tok)))
-                if matcher.stopped:
-                    reason = "stop"
+                text = tokens.push(tok)
+                if tokens.ended:
                     stop_hit.set()
                 if text:
                     yield Delta(text)
             if errors:
-                yield _error_done(errors[0], n_prompt, generated)
+                yield _error_done(errors[0], n_prompt, tokens.generated)
                 return
             if cancel.cancelled:
-                reason = "cancelled"
-            elif not matcher.stopped:
-                tail = matcher.feed(strip(decoder.flush()))
-                if matcher.stopped:
-                    reason = "stop"
-                else:
-                    tail += matcher.flush()
-                if tail:
-                    yield Delta(tail)
-            yield Done(reason, n_prompt, generated)
+                yield Done("cancelled", n_prompt, tokens.generated)
+                return
+            tail = tokens.finish()
+            if tail:
+                yield Delta(tail)
+            yield Done(tokens.reason, n_prompt, tokens.generated)
         finally:
             # Runs on normal end, on consumer close (Stop, disconnect) and on errors alike.
             stop_hit.set()

@@ -34,6 +34,7 @@ class EnginePool:
             location=info.model_id,
             context_length=info.context_length,
             fim=detect_fim_template(info.special_tokens) is not None,
+            fim_by_rerank=info.fills_by_rerank,
             chat_template=info.has_chat_template,
         )
         pool = cls(Registry([spec], data_dir=data_dir), lambda _spec: engine)

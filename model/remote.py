@@ -23,6 +23,7 @@ from typing import Literal
 
 import httpx
 
+from model import engine
 from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo
 from model.errors import PlaygroundError
 from model.registry import CONTEXT_KEYS, DEFAULT_CONTEXT
@@ -72,10 +73,14 @@ class RemoteEngine:
         return self._info
 
     def count_tokens(self, text: str) -> int:
-        if self._tok is not None:
-            return len(self._tok.encode(text, add_special_tokens=True).ids)
+        ids = self.tokenize(text)
+        if ids is not None:
+            return len(ids)
         # No tokenizer: a conservative estimate; the server's own check stays the authority.
         return math.ceil(len(text.encode("utf-8")) / 3)
+
+    def tokenize(self, text: str) -> list[int] | None:
+        return self._tok.encode(text, add_special_tokens=True).ids if self._tok else None
 
     def close(self) -> None:
         self.http.close()
@@ -85,9 +90,12 @@ class RemoteEngine:
         (validation, context overflow: kind "validation"; overloaded: kind "busy"); a server
         that is down or fails mid-stream ends the stream with Done("error")."""
         p = request.params
-        n_prompt = self.count_tokens(request.prompt)
-        if self._tok is not None and n_prompt + p.max_new_tokens > self._info.context_length:
-            raise self._overflow(n_prompt, p.max_new_tokens)
+        if request.prompt_ids is not None:  # tokenized and checked by the caller
+            n_prompt = len(request.prompt_ids)
+        else:
+            n_prompt = self.count_tokens(request.prompt)
+            if self._tok is not None and n_prompt + p.max_new_tokens > self._info.context_length:
+                raise self._overflow(n_prompt, p.max_new_tokens)
         specials = [s for s in p.stop if s in self._info.special_tokens]
         texts = tuple(s for s in p.stop if s not in self._info.special_tokens)
         matcher = StopMatcher(texts)
@@ -267,12 +275,8 @@ class RemoteEngine:
 
     def _overflow(self, n_prompt: int, max_new: int) -> PlaygroundError:
         ctx = self._info.context_length
-        return PlaygroundError(
-            f"`prompt` tokens + `max_new_tokens` must be <= {ctx}. Given: {n_prompt} prompt "
-            f"tokens and {max_new} `max_new_tokens`. Shorten the prompt or lower max_new_tokens.",
-            field="prompt",
-            kind="validation",
-        )
+        msg = engine.context_overflow("prompt", n_prompt, max_new, ctx)
+        return PlaygroundError(msg, field="prompt", kind="validation")
 
     def _refusal(self, status: int, detail: str, request: GenerationRequest) -> PlaygroundError:
         if status in (429, 503):

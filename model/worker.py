@@ -94,6 +94,8 @@ class WorkerEngine:
         if w.failed:
             self.close()
             raise PlaygroundError(w.failed, field="model", kind="config")
+        if self._tokenizer is None:  # e.g. SmolLM2, converted into a folder by the worker
+            self._tokenizer = _local_tokenizer(self.info.model_id)
         return self
 
     def _spawn(self) -> _Worker:
@@ -141,9 +143,12 @@ class WorkerEngine:
         return self._info
 
     def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def tokenize(self, text: str) -> list[int]:
         if self._tokenizer is not None:
-            return len(self._tokenizer.encode(text, add_special_tokens=True).ids)
-        return int(self._call("count", text, timeout=30))
+            return self._tokenizer.encode(text, add_special_tokens=True).ids
+        return list(self._call("tokenize", text, timeout=30))
 
     def stream(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[Event]:
         """Queue, then stream. Raises PlaygroundError (kind busy) before any event
@@ -279,7 +284,7 @@ class WorkerEngine:
                 return w
 
     def _call(self, kind: str, arg, timeout: float):
-        """A request/reply round trip to the worker (token counting, ping)."""
+        """A request/reply round trip to the worker (tokenizing, ping)."""
         w = self._ready_worker(timeout)
         if w is None:
             raise PlaygroundError("The model worker is not ready yet; try again.", kind="engine")

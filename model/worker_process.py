@@ -1,8 +1,8 @@
 """The worker process: loads the model, then serves the web process's commands over a pipe.
 
-    in:  ("gen", rid, request), ("cancel", rid), ("count" | "ping", rid, arg), ("stop",)
+    in:  ("gen", rid, request), ("cancel", rid), ("tokenize" | "ping", rid, arg), ("stop",)
     out: ("ready", info) or ("failed", why) once; then ("evs", [(rid, event), ...]) per decode
-         step and ("reply", rid, value) for count and ping
+         step and ("reply", rid, value) for tokenize and ping
 
 `worker_main` is the spawn target, so it stays importable by this module path; torch and the
 model are imported only inside it, and WorkerConfig crosses the spawn by pickle.
@@ -137,9 +137,8 @@ def worker_main(conn, config: WorkerConfig) -> None:
                     )
             elif kind == "cancel":
                 server.cancel(msg[1])
-            elif kind == "count":
-                n = len(tokenizer(msg[2], add_special_tokens=True)["input_ids"])
-                send(("reply", msg[1], n))
+            elif kind == "tokenize":
+                send(("reply", msg[1], server.local.tokenize(msg[2])))
             elif kind == "ping":
                 send(("reply", msg[1], server.alive()))
             elif kind == "stop":

@@ -1,41 +1,14 @@
-"""HTML for the playground: the generated text with verbatim spans marked, their sources, and
-search results. Every piece of user or corpus text is escaped."""
+"""HTML for the attribution panels: the sources of verbatim spans and search results. Every piece
+of user or corpus text is escaped; the spans themselves are marked by app/render.py."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from html import escape
 
+from app.render import Mark, highlight
+
 from .core import Hit, Span
-
-
-def _source_title(span: Span) -> str:
-    if not span.sources:
-        return ""
-    first = span.sources[0]
-    more = f" (+{len(span.sources) - 1} more)" if len(span.sources) > 1 else ""
-    return f"{first.repo}/{first.path}{more}"
-
-
-def highlight_html(text: str, spans: Sequence[Span]) -> str:
-    """The text as escaped HTML in a <pre>, each span in
-    <mark class="attr-span" data-span="i" title="repo/path">; i indexes `spans`."""
-    parts = ['<pre class="attr-text">']
-    pos = 0
-    for i, span in sorted(enumerate(spans), key=lambda item: item[1].start):
-        start, end = max(span.start, pos), min(span.end, len(text))
-        if start >= end:
-            continue  # overlapping or out-of-range spans are never rendered twice
-        parts.append(escape(text[pos:start]))
-        parts.append(
-            f'<mark class="attr-span" data-span="{i}" '
-            f'title="{escape(_source_title(span), quote=True)}">'
-            f"{escape(text[start:end])}</mark>"
-        )
-        pos = end
-    parts.append(escape(text[pos:]))
-    parts.append("</pre>")
-    return "".join(parts)
 
 
 def sources_html(spans: Sequence[Span], scope: str = "") -> str:
@@ -75,15 +48,7 @@ def sources_html(spans: Sequence[Span], scope: str = "") -> str:
 
 
 def _marked(snippet: str, highlights: Sequence[tuple[int, int]]) -> str:
-    parts, pos = [], 0
-    for start, end in sorted(highlights):
-        if start < pos or end <= start:
-            continue
-        parts.append(escape(snippet[pos:start]))
-        parts.append(f"<mark>{escape(snippet[start:end])}</mark>")
-        pos = end
-    parts.append(escape(snippet[pos:]))
-    return "".join(parts)
+    return highlight(snippet, "text", [Mark(start, end) for start, end in highlights])
 
 
 def search_results_html(hits: Sequence[Hit]) -> str:

@@ -20,6 +20,7 @@ from model.engine import (
     Engine,
     GenerationParams,
     GenerationRequest,
+    Infill,
     Queued,
 )
 from model.errors import PlaygroundError
@@ -72,9 +73,10 @@ class Output:
             "cancelled": self.stopped or "stopped by you",
         }.get(d.reason, d.reason)
         by = f" · {self.model}" if self.model else ""
+        notice = f" · {self.notice}" if self.notice else ""
         return (
             f"{d.generated_tokens} tokens in {self.seconds:.1f} s ({rate:.1f} tokens/s) · "
-            f"prompt {d.prompt_tokens} tokens · {why}{by}"
+            f"prompt {d.prompt_tokens} tokens · {why}{by}{notice}"
         )
 
 
@@ -85,8 +87,10 @@ class Playground:
         ta: TaPrompt,
         limits: Limits | None = None,
         rate_limit_per_min: int = 0,
+        fim_candidates: int = 8,
     ):
         self.engines = engines
+        self.fim_candidates = fim_candidates  # per fill by reranking (FIM_CANDIDATES)
         self.ta = ta
         self.limits = limits or Limits()
         # Keyed on the client's address; checked after validation, so a typo costs no budget.
@@ -108,12 +112,12 @@ class Playground:
     ) -> Iterator[Output]:
         check_text("prompt", prompt, self.limits)
         spec, engine = self.engines.choose(model, "completion")
-        self._check_context(engine, "prompt", prompt, params)
+        ids = self._tokenize(engine, "prompt", prompt, params)
         # Token healing: a prompt ending in whitespace (a header and Enter) still gets a body.
         params = replace(params, heal=True, stop=(*params.stop, *spec.completion_stops))
         yield from self._run(
             engine, spec.id, "completion", prompt, params, cancel, prefix=prompt, suffix="",
-            client=client,
+            client=client, prompt_ids=ids,
         )  # fmt: skip
 
     def fill(
@@ -129,15 +133,31 @@ class Playground:
         spec, engine = self.engines.choose(model, "fim")
         info = engine.info
         template = detect_fim_template(info.special_tokens)
+        if template is None and info.fills_by_rerank:
+            # No FIM tokens: one line, reranked in the worker (model/infill.py). The worker
+            # reads the code nearest the gap, so no prompt is too long for the context.
+            prefix, suffix = split_fim(code)
+            infill = Infill(prefix, suffix, self.fim_candidates)
+            run = self._run(
+                engine, spec.id, "fim", prefix, params, cancel, prefix=prefix, suffix=suffix,
+                client=client, infill=infill,
+            )  # fmt: skip
+            notice = (
+                f"one line, the likeliest of {infill.candidates} candidates given the code on "
+                "both sides (no FIM tokens: temperature, top-p and penalty do not apply)"
+            )
+            for out in run:
+                yield replace(out, notice=notice)
+            return
         model_prompt, prefix, suffix = fim_prompt(code, template, spec.id)
-        self._check_context(engine, "prompt", model_prompt, params)
+        ids = self._tokenize(engine, "prompt", model_prompt, params)
         # End the middle where the code after the gap takes over (the line's end, or the
         # suffix's next line): small FIM models seldom emit their end token there (issue 13).
         stops = fim_stop_sequences(prefix, suffix)
         params = replace(params, stop=(*params.stop, *template.stop_tokens, *stops))
         run = self._run(
             engine, spec.id, "fim", model_prompt, params, cancel, prefix=prefix, suffix=suffix,
-            client=client,
+            client=client, prompt_ids=ids,
         )  # fmt: skip
         for out in run:
             if out.done is not None:
@@ -175,9 +195,10 @@ class Playground:
                 self.ta, history, message, budget_tokens=budget, count_tokens=engine.count_tokens
             )
             params = replace(params, stop=(*params.stop, *ASSISTANT_STOPS))
+        ids = engine.tokenize(built.prompt)  # fitted to the budget above: no check needed
         run = self._run(
             engine, spec.id, "assistant", built.prompt, params, cancel, prefix="", suffix="",
-            client=client,
+            client=client, prompt_ids=tuple(ids) if ids is not None else None,
         )  # fmt: skip
         for out in run:
             reply = clean_reply(out.generated) if out.done else out.generated.lstrip()
@@ -186,9 +207,16 @@ class Playground:
     # -- shared -----------------------------------------------------------------------------
 
     @staticmethod
-    def _check_context(engine: Engine, field: str, prompt: str, params: GenerationParams):
-        n = engine.count_tokens(prompt)
+    def _tokenize(
+        engine: Engine, field: str, prompt: str, params: GenerationParams
+    ) -> tuple[int, ...] | None:
+        """The prompt's ids, once: checked against the context here, and carried in the request
+        so no engine tokenizes it again. None: the engine cannot tokenize here (a remote server
+        without its tokenizer), and the estimate is checked instead."""
+        ids = engine.tokenize(prompt)
+        n = len(ids) if ids is not None else engine.count_tokens(prompt)
         check_context(field, n, params.max_new_tokens, engine.info.context_length)
+        return tuple(ids) if ids is not None else None
 
     def _run(
         self,
@@ -202,11 +230,15 @@ class Playground:
         prefix: str,
         suffix: str,
         client: str = "",
+        prompt_ids: tuple[int, ...] | None = None,
+        infill: Infill | None = None,
     ) -> Iterator[Output]:
         self.limiter.check(client)
         start = time.perf_counter()
         generated = ""
-        request = GenerationRequest(model_prompt, params, client=client)
+        request = GenerationRequest(
+            model_prompt, params, client=client, prompt_ids=prompt_ids, infill=infill
+        )
         for event in engine.stream(request, cancel):
             if isinstance(event, Delta):
                 generated += event.text

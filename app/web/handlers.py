@@ -66,14 +66,13 @@ class Handlers:
         base = [*chat, {"role": "user", "content": message}]
         run = self.generate.assist(message, history, params, request, model, tab="assistant")
         for out in throttle(run):
-            status = out.status + (f" · {out.notice}" if out.notice and out.done else "")
             messages = [*base, {"role": "assistant", "content": out.text}]
             if out.done is None:
-                yield messages, "", status, PENDING, gr_skip()
+                yield messages, "", out.status, PENDING, gr_skip()
                 continue
             spans = self.search.attribute_output(out)
             shared = record(out, message, params, "markdown", spans)
-            yield messages, "", status, shared, self.sources_panel(spans, out.model)
+            yield messages, "", out.status, shared, self.sources_panel(spans, out.model)
 
     @staticmethod
     def code_html(mode: str, text: str, language: str, span: tuple[int, int], spans=()) -> str:

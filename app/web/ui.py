@@ -46,8 +46,14 @@ COMPLETION_EXAMPLES = [
     ['class Stack:\n    """A last-in, first-out stack."""\n\n    def __init__(self):\n'],
 ]
 FIM_EXAMPLES = [
-    ["def add(a, b):\n    <FILL_HERE>\n\n\nprint(add(1, 2))\n"],
-    ["import json\n\n\ndef load(path):\n    with open(path) as f:\n        <FILL_HERE>\n"],
+    [
+        'def add(a, b):\n    """Return the sum of a and b."""\n    <FILL_HERE>\n\n\nprint(add(1, 2))\n'
+    ],
+    ['def is_even(n):\n    """Whether n is even."""\n    return <FILL_HERE>\n'],
+    [
+        'import json\n\n\ndef load(path):\n    """Read the JSON file at `path`."""\n'
+        "    with open(path) as f:\n        <FILL_HERE>\n"
+    ],
 ]
 ASSIST_EXAMPLES = [
     ["Write a Python function that checks whether a string is a palindrome."],
@@ -137,7 +143,7 @@ def _code_tab(mode, label, examples, placeholder, handlers: Handlers, model):
         with gr.Accordion("Exact text", open=False, elem_id=f"{mode}-exact"):
             ui.raw = gr.Textbox(label="Exactly what was generated", lines=6, interactive=False,
                                 elem_id=f"{mode}-raw", elem_classes=["code-input"])  # fmt: skip
-        gr.Examples(examples, inputs=[ui.prompt])
+        gr.Examples(examples, inputs=[ui.prompt], elem_id=f"{mode}-examples")
         ui.params = params = _param_inputs(mode, handlers)
 
     @user_errors(as_html=True)

@@ -291,3 +291,43 @@ def test_metrics_and_healthz(worker):
     assert 'playground_requests_total{reason="length"} 1.0' in text
     for name in ("queue_depth", "active_requests", "worker_restarts_total", "tokens_per_second"):
         assert f"playground_{name}" in text
+
+
+def test_the_web_process_tokenizes_as_the_worker_does_and_the_worker_uses_those_ids(worker):
+    text = "def add(a, b):\n    return a + b  # ünïcode, tabs\t and  spaces\n"
+    ids = worker.tokenize(text)  # in the web process: the local tokenizer, no pipe trip
+    assert ids == list(worker._call("tokenize", text, timeout=30))  # the worker's own
+    # A request that carries ids is not tokenized again: the ids are what the model reads
+    # (here they say something else than the text, which only the logs would show).
+    other = worker.tokenize("class A:")
+    request = GenerationRequest(text, GREEDY, prompt_ids=tuple(other))
+    events = list(worker.stream(request, CancelToken()))
+    from_ids = "".join(e.text for e in events if isinstance(e, Delta))
+    assert events[-1].prompt_tokens == len(other)
+    assert from_ids == collect(worker, "class A:")[0]
+
+
+def test_a_fill_by_reranking_is_one_line_and_the_batch_goes_on_around_it(worker):
+    from model.engine import Infill
+
+    prefix, suffix = "def add(a, b):\n    ", "\n\n\nprint(add(1, 2))\n"
+    params = GenerationParams(max_new_tokens=24)
+    request = GenerationRequest(prefix, params, infill=Infill(prefix, suffix, candidates=4))
+
+    def fill():
+        return list(worker.stream(request, CancelToken()))
+
+    # Two fills and two batched completions at once: the batch pauses for each fill.
+    results = run_concurrently(
+        lambda job: fill() if job == "fill" else collect(worker, job),
+        [("fill",), (PROMPTS[0],), ("fill",), (PROMPTS[1],)],
+    )
+    first, second = results[0], results[2]
+    assert first == second  # the same code gets the same fill
+    *deltas, done = first
+    middle = "".join(e.text for e in deltas)
+    assert done.reason in ("stop", "length") and done.generated_tokens > 0
+    assert middle.strip() and "\n" not in middle, middle
+    for text, done in (results[1], results[3]):
+        assert done.reason in ("length", "eos") and text
+    assert results[1] == collect(worker, PROMPTS[0])  # batched output unchanged by the pauses

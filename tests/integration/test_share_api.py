@@ -13,8 +13,8 @@ import pytest
 
 from app.store import Limits, Store
 from tests import share_helpers
+from tests.markup import XSS, Page, assert_inert
 from tests.share_helpers import LiveServer, share_app
-from tests.test_share_page import XSS, Page, assert_inert
 
 db_url = share_helpers.db_url  # fixtures shared with the other share tests
 store = share_helpers.store

@@ -1,5 +1,5 @@
-"""Where a fill-in-the-middle ends: the stop rule (model/prompts.py) and Playground.fill using it
-on the real tiny-starcoder."""
+"""Where a fill-in-the-middle ends: the stop rule (model/prompts.py). Playground.fill using it on
+the real tiny-starcoder: tests/integration/test_fim_fill.py."""
 
 import pytest
 
@@ -68,46 +68,3 @@ def test_a_caller_that_knows_the_gap_is_one_line_can_say_so():
 )
 def test_trailing_whitespace_before_a_suffix_on_a_new_line_is_dropped(middle, suffix, trimmed):
     assert trim_fim_middle(middle, suffix) == trimmed
-
-
-# --- Playground.fill on the real tiny-starcoder ------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def playground(engine):
-    from app.services.playground import Playground
-    from model.pool import EnginePool
-    from model.prompts import TaPrompt
-
-    return Playground(EnginePool.single(engine), TaPrompt.load())
-
-
-def _fill(playground, code: str):
-    from model.engine import CancelToken, GenerationParams
-
-    params = GenerationParams(temperature=0, max_new_tokens=48)
-    return list(playground.fill(code, params, CancelToken()))[-1]
-
-
-def test_fill_of_a_gap_inside_a_line_returns_one_line(playground):
-    code = "def area(r):\n    return 3.14 * <FILL_HERE> ** 2\n"
-    prefix, suffix = split_fim(code)
-    out = _fill(playground, code)
-    assert "\n" not in out.generated
-    assert out.text == prefix + out.generated + suffix
-    assert out.done.reason in ("stop", "eos", "length")
-
-
-@pytest.mark.parametrize(
-    "code",
-    [
-        "def add(a, b):\n    <FILL_HERE>\n\n\nprint(add(1, 2))\n",
-        "import json\n\n\ndef load(path):\n    with open(path) as f:\n        <FILL_HERE>\n",
-    ],
-)
-def test_fill_of_the_ui_examples_never_repeats_the_suffix_line(playground, code):
-    prefix, suffix = split_fim(code)
-    out = _fill(playground, code)
-    assert out.text == prefix + out.generated + suffix
-    assert "\nprint(add(1, 2))" not in out.generated
-    assert out.generated == out.generated.rstrip()  # no blank lines doubled before the suffix

@@ -19,7 +19,7 @@ from bench.fim_tasks import (
     spread,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from app.settings import Settings
 from corpus import iter_manifest_documents
 from model.engine import CancelToken, Delta, GenerationParams, GenerationRequest
 from tests.conftest import ATTRIBUTION_DOCS
-from tests.test_browser import _set_param, browser, page  # noqa: F401  (fixtures)
+from tests.integration.test_browser import _set_param, browser, page  # noqa: F401  (fixtures)
 
 HOSTILE = ['"', "a AND", "OR OR", "NEAR(", "*", "-x", "(((", 'def "f', "x' OR 1=1 --", "\\"]
 

@@ -8,7 +8,8 @@ import openai
 import pytest
 
 from model.engine import CancelToken, Delta, Done, GenerationParams, GenerationRequest
-from tests.test_attribution_flow import _reproducing_prompt, indexed_docs  # noqa: F401 (fixture)
+from model.errors import PlaygroundError
+from tests.integration.test_attribution_flow import _reproducing_prompt, indexed_docs  # noqa: F401 (fixture)
 
 GREEDY = {"temperature": 0, "extra_body": {"repetition_penalty": 1.0}}
 
@@ -119,3 +120,24 @@ def test_attribution_is_attached_when_asked(oai, engine, indexed_docs):  # noqa:
     spans = asked.model_extra["attribution"]
     assert spans and any(doc.path == src["path"] for span in spans for src in span["sources"])
     assert asked.choices[0].text == plain.choices[0].text
+
+
+def test_fim_through_a_remote_model_without_fim_tokens_is_refused_clearly(live_app):
+    """A playground whose ENGINE_URL serves a model without FIM tokens (SmolLM2 here) cannot
+    rerank over HTTP: FIM says so and names what can, instead of sending a wrong prompt."""
+    from app.services.playground import Playground
+    from model.pool import EnginePool
+    from model.prompts import TaPrompt
+    from model.remote import RemoteEngine
+
+    engine = RemoteEngine(live_app.url.rstrip("/"), model="smollm2-135m-instruct")
+    try:
+        playground = Playground(EnginePool.single(engine), TaPrompt.load())
+        params = GenerationParams(max_new_tokens=8)
+        with pytest.raises(PlaygroundError) as err:
+            list(playground.fill("def f():\n    <FILL_HERE>\n", params, CancelToken()))
+        assert err.value.field == "model" and err.value.kind == "unsupported"
+        assert "no fill-in-the-middle tokens" in err.value.message
+        assert "remote server (ENGINE_URL)" in err.value.message
+    finally:
+        engine.close()

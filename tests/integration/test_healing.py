@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model.healing import PrefixStripper, TokenHealer, heal, needs_healing
-from tests.test_smollm2 import _healed_greedy, converted_smollm2
+from tests.integration.test_smollm2 import _healed_greedy, converted_smollm2
 
 HEADER = 'def add(a, b):\n    """Return the sum of a and b."""\n'
 

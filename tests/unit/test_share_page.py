@@ -3,60 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from html import unescape
-from html.parser import HTMLParser
 
 import pytest
-from pygments.lexers import PythonLexer
 
-from app.share_page import (
-    Mark,
-    highlight,
-    render_delete_confirm,
-    render_not_found,
-    render_share,
-)
+from app.share_page import render_delete_confirm, render_not_found, render_share
 from app.store import FimSplit, SharePublic
-
-XSS = [
-    "</script><script>alert(1)</script>",
-    "<img src=x onerror=alert(1)>",
-    '"><svg onload=alert(1)>',
-]
-
-
-class Page(HTMLParser):
-    """Collects tags, attributes, meta tags and the text inside <ins class="gen">."""
-
-    def __init__(self, html: str):
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, dict]] = []
-        self.meta: dict[str, str] = {}
-        self.text: list[str] = []
-        self.generated: list[str] = []
-        self._in_gen = 0
-        self.feed(html)
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        self.tags.append((tag, a))
-        if tag == "meta" and ("property" in a or "name" in a):
-            self.meta[a.get("property") or a["name"]] = a.get("content", "")
-        if tag == "ins" and a.get("class") == "gen":
-            self._in_gen += 1
-
-    def handle_endtag(self, tag):
-        if tag == "ins" and self._in_gen:
-            self._in_gen -= 1
-
-    def handle_data(self, data):
-        self.text.append(data)
-        if self._in_gen:
-            self.generated.append(data)
-
-    @property
-    def all_text(self) -> str:
-        return "".join(self.text)
+from tests.markup import XSS, Page, assert_inert
 
 
 def share(**kw) -> SharePublic:
@@ -70,13 +22,6 @@ def share(**kw) -> SharePublic:
         "output": "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n",
     }
     return SharePublic(**{**base, **kw})
-
-
-def assert_inert(page: Page) -> None:
-    """No script, no inline handlers, no injected elements from user content."""
-    for tag, attrs in page.tags:
-        assert tag not in ("script", "img", "svg", "iframe", "object")
-        assert not any(k.startswith("on") for k in attrs), (tag, attrs)
 
 
 @pytest.mark.parametrize("payload", XSS)
@@ -147,21 +92,24 @@ def test_attribution_spans_are_marked_and_listed():
     assert "repo: octo/fib" in page.all_text
 
 
-@pytest.mark.parametrize(
-    "text, marks",
-    [
-        ("def f(x):\n\treturn x  # é ✓\n", [Mark(3, 12, "ins", "gen"), Mark(0, 5, "mark", "a")]),
-        ("", []),
-        ("\n\n  x\n", [Mark(0, 6, "ins", "gen")]),
-        ("a<b>&'\"", [Mark(1, 4, "ins", "gen"), Mark(2, 2, "mark", "a")]),
-    ],
-)
-def test_highlighting_keeps_the_text_exactly(text, marks):
-    html = highlight(text, PythonLexer(stripnl=False, ensurenl=False, tabsize=0), marks)
-    page = Page(f"<pre>{html}</pre>")
-    assert page.all_text == text
-    stripped = "".join(Page(html).text)
-    assert unescape(stripped) == text
+def test_spans_crossing_the_generated_middle_stay_balanced_and_whole():
+    """An attribution span may start in the prefix and end inside the middle, another run on
+    into the suffix: the page still parses, and every marked range is marked in full."""
+    out = "def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n"
+    a, b = out.index("return"), out.index("\n\nprint")
+    spans = [{"start": 4, "end": a + 6, "repo": "octo/x"}, {"start": b - 3, "end": len(out) - 4}]
+    s = share(mode="fim", prompt="<FILL_HERE>", output=out, fim=FimSplit(a, b), spans=spans)
+    page = Page(render_share(s))  # Page raises on an unbalanced tag
+    at = page.all_text.index(out)  # the output block comes first
+
+    def marked(cls: str) -> set[int]:  # offsets into `out` (the legend has marks too)
+        return {i - at for i in page.marked(cls) if at <= i < at + len(out)}
+
+    assert marked("gen") == set(range(a, b))
+    assert marked("attr") == set(range(4, a + 6)) | set(range(b - 3, len(out) - 4))
+    assert "".join(page.generated) == out[a:b]
+    ids = [attrs["id"] for _, attrs in page.tags if "id" in attrs]
+    assert ids == ["span-0", "span-1"]  # an anchor on the first piece only
 
 
 def test_not_found_page_is_friendly_and_escaped():

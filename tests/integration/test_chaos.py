@@ -1,6 +1,6 @@
 """kill -9 of a model worker mid-stream, through the whole app (bench/chaos.py's scenario).
 
-tests/test_worker.py kills the worker under a bare WorkerEngine. Here the streams are the app's
+tests/integration/test_worker.py kills the worker under a bare WorkerEngine. Here the streams are the app's
 own (HTTP + SSE on `/gradio_api/call/complete`, as any API client sees them), so the failure has
 to cross Gradio's queue: every in-flight stream must end with our message (no hang, no Gradio
 null error), the worker must come back by itself, /metrics must count the restart, /healthz

@@ -12,17 +12,18 @@ from pathlib import Path
 import pytest
 
 from app.attribution import AttributionIndex, build, ensure_default_index
-from app.attribution.render import highlight_html, search_results_html, sources_html
+from app.attribution.render import search_results_html, sources_html
 from app.attribution.sources import (
     detect_license,
     folder_source,
     license_from_text,
     stack_source,
 )
-from tests.test_attribution import drop_index, open_index, write_corpus_manifest
+from app.web.handlers import Handlers
+from tests.integration.test_attribution import drop_index, open_index, write_corpus_manifest
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 MIT = """MIT License
 
@@ -251,10 +252,10 @@ def test_rendering_escapes_and_marks_spans(tmp_path):
     text = "<b>hi</b>\n" + "x = '<script>alert(1)</script>' " * 4 + "& done"
     spans = index.attribute(text)
     assert len(spans) == 1
-    html = highlight_html(text, spans)
+    html = Handlers.code_html("completion", text, "text", (0, 0), [spans[0].to_dict()])
     assert "<script>" not in html and "&lt;b&gt;hi&lt;/b&gt;" in html
-    assert html.count('<mark class="attr-span" data-span="0"') == 1
-    assert 'title="evil/&lt;repo&gt;/a&amp;b.py"' in html
+    assert html.count('<mark class="attr-span"') == 1
+    assert 'title="Verbatim from evil/&lt;repo&gt;/a&amp;b.py (MIT &lt;x&gt;)"' in html
     assert "&amp; done" in html
     panel = sources_html(spans)
     assert "MIT &lt;x&gt;" in panel and "<script>" not in panel and "1 verbatim span" in panel

@@ -92,3 +92,31 @@ def test_an_exception_inside_generation_becomes_an_error_event(engine):
     assert "Generation failed inside the model" in done.error
     assert not _generate_threads()
     assert _run(engine, "y = ")[1].reason in ("length", "eos")
+
+
+class _CancelAfter(CancelToken):
+    """A Stop press that lands after `checks` looks at the flag: exactly mid-fill."""
+
+    def __init__(self, checks: int):
+        super().__init__()
+        self.left = checks
+
+    @property
+    def cancelled(self) -> bool:
+        self.left -= 1
+        return self.left < 0
+
+
+def test_a_fill_by_reranking_stops_between_two_steps_when_cancelled(engine):
+    from model.engine import Infill
+
+    prefix, suffix = "def add(a, b):\n    ", "\n\n\nprint(add(1, 2))\n"
+    request = GenerationRequest(
+        prefix, GenerationParams(max_new_tokens=24), infill=Infill(prefix, suffix, candidates=4)
+    )
+    whole = list(engine.stream(request, CancelToken()))
+    assert isinstance(whole[0], Delta) and whole[-1].generated_tokens >= 3  # steps to stop in
+    cancel = _CancelAfter(2)
+    events = list(engine.stream(request, cancel))
+    assert [type(e) for e in events] == [Done] and events[0].reason == "cancelled"
+    assert cancel.left < 0  # it looked, and stopped at once

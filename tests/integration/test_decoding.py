@@ -35,3 +35,28 @@ def test_special_tokens_are_not_shown(tokenizer):
     ids = tokenizer("x = 1", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     dec = IncrementalDecoder(tokenizer)
     assert "".join([dec.push(i) for i in ids] + [dec.flush()]) == "x = 1"
+
+
+def _stream(tokenizer, stops=()):
+    from model.token_stream import Prepared, TokenStream
+
+    prepared = Prepared([], eos_ids=[tokenizer.eos_token_id], text_stops=stops, healing=None)
+    return TokenStream(tokenizer, prepared)
+
+
+def test_the_token_stream_never_shows_a_stop_and_ends_at_it(tokenizer):
+    ids = tokenizer("x = 1\nHuman: what next?", add_special_tokens=False)["input_ids"]
+    stream = _stream(tokenizer, stops=("Human:",))
+    deltas = [stream.push(i) for i in ids]
+    assert all("H" not in d for d in deltas)  # "Hum" is held back, never flashed
+    assert "".join(deltas) + stream.finish() == "x = 1\n"
+    assert stream.reason == "stop" and stream.ended
+    assert stream.generated < len(ids)  # nothing is taken after the stop
+
+
+def test_the_token_stream_ends_at_eos_and_shows_what_came_before(tokenizer):
+    ids = tokenizer("héllo wörld", add_special_tokens=False)["input_ids"]
+    stream = _stream(tokenizer)
+    shown = "".join(stream.push(i) for i in [*ids, tokenizer.eos_token_id, *ids])
+    assert shown + stream.finish() == "héllo wörld"
+    assert (stream.reason, stream.generated) == ("eos", len(ids) + 1)

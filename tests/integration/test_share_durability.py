@@ -13,7 +13,7 @@ from pathlib import Path
 
 from app.store import Store
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Writes shares forever; prints "<id> <n>" only after Store.create has returned (= committed).
 WRITER = """

@@ -1,0 +1,60 @@
+"""Serves Infill requests (model/engine.py) on an in-process model: the rerank fill as events.
+
+A fill by reranking cannot stream its middle: the pick is known only once every candidate is
+scored. So one Delta carries the chosen middle, then Done. It runs alone on the model (the
+caller holds the model: LocalEngine's lock, or the batch paused in the worker).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import torch
+
+from model.engine import CancelToken, Delta, Done, Event, GenerationRequest
+from model.fim_rerank import Cancelled, RerankFiller, RerankSettings
+from model.stops import StopMatcher
+
+log = logging.getLogger(__name__)
+
+# A candidate line longer than this is cut (the longest canonical HumanEval line is 50 tokens).
+MAX_LINE_TOKENS = 64
+# The prefix tokens read: the code nearest the gap. Bounds the candidates' KV caches.
+MAX_CONTEXT_TOKENS = 2048
+
+
+def infill_events(
+    model, tokenizer, request: GenerationRequest, cancel: CancelToken
+) -> Iterator[Event]:
+    spec, p = request.infill, request.params
+    settings = RerankSettings(
+        k=spec.candidates,
+        max_new_tokens=min(p.max_new_tokens, MAX_LINE_TOKENS),
+        seed=p.seed if p.seed is not None else 0,  # same code, same fill
+        max_context=MAX_CONTEXT_TOKENS,
+    )
+    try:
+        fill = RerankFiller(model, tokenizer, settings)(
+            spec.prefix, spec.suffix, single_line=True, cancel=cancel
+        )
+    except Cancelled:
+        yield Done("cancelled")
+        return
+    except torch.OutOfMemoryError:
+        log.exception("fill by reranking ran out of memory")
+        msg = "The model ran out of memory. Try a shorter prompt."
+        yield Done("error", error=msg, error_kind="oom")
+        return
+    except Exception as exc:
+        log.exception("fill by reranking failed")
+        msg = f"Generation failed inside the model ({type(exc).__name__}). The error was logged."
+        yield Done("error", error=msg, error_kind="engine")
+        return
+    matcher = StopMatcher(tuple(s for s in p.stop if s))
+    middle = matcher.feed(fill.best(settings.score_by).text)
+    middle += "" if matcher.stopped else matcher.flush()
+    if middle:
+        yield Delta(middle)
+    reason = "length" if fill.new_tokens >= settings.max_new_tokens else "stop"
+    yield Done(reason, fill.prompt_tokens, fill.new_tokens)

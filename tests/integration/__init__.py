@@ -1,0 +1,2 @@
+"""Tests against the real parts: the tiny model, worker processes, the served app, gradio_client,
+Chromium and PostgreSQL."""

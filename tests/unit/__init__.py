@@ -1,0 +1,1 @@
+"""Fast tests: no model weights, worker process, server, browser or database server."""

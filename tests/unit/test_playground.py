@@ -1,0 +1,259 @@
+"""The three modes (app/services/playground.py) over a FakeEngine: the text, the marked part,
+the status line and the refusals a user sees."""
+
+import re
+
+import pytest
+
+from app.ratelimit import RateLimited
+from model.engine import CancelToken, ContextLength, GenerationParams, Infill
+from model.errors import PlaygroundError
+from model.prompts import ASSISTANT_STOPS, TaPrompt, Turn
+from tests.fakes import FakeEngine, fake_playground
+
+STATUS = r"(\d+) tokens in \d+\.\d s \(\d+\.\d tokens/s\) · prompt (\d+) tokens · (.+)"
+
+
+def run(outputs) -> list:
+    return list(outputs)
+
+
+def complete(engine, prompt="def f(n):\n", **params):
+    pg = fake_playground(engine)
+    return run(pg.complete(prompt, GenerationParams(**params), CancelToken()))
+
+
+# -- completion ------------------------------------------------------------------------------
+
+
+def test_completion_streams_the_prompt_then_what_the_model_wrote():
+    fake = FakeEngine("    return n\n")
+    outs = complete(fake)
+    assert [o.text for o in outs[:2]] == ["def f(n):\n ", "def f(n):\n  "]
+    assert {o.status for o in outs[:-1]} == {"Generating…"}
+    final = outs[-1]
+    assert final.text == "def f(n):\n    return n\n"
+    assert final.text[slice(*final.generated_span)] == "    return n\n"
+    generated, prompt, why = re.fullmatch(STATUS, final.status).groups()
+    assert (generated, prompt, why) == ("13", "10", "end of text · fake-coder")
+    assert fake.requests[0].prompt == "def f(n):\n"  # the code as written is the model prompt
+
+
+@pytest.mark.parametrize(
+    "reply, params, generated, why",
+    [
+        ("    return n\n", {}, "    return n\n", "end of text"),
+        ("    return n\n\ndef g", {"stop": ("\n\n",)}, "    return n", "stop sequence"),
+        ("    return n\n", {"max_new_tokens": 6}, "    re", "max_new_tokens reached"),
+    ],
+)
+def test_the_status_says_why_the_generation_ended(reply, params, generated, why):
+    final = complete(FakeEngine(reply), **params)[-1]
+    assert final.generated == generated and final.text == "def f(n):\n" + generated
+    assert re.fullmatch(STATUS, final.status).group(3) == f"{why} · fake-coder"
+
+
+def test_stop_keeps_what_was_written_and_says_who_stopped_it():
+    pg = fake_playground(FakeEngine("    return n\n"))
+    cancel = CancelToken()
+    outputs = pg.complete("def f(n):\n", GenerationParams(), cancel)
+    next(outputs)
+    cancel.cancel()
+    final = run(outputs)[-1]
+    assert final.done.reason == "cancelled" and final.text == "def f(n):\n "
+    assert final.status.endswith("· stopped by you · fake-coder")
+
+
+def test_waiting_in_the_queue_is_shown_with_the_position():
+    outs = complete(FakeEngine("x", queued=(2, 1)))
+    assert [o.status for o in outs[:2]] == [
+        "Waiting for a free slot: position 2 in the queue…",
+        "Waiting for a free slot: position 1 in the queue…",
+    ]
+    assert outs[0].text == "def f(n):\n"
+
+
+@pytest.mark.parametrize(
+    "error, kind, message",
+    [
+        ("Out of memory: lower max_new_tokens.", "oom", "Out of memory: lower max_new_tokens."),
+        ("", "engine", "Generation failed."),  # an error that carries no words
+    ],
+)
+def test_an_engine_error_reaches_the_user_as_its_message(error, kind, message):
+    fake = FakeEngine("    return n\n", error=error, error_kind=kind, error_after=3)
+    with pytest.raises(PlaygroundError) as err:
+        complete(fake)
+    assert err.value.message == message and err.value.kind == kind
+
+
+@pytest.mark.parametrize("tokenizes", [True, False])  # False: a remote engine's estimate
+def test_a_prompt_too_long_for_the_context_is_refused_naming_both_numbers(tokenizes):
+    fake = FakeEngine("x", context_length=64, tokenizes=tokenizes)
+    with pytest.raises(PlaygroundError) as err:
+        complete(fake, prompt="x" * 60, max_new_tokens=10)
+    assert err.value.field == "prompt"
+    assert err.value.message == (
+        "`prompt` tokens + `max_new_tokens` must be <= 64 (the model's context). "
+        "Given: 60 `prompt` tokens and 10 `max_new_tokens`."
+    )
+    assert fake.requests == []  # refused before the model was asked
+    assert complete(fake, prompt="x" * 54, max_new_tokens=10)[-1].done.reason == "eos"
+
+
+def test_a_context_lowered_by_a_setting_names_the_setting():
+    fake = FakeEngine("x", context_length=ContextLength(64, "KV_CACHE_MB=1"))
+    with pytest.raises(PlaygroundError, match=r"<= 64 \(the model's context, limited by "):
+        complete(fake, prompt="x" * 60, max_new_tokens=10)
+
+
+def test_rate_limit_counts_generations_per_client_and_not_refused_ones():
+    pg = fake_playground(FakeEngine("ok"), rate_limit_per_min=2)
+    params = GenerationParams()
+    with pytest.raises(PlaygroundError, match="is empty"):
+        run(pg.complete("   ", params, CancelToken(), client="10.0.0.1"))  # costs no budget
+    for _ in range(2):
+        run(pg.complete("a", params, CancelToken(), client="10.0.0.1"))
+    with pytest.raises(RateLimited) as err:
+        run(pg.complete("a", params, CancelToken(), client="10.0.0.1"))
+    assert err.value.kind == "rate_limit"
+    assert err.value.message.startswith(
+        "Too many generations: the limit is 2 per 60 s per client. Try again in "
+    )
+    assert run(pg.complete("a", params, CancelToken(), client="10.0.0.2"))[-1].text == "aok"
+
+
+# -- fill-in-the-middle ----------------------------------------------------------------------
+
+CODE = "def add(a, b):\n    <FILL_HERE>\n\nprint(add(1, 2))\n"
+PREFIX, SUFFIX = CODE.split("<FILL_HERE>")
+
+
+def fill(engine, code=CODE, **params):
+    pg = fake_playground(engine)
+    return run(pg.fill(code, GenerationParams(**params), CancelToken()))
+
+
+def test_fill_shows_prefix_middle_suffix_with_the_middle_marked():
+    # The model writes the middle, then starts re-writing the suffix: the fill ends there.
+    fake = FakeEngine("return a + b\n\nprint(add(1, 2))\n<|endoftext|>")
+    final = fill(fake)[-1]
+    assert final.text == PREFIX + "return a + b" + SUFFIX
+    assert final.text[slice(*final.generated_span)] == "return a + b"
+    assert re.fullmatch(STATUS, final.status).group(3) == "stop sequence · fake-coder"
+    assert fake.requests[0].prompt == f"<fim_prefix>{PREFIX}<fim_suffix>{SUFFIX}<fim_middle>"
+
+
+def test_a_gap_inside_a_line_is_filled_with_one_line():
+    final = fill(FakeEngine("sum\nprint(total)"), code="total = <FILL_HERE>(xs)\n")[-1]
+    assert final.text == "total = sum(xs)\n" and final.generated == "sum"
+
+
+def test_the_end_of_text_token_ends_a_fill_and_is_not_shown():
+    final = fill(FakeEngine("return a + b<|endoftext|>garbage"))[-1]
+    assert final.generated == "return a + b"
+
+
+@pytest.mark.parametrize("code, found", [("no marker", 0), ("a<FILL_HERE>b<FILL_HERE>", 2)])
+def test_a_missing_or_repeated_marker_is_the_users_to_fix(code, found):
+    fake = FakeEngine("x")
+    with pytest.raises(PlaygroundError) as err:
+        fill(fake, code=code)
+    assert err.value.field == "prompt"
+    assert f"exactly one <FILL_HERE> marker for fill-in-the-middle; found {found}." in str(
+        err.value
+    )
+    assert fake.requests == []
+
+
+def test_a_model_without_fim_tokens_that_cannot_rerank_is_refused_by_name():
+    with pytest.raises(PlaygroundError) as err:
+        fill(FakeEngine("x", special_tokens=frozenset()))
+    assert err.value.field == "model" and err.value.kind == "unsupported"
+    assert "`fake-coder` has no fill-in-the-middle tokens" in err.value.message
+
+
+def test_a_model_without_fim_tokens_fills_one_line_by_reranking():
+    fake = FakeEngine("return a + b", special_tokens=frozenset(), fills_by_rerank=True)
+    outs = fill(fake)
+    assert fake.requests[0].infill == Infill(PREFIX, SUFFIX, 8)
+    assert outs[-1].text == PREFIX + "return a + b" + SUFFIX
+    assert outs[-1].notice.startswith("one line, the likeliest of 8 candidates")
+    assert outs[-1].status.endswith(outs[-1].notice)
+
+
+# -- assistant -------------------------------------------------------------------------------
+
+HISTORY = [Turn("hi", "Hello! How can I help?")]
+
+
+def assist(engine, message="How do I reverse a list?", history=HISTORY, **params):
+    pg = fake_playground(engine)
+    return run(pg.assist(message, history, GenerationParams(**params), CancelToken()))
+
+
+def test_the_assistant_reply_is_cut_at_the_next_turn_and_trimmed():
+    fake = FakeEngine("  Use `xs[::-1]`.\n\nHuman: and a tuple?")
+    outs = assist(fake)
+    assert outs[0].text == ""  # the leading spaces are not shown while streaming either
+    final = outs[-1]
+    assert final.text == final.generated == "Use `xs[::-1]`."
+    assert re.fullmatch(STATUS, final.status).group(3) == "stop sequence · fake-coder"
+    request = fake.requests[0]
+    assert set(ASSISTANT_STOPS) <= set(request.params.stop)
+    # BigCode's ta-prompt, then this conversation, then the assistant's turn opened
+    assert request.prompt.startswith(TaPrompt.load().preamble)
+    assert request.prompt.endswith(
+        "Human: hi\n\nAssistant: Hello! How can I help?\n\n"
+        "Human: How do I reverse a list?\n\nAssistant:"
+    )
+
+
+def test_a_chat_model_gets_its_own_template_and_the_reply_is_still_cleaned():
+    template = (
+        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    fake = FakeEngine(" Sure.\nHuman: more", chat_template=template, has_chat_template=True)
+    final = assist(fake)[-1]
+    assert final.text == "Sure."
+    assert fake.requests[0].prompt == (
+        "<|user|>hi\n<|assistant|>Hello! How can I help?\n"
+        "<|user|>How do I reverse a list?\n<|assistant|>"
+    )
+    assert not set(ASSISTANT_STOPS) & set(fake.requests[0].params.stop)
+
+
+def test_a_long_conversation_drops_the_examples_and_says_so():
+    final = assist(FakeEngine("Sure.", context_length=700))[-1]
+    examples = len(TaPrompt.load().dialogues)
+    assert final.notice == (
+        f"The conversation outgrew the model's context, so {examples} example dialogue(s) "
+        "were left out of the prompt."
+    )
+    assert final.status.endswith(final.notice)
+
+
+def test_max_new_tokens_beyond_the_context_are_refused_naming_the_limit():
+    with pytest.raises(PlaygroundError) as err:
+        assist(FakeEngine("x", context_length=256), max_new_tokens=300)
+    assert err.value.field == "message"
+    assert err.value.message == (
+        "`message` tokens + `max_new_tokens` must be <= 256 (the model's context). "
+        "Given: 0 `message` tokens and 300 `max_new_tokens`."
+    )
+
+
+def test_a_message_too_long_for_what_is_left_is_refused_with_both_numbers():
+    fake = FakeEngine("x", context_length=1000)
+    with pytest.raises(PlaygroundError) as err:
+        assist(fake, message="x" * 900, history=[], max_new_tokens=200)
+    assert err.value.field == "message"
+    found = re.fullmatch(
+        r"`message` is too long for the model's context: the prompt needs (\d+) tokens but "
+        r"only 800 are left after `max_new_tokens`\. Shorten the message or lower "
+        r"max_new_tokens\.",
+        err.value.message,
+    )
+    assert int(found.group(1)) > 900  # the message, plus the preamble that is never dropped
+    assert fake.requests == []

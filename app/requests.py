@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 
 from app.limits import Limits
-from model.engine import GenerationParams, context_overflow
+from model.engine import MAX_LOGPROBS, GenerationParams, context_overflow
 from model.errors import PlaygroundError
 from model.prompts import Turn
 
@@ -105,8 +105,10 @@ def parse_params(
     repetition_penalty=1.2,
     seed=None,
     stop=None,
+    logprobs=None,
 ) -> GenerationParams:
     seed_value = None if seed in (None, "", -1) else _integer("seed", seed, 0, MAX_SEED)
+    top = None if logprobs is None else _integer("logprobs", logprobs, 0, MAX_LOGPROBS)
     return GenerationParams(
         max_new_tokens=_integer("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS),
         temperature=_number("temperature", temperature, 0.0, 1.0),
@@ -114,6 +116,7 @@ def parse_params(
         repetition_penalty=_number("repetition_penalty", repetition_penalty, 1.0, 2.0),
         seed=seed_value,
         stop=parse_stops(stop),
+        logprobs=top,
     )
 
 

@@ -23,6 +23,7 @@ One-at-a-time path (LocalEngine on the same model, serialised by its lock):
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
@@ -48,6 +49,7 @@ from model.engine import (
 from model.errors import PlaygroundError
 from model.kv_budget import KvPlan, no_room, plan_for_model
 from model.local import LocalEngine
+from model.logprobs import Namer
 from model.sampling import RequestSamplingCB
 from model.token_stream import TokenStream, prepare
 
@@ -97,6 +99,7 @@ class _Stream:
 
     tokens: TokenStream
     n_prompt: int
+    logprobs: bool = False  # the request asked for them
     blocks: int = 0  # cache blocks reserved for it (0: not admitted yet)
     seen: int = 0  # the manager's outputs are cumulative: how many were read
 
@@ -156,8 +159,11 @@ class BatchingServer:
             generation_config=gen, continuous_batching_config=cfg
         )
         processors = self.manager.logit_processor.logits_processor
-        if not any(isinstance(p, RequestSamplingCB) for p in processors):
+        sampler = next((p for p in processors if isinstance(p, RequestSamplingCB)), None)
+        if sampler is None:
             raise RuntimeError(f"continuous batching did not take our sampler: {processors}")
+        self.logprobs = sampler.logprobs  # what the sampler recorded, per request
+        self.namer = Namer(tokenizer)
         try:
             # Allocates the cache here and now: in the loop's thread a MemoryError killed the
             # loop, the worker restarted, and the next request died the same way.
@@ -245,7 +251,11 @@ class BatchingServer:
         if not p.greedy:
             kwargs.update(temperature=float(p.temperature), top_p=float(p.top_p))
         kwargs.update(max_new_tokens=p.max_new_tokens, eos_token_id=prepared.eos_ids)
-        stream = _Stream(TokenStream(self.tokenizer, prepared), n_prompt=len(ids))
+        if p.logprobs is not None:
+            kwargs["logprobs"] = p.logprobs
+        stream = _Stream(
+            TokenStream(self.tokenizer, prepared), len(ids), logprobs=p.logprobs is not None
+        )
         with self._lock:
             self._streams[rid] = stream
             self._pending.append((rid, ids, kwargs))
@@ -280,6 +290,7 @@ class BatchingServer:
                 self.manager.cancel_request(rid)
 
     def _release(self, rid: str, stream: _Stream) -> None:
+        self.logprobs.forget(rid)
         with self._lock:
             self._free_blocks += stream.blocks
             stream.blocks = 0
@@ -317,7 +328,14 @@ class BatchingServer:
         new = out.generated_tokens[st.seen :]
         st.seen = len(out.generated_tokens)
         tokens = st.tokens
-        text = "".join(tokens.push(tok) for tok in new)
+        text, logprobs = "", []
+        recorded = self.logprobs.take(rid, len(new)) if st.logprobs else ()
+        for tok, record in itertools.zip_longest(new, recorded):
+            if tokens.ended:
+                break
+            text += tokens.push(tok)
+            if record is not None and tokens.reason != "eos":
+                logprobs.append(self.namer.entry(record, tokens.name))
         done = None
         if tokens.reason == "stop":
             manager.cancel_request(rid)  # frees the slot at the next step
@@ -329,8 +347,8 @@ class BatchingServer:
                 manager.cancel_request(rid)  # no-op if the manager finished it too
             text += tokens.finish()
             done = Done(tokens.reason, st.n_prompt, st.generated)
-        if text:
-            events.append((rid, Delta(text)))
+        if text or logprobs:
+            events.append((rid, Delta(text, tuple(logprobs))))
         if done is not None:
             events.append((rid, done))
         return done is not None

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 StopReason = Literal["length", "stop", "eos", "cancelled", "error"]
+MAX_LOGPROBS = 5  # alternatives per token, as OpenAI's completions API allows
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class GenerationParams:
     # Token healing (completion mode): back off a trailing whitespace token and let the model
     # re-create it, so "def f():\n" gets a body. Engines that cannot heal ignore it.
     heal: bool = False
+    # Report each token's log-probability and this many alternatives (0 to MAX_LOGPROBS);
+    # None: none. Only engines whose ModelInfo.logprobs is set can.
+    logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -62,8 +66,22 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token with its log-probability and the likeliest alternatives, under the
+    model's distribution after the repetition penalty and before temperature and top-p (as
+    vLLM reports them)."""
+
+    token: str  # the token's own text (may be part of a character)
+    logprob: float  # natural log
+    top: tuple[tuple[str, float], ...] = ()  # (token, logprob), likeliest first
+
+
+@dataclass(frozen=True)
 class Delta:
     text: str
+    # With GenerationParams.logprobs: the tokens behind this text (a held-back stop or part of
+    # a character can make the text lag them by a token or two).
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -133,6 +151,8 @@ class ModelInfo:
     kv_cache_bytes: int = 0
     # Can serve Infill requests: the model runs in this machine's process (not ENGINE_URL).
     fills_by_rerank: bool = False
+    # Can report token log-probabilities (GenerationParams.logprobs): the same, for now.
+    logprobs: bool = False
 
 
 class CancelToken:

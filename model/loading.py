@@ -94,6 +94,7 @@ def load(model_id: str, *, device: str | None = None, hf_token: str | None = Non
         chat_template=template,
         bos_token=tokenizer.bos_token,
         fills_by_rerank=True,  # in process: model/infill.py can sample and score here
+        logprobs=True,
     )
     return model, tokenizer, info
 

@@ -18,6 +18,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo
 from model.infill import infill_events
+from model.logprobs import Namer, StepRecorder
 from model.token_stream import TokenStream, model_eos_ids, prepare
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class LocalEngine:
         self._info = info
         self._lock = threading.Lock()
         self._device = next(model.parameters()).device
+        self.namer = Namer(tokenizer)  # token texts for log-probabilities
 
     @classmethod
     def load(cls, model_id: str, *, device: str | None = None, hf_token: str | None = None):
@@ -113,8 +115,13 @@ class LocalEngine:
         stop_hit = threading.Event()
         errors: list[BaseException] = []
         kwargs = self.generate_kwargs(request, prepared.eos_ids)
-        if prepared.healing is not None:
-            kwargs["logits_processor"] = LogitsProcessorList([prepared.healing.processor])
+        processors = [prepared.healing.processor] if prepared.healing is not None else []
+        top = request.params.logprobs
+        recorder = StepRecorder(top) if top is not None else None
+        if recorder is not None:
+            processors.append(recorder)
+        if processors:
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         seed = request.params.seed
 
         def run() -> None:
@@ -137,19 +144,23 @@ class LocalEngine:
 
         thread = threading.Thread(target=run, name="generate", daemon=True)
         tokens = TokenStream(self.tokenizer, prepared)
+        namer = self.namer
         thread.start()
         try:
             while True:
                 tok = streamer.q.get()
                 if tok is _END:
                     break
+                record = recorder.take(tok) if recorder is not None else None
                 if tokens.ended or cancel.cancelled:
                     continue  # drain: generate() ends at its next step
                 text = tokens.push(tok)
                 if tokens.ended:
                     stop_hit.set()
-                if text:
-                    yield Delta(text)
+                eos = tokens.reason == "eos"
+                logprobs = (namer.entry(record, tokens.name),) if record and not eos else ()
+                if text or logprobs:
+                    yield Delta(text, logprobs)
             if errors:
                 yield _error_done(errors[0], n_prompt, tokens.generated)
                 return

@@ -18,6 +18,7 @@ from transformers import RepetitionPenaltyLogitsProcessor
 from transformers.generation.continuous_batching import cb_logits_processors as cblp
 
 from model.healing import HealingProcessor
+from model.logprobs import RecordBook, records
 
 TOP_K_FIRST = 64  # top-p looks here first; a row whose nucleus is wider is sorted in full
 
@@ -113,6 +114,7 @@ class RequestSamplingCB(cblp.ContinuousBatchingLogitsProcessor):
         "temperature": float,  # 0: greedy
         "top_p": float,
         "healing": HealingProcessor,  # the first tokens must rebuild the backed-off text
+        "logprobs": int,  # record this row's token logprob and this many alternatives
     }
     ignored_kwargs: ClassVar[tuple[str, ...]] = ()
 
@@ -127,6 +129,8 @@ class RequestSamplingCB(cblp.ContinuousBatchingLogitsProcessor):
         # Request id -> its history. Rebuilding each history from Python lists every step was
         # O(context) per row, the worker's largest single cost at 8 streams of 256 tokens.
         self._histories: dict[str, _History] = {}
+        self._logprob_rows: list[tuple[int, str, int]] = []  # row, request id, alternatives
+        self.logprobs = RecordBook()  # the router reads each request's records from here
 
     def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
         default = torch.full_like(int32_tensor, self.penalty, dtype=torch.float32)
@@ -135,9 +139,12 @@ class RequestSamplingCB(cblp.ContinuousBatchingLogitsProcessor):
     def prepare_tensor_args(self, requests_with_new_token) -> torch.Tensor:
         penalties, rows, lengths, parts, kept = [], [], [], [], {}
         sampled, temperatures, top_ps, healing = [], [], [], []
+        self._logprob_rows = []
         for row, request in enumerate(requests_with_new_token):
             state = request.state
             kwargs = state.logit_processor_kwargs
+            if kwargs.get("logprobs") is not None:
+                self._logprob_rows.append((row, state.request_id, int(kwargs["logprobs"])))
             rule = kwargs.get("healing")
             if rule is not None and len(state.generated_tokens) < len(rule.removed) + 1:
                 # Only the first tokens can still be constrained; a soft reset moves them into
@@ -184,6 +191,10 @@ class RequestSamplingCB(cblp.ContinuousBatchingLogitsProcessor):
             blocked = rule.blocked(generated, scores.size(-1)) if row < scores.size(0) else None
             if blocked is not None:
                 scores[row, blocked.to(scores.device)] = -float("inf")
+        asked = [(r, rid, k) for r, rid, k in self._logprob_rows if r < scores.size(0)]
+        if asked:  # the model's view, before temperature and top-p reshape it
+            lp_rows = torch.tensor([r for r, _, _ in asked], device=scores.device)
+            logprobs = scores[lp_rows].float().log_softmax(-1)
         if self._sampled is not None:
             dev = scores.device
             keep = self._sampled < scores.size(0)
@@ -194,4 +205,10 @@ class RequestSamplingCB(cblp.ContinuousBatchingLogitsProcessor):
             # The batch takes the argmax of each row: leave the drawn token alone on top.
             scores[rows] = torch.finfo(scores.dtype).min
             scores[rows, tokens] = 0
+        if asked:  # every row's token is now its argmax, drawn or greedy
+            chosen = scores[lp_rows].argmax(-1)
+            for (_, rid, _), rec in zip(
+                asked, records(logprobs, chosen, [k for *_, k in asked]), strict=True
+            ):
+                self.logprobs.add(rid, rec)
         return scores

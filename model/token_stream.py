@@ -76,6 +76,8 @@ class TokenStream:
         self._matcher = StopMatcher(prepared.text_stops)
         h = prepared.healing
         self._strip: Callable[[str], str] = h.stripper().feed if h is not None else str
+        # The same, for the names of the tokens (log-probabilities): they add up to the text.
+        self.name: Callable[[str], str] = h.stripper().feed if h is not None else str
         self.generated = 0  # tokens taken, EOS included
         self.reason = "length"  # "eos" or "stop" once one ends it
 

@@ -377,15 +377,16 @@ def _coalesce(first: Delta, q: queue.SimpleQueue) -> tuple[Delta, Event | None]:
     """Merge the Deltas already waiting into one, so a consumer that fell behind (a busy web
     process) catches up in one step instead of paying per-token overhead. Returns the merged
     Delta and the non-Delta event that stopped the merge, if any."""
-    parts = [first.text]
+    parts, logprobs = [first.text], [*first.logprobs]
     while True:
         try:
             event = q.get_nowait()
         except queue.Empty:
-            return Delta("".join(parts)), None
+            return Delta("".join(parts), tuple(logprobs)), None
         if not isinstance(event, Delta):
-            return Delta("".join(parts)), event
+            return Delta("".join(parts), tuple(logprobs)), event
         parts.append(event.text)
+        logprobs.extend(event.logprobs)
 
 
 def _local_tokenizer(model: str):

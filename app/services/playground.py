@@ -22,6 +22,7 @@ from model.engine import (
     GenerationRequest,
     Infill,
     Queued,
+    TokenLogprob,
 )
 from model.errors import PlaygroundError
 from model.pool import EnginePool
@@ -53,6 +54,8 @@ class Output:
     queue_position: int | None = None  # set while the request waits for a batch slot
     model: str = ""  # the registry id of the model that wrote it
     stopped: str = ""  # why a cancelled generation stopped, in words for the user
+    # With GenerationParams.logprobs: every token so far, its log-probability and alternatives.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
     @property
     def generated_span(self) -> tuple[int, int]:
@@ -233,16 +236,25 @@ class Playground:
         prompt_ids: tuple[int, ...] | None = None,
         infill: Infill | None = None,
     ) -> Iterator[Output]:
+        if params.logprobs is not None and (infill is not None or not engine.info.logprobs):
+            where = "a fill by reranking" if infill else "a model on a remote server (ENGINE_URL)"
+            raise PlaygroundError(
+                f"`logprobs` cannot be reported for {where}; ask without them.",
+                field="logprobs", kind="unsupported",
+            )  # fmt: skip
         self.limiter.check(client)
         start = time.perf_counter()
         generated = ""
         request = GenerationRequest(
             model_prompt, params, client=client, prompt_ids=prompt_ids, infill=infill
         )
+        logprobs: tuple[TokenLogprob, ...] = ()
         for event in engine.stream(request, cancel):
             if isinstance(event, Delta):
                 generated += event.text
-                yield Output(mode, prefix + generated + suffix, generated, prefix, model=model_id)
+                logprobs += event.logprobs
+                yield Output(mode, prefix + generated + suffix, generated, prefix, model=model_id,
+                             logprobs=logprobs)  # fmt: skip
             elif isinstance(event, Queued):
                 yield Output(mode, prefix + suffix, "", prefix, model=model_id,
                              queue_position=event.position)  # fmt: skip
@@ -253,5 +265,5 @@ class Playground:
                 elapsed = time.perf_counter() - start
                 yield Output(
                     mode, prefix + generated + suffix, generated, prefix, event,
-                    seconds=elapsed, model=model_id, stopped=cancel.reason,
+                    seconds=elapsed, model=model_id, stopped=cancel.reason, logprobs=logprobs,
                 )  # fmt: skip

@@ -6,18 +6,21 @@ the sources panel). ui.py wires these to buttons; api.py exposes the services by
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 
 from pygments.lexers import get_lexer_by_name
 from pygments.util import ClassNotFound
 
 from app.attribution import Source, Span
 from app.attribution.render import sources_html
+from app.probabilities import probabilities_html
 from app.render import Mark, code_view, detect_language
 from app.requests import parse_params, recent_turns
 from app.services.generate import Generations, throttle
 from app.services.search import Search
 from app.services.shares import PARAM_NAMES, PENDING, Shares, record
 from app.web.downloads import Downloads
+from model.engine import MAX_LOGPROBS
 from model.prompts import Turn
 from model.registry import Registry
 
@@ -41,23 +44,34 @@ class Handlers:
 
     # -- the code tabs and the chat -----------------------------------------------------------
 
-    def ui_code(self, mode: str, prompt: str, model, *param_values, request=None):
-        """Yields (code view, exact text, status, download, shareable record, sources panel)."""
+    def ui_code(self, mode: str, prompt: str, model, *param_values, request=None,
+                show_probs: bool = False):  # fmt: skip
+        """Yields (code view, exact text, status, download, shareable record, sources panel,
+        probabilities view)."""
         params = parse_params(**_param_kwargs(param_values))
         language = detect_language(prompt.replace("<FILL_HERE>", ""))
         run = self.generate.complete if mode == "completion" else self.generate.fill
+        note = ""
+        if show_probs:
+            spec = self.registry.choose(model or None, mode)
+            if mode == "fim" and spec.reranks_fim:
+                note = (f"Probabilities are not shown for {spec.id}'s fills: it has no FIM "
+                        "tokens, and its line is picked from candidates by reranking.")  # fmt: skip
+            else:
+                params = replace(params, logprobs=MAX_LOGPROBS)
         for out in throttle(run(prompt, params, request, model, tab=mode)):
             if out.done is None:
                 html = self.code_html(mode, out.text, live_language(out.text, language),
                                       out.generated_span)  # fmt: skip
-                yield html, out.text, out.status, None, PENDING, gr_skip()
+                yield html, out.text, out.status, None, PENDING, gr_skip(), gr_skip()
                 continue
             spans = self.search.attribute_output(out)
             html = self.code_html(mode, out.text, language, out.generated_span, spans)
             shared = record(out, prompt, params, language, spans)
             download = self.downloads.save(f"{out.mode}{extension(language)}", out.text)
             panel = self.sources_panel(spans, out.model)
-            yield html, out.text, out.status, download, shared, panel
+            probs = probabilities_html(out.logprobs, note) if show_probs else ""
+            yield html, out.text, out.status, download, shared, panel, probs
 
     def ui_assist(self, message: str, chat: list, model, *param_values, request=None):
         """Yields (chat messages, cleared input box, status, shareable record, sources)."""

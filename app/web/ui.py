@@ -135,6 +135,10 @@ def _code_tab(mode, label, examples, placeholder, handlers: Handlers, model):
                           js_on_load=CLICK_TO_SEARCH)  # fmt: skip
         ui.status = gr.Markdown("", elem_id=f"{mode}-status")
         ui.sources = gr.HTML("", elem_id=f"{mode}-sources")
+        ui.show_probs = gr.Checkbox(False, label="Show probabilities",
+                                    info="each token shaded by how likely the model found it",
+                                    elem_id=f"{mode}-show-probs")  # fmt: skip
+        ui.probs = gr.HTML("", elem_id=f"{mode}-probs")
         with gr.Row():
             copy = gr.Button("Copy", size="sm", elem_id=f"{mode}-copy")
             download = gr.DownloadButton("Download", size="sm", elem_id=f"{mode}-download")
@@ -148,19 +152,21 @@ def _code_tab(mode, label, examples, placeholder, handlers: Handlers, model):
 
     @user_errors(as_html=True)
     def generate(
-        prompt_text, model_id, max_new, temperature, top_p, rep, seed, stop, request: gr.Request
-    ):
+        prompt_text, model_id, show_probs, max_new, temperature, top_p, rep, seed, stop,
+        request: gr.Request,
+    ):  # fmt: skip
         values = (max_new, temperature, top_p, rep, seed, stop)
-        yield from handlers.ui_code(mode, prompt_text, model_id, *values, request=request)
+        yield from handlers.ui_code(mode, prompt_text, model_id, *values, request=request,
+                                    show_probs=show_probs)  # fmt: skip
 
     def clear():  # a new generation starts from a clean slate: no stale output under an error
         hidden = gr.update(visible=False)
-        return hidden, hidden, code_view("", "text"), "", "", "", None
+        return hidden, hidden, code_view("", "text"), "", "", "", "", None
 
-    cleared = [link, delete, ui.view, ui.raw, ui.status, ui.sources, ui.record]
+    cleared = [link, delete, ui.view, ui.raw, ui.status, ui.sources, ui.probs, ui.record]
     run.click(clear, None, cleared, queue=False, api_visibility="private").then(
-        generate, [ui.prompt, model, *params],
-        [ui.view, ui.raw, ui.status, download, ui.record, ui.sources],
+        generate, [ui.prompt, model, ui.show_probs, *params],
+        [ui.view, ui.raw, ui.status, download, ui.record, ui.sources, ui.probs],
         concurrency_id=MODEL_LOCK, api_visibility="private",
     )  # fmt: skip
     _wire_stop(stop, handlers, mode)

@@ -74,6 +74,35 @@ def test_completion_streams_into_the_code_view(page):
     assert page.locator("#completion-output mark.generated").count() == 1
 
 
+def test_show_probabilities_shades_each_generated_token_with_its_alternatives(page):
+    _set_param(page, "temperature", 0)
+    _set_param(page, "max-new-tokens", 12)
+    page.wait_for_function(
+        "() => document.querySelector('#completion-max-new-tokens input[type=number]').value === '12'"
+    )
+    page.click("#completion-show-probs input")
+    page.fill("#completion-prompt textarea", "def fibonacci(n):")
+    page.click("#completion-run")
+    page.wait_for_selector("#completion-probs span.prob", state="attached")
+    tokens = page.locator("#completion-probs span.prob")
+    assert 0 < tokens.count() <= 12
+    page.click("#completion-exact")
+    raw = page.input_value("#completion-raw textarea")
+    shown = "".join(tokens.nth(i).text_content() for i in range(tokens.count()))
+    assert raw == "def fibonacci(n):" + shown  # the tokens add up to what was written
+    title = tokens.first.get_attribute("title")
+    assert "%" in title and len(title.splitlines()) >= 2, title  # its odds, then alternatives
+    shades = tokens.evaluate_all("els => els.map(e => getComputedStyle(e).backgroundColor)")
+    assert all(c not in ("", "rgba(0, 0, 0, 0)") for c in shades), shades
+    assert "perplexity" in page.inner_text("#completion-probs")
+    page.click("#completion-show-probs input")  # off again: the next run shows none
+    page.click("#completion-run")
+    page.wait_for_function(
+        "() => document.querySelector('#completion-status').innerText.includes('tokens/s')"
+    )
+    assert page.locator("#completion-probs span.prob").count() == 0
+
+
 def test_stop_ends_a_long_generation(page, live_app):
     # Greedy on a counting prompt loops without an end-of-text, so only Stop can end it early.
     prompt = "x = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"

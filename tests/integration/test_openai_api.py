@@ -65,7 +65,8 @@ def test_chat_answers_and_streams(oai):
         ({"max_tokens": 100_000}, openai.BadRequestError, "[1, 8192]; got 100000"),
         ({"model": "gpt-4"}, openai.NotFoundError, "The model `gpt-4` does not exist here"),
         ({"prompt": "x" * 200_000}, openai.BadRequestError, "the limit is 131,072 bytes"),
-        ({"logprobs": 5}, openai.BadRequestError, "`logprobs` is not supported here yet"),
+        ({"logprobs": 6}, openai.BadRequestError, "`logprobs` must be in [0, 5]; got 6"),
+        ({"logprobs": 2, "echo": True}, openai.BadRequestError, "`logprobs` with `echo`"),
     ],
 )
 def test_bad_requests_get_openai_errors_with_precise_messages(oai, kwargs, error, needle):
@@ -75,6 +76,47 @@ def test_bad_requests_get_openai_errors_with_precise_messages(oai, kwargs, error
     assert needle in err.value.body["message"]
     assert err.value.body["param"] in ("temperature", "max_new_tokens", "model", "prompt",
                                        "logprobs")  # fmt: skip
+
+
+def test_completion_logprobs_add_up_to_the_text_and_rank_the_greedy_pick_first(oai):
+    kwargs = {"model": "tiny-starcoder", "prompt": "def fibonacci(n):", "max_tokens": 12}
+    whole = oai.completions.create(**kwargs, logprobs=3, **GREEDY)
+    choice = whole.choices[0]
+    lp = choice.logprobs
+    assert "".join(lp.tokens) == choice.text and 0 < len(lp.tokens) <= 12
+    assert lp.text_offset == [sum(map(len, lp.tokens[:i])) for i in range(len(lp.tokens))]
+    for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert value <= 0 and len(top) == 3
+        # Greedy: the chosen token is the likeliest one, with the same log-probability.
+        assert abs(max(top.values()) - value) < 1e-4 and top.get(token, value) == value
+    streamed = list(oai.completions.create(**kwargs, logprobs=3, stream=True, **GREEDY))
+    tokens = [t for c in streamed if c.choices[0].logprobs for t in c.choices[0].logprobs.tokens]
+    values = [
+        v for c in streamed if c.choices[0].logprobs for v in c.choices[0].logprobs.token_logprobs
+    ]
+    assert tokens == lp.tokens
+    assert max(abs(a - b) for a, b in zip(values, lp.token_logprobs, strict=True)) < 1e-4
+    # A sampled request (batched with its own temperature) reports the drawn tokens too.
+    sampled = oai.completions.create(**kwargs, logprobs=0, temperature=1.0)
+    assert "".join(sampled.choices[0].logprobs.tokens) == sampled.choices[0].text
+    assert all(not top for top in sampled.choices[0].logprobs.top_logprobs)
+    plain = oai.completions.create(**kwargs, **GREEDY)
+    assert plain.choices[0].logprobs is None and plain.choices[0].text == choice.text
+
+
+def test_chat_logprobs_come_in_chats_shape(oai):
+    messages = [{"role": "user", "content": "How do I reverse a list in Python?"}]
+    reply = oai.chat.completions.create(model="tiny-starcoder", messages=messages, max_tokens=8,
+                                        logprobs=True, top_logprobs=2, **GREEDY)  # fmt: skip
+    content = reply.choices[0].logprobs.content
+    assert 0 < len(content) <= 8
+    for item in content:
+        assert item.logprob <= 0 and bytes(item.bytes).decode("utf-8", "replace") == item.token
+        assert len(item.top_logprobs) == 2 and item.top_logprobs[0].logprob >= item.logprob - 1e-4
+    with pytest.raises(openai.BadRequestError) as err:
+        oai.chat.completions.create(model="tiny-starcoder", messages=messages, max_tokens=4,
+                                    logprobs=True, top_logprobs=9)  # fmt: skip
+    assert "`top_logprobs` must be a whole number in [0, 5]; got 9" in err.value.body["message"]
 
 
 def test_api_keys_are_required_when_configured(attribution_index, tmp_path_factory):

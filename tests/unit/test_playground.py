@@ -257,3 +257,34 @@ def test_a_message_too_long_for_what_is_left_is_refused_with_both_numbers():
     )
     assert int(found.group(1)) > 900  # the message, plus the preamble that is never dropped
     assert fake.requests == []
+
+
+def test_the_prompt_is_tokenized_once_and_its_ids_travel_with_the_request():
+    fake = FakeEngine("    return n\n")
+    complete(fake)
+    assert fake.requests[0].prompt_ids == tuple(ord(c) for c in "def f(n):\n")
+    remote = FakeEngine("    return n\n", tokenizes=False)  # no tokenizer here: the engine counts
+    complete(remote)
+    assert remote.requests[0].prompt_ids is None
+
+
+@pytest.mark.parametrize(
+    "engine, where",
+    [
+        (FakeEngine("x", logprobs=False), "a model on a remote server (ENGINE_URL)"),
+        (
+            FakeEngine("x", logprobs=True, special_tokens=frozenset(), fills_by_rerank=True),
+            "a fill by reranking",
+        ),
+    ],
+)
+def test_logprobs_are_refused_by_name_where_they_cannot_be_reported(engine, where):
+    pg = fake_playground(engine)
+    params = GenerationParams(logprobs=2)
+    run_it = pg.fill if "rerank" in where else pg.complete
+    code = "def f():\n    <FILL_HERE>\n" if "rerank" in where else "def f():\n"
+    with pytest.raises(PlaygroundError) as err:
+        run(run_it(code, params, CancelToken()))
+    assert err.value.field == "logprobs" and err.value.kind == "unsupported"
+    assert f"`logprobs` cannot be reported for {where}" in err.value.message
+    assert engine.requests == []

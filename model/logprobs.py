@@ -1,0 +1,96 @@
+"""Token log-probabilities for GenerationParams.logprobs (imports torch).
+
+Both drivers report the same thing: log softmax of the logits after the repetition penalty and
+token healing, before temperature and top-p, i.e. what the model thinks of each token, not how
+the sampler reshaped it. The batch records them in its sampler (model/sampling.py), which sees
+every row's logits and its chosen token in the same step; generate() through StepRecorder.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable
+
+import torch
+from transformers import LogitsProcessor
+
+from model.engine import TokenLogprob
+
+Record = tuple[int, float, tuple[int, ...], tuple[float, ...]]  # token, logprob, top ids, top lps
+
+
+def records(logprobs: torch.Tensor, chosen: torch.Tensor, tops: list[int]) -> list[Record]:
+    """Per row of `logprobs` [rows, vocab]: the chosen token's logprob and the row's `tops[i]`
+    likeliest tokens, as plain numbers (they cross threads and the pipe)."""
+    picked = logprobs.gather(1, chosen.view(-1, 1).to(logprobs.device)).squeeze(1).tolist()
+    k = max(tops, default=0)
+    top_vals, top_ids = logprobs.topk(k, dim=-1) if k else (None, None)
+    out = []
+    for i, (token, lp) in enumerate(zip(chosen.tolist(), picked, strict=True)):
+        n = tops[i]
+        ids = tuple(top_ids[i, :n].tolist()) if n else ()
+        vals = tuple(top_vals[i, :n].tolist()) if n else ()
+        out.append((int(token), float(lp), ids, vals))
+    return out
+
+
+class Namer:
+    """Token ids to the text OpenAI-style APIs show for them, cached per id."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._names: dict[int, str] = {}
+
+    def name(self, token: int) -> str:
+        text = self._names.get(token)
+        if text is None:
+            text = self._names[token] = self.tokenizer.decode([token])
+        return text
+
+    def entry(self, record: Record, shown: Callable[[str], str] = str) -> TokenLogprob:
+        """`shown`: what of the chosen token's text the user's text has (TokenStream.name)."""
+        token, lp, ids, vals = record
+        top = tuple((self.name(i), v) for i, v in zip(ids, vals, strict=True))
+        return TokenLogprob(shown(self.name(token)), lp, top)
+
+
+class RecordBook:
+    """Records per request id: written by the batch's step, read by the router thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._books: dict[str, collections.deque[Record]] = {}
+
+    def add(self, rid: str, record: Record) -> None:
+        with self._lock:
+            self._books.setdefault(rid, collections.deque()).append(record)
+
+    def take(self, rid: str, n: int) -> list[Record]:
+        """The next `n` records of `rid` (fewer if the step has not written them)."""
+        with self._lock:
+            book = self._books.get(rid)
+            return [book.popleft() for _ in range(min(n, len(book)))] if book else []
+
+    def forget(self, rid: str) -> None:
+        with self._lock:
+            self._books.pop(rid, None)
+
+
+class StepRecorder(LogitsProcessor):
+    """For generate(): keeps each step's log-probabilities (placed after the penalty and
+    healing, before the warpers, which transformers appends after custom processors) until
+    the step's token is known to the reader."""
+
+    def __init__(self, top: int) -> None:
+        self.top = top
+        self._rows: collections.deque[torch.Tensor] = collections.deque()
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self._rows.append(scores[0].float().log_softmax(-1))
+        return scores
+
+    def take(self, token: int) -> Record:
+        """The record of the oldest step not read yet, whose token was `token`."""
+        row = self._rows.popleft()[None]
+        return records(row, torch.tensor([token]), [self.top])[0]

@@ -93,7 +93,7 @@ def parse_stops(value) -> tuple[str, ...]:
             raise _err(
                 "stop", f"sequences are limited to {MAX_STOP_CHARS} characters; got {len(s)}."
             )
-        check_text("stop", s, Limits())
+        check_text("stop", s, Limits(), allow_empty=True)  # "\n\n" is a fine stop
     return stops
 
 

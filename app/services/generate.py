@@ -5,6 +5,7 @@ modes of the Playground.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -87,7 +88,7 @@ def throttle(outputs: Iterator[Output], every: float = FRAME_SECONDS) -> Iterato
     so one message per token cost O(n^2) bytes and, at 8 streams of the tiny model, more CPU in
     the web stack than the model itself used; 20 frames a second is still live to a reader.
     """
-    last = 0.0
+    last = -math.inf
     for out in outputs:
         now = time.monotonic()
         if out.done is not None or now - last >= every:

@@ -184,8 +184,9 @@ class Playground:
         spec, engine = self.engines.choose(model, "assistant")
         info = engine.info
         budget = info.context_length - params.max_new_tokens
-        if budget <= 0:
-            check_context("message", 0, params.max_new_tokens, info.context_length)
+        if budget <= 0:  # no room for any prompt: say how big the message alone is
+            n = engine.count_tokens(message)
+            check_context("message", n, params.max_new_tokens, info.context_length)
         if info.chat_template:
             # Instruct models: their own chat template; the end-of-turn token is their EOS.
             special = {"bos_token": info.bos_token or "", "eos_token": info.eos_token or ""}

@@ -240,7 +240,7 @@ def test_max_new_tokens_beyond_the_context_are_refused_naming_the_limit():
     assert err.value.field == "message"
     assert err.value.message == (
         "`message` tokens + `max_new_tokens` must be <= 256 (the model's context). "
-        "Given: 0 `message` tokens and 300 `max_new_tokens`."
+        "Given: 24 `message` tokens and 300 `max_new_tokens`."  # the message alone
     )
 
 

@@ -71,3 +71,8 @@ def test_context_overflow_names_both_numbers_like_tgi():
         "Given: 8000 `prompt` tokens and 500 `max_new_tokens`."
     )
     check_context("prompt", 7692, 500, 8192)  # exactly at the limit is fine
+
+
+def test_a_whitespace_stop_such_as_a_blank_line_is_accepted_from_the_api():
+    # The page's box splits stops on newlines; the API takes a list, where "\n\n" is common.
+    assert parse_params(stop=["\n\n", "\t"]).stop == ("\n\n", "\t")

@@ -163,10 +163,9 @@ class Playground:
             client=client, prompt_ids=ids,
         )  # fmt: skip
         for out in run:
-            if out.done is not None:
-                middle = trim_fim_middle(out.generated, suffix)
-                out = replace(out, text=prefix + middle + suffix, generated=middle)
-            yield out
+            # Streamed frames are trimmed too: a newline shown and then taken back flickers.
+            middle = trim_fim_middle(out.generated, suffix)
+            yield replace(out, text=prefix + middle + suffix, generated=middle)
 
     def assist(
         self,

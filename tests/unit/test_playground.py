@@ -288,3 +288,14 @@ def test_logprobs_are_refused_by_name_where_they_cannot_be_reported(engine, wher
     assert err.value.field == "logprobs" and err.value.kind == "unsupported"
     assert f"`logprobs` cannot be reported for {where}" in err.value.message
     assert engine.requests == []
+
+
+def test_a_streamed_fill_never_shows_whitespace_that_the_final_fill_drops():
+    # A middle that ends in blank lines before a suffix on its own line: the final text drops
+    # them, so no frame may show them either (they would flicker in and out).
+    pg = fake_playground(FakeEngine("return a + b\n\n"))
+    code = "def add(a, b):\n    <FILL_HERE>\n\nprint(add(1, 2))\n"
+    outs = run(pg.fill(code, GenerationParams(), CancelToken()))
+    final = outs[-1].generated
+    assert final == "return a + b"
+    assert all(final.startswith(o.generated) for o in outs), [o.generated for o in outs]

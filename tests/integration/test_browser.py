@@ -96,9 +96,11 @@ def test_show_probabilities_shades_each_generated_token_with_its_alternatives(pa
     assert all(c not in ("", "rgba(0, 0, 0, 0)") for c in shades), shades
     assert "perplexity" in page.inner_text("#completion-probs")
     page.click("#completion-show-probs input")  # off again: the next run shows none
+    page.fill("#completion-prompt textarea", "class Stack:")
     page.click("#completion-run")
     page.wait_for_function(
-        "() => document.querySelector('#completion-status').innerText.includes('tokens/s')"
+        "() => document.querySelector('#completion-raw textarea').value.startsWith('class Stack:')"
+        " && document.querySelector('#completion-status').innerText.includes('tokens/s')"
     )
     assert page.locator("#completion-probs span.prob").count() == 0
 

@@ -53,7 +53,7 @@ def test_a_session_id_that_is_a_path_is_refused(live_app, tmp_path, style):
     marker = tmp_path / f"probe-{uuid.uuid4().hex[:8]}"
     session = {"absolute": str(marker), "traversal": "../" * 12 + str(marker).lstrip("/"),
                "empty": ""}[style]  # fmt: skip
-    body = {"data": ["def f(x):\n", "", 4, 0, 0.9, 1.0, "", ""], "event_data": None,
+    body = {"data": ["def f(x):\n", "", False, 4, 0, 0.9, 1.0, "", ""], "event_data": None,
             "fn_index": _generate_fn_index(live_app.url), "session_hash": session}  # fmt: skip
     r = httpx.post(f"{live_app.url}gradio_api/queue/join", json=body)
     assert r.status_code == 400 and "`session_hash` must be 1 to 128" in r.json()["detail"]
@@ -62,7 +62,7 @@ def test_a_session_id_that_is_a_path_is_refused(live_app, tmp_path, style):
 
 def test_downloads_are_written_under_the_data_folder_in_server_named_folders(live_app):
     base, session = live_app.url, f"s{uuid.uuid4().hex}"
-    body = {"data": ["def f(x):\n", "", 4, 0, 0.9, 1.0, "", ""], "event_data": None,
+    body = {"data": ["def f(x):\n", "", False, 4, 0, 0.9, 1.0, "", ""], "event_data": None,
             "fn_index": _generate_fn_index(base), "session_hash": session}  # fmt: skip
     assert httpx.post(f"{base}gradio_api/queue/join", json=body).status_code == 200
     with httpx.stream("GET", f"{base}gradio_api/queue/data", params={"session_hash": session},

@@ -214,3 +214,13 @@ def test_unknown_model_is_refused_with_the_choices(default_client):
     with pytest.raises(AppError) as err:
         default_client.predict(prompt="x", model="gpt-17", api_name="/complete")
     assert "not on offer" in str(err.value) and "tiny-starcoder" in str(err.value)
+
+
+def test_editors_get_smollm2s_reranked_fill_through_the_openai_api(default_app):
+    import openai
+
+    oai = openai.OpenAI(base_url=default_app.url + "v1", api_key="unused", max_retries=0)
+    prefix, suffix = FIM_EXAMPLES[0][0].split("<FILL_HERE>")
+    out = oai.completions.create(model=SMOLLM2, prompt=prefix, suffix=suffix, max_tokens=32)
+    assert out.choices[0].text == "return a + b"
+    assert out.model == SMOLLM2 and out.usage.completion_tokens > 0

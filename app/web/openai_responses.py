@@ -96,6 +96,7 @@ class _Pump:
 async def _chunks(pump: _Pump, first, rid, created, kind, echo, attribute) -> AsyncIterator[str]:
     chat = kind.startswith("chat")
     sent, shown = "", 0  # text and tokens (log-probabilities) sent so far
+    offset = len(echo)  # where the next token starts in the returned text
     out = first
     try:
         if chat:
@@ -103,17 +104,16 @@ async def _chunks(pump: _Pump, first, rid, created, kind, echo, attribute) -> As
         elif echo:
             yield _event(rid, created, first, {"text": echo}, kind)
         while out is not None:
-            text, choice = out.generated, {}
+            text, delta = out.generated, ""
             if text.startswith(sent) and len(text) > len(sent):
-                delta = text[len(sent) :]
-                sent = text
-                choice = {"delta": {"content": delta}} if chat else {"text": delta}
-            if len(out.logprobs) > shown:
-                start = len(echo) + sum(len(t.token) for t in out.logprobs[:shown])
-                choice = {**(choice or ({"delta": {}} if chat else {"text": ""})),
-                          "logprobs": _logprobs(out.logprobs[shown:], chat, start)}  # fmt: skip
-                shown = len(out.logprobs)
-            if choice:
+                delta, sent = text[len(sent) :], text
+            new_tokens = out.logprobs[shown:]
+            if delta or new_tokens:
+                choice = {"delta": {"content": delta} if delta else {}} if chat else {"text": delta}
+                if new_tokens:  # each chunk carries the tokens behind its text
+                    choice["logprobs"] = _logprobs(new_tokens, chat, offset)
+                    shown = len(out.logprobs)
+                    offset += sum(len(t.token) for t in new_tokens)
                 yield _event(rid, created, out, choice, kind)
             if out.done is not None:
                 finish = _FINISH.get(out.done.reason, "stop")

@@ -7,7 +7,9 @@ caller holds the model: LocalEngine's lock, or the batch paused in the worker).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import Iterator
 
 import torch
@@ -24,6 +26,23 @@ MAX_LINE_TOKENS = 64
 MAX_CONTEXT_TOKENS = 2048
 
 
+@contextlib.contextmanager
+def _every_core(model):
+    """A fill runs alone (the batch is paused), so on a CPU it may use every core. The worker
+    otherwise keeps few threads, so that spinning ones do not starve the web process
+    (model/worker_process.py); during a fill the web process only waits."""
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if next(model.parameters()).device.type != "cpu" or (cores or 1) <= before:
+        yield
+        return
+    torch.set_num_threads(cores)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def infill_events(
     model, tokenizer, request: GenerationRequest, cancel: CancelToken
 ) -> Iterator[Event]:
@@ -35,9 +54,10 @@ def infill_events(
         max_context=MAX_CONTEXT_TOKENS,
     )
     try:
-        fill = RerankFiller(model, tokenizer, settings)(
-            spec.prefix, spec.suffix, single_line=True, cancel=cancel
-        )
+        with _every_core(model):
+            fill = RerankFiller(model, tokenizer, settings)(
+                spec.prefix, spec.suffix, single_line=True, cancel=cancel
+            )
     except Cancelled:
         yield Done("cancelled")
         return

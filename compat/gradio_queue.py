@@ -64,6 +64,9 @@ def tune_queue(blocks: gr.Blocks) -> None:
             return await preprocess(block_fn, inputs, *args, **kwargs)
         except gr.Error as exc:  # a component's own check ("Value -1 is less than ...")
             log.info("refused: event=%s kind=invalid_input", block_fn.api_name or block_fn.name)
+            field = _refusing_input(block_fn, inputs)
+            if field and not exc.message.startswith("`"):  # say which field the value was for
+                exc.message = f"`{field}`: {exc.message}"
             exc.print_exception = False
             raise
         except Exception as exc:
@@ -76,6 +79,24 @@ def tune_queue(blocks: gr.Blocks) -> None:
             ) from None
 
     blocks.preprocess_data = checked_preprocess
+
+
+# Components whose preprocess only checks the value (no files, no state), so it can be re-run.
+_CHECKED = (gr.Number, gr.Slider, gr.Dropdown, gr.Radio, gr.Checkbox)
+
+
+def _refusing_input(block_fn, inputs) -> str | None:
+    """The label of the first input whose own check refuses its value."""
+    for component, value in zip(block_fn.inputs, inputs, strict=False):
+        if not isinstance(component, _CHECKED):
+            continue
+        try:
+            component.preprocess(value)
+        except gr.Error:
+            return component.label or component.elem_id or type(component).__name__
+        except Exception:  # any other failure is not this check's to name
+            continue
+    return None
 
 
 SESSION_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")

@@ -60,6 +60,21 @@ def test_a_session_id_that_is_a_path_is_refused(live_app, tmp_path, style):
     assert not marker.exists()
 
 
+def test_a_value_a_page_control_refuses_is_named_with_the_control(live_app):
+    """Gradio's own checks of the page's controls say "Value -1 is less than minimum value 1.";
+    the refusal adds which control it was."""
+    base, session = live_app.url, f"s{uuid.uuid4().hex}"
+    body = {"data": ["def f(x):\n", "", False, -1, 0, 0.9, 1.0, "", ""], "event_data": None,
+            "fn_index": _generate_fn_index(base), "session_hash": session}  # fmt: skip
+    assert httpx.post(f"{base}gradio_api/queue/join", json=body).status_code == 200
+    with httpx.stream("GET", f"{base}gradio_api/queue/data", params={"session_hash": session},
+                      timeout=60) as stream:  # fmt: skip
+        events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data:")]
+    done = [e for e in events if e.get("msg") == "process_completed"][-1]
+    assert not done["success"]
+    assert done["output"]["error"] == "`Max new tokens`: Value -1 is less than minimum value 1."
+
+
 def test_downloads_are_written_under_the_data_folder_in_server_named_folders(live_app):
     base, session = live_app.url, f"s{uuid.uuid4().hex}"
     body = {"data": ["def f(x):\n", "", False, 4, 0, 0.9, 1.0, "", ""], "event_data": None,

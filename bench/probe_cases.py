@@ -69,7 +69,7 @@ def generation_cases(p: Probe) -> None:
             c("two <FILL_HERE>", fld="<FILL_HERE>", prompt="a<FILL_HERE>b<FILL_HERE>c")
             c("only <FILL_HERE>", refuse=False, prompt="<FILL_HERE>")
             c("max_new_tokens -1", fld="max_new_tokens", max_new_tokens=-1)
-            c("model without FIM", fld="model", model="smollm2-135m-instruct")
+            c("model not on offer", fld="model", model="codellama-70b")
         if api == "assist":
             for name, h in (("a string", "hello"), ("numbers", [1, 2]), ("one-item turn", [["a"]]),
                             ("three-item turn", [["a", "b", "c"]]),
@@ -187,7 +187,7 @@ def ui_cases(p: Probe) -> None:
     p.join(route, "data too short", gen["id"], data[:2], expect_refusal=True)
     p.join(route, "data wrong types", gen["id"], [{"a": 1}] * len(data), expect_refusal=True)
     p.join(route, "max new tokens 10^9", gen["id"], p.ui_inputs(gen, {**overrides,
-           "max-new-tokens": 10**9}), expect_refusal=True, field_="max_new_tokens",
+           "max-new-tokens": 10**9}), expect_refusal=True, field_="max_new_tokens|max new tokens",
            html_outputs=outs)  # fmt: skip
     p.join(route, "model not a choice", gen["id"], p.ui_inputs(gen, {**overrides,
            "model": "../../etc/passwd"}), expect_refusal=True, field_="model",
@@ -237,7 +237,7 @@ def ui_cases(p: Probe) -> None:
         co = p.html_outputs(chat)
         p.join(route, "chat history wrong shape", chat["id"], p.ui_inputs(chat, {
             **overrides, "assistant-message": "hi", "assistant-chat": [["a", "b", "c"]]}),
-            html_outputs=co, expect_refusal=True, field_="history")  # fmt: skip
+            html_outputs=co, expect_refusal=True, field_="history|tech assistant")  # fmt: skip
         p.join(route, "message with HTML", chat["id"], p.ui_inputs(chat, {
             **overrides, "assistant-message": INJECT, "assistant-chat": []}),
             html_outputs=co)  # fmt: skip

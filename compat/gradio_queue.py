@@ -72,8 +72,10 @@ def tune_queue(blocks: gr.Blocks) -> None:
         except Exception as exc:
             name = block_fn.api_name or block_fn.name
             log.info("refused: event=%s kind=invalid_input (%s)", name, type(exc).__name__)
+            field = _refusing_input(block_fn, inputs)
+            which = f": `{field}` does not take the value sent" if field else ""
             raise gr.Error(
-                f"The values sent for `{name}` do not fit its inputs ({type(exc).__name__}).",
+                f"The values sent for `{name}` do not fit its inputs{which} ({type(exc).__name__}).",
                 title="Invalid input",
                 print_exception=False,
             ) from None
@@ -81,8 +83,9 @@ def tune_queue(blocks: gr.Blocks) -> None:
     blocks.preprocess_data = checked_preprocess
 
 
-# Components whose preprocess only checks the value (no files, no state), so it can be re-run.
-_CHECKED = (gr.Number, gr.Slider, gr.Dropdown, gr.Radio, gr.Checkbox)
+# Components whose preprocess only checks and converts the value (no files, no state), so it
+# can be re-run to find which one refused.
+_CHECKED = (gr.Number, gr.Slider, gr.Dropdown, gr.Radio, gr.Checkbox, gr.Textbox, gr.Chatbot)
 
 
 def _refusing_input(block_fn, inputs) -> str | None:
@@ -92,10 +95,8 @@ def _refusing_input(block_fn, inputs) -> str | None:
             continue
         try:
             component.preprocess(value)
-        except gr.Error:
+        except Exception:
             return component.label or component.elem_id or type(component).__name__
-        except Exception:  # any other failure is not this check's to name
-            continue
     return None
 
 

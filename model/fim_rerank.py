@@ -46,6 +46,9 @@ class RerankSettings:
     # own (shorter_middles): a model without FIM training seldom stops where the suffix starts.
     max_lines: int = 8
     greedy_first: bool = True  # row 0 takes the argmax: the plain left-to-right fill is a candidate
+    # Once the greedy row or half the rows have ended, rows still going at this many times the
+    # longest ended one (+2 tokens) are dropped as rambles.
+    ramble: float = 2.0
     # "joint": log p(middle | prefix) + log p(suffix | prefix + middle), i.e. the candidate
     # the model finds likeliest given both sides; measured better than the suffix term alone
     # (bench/RESULTS.md), which favours odd middles that happen to predict the suffix.
@@ -257,7 +260,7 @@ class RerankFiller:
             # Once the greedy row or half the rows have ended, a row still going at twice the
             # longest ended one is a ramble, not a better candidate: stop rather than wait.
             settled = len(finished) * 2 >= k or (s.greedy_first and 0 in finished)
-            if settled and steps >= 2 * max(finished.values()) + 2:
+            if settled and steps >= s.ramble * max(finished.values()) + 2:
                 keep = []
             if not keep:
                 break

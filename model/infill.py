@@ -65,15 +65,8 @@ def infill_events(
     except Cancelled:
         yield Done("cancelled")
         return
-    except torch.OutOfMemoryError:
-        log.exception("fill by reranking ran out of memory")
-        msg = "The model ran out of memory. Try a shorter prompt."
-        yield Done("error", error=msg, error_kind="oom")
-        return
     except Exception as exc:
-        log.exception("fill by reranking failed")
-        msg = f"Generation failed inside the model ({type(exc).__name__}). The error was logged."
-        yield Done("error", error=msg, error_kind="engine")
+        yield failed(exc)
         return
     matcher = StopMatcher(tuple(s for s in p.stop if s))
     middle = matcher.feed(fill.best(settings.score_by).text)
@@ -82,3 +75,15 @@ def infill_events(
         yield Delta(middle)
     reason = "length" if fill.new_tokens >= settings.max_new_tokens else "stop"
     yield Done(reason, fill.prompt_tokens, fill.new_tokens)
+
+
+def failed(exc: BaseException, n_prompt: int = 0, generated: int = 0) -> Done:
+    """The Done for a generation (or a fill) that raised inside the model: OOM or not."""
+    log.error("generation failed", exc_info=exc)
+    if isinstance(exc, torch.OutOfMemoryError):
+        msg = "The model ran out of memory. Try a shorter prompt or fewer max_new_tokens."
+        kind = "oom"
+    else:
+        msg = f"Generation failed inside the model ({type(exc).__name__}). The error was logged."
+        kind = "engine"
+    return Done("error", n_prompt, generated, error=msg, error_kind=kind)

@@ -17,7 +17,7 @@ from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo
-from model.infill import infill_events
+from model.infill import failed, infill_events
 from model.logprobs import Namer, StepRecorder
 from model.token_stream import TokenStream, model_eos_ids, prepare
 
@@ -162,7 +162,7 @@ class LocalEngine:
                 if text or logprobs:
                     yield Delta(text, logprobs)
             if errors:
-                yield _error_done(errors[0], n_prompt, tokens.generated)
+                yield failed(errors[0], n_prompt, tokens.generated)
                 return
             if cancel.cancelled:
                 yield Done("cancelled", n_prompt, tokens.generated)
@@ -175,14 +175,3 @@ class LocalEngine:
             # Runs on normal end, on consumer close (Stop, disconnect) and on errors alike.
             stop_hit.set()
             thread.join()
-
-
-def _error_done(exc: BaseException, n_prompt: int, generated: int) -> Done:
-    log.error("generation failed", exc_info=exc)
-    if isinstance(exc, torch.OutOfMemoryError):
-        msg = "The model ran out of memory. Try a shorter prompt or fewer max_new_tokens."
-        kind = "oom"
-    else:
-        msg = f"Generation failed inside the model ({type(exc).__name__}). The error was logged."
-        kind = "engine"
-    return Done("error", n_prompt, generated, error=msg, error_kind=kind)

@@ -133,7 +133,7 @@ def test_selector_switches_models_and_each_brings_its_defaults(page):
     # Its own defaults replace SmolLM2's greedy 0 and 1.0 in the tabs it serves.
     page.click("#completion-params")
     page.wait_for_function(
-        "() => document.querySelector('#completion-temperature input[type=number]').value === '0.2'"
+        "() => document.querySelector('#completion-temperature input[type=number]')?.value === '0.2'"
     )
     assert _value(page, "completion", "repetition-penalty") == "1.2"
     page.click("button[role=tab]:has-text('Fill-in-the-middle')")

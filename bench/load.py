@@ -1,8 +1,9 @@
 """Load benchmark: aggregate tokens/s and time-to-first-token at 1, 4, 8, 16 concurrent streams.
 
 Both engines are driven through the app's own API, side by side in one run: plain HTTP + SSE on
-Gradio's /gradio_api/call/complete from one asyncio loop (and, with --gradio-client, one
-gradio_client session per stream as a second load generator):
+Gradio's /gradio_api/call/complete and on the OpenAI-compatible /v1/completions from one asyncio
+loop (and, with --gradio-client, one gradio_client session per stream), and, interleaved with
+those, through the Engine API alone:
   worker  WorkerEngine: our worker process with transformers' continuous batching
   peer    RemoteEngine -> `transformers serve --continuous-batching` on loopback
 
@@ -35,7 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.load_generators import bench_direct, bench_levels  # noqa: E402 - path set above
+from bench.load_generators import bench_rounds, direct_path, web_path  # noqa: E402 - path set above
 
 log = logging.getLogger("bench.load")
 
@@ -141,6 +142,19 @@ def serve_app_main(args) -> int:
 
 
 @contextlib.contextmanager
+def direct_worker(model: str, max_batch: int):
+    """A worker driven through the Engine API in this process, without the web stack."""
+    from model.worker import WorkerConfig, WorkerEngine
+
+    config = WorkerConfig(model, device="cpu", max_batch=max_batch, log_level="WARNING")
+    worker = WorkerEngine(config, max_queue=4 * max_batch).start()
+    try:
+        yield worker
+    finally:
+        worker.close()
+
+
+@contextlib.contextmanager
 def transformers_serve(model: str, max_batch: int, context: int):
     exe = shutil.which("transformers")
     port = free_port()
@@ -188,28 +202,33 @@ def write_results(path: Path, rows: list[dict], args, model: str, serve_cmd: str
         f"- Load: {args.requests} greedy /complete requests at 1 stream and n/2 times as many "
         "at n streams, per round, "
         f"{args.rounds} rounds over the levels in turn, through the app's API "
-        "(HTTP + SSE on Gradio's `/gradio_api/call/complete`, all streams on one asyncio "
-        "loop; `via gradio_client` rows: one gradio_client session per stream instead); the "
+        "(HTTP + SSE on Gradio's `/gradio_api/call/complete`, or `via /v1`: streamed "
+        "`POST /v1/completions`; all streams on one asyncio loop, one keep-alive connection "
+        "each; `via gradio_client` rows: one gradio_client session per stream instead); the "
         f"app runs in its own process; {args.max_new_tokens} new tokens, "
         "repetition_penalty 1.2, 8 code prompts.",
         f"- worker: WorkerEngine, max_batch={max(args.levels)} (continuous batching).",
         f"- peer: RemoteEngine -> `{serve_cmd}`.",
-        "- `engine API only` rows: the same load on Engine.stream() in the bench process, "
-        "without Gradio/HTTP (diagnostic: what the engine alone sustains). `sampled` rows use "
+        "- `engine API only` rows: the same load on Engine.stream() of a second worker in the "
+        "bench process, without Gradio/HTTP (what the engine alone sustains), run at each "
+        "level right after the web paths in the same round. `sampled` rows use "
         "temperature 0.2 and top_p 0.9 (tiny-starcoder's defaults in the UI) instead of greedy.",
         "",
         "| engine | streams | requests | tokens | wall s | tokens/s | x single, median "
-        "| x single, range | TTFT p50 s | TTFT p95 s | load generator CPU cores | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| x single, range | TTFT p50 s | TTFT p95 s | TTFT p50 over the engine's, ms "
+        "| tokens/s over the engine's | load generator CPU cores | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         cores = f"{r['client_cores']:.2f}" if "client_cores" in r else "—"
         ratios = r["ratios"] or [float("nan")]
+        over = _spread(r.get("vs_ttft_ms"), "{:+.1f}")
+        share = _spread(r.get("vs_tok_s"), "{:.2f}")
         lines.append(
             f"| {r['engine']} | {r['streams']} | {r['requests']} | {r['tokens']} | "
             f"{r['wall_s']:.1f} | {r['tok_s']:.1f} | {statistics.median(ratios):.2f} | "
             f"{min(ratios):.2f}-{max(ratios):.2f} | {r['ttft_p50']:.3f} | "
-            f"{r['ttft_p95']:.3f} | {cores} | {len(r['errors'])} |"
+            f"{r['ttft_p95']:.3f} | {over} | {share} | {cores} | {len(r['errors'])} |"
         )
     lines += [
         "",
@@ -220,6 +239,9 @@ def write_results(path: Path, rows: list[dict], args, model: str, serve_cmd: str
         "frame per stream, on the same 2 cores as the model, and so does the load generator "
         "(its CPU is in its own column). The `engine API only` rows show what the engines "
         "themselves sustain; the gap between the two is the web stack's share.",
+        "- `over the engine's`: the web path's TTFT p50 minus the engine-only path's, and its "
+        "tokens/s over the engine-only path's, at the same level in the same round (median, "
+        "with the range over the rounds). For /v1 the goal is <= 5 ms at 8 streams.",
         "- Levels last only a few seconds on a tiny model and the machine's speed drifts, "
         "which is why the levels run in turn and each ratio is taken within its round.",
         "- The peer's continuous batching drops `repetition_penalty` (transformers has no CB "
@@ -230,6 +252,13 @@ def write_results(path: Path, rows: list[dict], args, model: str, serve_cmd: str
     if errors:
         lines += ["", "Errors (first 5):", *[f"- {e}" for e in errors[:5]]]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _spread(values: list[float] | None, fmt: str) -> str:
+    if not values:
+        return "—"
+    median = fmt.format(statistics.median(values))
+    return f"{median} ({fmt.format(min(values))} to {fmt.format(max(values))})"
 
 
 def main(argv=None) -> int:
@@ -267,35 +296,42 @@ def main(argv=None) -> int:
     model = args.model or default_model()
     max_batch = max(args.levels)
     rows = []
-    load = (args.levels, args.requests, args.max_new_tokens, args.rounds)
-    with app_process("worker", model, max_batch) as (url, tokens):
-        rows += bench_levels("worker", url, tokens, *load)
-        rows += bench_levels("worker, sampled", url, tokens, *load, temperature=0.2)
-        rows += bench_levels("worker", url, tokens, *load, client="v1")
+    load = (args.levels, args.requests, args.rounds)
+    max_new = args.max_new_tokens
+    # The app (its own worker) and a second worker for the engine-only rows run side by side,
+    # so each round measures every path at each level within a few seconds of the others.
+    with (
+        app_process("worker", model, max_batch) as (url, tokens),
+        direct_worker(model, max_batch) as worker,
+    ):
+        paths = {
+            "worker": web_path(url, tokens, max_new),
+            "worker, via /v1": web_path(url, tokens, max_new, "v1"),
+            "worker, engine API only": direct_path(worker, max_new),
+            "worker, sampled": web_path(url, tokens, max_new, temperature=0.2),
+            "worker, engine API only, sampled": direct_path(worker, max_new, temperature=0.2),
+        }
         if args.gradio_client:
-            rows += bench_levels("worker", url, tokens, *load, client="gradio_client")
-    from model.worker import WorkerConfig, WorkerEngine
-
-    config = WorkerConfig(model, device="cpu", max_batch=max_batch, log_level="WARNING")
-    worker = WorkerEngine(config, max_queue=4 * max_batch).start()
-    try:
-        rows += bench_direct("worker, engine API only", worker, *load)
-        rows += bench_direct("worker, engine API only, sampled", worker, *load, temperature=0.2)
-    finally:
-        worker.close()
+            paths["worker, via gradio_client"] = web_path(url, tokens, max_new, "gradio_client")
+        baselines = {name: "worker, engine API only" for name in paths if "engine" not in name}
+        baselines["worker, sampled"] = "worker, engine API only, sampled"
+        rows += bench_rounds(paths, *load, baselines=baselines)
     serve_cmd = "(skipped)"
     if not args.skip_peer:
         from model.remote import RemoteEngine
 
         context = _context_length(model)
         with transformers_serve(model, max_batch, context) as (engine_url, serve_cmd):
-            with app_process(engine_url, model, max_batch) as (url, tokens):
-                rows += bench_levels("peer", url, tokens, *load)
             remote = RemoteEngine(engine_url, tokenizer=model)
-            try:
-                rows += bench_direct("peer, engine API only", remote, *load)
-            finally:
-                remote.close()
+            with (
+                app_process(engine_url, model, max_batch) as (url, tokens),
+                contextlib.closing(remote),
+            ):
+                paths = {
+                    "peer": web_path(url, tokens, max_new),
+                    "peer, engine API only": direct_path(remote, max_new),
+                }
+                rows += bench_rounds(paths, *load, baselines={"peer": "peer, engine API only"})
     if args.out:
         write_results(Path(args.out), rows, args, model, serve_cmd)
     for r in rows:

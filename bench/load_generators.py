@@ -71,19 +71,14 @@ def _run_http_level(
 
     async def first_token(c, prompt: str, start: float) -> float | None:
         first = None
-        r = await c.post("gradio_api/call/complete", json={"data": [prompt, *template[1:]]})
-        r.raise_for_status()
-        event = None
-        async with c.stream("GET", f"gradio_api/call/complete/{r.json()['event_id']}") as sse:
-            async for line in sse.aiter_lines():
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:") and event == "error":
-                    raise RuntimeError(line[5:].strip())
-                elif line.startswith("data:") and first is None:
-                    data = json.loads(line[5:])
-                    if data and isinstance(data[0], str) and len(data[0]) > len(prompt):
-                        first = time.perf_counter() - start
+        r = await c.json("POST", "gradio_api/call/complete", {"data": [prompt, *template[1:]]})
+        async for event, data in c.events("GET", f"gradio_api/call/complete/{r['event_id']}"):
+            if event == "error":
+                raise RuntimeError(data)
+            if first is None and event in ("generating", "complete"):
+                out = json.loads(data)
+                if out and isinstance(out[0], str) and len(out[0]) > len(prompt):
+                    first = time.perf_counter() - start
         return first
 
     return _drive(url, tokens_now, streams, per_stream, first_token)
@@ -100,16 +95,14 @@ def _run_v1_level(
 
     async def first_token(c, prompt: str, start: float) -> float | None:
         first = None
-        async with c.stream("POST", "v1/completions", json={**body, "prompt": prompt}) as r:
-            r.raise_for_status()
-            async for line in r.aiter_lines():
-                if not line.startswith("data:") or line.strip() == "data: [DONE]":
-                    continue
-                data = json.loads(line[5:])
-                if "error" in data:
-                    raise RuntimeError(data["error"]["message"])
-                if first is None and data["choices"][0]["text"]:
-                    first = time.perf_counter() - start
+        async for _, data in c.events("POST", "v1/completions", {**body, "prompt": prompt}):
+            if data == "[DONE]":
+                continue
+            out = json.loads(data)
+            if "error" in out:
+                raise RuntimeError(out["error"]["message"])
+            if first is None and out["choices"][0]["text"]:
+                first = time.perf_counter() - start
         return first
 
     return _drive(url, tokens_now, streams, per_stream, first_token)
@@ -120,12 +113,13 @@ def _drive(url, tokens_now, streams: int, per_stream: int, first_token) -> dict:
     other; `first_token(client, prompt, start)` runs one and returns its time to first text."""
     import asyncio
 
-    import httpx
+    from bench.http_client import Connection
 
     ttfts: list[float] = []
     errors: list[str] = []
 
-    async def one_stream(c: httpx.AsyncClient, i: int) -> None:
+    async def one_stream(i: int) -> None:
+        c = Connection(url)
         for j in range(per_stream):
             prompt = PROMPTS[(i + j) % len(PROMPTS)]
             try:
@@ -135,13 +129,12 @@ def _drive(url, tokens_now, streams: int, per_stream: int, first_token) -> dict:
                 continue
             if first is not None:
                 ttfts.append(first)
+        await c.close()
 
     async def level() -> float:
-        limits = httpx.Limits(max_connections=4 * streams + 4)
-        async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as c:
-            start = time.perf_counter()
-            await asyncio.gather(*(one_stream(c, i) for i in range(streams)))
-            return time.perf_counter() - start
+        start = time.perf_counter()
+        await asyncio.gather(*(one_stream(i) for i in range(streams)))
+        return time.perf_counter() - start
 
     tokens_before = tokens_now()
     wall = asyncio.run(level())
@@ -255,50 +248,65 @@ def run_direct_level(
     return _row(streams, streams * per_stream, tokens[0], wall, ttfts, errors)
 
 
-def bench_direct(name: str, engine, levels, total: int, max_new: int, rounds: int, temperature=0.0):
+def direct_path(engine, max_new: int, temperature=0.0):
+    """A load run on the Engine API itself: run(streams, per_stream) -> row."""
+
     def run(n: int, per_stream: int) -> dict:
         return run_direct_level(engine, n, per_stream, max_new, temperature)
 
-    return bench_rounds(name, run, levels, total, rounds)
+    return run
 
 
-def bench_rounds(name: str, run, levels, total: int, rounds: int) -> list:
-    """`rounds` passes over all levels, interleaved (1, 4, 8, 16, 1, 4, ...), pooled per level.
+def bench_rounds(paths: dict, levels, total: int, rounds: int, baselines=None) -> list:
+    """`rounds` passes over the levels (1, 8, 1, 8, ...), and at each level every path in turn
+    (the web API, then the engine alone, ...), pooled per path and level.
 
-    The ratio to one stream is taken within each round, against that round's own 1-stream
-    level, so drift on the shared machine (its speed wanders by ~10-20 % over minutes) lands
-    on both sides of each ratio; the rows report its median and range over the rounds.
+    Ratios are taken within each round, so drift on the shared machine (its speed wanders by
+    ~10-20 % over minutes) lands on both sides of each: a path's n streams over its own one
+    stream in the same round, and (`vs_ttft_ms`, `vs_tok_s`) a path against its baseline
+    (`baselines`: path name -> the engine-only path's name) at the same level and round.
     """
+    baselines = baselines or {}
     # Warm-up at the sizes measured: a short one left the first (1-stream) level ~20 % slow,
     # which flattered every ratio to it.
-    run(max(levels), 1)
-    run(1, 2)
-    runs: dict[int, list[dict]] = {n: [] for n in levels}
+    for run in paths.values():
+        run(max(levels), 1)
+        run(1, 2)
+    runs: dict[str, dict[int, list[dict]]] = {name: {n: [] for n in levels} for name in paths}
     for r in range(rounds):
         for n in levels:
             # n streams get n/2 times the requests, so every level lasts about as long as the
             # single stream's: a 2 s level at 8 streams let the VM's jitter set the ratio.
-            row = run(n, max(2, total * max(1, n // 2) // n))
-            runs[n].append(row)
-            log.info(
-                "%s round %d streams=%d tok/s=%.1f ttft p50=%.3f p95=%.3f errors=%d",
-                name, r + 1, n, row["tok_s"], row["ttft_p50"], row["ttft_p95"],
-                len(row["errors"]),
-            )  # fmt: skip
-    base = runs[min(levels)]
+            per_stream = max(2, total * max(1, n // 2) // n)
+            for name, run in paths.items():
+                row = run(n, per_stream)
+                runs[name][n].append(row)
+                log.info(
+                    "%s round %d streams=%d tok/s=%.1f ttft p50=%.3f p95=%.3f errors=%d",
+                    name, r + 1, n, row["tok_s"], row["ttft_p50"], row["ttft_p95"],
+                    len(row["errors"]),
+                )  # fmt: skip
     rows = []
-    for n in levels:
-        rs = runs[n]
-        row = _row(
-            n, sum(x["requests"] for x in rs), sum(x["tokens"] for x in rs),
-            sum(x["wall_s"] for x in rs), [t for x in rs for t in x["ttfts"]],
-            [e for x in rs for e in x["errors"]],
-        )  # fmt: skip
-        ratios = [x["tok_s"] / b["tok_s"] for x, b in zip(rs, base, strict=True) if b["tok_s"]]
-        row.update(engine=name, rounds=len(rs), ratios=ratios)
-        if all("client_cores" in x for x in rs):
-            row["client_cores"] = sum(x["client_cores"] * x["wall_s"] for x in rs) / row["wall_s"]
-        rows.append(row)
+    for name in paths:
+        base = runs[name][min(levels)]
+        for n in levels:
+            rs = runs[name][n]
+            row = _row(
+                n, sum(x["requests"] for x in rs), sum(x["tokens"] for x in rs),
+                sum(x["wall_s"] for x in rs), [t for x in rs for t in x["ttfts"]],
+                [e for x in rs for e in x["errors"]],
+            )  # fmt: skip
+            ratios = [x["tok_s"] / b["tok_s"] for x, b in zip(rs, base, strict=True) if b["tok_s"]]
+            row.update(engine=name, rounds=len(rs), ratios=ratios)
+            if name in baselines:
+                pairs = list(zip(rs, runs[baselines[name]][n], strict=True))
+                row["vs_ttft_ms"] = [1000 * (x["ttft_p50"] - e["ttft_p50"]) for x, e in pairs]
+                row["vs_tok_s"] = [x["tok_s"] / e["tok_s"] for x, e in pairs if e["tok_s"]]
+            if all("client_cores" in x for x in rs):
+                row["client_cores"] = (
+                    sum(x["client_cores"] * x["wall_s"] for x in rs) / row["wall_s"]
+                )
+            rows.append(row)
     return rows
 
 
@@ -310,12 +318,10 @@ def _pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def bench_levels(
-    name: str, url: str, tokens_now, levels, total: int, max_new: int, rounds: int,
-    client: str = "http", temperature: float = 0.0,
-) -> list:  # fmt: skip
+def web_path(url: str, tokens_now, max_new: int, client: str = "http", temperature=0.0):
+    """A load run through the app's web API (`client`: http, v1 or gradio_client)."""
+
     def run(n: int, per_stream: int) -> dict:
         return run_level(url, tokens_now, n, per_stream, max_new, client, temperature)
 
-    label = {"http": name, "v1": f"{name}, via /v1"}.get(client, f"{name}, via gradio_client")
-    return bench_rounds(label, run, levels, total, rounds)
+    return run

@@ -19,6 +19,8 @@ One-at-a-time path (LocalEngine on the same model, serialised by its lock):
     same output" only holds for a request that runs alone. The batch pauses while it runs.
   - fills by reranking (Infill, model/infill.py): a batch of candidates of their own, with
     their own KV cache, then one scoring forward; about a second on a CPU.
+  - requests that score their prompt (GenerationParams.prompt_logprobs): the batch's cache
+    keeps no prompt logits.
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ def build_cb_config(model, max_batch: int, plan: KvPlan | None) -> ContinuousBat
 
 def batchable(request: GenerationRequest) -> bool:
     """Whether the continuous-batching path honours every parameter (see the module doc)."""
-    return request.params.seed is None and request.infill is None
+    p = request.params
+    return p.seed is None and request.infill is None and not p.prompt_logprobs
 
 
 @dataclass

@@ -32,6 +32,9 @@ class GenerationParams:
     # Report each token's log-probability and this many alternatives (0 to MAX_LOGPROBS);
     # None: none. Only engines whose ModelInfo.logprobs is set can.
     logprobs: int | None = None
+    # Also score the prompt (the completions API's `echo` with `logprobs`): each prompt token's
+    # log-probability given the ones before it, with `logprobs` alternatives. Needs `logprobs`.
+    prompt_logprobs: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -72,7 +75,7 @@ class TokenLogprob:
     vLLM reports them)."""
 
     token: str  # the token's own text (may be part of a character)
-    logprob: float  # natural log
+    logprob: float | None  # natural log; None only for a prompt's first token (nothing before it)
     top: tuple[tuple[str, float], ...] = ()  # (token, logprob), likeliest first
 
 
@@ -82,6 +85,8 @@ class Delta:
     # With GenerationParams.logprobs: the tokens behind this text (a held-back stop or part of
     # a character can make the text lag them by a token or two).
     logprobs: tuple[TokenLogprob, ...] = ()
+    # With GenerationParams.prompt_logprobs, once, before any text: the prompt's tokens.
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

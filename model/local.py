@@ -18,7 +18,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo
 from model.infill import failed, infill_events
-from model.logprobs import Namer, StepRecorder
+from model.logprobs import Namer, StepRecorder, score_prompt
 from model.token_stream import TokenStream, model_eos_ids, prepare
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,15 @@ class LocalEngine:
                 events = list(infill_events(self.model, self.tokenizer, request, cancel))
             yield from events
             return
+        if request.params.prompt_logprobs:
+            ids = list(request.prompt_ids or self.tokenize(request.prompt))  # before healing
+            try:
+                with self._lock, torch.inference_mode():
+                    scored = score_prompt(self.model, self.namer, ids, request.params.logprobs or 0)
+            except Exception as exc:  # out of memory, above all: one failed request, said why
+                yield failed(exc, len(ids), 0)
+                return
+            yield Delta("", prompt_logprobs=scored)
         prepared = prepare(self.tokenizer, self._info, self.base_eos_ids(), request)
         input_ids = torch.tensor([prepared.ids], device=self._device)
         enc = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}

@@ -41,6 +41,9 @@ class Namer:
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
         self._names: dict[int, str] = {}
+        # The text skips special tokens; a sampled one's name must too, or the names stop
+        # adding up to the text (a `<fim_middle>` drawn at temperature 1 did).
+        self._special = set(getattr(tokenizer, "all_special_ids", None) or ())
 
     def name(self, token: int) -> str:
         text = self._names.get(token)
@@ -48,11 +51,14 @@ class Namer:
             text = self._names[token] = self.tokenizer.decode([token])
         return text
 
-    def entry(self, record: Record, shown: Callable[[str], str] = str) -> TokenLogprob:
-        """`shown`: what of the chosen token's text the user's text has (TokenStream.name)."""
+    def entry(self, record: Record, shown: Callable[[str], str] | None = None) -> TokenLogprob:
+        """`shown`: what of a generated token's text the user's text has (TokenStream.name);
+        None: a prompt's token, all of it, as the user typed it."""
         token, lp, ids, vals = record
         top = tuple((self.name(i), v) for i, v in zip(ids, vals, strict=True))
-        return TokenLogprob(shown(self.name(token)), lp, top)
+        if shown is None:
+            return TokenLogprob(self.name(token), lp, top)
+        return TokenLogprob(shown("" if token in self._special else self.name(token)), lp, top)
 
 
 class RecordBook:
@@ -94,3 +100,23 @@ class StepRecorder(LogitsProcessor):
         """The record of the oldest step not read yet, whose token was `token`."""
         row = self._rows.popleft()[None]
         return records(row, torch.tensor([token]), [self.top])[0]
+
+
+def score_prompt(model, namer: Namer, ids: list[int], top: int, chunk: int = 256):
+    """Each prompt token's log-probability given the tokens before it, and `top` alternatives
+    (raw: no penalty applies to a prompt). The first token has nothing before it: None.
+
+    Run in chunks over a growing cache, so a 2,048-token prompt holds logits for `chunk`
+    positions at a time (all of SmolLM2's at once: 400 MB) and any causal LM scores the same.
+    """
+    out = [TokenLogprob(namer.name(ids[0]), None)] if ids else []
+    device = next(model.parameters()).device
+    cache = None
+    for start in range(0, len(ids) - 1, chunk):
+        piece = torch.tensor([ids[start : start + chunk]], device=device)
+        result = model(input_ids=piece, cache=cache, use_cache=True)
+        cache = result.cache
+        targets = torch.tensor(ids[start + 1 : start + 1 + piece.shape[1]])
+        rows = result.logits[0, : len(targets)].float().log_softmax(-1)
+        out += [namer.entry(r) for r in records(rows, targets, [top] * len(targets))]
+    return tuple(out)

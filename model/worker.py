@@ -377,16 +377,17 @@ def _coalesce(first: Delta, q: queue.SimpleQueue) -> tuple[Delta, Event | None]:
     """Merge the Deltas already waiting into one, so a consumer that fell behind (a busy web
     process) catches up in one step instead of paying per-token overhead. Returns the merged
     Delta and the non-Delta event that stopped the merge, if any."""
-    parts, logprobs = [first.text], [*first.logprobs]
+    parts, logprobs, scored = [first.text], [*first.logprobs], first.prompt_logprobs
     while True:
         try:
             event = q.get_nowait()
         except queue.Empty:
-            return Delta("".join(parts), tuple(logprobs)), None
+            event = None
         if not isinstance(event, Delta):
-            return Delta("".join(parts), tuple(logprobs)), event
+            return Delta("".join(parts), tuple(logprobs), scored), event
         parts.append(event.text)
         logprobs.extend(event.logprobs)
+        scored = scored or event.prompt_logprobs
 
 
 def _local_tokenizer(model: str):

@@ -56,6 +56,8 @@ class Output:
     stopped: str = ""  # why a cancelled generation stopped, in words for the user
     # With GenerationParams.logprobs: every token so far, its log-probability and alternatives.
     logprobs: tuple[TokenLogprob, ...] = ()
+    # With GenerationParams.prompt_logprobs: the prompt's tokens (the first has no logprob).
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
 
     @property
     def generated_span(self) -> tuple[int, int]:
@@ -249,12 +251,14 @@ class Playground:
             model_prompt, params, client=client, prompt_ids=prompt_ids, infill=infill
         )
         logprobs: tuple[TokenLogprob, ...] = ()
+        scored: tuple[TokenLogprob, ...] = ()
         for event in engine.stream(request, cancel):
             if isinstance(event, Delta):
                 generated += event.text
                 logprobs += event.logprobs
+                scored = event.prompt_logprobs or scored
                 yield Output(mode, prefix + generated + suffix, generated, prefix, model=model_id,
-                             logprobs=logprobs)  # fmt: skip
+                             logprobs=logprobs, prompt_logprobs=scored)  # fmt: skip
             elif isinstance(event, Queued):
                 yield Output(mode, prefix + suffix, "", prefix, model=model_id,
                              queue_position=event.position)  # fmt: skip
@@ -266,4 +270,5 @@ class Playground:
                 yield Output(
                     mode, prefix + generated + suffix, generated, prefix, event,
                     seconds=elapsed, model=model_id, stopped=cancel.reason, logprobs=logprobs,
+                    prompt_logprobs=scored,
                 )  # fmt: skip

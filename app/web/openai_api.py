@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -67,7 +68,10 @@ def mount_openai_routes(
             suffix = body.get("suffix")
             mode = "completion" if suffix in (None, "") else "fim"
             model = _model(body, registry, mode)
-            params = _params(body, registry.choose(model, mode), _completion_logprobs(body))
+            top = _completion_logprobs(body, mode)
+            params = _params(body, registry.choose(model, mode), top)
+            if top is not None and body.get("echo") is True:
+                params = replace(params, prompt_logprobs=True)  # the echoed prompt's, too
             if mode == "fim":
                 if not isinstance(suffix, str):
                     raise PlaygroundError(f"`suffix` must be text; got {type(suffix).__name__}.",
@@ -165,13 +169,14 @@ def _params(body: dict, spec, logprobs=None) -> GenerationParams:
     )
 
 
-def _completion_logprobs(body: dict):
-    """The completions API's `logprobs`: alternatives per token (0: the chosen token's only)."""
+def _completion_logprobs(body: dict, mode: str):
+    """The completions API's `logprobs`: alternatives per token (0: the chosen token's only);
+    with `echo`, the prompt's tokens are scored too (as evaluation harnesses ask)."""
     top = body.get("logprobs")
-    if top is not None and body.get("echo") is True:
+    if top is not None and body.get("echo") is True and mode == "fim":
         raise PlaygroundError(
-            "`logprobs` with `echo` would need the prompt's log-probabilities, which are not "
-            "computed here; ask for one or the other.", field="logprobs", kind="unsupported",
+            "`echo` with `logprobs` scores a prompt, not a fill: leave out `suffix` or `echo`.",
+            field="echo", kind="unsupported",
         )  # fmt: skip
     return top
 

@@ -101,13 +101,16 @@ async def _chunks(pump: _Pump, first, rid, created, kind, echo, attribute) -> As
     chat = kind.startswith("chat")
     sent, shown = "", 0  # text and tokens (log-probabilities) sent so far
     offset = len(echo)  # where the next token starts in the returned text
-    out = first
+    out, echoed = first, not echo
     try:
         if chat:
             yield _event(rid, created, first, {"delta": {"role": "assistant", "content": ""}}, kind)
-        elif echo:
-            yield _event(rid, created, first, {"text": echo}, kind)
         while out is not None:
+            if not echoed and out.queue_position is None:  # scored once it left the queue
+                echoed, choice = True, {"text": echo}
+                if out.prompt_logprobs:
+                    choice["logprobs"] = _logprobs(out.prompt_logprobs, chat, 0)
+                yield _event(rid, created, out, choice, kind)
             text, delta = out.generated, ""
             if text.startswith(sent) and len(text) > len(sent):
                 delta, sent = text[len(sent) :], text
@@ -146,7 +149,9 @@ def _event(rid, created, out, choice, kind, extra: dict | None = None) -> str:
 def _complete_body(out: Output, rid: str, created: int, kind: str, echo: str) -> dict:
     finish = _FINISH.get(out.done.reason, "stop") if out and out.done else "stop"
     chat = kind.startswith("chat")
-    logprobs = _logprobs(out.logprobs, chat, len(echo)) if out.logprobs else None
+    tokens = (out.prompt_logprobs if echo else ()) + out.logprobs
+    logprobs = _logprobs(tokens, chat, 0 if echo and out.prompt_logprobs else len(echo))
+    logprobs = logprobs if tokens else None
     if chat:
         choice = {"index": 0, "message": {"role": "assistant", "content": out.generated},
                   "logprobs": logprobs, "finish_reason": finish}  # fmt: skip
@@ -172,7 +177,8 @@ def _logprobs(tokens: tuple[TokenLogprob, ...], chat: bool, offset: int) -> dict
         offsets.append(offset)
         offset += len(t.token)
     return {"tokens": [t.token for t in tokens], "token_logprobs": [t.logprob for t in tokens],
-            "top_logprobs": [dict(t.top) for t in tokens], "text_offset": offsets}  # fmt: skip
+            "top_logprobs": [dict(t.top) if t.logprob is not None else None for t in tokens],
+            "text_offset": offsets}  # fmt: skip
 
 
 def _usage(out: Output) -> dict:

@@ -120,3 +120,34 @@ def test_a_fill_by_reranking_stops_between_two_steps_when_cancelled(engine):
     events = list(engine.stream(request, cancel))
     assert [type(e) for e in events] == [Done] and events[0].reason == "cancelled"
     assert cancel.left < 0  # it looked, and stopped at once
+
+
+def test_a_written_special_token_adds_nothing_to_the_names_a_typed_one_keeps_its_own(engine):
+    """Log-probability token names add up to the text: the text skips special tokens (a
+    `<fim_middle>` drawn at temperature 1 once showed in the names but not in the text)."""
+    from model.logprobs import Namer
+
+    namer = Namer(engine.tokenizer)
+    special = engine.tokenizer.convert_tokens_to_ids("<fim_middle>")
+    written = namer.entry((special, -1.5, (special,), (-1.5,)), str)
+    assert written.token == "" and written.top == (("<fim_middle>", -1.5),)
+    assert namer.entry((special, -1.5, (), ())).token == "<fim_middle>"  # in a scored prompt
+
+
+def test_a_scored_prompt_comes_first_and_its_tokens_spell_the_prompt(engine):
+    prompt = "def add(a, b):\n    return a + b\n"
+    params = GenerationParams(max_new_tokens=2, temperature=0, logprobs=1, prompt_logprobs=True)
+    events = list(engine.stream(GenerationRequest(prompt, params), CancelToken()))
+    scored = events[0].prompt_logprobs
+    assert isinstance(events[0], Delta) and events[0].text == "" and isinstance(events[-1], Done)
+    assert "".join(t.token for t in scored) == prompt
+    assert scored[0].logprob is None and all(t.logprob <= 0 and len(t.top) == 1 for t in scored[1:])
+    # Chunked over a growing cache, the scores are the one-pass forward's.
+    from model.logprobs import score_prompt
+
+    ids = engine.tokenize(prompt)
+    whole = score_prompt(engine.model, engine.namer, ids, 1, chunk=len(ids))
+    pieces = score_prompt(engine.model, engine.namer, ids, 1, chunk=3)
+    assert (
+        max(abs(a.logprob - b.logprob) for a, b in zip(whole[1:], pieces[1:], strict=True)) < 1e-4
+    )

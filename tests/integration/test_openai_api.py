@@ -66,7 +66,11 @@ def test_chat_answers_and_streams(oai):
         ({"model": "gpt-4"}, openai.NotFoundError, "The model `gpt-4` does not exist here"),
         ({"prompt": "x" * 200_000}, openai.BadRequestError, "the limit is 131,072 bytes"),
         ({"logprobs": 6}, openai.BadRequestError, "`logprobs` must be in [0, 5]; got 6"),
-        ({"logprobs": 2, "echo": True}, openai.BadRequestError, "`logprobs` with `echo`"),
+        (
+            {"logprobs": 2, "echo": True, "suffix": "\n"},
+            openai.BadRequestError,
+            "`echo` with `logprobs` scores a prompt, not a fill",
+        ),
     ],
 )
 def test_bad_requests_get_openai_errors_with_precise_messages(oai, kwargs, error, needle):
@@ -75,7 +79,7 @@ def test_bad_requests_get_openai_errors_with_precise_messages(oai, kwargs, error
         oai.completions.create(**request)
     assert needle in err.value.body["message"]
     assert err.value.body["param"] in ("temperature", "max_new_tokens", "model", "prompt",
-                                       "logprobs")  # fmt: skip
+                                       "logprobs", "echo")  # fmt: skip
 
 
 def test_completion_logprobs_add_up_to_the_text_and_rank_the_greedy_pick_first(oai):
@@ -102,6 +106,36 @@ def test_completion_logprobs_add_up_to_the_text_and_rank_the_greedy_pick_first(o
     assert all(not top for top in sampled.choices[0].logprobs.top_logprobs)
     plain = oai.completions.create(**kwargs, **GREEDY)
     assert plain.choices[0].logprobs is None and plain.choices[0].text == choice.text
+
+
+def test_echo_with_logprobs_scores_the_prompt_as_generation_scored_those_tokens(oai):
+    """What evaluation harnesses ask (lm-eval's loglikelihood: echo, logprobs, max_tokens 1):
+    text written greedily and then sent back as a prompt gets the same log-probabilities."""
+    prompt = "def fibonacci(n):"
+    wrote = oai.completions.create(model="tiny-starcoder", prompt=prompt, max_tokens=8,
+                                   logprobs=1, **GREEDY).choices[0]  # fmt: skip
+    scored = oai.completions.create(model="tiny-starcoder", prompt=prompt + wrote.text,
+                                    max_tokens=1, logprobs=2, echo=True, **GREEDY).choices[0]  # fmt: skip
+    lp = scored.logprobs
+    assert scored.text.startswith(prompt + wrote.text)
+    assert "".join(lp.tokens) == scored.text
+    assert lp.text_offset == [sum(map(len, lp.tokens[:i])) for i in range(len(lp.tokens))]
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None  # nothing before it
+    assert all(v <= 0 for v in lp.token_logprobs[1:]) and all(
+        len(t) == 2 for t in lp.top_logprobs[1:]
+    )
+    # The written tokens' scores, found again among the prompt's (the last 4, clear of where
+    # the prompt and the text meet, which may tokenize differently).
+    n = len(wrote.logprobs.tokens)
+    assert lp.tokens[-1 - 4 : -1] == wrote.logprobs.tokens[n - 4 :]
+    again, first = lp.token_logprobs[-1 - 4 : -1], wrote.logprobs.token_logprobs[n - 4 :]
+    assert max(abs(a - b) for a, b in zip(again, first, strict=True)) < 1e-3
+    streamed = list(oai.completions.create(model="tiny-starcoder", prompt=prompt + wrote.text,
+                                           max_tokens=1, logprobs=2, echo=True, stream=True,
+                                           **GREEDY))  # fmt: skip
+    tokens = [t for c in streamed if c.choices[0].logprobs for t in c.choices[0].logprobs.tokens]
+    assert tokens == lp.tokens
+    assert streamed[0].choices[0].text == prompt + wrote.text  # the echo, scored, comes first
 
 
 def test_chat_logprobs_come_in_chats_shape(oai):

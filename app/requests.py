@@ -10,7 +10,8 @@ from model.engine import MAX_LOGPROBS, GenerationParams, context_overflow
 from model.errors import PlaygroundError
 from model.prompts import Turn
 
-MAX_STOPS = 4
+# Editors send their templates' stops (Continue: a dozen for StarCoder's FIM); vLLM sets no cap.
+MAX_STOPS = 32
 MAX_STOP_CHARS = 64
 MAX_NEW_TOKENS = 8192
 MAX_SEED = 2**63 - 1

@@ -25,7 +25,8 @@ from model.prompts import Turn
 _BASE = GenerationParams()
 # OpenAI fields we do not honour yet, and the values that mean "not asked for".
 _NOT_YET = {"best_of": (None, 1), "logit_bias": (None, {}), "tools": (None, []),
-            "functions": (None, [])}  # fmt: skip
+            "functions": (None, []), "frequency_penalty": (None, 0),
+            "presence_penalty": (None, 0)}  # fmt: skip
 MAX_OPENAI_TEMPERATURE = 1.0  # our models are sampled in [0, 1]; OpenAI allows up to 2
 
 
@@ -158,8 +159,12 @@ def _params(body: dict, spec, logprobs=None) -> GenerationParams:
         raise PlaygroundError(f"`temperature` must be in [0, 1] here; got {temperature:g}.",
                               field="temperature")  # fmt: skip
     stop = body.get("stop")
+    # Chat's newer name for it first (the openai client sends it), then the older one.
+    limit = (
+        "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    )
     return parse_params(
-        max_new_tokens=_given(body, "max_tokens", _BASE.max_new_tokens),
+        max_new_tokens=_given(body, limit, _BASE.max_new_tokens),
         temperature=spec.temperature if temperature is None else temperature,
         top_p=_given(body, "top_p", _BASE.top_p),
         repetition_penalty=_given(body, "repetition_penalty", spec.repetition_penalty),
@@ -211,6 +216,23 @@ def _given(body: dict, name: str, default):
     return value
 
 
+def _text(content, i: int) -> str:
+    """A message's text: a string, or a list of text parts (as editors send them)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise PlaygroundError(
+                    f"`messages[{i}].content[{j}]` must be a text part; got {str(kind)[:20]!r} "
+                    "(these models read text only).", field="messages",
+                )  # fmt: skip
+        return "".join(part["text"] for part in content)
+    raise PlaygroundError(f"`messages[{i}]` must be {{role, content}} with text content.",
+                          field="messages")  # fmt: skip
+
+
 def _conversation(messages) -> tuple[str, list[Turn]]:
     """OpenAI messages as (the last user message, earlier [user, assistant] turns). System
     messages are put before the first user message: the ta-prompt has no system role."""
@@ -219,11 +241,11 @@ def _conversation(messages) -> tuple[str, list[Turn]]:
                               field="messages")  # fmt: skip
     system, turns, pending = [], [], None
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+        if not isinstance(m, dict):
             raise PlaygroundError(f"`messages[{i}]` must be {{role, content}} with text content.",
                                   field="messages")  # fmt: skip
-        role, content = m.get("role"), m["content"]
-        if role == "system":
+        role, content = m.get("role"), _text(m.get("content"), i)
+        if role in ("system", "developer"):  # "developer": OpenAI's newer name for system
             system.append(content)
         elif role == "user":
             if pending is not None:

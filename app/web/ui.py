@@ -10,6 +10,7 @@ import gradio as gr
 from app.attribution.render import search_results_html
 from app.errors import user_errors
 from app.render import code_view
+from app.requests import MAX_STOPS
 from app.services.shares import PARAM_NAMES
 from app.web.api import MODEL_LOCK, build_api
 from app.web.handlers import Handlers
@@ -90,7 +91,7 @@ def _param_inputs(mode: str, handlers: Handlers) -> list:
         with gr.Row():
             seed = gr.Textbox("", label="Seed", placeholder="empty: random; a number repeats a run",
                               elem_id=f"{mode}-seed")  # fmt: skip
-            stop = gr.Textbox(label="Stop sequences (one per line, at most 4)", lines=2,
+            stop = gr.Textbox(label=f"Stop sequences (one per line, at most {MAX_STOPS})", lines=2,
                               elem_id=f"{mode}-stop")  # fmt: skip
     return [max_new, temperature, top_p, rep, seed, stop]
 

@@ -63,7 +63,7 @@ def test_assist_returns_a_reply_without_stop_markers(client):
             {"prompt": "x", "temperature": "nan"},
             "`temperature` must be a finite number",
         ),
-        ("/complete", {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "at most 4"),
+        ("/complete", {"prompt": "x", "stop": [str(i) for i in range(33)]}, "at most 32"),
         ("/fill", {"prompt": "def f():\n    pass\n"}, "exactly one <FILL_HERE> marker"),
         ("/fill", {"prompt": "<FILL_HERE> and <FILL_HERE>"}, "found 2"),
         ("/assist", {"message": ""}, "`message` is empty"),

@@ -3,6 +3,8 @@ own RemoteEngine (one playground as another's ENGINE_URL), against the real app.
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -58,6 +60,43 @@ def test_chat_answers_and_streams(oai):
     assert streamed.strip() == text.strip()
 
 
+# What Continue's `provider: openai` sends for tab autocomplete against a custom apiBase: the
+# model's FIM template as a raw prompt, with every stop of that template and its own.
+CONTINUE_STOPS = ["<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<file_sep>", "<|endoftext|>",
+                  "</fim_middle>", "</code>", "\n\n", "\r\n\r\n", "/src/", "#- coding: utf-8",
+                  "```"]  # fmt: skip
+
+
+def test_an_editors_autocomplete_request_is_served(live_app):
+    body = {"model": "tiny-starcoder", "max_tokens": 64, "temperature": 0.01, "stream": True,
+            "stop": CONTINUE_STOPS, "prompt": "<fim_prefix>def add(a, b):\n    <fim_suffix>\n\n"
+            "print(add(1, 2))\n<fim_middle>"}  # fmt: skip
+    with httpx.stream("POST", live_app.url + "v1/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    text = "".join(c["choices"][0]["text"] for c in map(json.loads, (x[6:] for x in lines[:-1])))
+    assert text and not any(stop in text for stop in CONTINUE_STOPS)
+
+
+def test_chat_takes_text_parts_the_newer_token_limit_and_the_developer_role(oai):
+    messages = [{"role": "developer", "content": "Answer briefly."},
+                {"role": "user", "content": [{"type": "text", "text": "How do I reverse "},
+                                             {"type": "text", "text": "a list in Python?"}]}]  # fmt: skip
+    reply = oai.chat.completions.create(model="tiny-starcoder", messages=messages,
+                                        max_completion_tokens=3, **GREEDY)  # fmt: skip
+    assert reply.usage.completion_tokens <= 3 and reply.choices[0].finish_reason == "length"
+    same = oai.chat.completions.create(model="tiny-starcoder", max_tokens=3, **GREEDY, messages=[
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "How do I reverse a list in Python?"}])  # fmt: skip
+    assert same.choices[0].message.content == reply.choices[0].message.content
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    with pytest.raises(openai.BadRequestError) as err:
+        oai.chat.completions.create(model="tiny-starcoder", max_tokens=3, messages=[
+            {"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}])  # fmt: skip
+    assert "`messages[0].content[1]` must be a text part; got 'image_url'" in str(err.value)
+
+
 @pytest.mark.parametrize(
     "kwargs, error, needle",
     [
@@ -66,6 +105,12 @@ def test_chat_answers_and_streams(oai):
         ({"model": "gpt-4"}, openai.NotFoundError, "The model `gpt-4` does not exist here"),
         ({"prompt": "x" * 200_000}, openai.BadRequestError, "the limit is 131,072 bytes"),
         ({"logprobs": 6}, openai.BadRequestError, "`logprobs` must be in [0, 5]; got 6"),
+        (
+            {"frequency_penalty": 0.5},
+            openai.BadRequestError,
+            "`frequency_penalty` is not supported",
+        ),
+        ({"stop": [str(i) for i in range(33)]}, openai.BadRequestError, "at most 32 sequences"),
         (
             {"logprobs": 2, "echo": True, "suffix": "\n"},
             openai.BadRequestError,
@@ -79,7 +124,7 @@ def test_bad_requests_get_openai_errors_with_precise_messages(oai, kwargs, error
         oai.completions.create(**request)
     assert needle in err.value.body["message"]
     assert err.value.body["param"] in ("temperature", "max_new_tokens", "model", "prompt",
-                                       "logprobs", "echo")  # fmt: skip
+                                       "logprobs", "echo", "frequency_penalty", "stop")  # fmt: skip
 
 
 def test_completion_logprobs_add_up_to_the_text_and_rank_the_greedy_pick_first(oai):

@@ -33,8 +33,8 @@ def test_defaults_are_the_original_playgrounds():
         ({"max_new_tokens": 2.5}, "max_new_tokens", "whole number; got 2.5"),
         ({"max_new_tokens": "lots"}, "max_new_tokens", "number; got 'lots'"),
         ({"seed": -5}, "seed", "got -5"),
-        ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4 sequences; got 5"),
-        ({"stop": "a\nb\nc\nd\ne"}, "stop", "at most 4 sequences; got 5"),
+        ({"stop": [str(i) for i in range(33)]}, "stop", "at most 32 sequences; got 33"),
+        ({"stop": "\n".join(map(str, range(33)))}, "stop", "at most 32 sequences; got 33"),
     ],
 )
 def test_out_of_range_parameters_name_field_limit_and_value(kwargs, field, needle):

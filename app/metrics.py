@@ -131,6 +131,9 @@ class InstrumentedEngine:
     def tokenize(self, text: str) -> list[int] | None:
         return self.inner.tokenize(text)
 
+    def detokenize(self, ids) -> str | None:
+        return self.inner.detokenize(ids)
+
     def close(self) -> None:
         self.inner.close()
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
+
+from model.errors import PlaygroundError
 
 StopReason = Literal["length", "stop", "eos", "cancelled", "error"]
 MAX_LOGPROBS = 5  # alternatives per token, as OpenAI's completions API allows
@@ -135,6 +137,23 @@ def context_overflow(field: str, prompt_tokens: int, max_new_tokens: int, contex
     )
 
 
+def decode_ids(tokenizer, ids: Sequence[int]) -> str:
+    """A prompt given as token ids, as text (special tokens kept), with either kind of
+    tokenizer (transformers' or the `tokenizers` library's). An id outside the vocabulary
+    is refused by name: the model would index past its embeddings."""
+    if hasattr(tokenizer, "get_vocab_size"):
+        size = tokenizer.get_vocab_size(with_added_tokens=True)
+    else:
+        size = len(tokenizer)
+    bad = next((i for i in ids if isinstance(i, bool) or not isinstance(i, int)
+                or not 0 <= i < size), None)  # fmt: skip
+    if bad is not None or not ids:
+        got = f"{bad!r:.20}" if bad is not None else "none"
+        raise PlaygroundError(f"`prompt` token ids must be whole numbers in [0, {size - 1}]; "
+                              f"got {got}.", field="prompt")  # fmt: skip
+    return tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What the prompt builder and the validator need to know about a model."""
@@ -186,6 +205,11 @@ class Engine(Protocol):
     def tokenize(self, text: str) -> list[int] | None:
         """The ids the model will see for `text` (with its BOS); None when this engine cannot
         tokenize exactly here (a remote server whose tokenizer is not available)."""
+        ...
+
+    def detokenize(self, ids: Sequence[int]) -> str | None:
+        """The text of a prompt given as ids (decode_ids); None when, as for tokenize(), the
+        tokenizer is not available here."""
         ...
 
     def stream(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[Event]:

@@ -16,7 +16,15 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo
+from model.engine import (
+    CancelToken,
+    Delta,
+    Done,
+    Event,
+    GenerationRequest,
+    ModelInfo,
+    decode_ids,
+)
 from model.infill import failed, infill_events
 from model.logprobs import Namer, StepRecorder, score_prompt
 from model.token_stream import TokenStream, model_eos_ids, prepare
@@ -80,6 +88,9 @@ class LocalEngine:
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    def detokenize(self, ids) -> str:
+        return decode_ids(self.tokenizer, ids)
 
     def close(self) -> None:
         pass

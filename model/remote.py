@@ -82,6 +82,9 @@ class RemoteEngine:
     def tokenize(self, text: str) -> list[int] | None:
         return self._tok.encode(text, add_special_tokens=True).ids if self._tok else None
 
+    def detokenize(self, ids) -> str | None:
+        return engine.decode_ids(self._tok, ids) if self._tok else None
+
     def close(self) -> None:
         self.http.close()
 

@@ -25,10 +25,10 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo, Queued
 from model.errors import PlaygroundError
+from model.web_tokenizer import LocalTokenizer
 from model.worker_process import WorkerConfig, worker_main
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class WorkerEngine:
         self._worker: _Worker | None = None
         self._info: ModelInfo | None = None
         self._closing = False
-        self._tokenizer = _local_tokenizer(config.model)
+        self._tokenizer = LocalTokenizer.find(config.model)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -95,7 +95,7 @@ class WorkerEngine:
             self.close()
             raise PlaygroundError(w.failed, field="model", kind="config")
         if self._tokenizer is None:  # e.g. SmolLM2, converted into a folder by the worker
-            self._tokenizer = _local_tokenizer(self.info.model_id)
+            self._tokenizer = LocalTokenizer.find(self.info.model_id)
         return self
 
     def _spawn(self) -> _Worker:
@@ -147,8 +147,11 @@ class WorkerEngine:
 
     def tokenize(self, text: str) -> list[int]:
         if self._tokenizer is not None:
-            return self._tokenizer.encode(text, add_special_tokens=True).ids
+            return self._tokenizer.encode(text)
         return list(self._call("tokenize", text, timeout=30))
+
+    def detokenize(self, ids) -> str | None:
+        return self._tokenizer.decode(ids) if self._tokenizer is not None else None
 
     def stream(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[Event]:
         """Queue, then stream. Raises PlaygroundError (kind busy) before any event
@@ -388,13 +391,3 @@ def _coalesce(first: Delta, q: queue.SimpleQueue) -> tuple[Delta, Event | None]:
         parts.append(event.text)
         logprobs.extend(event.logprobs)
         scored = scored or event.prompt_logprobs
-
-
-def _local_tokenizer(model: str):
-    """Torch-free token counting in the web process (the `tokenizers` library), when we can."""
-    path = Path(model).expanduser() / "tokenizer.json"
-    if not path.is_file():
-        return None  # hub model: counted by the worker over the pipe
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(str(path))

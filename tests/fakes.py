@@ -20,6 +20,7 @@ from model.engine import (
     ModelInfo,
     Queued,
 )
+from model.errors import PlaygroundError
 from model.families import ENDOFTEXT, STARCODER_SPECIAL_TOKENS
 from model.pool import EnginePool
 from model.prompts import TaPrompt
@@ -84,6 +85,13 @@ class FakeEngine:
 
     def tokenize(self, text: str) -> list[int] | None:
         return [ord(c) for c in text] if self._tokenizes else None
+
+    def detokenize(self, ids) -> str | None:
+        if not self._tokenizes:
+            return None
+        if not all(isinstance(i, int) and 0 <= i < 0x110000 for i in ids):
+            raise PlaygroundError("`prompt` token ids must be code points here.", field="prompt")
+        return "".join(map(chr, ids))
 
     def stream(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[Event]:
         self.requests.append(request)

@@ -109,15 +109,21 @@ class Playground:
 
     def complete(
         self,
-        prompt: str,
+        prompt: str | Sequence[int],
         params: GenerationParams,
         cancel: CancelToken,
         client: str = "",
         model: str | None = None,
     ) -> Iterator[Output]:
-        check_text("prompt", prompt, self.limits)
+        """`prompt`: text, or token ids (the completions API allows them; used as sent)."""
+        text = isinstance(prompt, str)
+        if text:
+            check_text("prompt", prompt, self.limits)  # before a model is chosen (and loaded)
         spec, engine = self.engines.choose(model, "completion")
-        ids = self._tokenize(engine, "prompt", prompt, params)
+        if text:
+            ids = self._tokenize(engine, "prompt", prompt, params)
+        else:
+            prompt, ids = self._decode(engine, prompt, params)
         # Token healing: a prompt ending in whitespace (a header and Enter) still gets a body.
         params = replace(params, heal=True, stop=(*params.stop, *spec.completion_stops))
         yield from self._run(
@@ -222,6 +228,20 @@ class Playground:
         n = len(ids) if ids is not None else engine.count_tokens(prompt)
         check_context(field, n, params.max_new_tokens, engine.info.context_length)
         return tuple(ids) if ids is not None else None
+
+    def _decode(
+        self, engine: Engine, ids: Sequence[int], params: GenerationParams
+    ) -> tuple[str, tuple[int, ...]]:
+        """A prompt sent as token ids: its text (shown, echoed, checked) and the ids."""
+        text = engine.detokenize(ids)
+        if text is None:
+            raise PlaygroundError(
+                "A prompt of token ids needs the model's tokenizer here; send the text instead.",
+                field="prompt", kind="unsupported",
+            )  # fmt: skip
+        check_text("prompt", text, self.limits)
+        check_context("prompt", len(ids), params.max_new_tokens, engine.info.context_length)
+        return text, tuple(ids)
 
     def _run(
         self,

@@ -74,14 +74,13 @@ def mount_openai_routes(
             if top is not None and body.get("echo") is True:
                 params = replace(params, prompt_logprobs=True)  # the echoed prompt's, too
             if mode == "fim":
-                if not isinstance(suffix, str):
-                    raise PlaygroundError(f"`suffix` must be text; got {type(suffix).__name__}.",
+                if not isinstance(suffix, str) or not isinstance(prompt, str):
+                    raise PlaygroundError("`suffix` takes text, with a `prompt` of text.",
                                           field="suffix")  # fmt: skip
                 run = generate.fill(f"{prompt}<FILL_HERE>{suffix}", params, request, model)
             else:
                 run = generate.complete(prompt, params, request, model)
-            echo = prompt if body.get("echo") is True else ""
-            kind = "text_completion"
+            echo, kind = body.get("echo") is True, "text_completion"
             return await respond(run, body.get("stream") is True, kind, echo, attribution(body))
         except PlaygroundError as exc:
             return error(exc)
@@ -95,7 +94,7 @@ def mount_openai_routes(
             params = _params(body, registry.choose(model, "assistant"), _chat_logprobs(body))
             run = generate.assist(message, history, params, request, model)
             stream = body.get("stream") is True
-            return await respond(run, stream, "chat.completion", "", attribution(body))
+            return await respond(run, stream, "chat.completion", False, attribution(body))
         except PlaygroundError as exc:
             return error(exc)
 
@@ -127,14 +126,21 @@ async def _json_object(request: Request) -> dict[str, Any]:
     return body
 
 
-def _one_prompt(prompt) -> str:
-    if isinstance(prompt, list) and len(prompt) == 1:
+def _one_prompt(prompt) -> str | list[int]:
+    """One prompt: a string or a list of token ids, alone or as a list's one item."""
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise PlaygroundError(
-            f"`prompt` must be one string; got {type(prompt).__name__}.", field="prompt"
-        )
-    return prompt
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(i, int) for i in prompt):
+        return prompt  # the ids' range is the engine's to check (model/engine.decode_ids)
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str | list) for p in prompt):
+        got = f"{len(prompt)} prompts"
+    else:
+        got = type(prompt).__name__ if not isinstance(prompt, list) else "another list"
+    raise PlaygroundError(
+        f"`prompt` must be one string or one list of token ids; got {got}.", field="prompt"
+    )
 
 
 def _model(body: dict, registry, mode: str) -> str:

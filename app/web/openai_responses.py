@@ -30,8 +30,10 @@ Attribute = Callable[[Output], list]
 _PRODUCERS = ThreadPoolExecutor(max_workers=256, thread_name_prefix="v1-stream")
 
 
-async def respond(run: Iterator[Output], stream: bool, kind: str, echo: str,
+async def respond(run: Iterator[Output], stream: bool, kind: str, echo: bool,
                   attribute: Attribute | None) -> Response:  # fmt: skip
+    """`echo`: the completion's text starts with its prompt (Output.prefix: the text, also of a
+    prompt sent as token ids)."""
     rid = f"{'chatcmpl' if kind.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     if not stream:
@@ -100,14 +102,14 @@ class _Pump:
 async def _chunks(pump: _Pump, first, rid, created, kind, echo, attribute) -> AsyncIterator[str]:
     chat = kind.startswith("chat")
     sent, shown = "", 0  # text and tokens (log-probabilities) sent so far
-    offset = len(echo)  # where the next token starts in the returned text
+    offset = len(first.prefix) if echo else 0  # where the next token starts in the text
     out, echoed = first, not echo
     try:
         if chat:
             yield _event(rid, created, first, {"delta": {"role": "assistant", "content": ""}}, kind)
         while out is not None:
             if not echoed and out.queue_position is None:  # scored once it left the queue
-                echoed, choice = True, {"text": echo}
+                echoed, choice = True, {"text": out.prefix}
                 if out.prompt_logprobs:
                     choice["logprobs"] = _logprobs(out.prompt_logprobs, chat, 0)
                 yield _event(rid, created, out, choice, kind)
@@ -146,17 +148,18 @@ def _event(rid, created, out, choice, kind, extra: dict | None = None) -> str:
     return f"data: {json.dumps(body)}\n\n"
 
 
-def _complete_body(out: Output, rid: str, created: int, kind: str, echo: str) -> dict:
+def _complete_body(out: Output, rid: str, created: int, kind: str, echo: bool) -> dict:
     finish = _FINISH.get(out.done.reason, "stop") if out and out.done else "stop"
     chat = kind.startswith("chat")
+    echoed = out.prefix if echo else ""
     tokens = (out.prompt_logprobs if echo else ()) + out.logprobs
-    logprobs = _logprobs(tokens, chat, 0 if echo and out.prompt_logprobs else len(echo))
+    logprobs = _logprobs(tokens, chat, 0 if echo and out.prompt_logprobs else len(echoed))
     logprobs = logprobs if tokens else None
     if chat:
         choice = {"index": 0, "message": {"role": "assistant", "content": out.generated},
                   "logprobs": logprobs, "finish_reason": finish}  # fmt: skip
     else:
-        choice = {"index": 0, "text": echo + out.generated, "logprobs": logprobs,
+        choice = {"index": 0, "text": echoed + out.generated, "logprobs": logprobs,
                   "finish_reason": finish}  # fmt: skip
     return {"id": rid, "object": kind, "created": created, "model": out.model,
             "choices": [choice], "usage": _usage(out)}  # fmt: skip

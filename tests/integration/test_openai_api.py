@@ -183,6 +183,30 @@ def test_echo_with_logprobs_scores_the_prompt_as_generation_scored_those_tokens(
     assert streamed[0].choices[0].text == prompt + wrote.text  # the echo, scored, comes first
 
 
+def test_a_prompt_of_token_ids_completes_as_its_text_does(oai, engine):
+    text = "def fibonacci(n):"
+    ids = engine.tokenize(text)
+    kwargs = {"model": "tiny-starcoder", "max_tokens": 12, **GREEDY}
+    by_text = oai.completions.create(prompt=text, **kwargs).choices[0].text
+    by_ids = oai.completions.create(prompt=ids, echo=True, **kwargs).choices[0]
+    assert by_ids.text == text + by_text  # the echo is the ids' text
+    scored = oai.completions.create(prompt=[ids], echo=True, logprobs=0, **kwargs).choices[0]
+    assert "".join(scored.logprobs.tokens[: len(ids)]) == text  # the prompt's, scored
+    assert scored.logprobs.token_logprobs[0] is None and scored.text == by_ids.text
+    last = len(engine.tokenizer) - 1
+    for bad, needle in [
+        ([ids, ids], "one list of token ids; got 2 prompts"),
+        ([10**9], f"`prompt` token ids must be whole numbers in [0, {last}]; got 1000000000"),
+        ([1, "x"], "one list of token ids; got another list"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as err:
+            oai.completions.create(prompt=bad, **kwargs)
+        assert needle in err.value.body["message"] and err.value.body["param"] == "prompt"
+    with pytest.raises(openai.BadRequestError) as err:
+        oai.completions.create(prompt=ids, suffix="\n", **kwargs)
+    assert "`suffix` takes text, with a `prompt` of text" in err.value.body["message"]
+
+
 def test_chat_logprobs_come_in_chats_shape(oai):
     messages = [{"role": "user", "content": "How do I reverse a list in Python?"}]
     reply = oai.chat.completions.create(model="tiny-starcoder", messages=messages, max_tokens=8,

@@ -268,6 +268,22 @@ def test_the_prompt_is_tokenized_once_and_its_ids_travel_with_the_request():
     assert remote.requests[0].prompt_ids is None
 
 
+def test_a_prompt_of_token_ids_is_used_as_sent_and_shown_as_its_text():
+    fake = FakeEngine("    return n\n")
+    ids = [ord(c) for c in "def f(n):\n"]
+    outs = complete(fake, prompt=ids)
+    assert fake.requests[0].prompt_ids == tuple(ids)
+    assert outs[-1].text == "def f(n):\n    return n\n" and outs[-1].prefix == "def f(n):\n"
+    with pytest.raises(PlaygroundError, match="must be code points") as err:
+        complete(FakeEngine("x"), prompt=[-1])
+    assert err.value.field == "prompt"
+    with pytest.raises(PlaygroundError, match="needs the model's tokenizer here") as err:
+        complete(FakeEngine("x", tokenizes=False), prompt=ids)
+    assert err.value.kind == "unsupported"
+    with pytest.raises(PlaygroundError, match=r"Given: 10 `prompt` tokens and 1000"):
+        complete(FakeEngine("x", context_length=512), prompt=ids, max_new_tokens=1000)
+
+
 @pytest.mark.parametrize(
     "engine, where",
     [

@@ -286,3 +286,21 @@ def test_fim_through_a_remote_model_without_fim_tokens_is_refused_clearly(live_a
         assert "remote server (ENGINE_URL)" in err.value.message
     finally:
         engine.close()
+
+
+def test_a_client_that_goes_away_mid_stream_frees_its_slot_at_once(live_app):
+    """An editor cancels a completion by closing the connection: the model must stop writing
+    for it, not run on to max_tokens in a slot others wait for."""
+    import time
+
+    _, engine = live_app.handlers.generate.playground.engines.choose("tiny-starcoder", "completion")
+    body = {"model": "tiny-starcoder", "prompt": "def parse(text):\n", "max_tokens": 400,
+            "temperature": 1.0, "stream": True}  # fmt: skip
+    with httpx.stream("POST", live_app.url + "v1/completions", json=body, timeout=60) as r:
+        chunks = r.iter_lines()
+        assert next(line for line in chunks if line.startswith("data: "))
+        assert engine.stats()["active"] == 1
+    deadline = time.monotonic() + 1  # measured: 20 ms
+    while engine.stats()["active"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert engine.stats()["active"] == 0, "the closed stream's generation still holds its slot"

@@ -337,7 +337,7 @@ class BatchingServer:
             if tokens.ended:
                 break
             text += tokens.push(tok)
-            if record is not None and tokens.reason != "eos":
+            if record is not None:  # the end token too, named "" (as in model/local.py)
                 logprobs.append(self.namer.entry(record, tokens.name))
         done = None
         if tokens.reason == "stop":

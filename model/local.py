@@ -177,8 +177,9 @@ class LocalEngine:
                 text = tokens.push(tok)
                 if tokens.ended:
                     stop_hit.set()
-                eos = tokens.reason == "eos"
-                logprobs = (namer.entry(record, tokens.name),) if record and not eos else ()
+                # The end token too (named "": the text skips it): harnesses count on one
+                # entry per token written, e.g. max_tokens 1 after a scored prompt.
+                logprobs = (namer.entry(record, tokens.name),) if record else ()
                 if text or logprobs:
                     yield Delta(text, logprobs)
             if errors:

@@ -124,8 +124,10 @@ class Playground:
             ids = self._tokenize(engine, "prompt", prompt, params)
         else:
             prompt, ids = self._decode(engine, prompt, params)
-        # Token healing: a prompt ending in whitespace (a header and Enter) still gets a body.
-        params = replace(params, heal=True, stop=(*params.stop, *spec.completion_stops))
+        # Token healing: a prompt ending in whitespace (a header and Enter) still gets a body;
+        # not when the prompt is scored: what follows it must follow the tokens as sent.
+        heal = not params.prompt_logprobs
+        params = replace(params, heal=heal, stop=(*params.stop, *spec.completion_stops))
         yield from self._run(
             engine, spec.id, "completion", prompt, params, cancel, prefix=prompt, suffix="",
             client=client, prompt_ids=ids,

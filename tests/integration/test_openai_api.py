@@ -207,6 +207,34 @@ def test_a_prompt_of_token_ids_completes_as_its_text_does(oai, engine):
     assert "`suffix` takes text, with a `prompt` of text" in err.value.body["message"]
 
 
+def test_a_harness_loglikelihood_request_matches_the_models_own_forward(oai, engine):
+    """lm-evaluation-harness's request, byte for byte: context + continuation as token ids,
+    echo, logprobs 1, max_tokens 1; it sums token_logprobs[len(context):-1]."""
+    import torch
+
+    context, continuation = "def add(a, b):\n    return a", " + b"
+    ctx, ids = engine.tokenize(context), engine.tokenize(context + continuation)
+    assert ids[: len(ctx)] == ctx
+    out = oai.completions.create(model="tiny-starcoder", prompt=ids, temperature=0, max_tokens=1,
+                                 logprobs=1, seed=1234, echo=True).choices[0].logprobs  # fmt: skip
+    assert len(out.token_logprobs) == len(ids) + 1  # the prompt's, and the one token written
+    with torch.inference_mode():
+        rows = engine.model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+    want = sum(rows[i - 1, ids[i]].item() for i in range(len(ctx), len(ids)))
+    assert abs(sum(out.token_logprobs[len(ctx) : -1]) - want) < 1e-4
+
+
+def test_every_token_written_has_an_entry_the_end_token_too(oai):
+    ended = 0
+    for seed in range(8):
+        choice = oai.completions.create(model="tiny-starcoder", prompt="x = ", max_tokens=40,
+                                        temperature=1.0, logprobs=0, seed=seed)  # fmt: skip
+        lp, written = choice.choices[0].logprobs, choice.usage.completion_tokens
+        assert len(lp.tokens) == written and "".join(lp.tokens) == choice.choices[0].text
+        ended += choice.choices[0].finish_reason == "stop"  # no stops sent: the end token
+    assert ended, "no sample ended by the end token: pick other seeds"
+
+
 def test_chat_logprobs_come_in_chats_shape(oai):
     messages = [{"role": "user", "content": "How do I reverse a list in Python?"}]
     reply = oai.chat.completions.create(model="tiny-starcoder", messages=messages, max_tokens=8,

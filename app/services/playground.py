@@ -116,7 +116,7 @@ class Playground:
         model: str | None = None,
     ) -> Iterator[Output]:
         """`prompt`: text, or token ids (the completions API allows them; used as sent)."""
-        text = isinstance(prompt, str)
+        text = not isinstance(prompt, list | tuple)  # anything else is checked as text
         if text:
             check_text("prompt", prompt, self.limits)  # before a model is chosen (and loaded)
         spec, engine = self.engines.choose(model, "completion")

@@ -282,6 +282,10 @@ def test_a_prompt_of_token_ids_is_used_as_sent_and_shown_as_its_text():
     assert err.value.kind == "unsupported"
     with pytest.raises(PlaygroundError, match=r"Given: 10 `prompt` tokens and 1000"):
         complete(FakeEngine("x", context_length=512), prompt=ids, max_new_tokens=1000)
+    for neither in (None, 5):  # not a list of ids: refused as text is, by name
+        with pytest.raises(PlaygroundError) as err:
+            complete(FakeEngine("x"), prompt=neither)
+        assert err.value.field == "prompt"
 
 
 @pytest.mark.parametrize(

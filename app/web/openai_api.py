@@ -17,7 +17,8 @@ from fastapi.responses import JSONResponse, Response
 from app.requests import parse_params
 from app.services.generate import Generations
 from app.services.search import Search
-from app.web.openai_responses import error, respond
+from app.web.openai_responses import respond
+from app.web.openai_shapes import error
 from model.engine import MAX_LOGPROBS, GenerationParams
 from model.errors import PlaygroundError
 from model.prompts import Turn
@@ -28,6 +29,7 @@ _NOT_YET = {"best_of": (None, 1), "logit_bias": (None, {}), "tools": (None, []),
             "functions": (None, []), "frequency_penalty": (None, 0),
             "presence_penalty": (None, 0)}  # fmt: skip
 MAX_OPENAI_TEMPERATURE = 1.0  # our models are sampled in [0, 1]; OpenAI allows up to 2
+MAX_CHOICES = 16  # prompts x n in one request; each is a generation in the shared queue
 
 
 def mount_openai_routes(
@@ -35,9 +37,14 @@ def mount_openai_routes(
 ):
     registry = generate.playground.registry
 
-    def attribution(body: dict):
+    def attribution(body: dict, choices: int):
         """`attribution: true` asks for the verbatim training-data spans of what was written."""
-        return search.attribute_output if body.get("attribution") is True else None
+        if body.get("attribution") is not True:
+            return None
+        if choices > 1:
+            raise PlaygroundError("`attribution` is for one choice; ask for it with one prompt "
+                                  "and `n` 1.", field="attribution", kind="unsupported")  # fmt: skip
+        return search.attribute_output
 
     def authorized(request: Request) -> None:
         if not api_keys:
@@ -65,7 +72,8 @@ def mount_openai_routes(
         try:
             authorized(request)
             body = await _json_object(request)
-            prompt = _one_prompt(body.get("prompt"))
+            prompts, n = _prompts(body.get("prompt")), _n(body)
+            _check_choices(len(prompts) * n, f"{len(prompts)} prompts x `n` {n}")
             suffix = body.get("suffix")
             mode = "completion" if suffix in (None, "") else "fim"
             model = _model(body, registry, mode)
@@ -73,15 +81,17 @@ def mount_openai_routes(
             params = _params(body, registry.choose(model, mode), top)
             if top is not None and body.get("echo") is True:
                 params = replace(params, prompt_logprobs=True)  # the echoed prompt's, too
-            if mode == "fim":
-                if not isinstance(suffix, str) or not isinstance(prompt, str):
-                    raise PlaygroundError("`suffix` takes text, with a `prompt` of text.",
-                                          field="suffix")  # fmt: skip
-                run = generate.fill(f"{prompt}<FILL_HERE>{suffix}", params, request, model)
-            else:
-                run = generate.complete(prompt, params, request, model)
+            if mode == "fim" and not (isinstance(suffix, str) and all(map(_is_text, prompts))):
+                raise PlaygroundError("`suffix` takes text, with a `prompt` of text.",
+                                      field="suffix")  # fmt: skip
+            runs = [
+                generate.fill(f"{prompt}<FILL_HERE>{suffix}", params, request, model)
+                if mode == "fim" else generate.complete(prompt, params, request, model)
+                for prompt in prompts for _ in range(n)
+            ]  # fmt: skip
             echo, kind = body.get("echo") is True, "text_completion"
-            return await respond(run, body.get("stream") is True, kind, echo, attribution(body))
+            stream = body.get("stream") is True
+            return await respond(runs, stream, kind, echo, attribution(body, len(runs)))
         except PlaygroundError as exc:
             return error(exc)
 
@@ -92,9 +102,11 @@ def mount_openai_routes(
             message, history = _conversation(body.get("messages"))
             model = _model(body, registry, "assistant")
             params = _params(body, registry.choose(model, "assistant"), _chat_logprobs(body))
-            run = generate.assist(message, history, params, request, model)
+            n = _n(body)
+            _check_choices(n, f"`n` {n}")
+            runs = [generate.assist(message, history, params, request, model) for _ in range(n)]
             stream = body.get("stream") is True
-            return await respond(run, stream, "chat.completion", False, attribution(body))
+            return await respond(runs, stream, "chat.completion", False, attribution(body, n))
         except PlaygroundError as exc:
             return error(exc)
 
@@ -121,26 +133,45 @@ async def _json_object(request: Request) -> dict[str, Any]:
         if body.get(name) not in off:
             raise PlaygroundError(f"`{name}` is not supported here yet.", field=name,
                                   kind="unsupported")  # fmt: skip
-    if body.get("n", 1) != 1:
-        raise PlaygroundError(f"`n` must be 1; got {body.get('n')!r}.", field="n")
     return body
 
 
-def _one_prompt(prompt) -> str | list[int]:
-    """One prompt: a string or a list of token ids, alone or as a list's one item."""
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
-        prompt = prompt[0]
-    if isinstance(prompt, str):
+def _is_text(prompt) -> bool:
+    return isinstance(prompt, str)
+
+
+def _is_ids(prompt) -> bool:
+    return isinstance(prompt, list) and bool(prompt) and all(isinstance(i, int) for i in prompt)
+
+
+def _prompts(prompt) -> list[str | list[int]]:
+    """The prompts, one choice each: a string or a list of token ids, alone or in a list
+    (the ids' range is the engine's to check: model/engine.decode_ids)."""
+    if _is_text(prompt) or _is_ids(prompt):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and all(_is_text(p) or _is_ids(p) for p in prompt):
         return prompt
-    if isinstance(prompt, list) and prompt and all(isinstance(i, int) for i in prompt):
-        return prompt  # the ids' range is the engine's to check (model/engine.decode_ids)
-    if isinstance(prompt, list) and prompt and all(isinstance(p, str | list) for p in prompt):
-        got = f"{len(prompt)} prompts"
-    else:
-        got = type(prompt).__name__ if not isinstance(prompt, list) else "another list"
+    got = type(prompt).__name__ if not isinstance(prompt, list) else "a list of other items"
     raise PlaygroundError(
-        f"`prompt` must be one string or one list of token ids; got {got}.", field="prompt"
-    )
+        "`prompt` must be a string, a list of token ids, or a non-empty list of those; "
+        f"got {got}.", field="prompt",
+    )  # fmt: skip
+
+
+def _n(body: dict) -> int:
+    n = body.get("n")
+    if n is None:
+        return 1
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
+        raise PlaygroundError(f"`n` must be a whole number in [1, {MAX_CHOICES}]; got {n!r:.20}.",
+                              field="n")  # fmt: skip
+    return n
+
+
+def _check_choices(count: int, given: str) -> None:
+    if count > MAX_CHOICES:
+        raise PlaygroundError(f"A request makes at most {MAX_CHOICES} choices; got {count} "
+                              f"({given}).", field="n")  # fmt: skip
 
 
 def _model(body: dict, registry, mode: str) -> str:

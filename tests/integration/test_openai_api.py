@@ -60,6 +60,10 @@ def test_chat_answers_and_streams(oai):
     assert streamed.strip() == text.strip()
 
 
+# Greedy, tiny-starcoder counts on from here to max_tokens (480 tokens: 1.2 s alone), so no
+# early end hides a generation left running.
+COUNTING = "numbers = [1, 2, 3, 4, 5, 6, 7, 8,"
+
 # What Continue's `provider: openai` sends for tab autocomplete against a custom apiBase: the
 # model's FIM template as a raw prompt, with every stop of that template and its own.
 CONTINUE_STOPS = ["<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<file_sep>", "<|endoftext|>",
@@ -195,9 +199,9 @@ def test_a_prompt_of_token_ids_completes_as_its_text_does(oai, engine):
     assert scored.logprobs.token_logprobs[0] is None and scored.text == by_ids.text
     last = len(engine.tokenizer) - 1
     for bad, needle in [
-        ([ids, ids], "one list of token ids; got 2 prompts"),
         ([10**9], f"`prompt` token ids must be whole numbers in [0, {last}]; got 1000000000"),
-        ([1, "x"], "one list of token ids; got another list"),
+        ([1, "x"], "a list of token ids, or a non-empty list of those; got a list of other"),
+        (None, "a list of token ids, or a non-empty list of those; got NoneType"),
     ]:
         with pytest.raises(openai.BadRequestError) as err:
             oai.completions.create(prompt=bad, **kwargs)
@@ -233,6 +237,54 @@ def test_every_token_written_has_an_entry_the_end_token_too(oai):
         assert len(lp.tokens) == written and "".join(lp.tokens) == choice.choices[0].text
         ended += choice.choices[0].finish_reason == "stop"  # no stops sent: the end token
     assert ended, "no sample ended by the end token: pick other seeds"
+
+
+def test_several_prompts_and_n_give_one_choice_each_in_order(oai, live_app):
+    kwargs = {"model": "tiny-starcoder", "max_tokens": 10, **GREEDY}
+    prompts = ["def fibonacci(n):\n", "import os\n"]
+    alone = [oai.completions.create(prompt=p, **kwargs) for p in prompts]
+    both = oai.completions.create(prompt=prompts, n=2, **kwargs)
+    assert [c.index for c in both.choices] == [0, 1, 2, 3]
+    want = [alone[0].choices[0].text] * 2 + [alone[1].choices[0].text] * 2
+    assert [c.text for c in both.choices] == want
+    assert both.usage.completion_tokens == 2 * sum(a.usage.completion_tokens for a in alone)
+    streamed = list(oai.completions.create(prompt=prompts, stream=True, **kwargs))
+    texts = {0: "", 1: ""}
+    for c in streamed:
+        texts[c.choices[0].index] += c.choices[0].text
+    assert [texts[0], texts[1]] == [a.choices[0].text for a in alone]
+    with_usage = [c for c in streamed if c.usage is not None]
+    assert len(with_usage) == 1 and with_usage[0].usage.total_tokens == sum(
+        a.usage.total_tokens for a in alone
+    )  # once, for all choices, on the last to finish
+    chat = oai.chat.completions.create(model="tiny-starcoder", n=2, max_tokens=6, temperature=1.0,
+                                       messages=[{"role": "user", "content": "Sort a list?"}])  # fmt: skip
+    assert [c.index for c in chat.choices] == [0, 1] and all(
+        c.message.content for c in chat.choices
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"n": 17}, "`n` must be a whole number in [1, 16]; got 17"),
+        ({"prompt": ["x = 1"] * 9, "n": 2}, "at most 16 choices; got 18 (9 prompts x `n` 2)"),
+        ({"n": 2, "extra_body": {"attribution": True}}, "`attribution` is for one choice"),
+        ({"prompt": [COUNTING, "y" * 200_000]}, "the limit is 131,072 bytes"),
+    ],
+)
+def test_choices_are_bounded_and_one_refusal_refuses_the_request(oai, live_app, kwargs, needle):
+    import time
+
+    _, engine = live_app.handlers.generate.playground.engines.choose("tiny-starcoder", "completion")
+    request = {"model": "tiny-starcoder", "prompt": "x = 1", "max_tokens": 480, **GREEDY, **kwargs}
+    with pytest.raises(openai.BadRequestError) as err:
+        oai.completions.create(**request)
+    assert needle in err.value.body["message"]
+    deadline = time.monotonic() + 0.5  # a choice that had started is stopped with the refusal
+    while engine.stats()["active"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert engine.stats()["active"] == 0
 
 
 def test_chat_logprobs_come_in_chats_shape(oai):
@@ -322,8 +374,7 @@ def test_a_client_that_goes_away_mid_stream_frees_its_slot_at_once(live_app):
     import time
 
     _, engine = live_app.handlers.generate.playground.engines.choose("tiny-starcoder", "completion")
-    # Greedy, this prompt counts on to max_tokens (1.2 s alone): no early end hides a leak.
-    body = {"model": "tiny-starcoder", "prompt": "numbers = [1, 2, 3, 4, 5, 6, 7, 8,",
+    body = {"model": "tiny-starcoder", "prompt": COUNTING,
             "max_tokens": 480, "stream": True, **GREEDY["extra_body"], "temperature": 0}  # fmt: skip
     with httpx.stream("POST", live_app.url + "v1/completions", json=body, timeout=60) as r:
         chunks = r.iter_lines()

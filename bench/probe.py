@@ -27,7 +27,8 @@ characters of the body, the concerns and the imprecise refusals, and exits 1 on 
 `--groups` runs some of the case groups (see GROUPS); `--json FILE` keeps every case.
 
 The rules and the report live in probe_checks.py, the client that sends and records a case in
-probe_client.py, and the cases in probe_share_cases.py (shares) and probe_cases.py (the rest).
+probe_client.py, and the cases in probe_share_cases.py (shares), probe_v1_cases.py (the
+OpenAI-compatible routes) and probe_cases.py (the rest).
 """
 
 from __future__ import annotations
@@ -58,9 +59,10 @@ from bench.probe_share_cases import (
     share_page_cases,
     shares_cases,
 )
+from bench.probe_v1_cases import v1_cases
 
-GROUPS = ("shares", "share_pages", "pages", "ui", "generation", "share_api", "attribute_search",
-          "ops", "heavy")  # fmt: skip
+GROUPS = ("shares", "share_pages", "pages", "ui", "generation", "v1", "share_api",
+          "attribute_search", "ops", "heavy")  # fmt: skip
 
 
 def run_probe(base_url: str, data_dir: str, max_seconds: float = 240.0,
@@ -74,7 +76,7 @@ def run_probe(base_url: str, data_dir: str, max_seconds: float = 240.0,
         made = shares_cases(p) if "shares" in groups else {}
         steps = {"share_pages": lambda: share_page_cases(p, made),
                  "pages": lambda: page_cases(p, made), "ui": lambda: ui_cases(p),
-                 "generation": lambda: generation_cases(p),
+                 "generation": lambda: generation_cases(p), "v1": lambda: v1_cases(p),
                  "share_api": lambda: share_api_cases(p),
                  "attribute_search": lambda: attribute_search_cases(p),
                  "ops": lambda: ops_cases(p), "heavy": lambda: heavy_cases(p)}  # fmt: skip

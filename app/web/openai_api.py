@@ -200,21 +200,31 @@ def _params(body: dict, spec, logprobs=None) -> GenerationParams:
     limit = (
         "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     )
-    return parse_params(
-        max_new_tokens=_given(body, limit, _BASE.max_new_tokens),
-        temperature=spec.temperature if temperature is None else temperature,
-        top_p=_given(body, "top_p", _BASE.top_p),
-        repetition_penalty=_given(body, "repetition_penalty", spec.repetition_penalty),
-        seed=body.get("seed"),
-        stop=[stop] if isinstance(stop, str) else stop,
-        logprobs=logprobs,
-    )
+    try:
+        return parse_params(
+            max_new_tokens=_given(body, limit, _BASE.max_new_tokens),
+            temperature=spec.temperature if temperature is None else temperature,
+            top_p=_given(body, "top_p", _BASE.top_p),
+            repetition_penalty=_given(body, "repetition_penalty", spec.repetition_penalty),
+            seed=body.get("seed"),
+            stop=[stop] if isinstance(stop, str) else stop,
+            logprobs=logprobs,
+        )
+    except PlaygroundError as exc:
+        if exc.field != "max_new_tokens":
+            raise
+        # The page's name for it; this caller sent OpenAI's.
+        message = exc.message.replace("`max_new_tokens`", f"`{limit}`")
+        raise PlaygroundError(message, field=limit) from None
 
 
 def _completion_logprobs(body: dict, mode: str):
     """The completions API's `logprobs`: alternatives per token (0: the chosen token's only);
     with `echo`, the prompt's tokens are scored too (as evaluation harnesses ask)."""
     top = body.get("logprobs")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int)):
+        raise PlaygroundError(f"`logprobs` must be a whole number in [0, {MAX_LOGPROBS}]; got "
+                              f"{top!r:.20}.", field="logprobs")  # fmt: skip
     if top is not None and body.get("echo") is True and mode == "fim":
         raise PlaygroundError(
             "`echo` with `logprobs` scores a prompt, not a fill: leave out `suffix` or `echo`.",

@@ -105,7 +105,11 @@ def test_chat_takes_text_parts_the_newer_token_limit_and_the_developer_role(oai)
     "kwargs, error, needle",
     [
         ({"temperature": 3}, openai.BadRequestError, "`temperature` must be in [0, 1] here; got 3"),
-        ({"max_tokens": 100_000}, openai.BadRequestError, "[1, 8192]; got 100000"),
+        (
+            {"max_tokens": 100_000},
+            openai.BadRequestError,
+            "`max_tokens` must be in [1, 8192]; got 100000",
+        ),
         ({"model": "gpt-4"}, openai.NotFoundError, "The model `gpt-4` does not exist here"),
         ({"prompt": "x" * 200_000}, openai.BadRequestError, "the limit is 131,072 bytes"),
         ({"logprobs": 6}, openai.BadRequestError, "`logprobs` must be in [0, 5]; got 6"),
@@ -127,7 +131,7 @@ def test_bad_requests_get_openai_errors_with_precise_messages(oai, kwargs, error
     with pytest.raises(error) as err:
         oai.completions.create(**request)
     assert needle in err.value.body["message"]
-    assert err.value.body["param"] in ("temperature", "max_new_tokens", "model", "prompt",
+    assert err.value.body["param"] in ("temperature", "max_tokens", "model", "prompt",
                                        "logprobs", "echo", "frequency_penalty", "stop")  # fmt: skip
 
 

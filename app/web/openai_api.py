@@ -102,8 +102,7 @@ def mount_openai_routes(
             message, history = _conversation(body.get("messages"))
             model = _model(body, registry, "assistant")
             params = _params(body, registry.choose(model, "assistant"), _chat_logprobs(body))
-            n = _n(body)
-            _check_choices(n, f"`n` {n}")
+            n = _n(body)  # at most MAX_CHOICES
             runs = [generate.assist(message, history, params, request, model) for _ in range(n)]
             stream = body.get("stream") is True
             return await respond(runs, stream, "chat.completion", False, attribution(body, n))

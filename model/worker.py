@@ -150,8 +150,13 @@ class WorkerEngine:
             return self._tokenizer.encode(text)
         return list(self._call("tokenize", text, timeout=30))
 
-    def detokenize(self, ids) -> str | None:
-        return self._tokenizer.decode(ids) if self._tokenizer is not None else None
+    def detokenize(self, ids) -> str:
+        if self._tokenizer is not None:
+            return self._tokenizer.decode(ids)
+        text = self._call("detokenize", list(ids), timeout=30)  # a Hub model: the worker's
+        if isinstance(text, tuple):
+            raise PlaygroundError(text[1], field="prompt")
+        return text
 
     def stream(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[Event]:
         """Queue, then stream. Raises PlaygroundError (kind busy) before any event

@@ -139,6 +139,11 @@ def worker_main(conn, config: WorkerConfig) -> None:
                 server.cancel(msg[1])
             elif kind == "tokenize":
                 send(("reply", msg[1], server.local.tokenize(msg[2])))
+            elif kind == "detokenize":
+                try:
+                    send(("reply", msg[1], server.local.detokenize(msg[2])))
+                except PlaygroundError as exc:  # ids outside the vocabulary: said, not raised
+                    send(("reply", msg[1], ("refused", exc.message)))
             elif kind == "ping":
                 send(("reply", msg[1], server.alive()))
             elif kind == "stop":

@@ -331,3 +331,24 @@ def test_a_fill_by_reranking_is_one_line_and_the_batch_goes_on_around_it(worker)
     for text, done in (results[1], results[3]):
         assert done.reason in ("length", "eos") and text
     assert results[1] == collect(worker, PROMPTS[0])  # batched output unchanged by the pauses
+
+
+def test_a_prompt_of_ids_is_decoded_here_or_by_the_worker_for_a_hub_model(worker):
+    """A Hub model has no tokenizer.json in the web process until it is downloaded: then the
+    worker decodes, and refuses ids outside the vocabulary the same way."""
+    ids = worker.tokenize("def add(a, b):\n    return a + b\n")
+    here = worker.detokenize(ids)
+    assert here == "def add(a, b):\n    return a + b\n"
+    local, worker._tokenizer = worker._tokenizer, None  # as for a Hub model
+    try:
+        assert worker.detokenize(ids) == here
+        with pytest.raises(
+            PlaygroundError, match=r"token ids must be whole numbers in \[0, "
+        ) as err:
+            worker.detokenize([10**9])
+        assert err.value.field == "prompt"
+    finally:
+        worker._tokenizer = local
+    with pytest.raises(PlaygroundError, match=r"got 1000000000\.") as err:
+        worker.detokenize([10**9])
+    assert err.value.field == "prompt"

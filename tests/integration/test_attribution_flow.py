@@ -82,11 +82,19 @@ def test_browser_highlights_verbatim_training_text_and_click_searches(
 ):
     prompt, doc = _reproducing_prompt(engine, indexed_docs)
     _set_param(page, "temperature", 0)
+    _set_param(page, "repetition-penalty", 1)  # as _reproducing_prompt found it: no penalty
     _set_param(page, "max-new-tokens", 6)
     page.fill("#completion-prompt textarea", prompt)
     page.click("#completion-run")
+    page.wait_for_function(
+        "() => document.querySelector('#completion-status').innerText.includes('tokens/s')"
+    )
     mark = page.locator("#completion-output mark.attr-span").first
-    mark.wait_for()
+    try:
+        mark.wait_for(timeout=10_000)
+    except Exception as exc:  # say what the page showed instead
+        shown = page.inner_text("#completion-output"), page.inner_text("#completion-status")
+        raise AssertionError(f"no verbatim span highlighted; the page showed {shown!r}") from exc
     assert doc.path in (mark.get_attribute("title") or "")
     assert doc.path in page.inner_text("#completion-sources")
     mark.click()

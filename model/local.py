@@ -16,15 +16,7 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from model.engine import (
-    CancelToken,
-    Delta,
-    Done,
-    Event,
-    GenerationRequest,
-    ModelInfo,
-    decode_ids,
-)
+from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo, decode_ids
 from model.infill import failed, infill_events
 from model.logprobs import Namer, StepRecorder, score_prompt
 from model.token_stream import TokenStream, model_eos_ids, prepare

@@ -36,7 +36,9 @@ async def respond(runs: Sequence[Iterator[Output]], stream: bool, kind: str, ech
     try:  # a refusal raises here: an HTTP error, before any event; the other choices stop
         firsts = [await pump.next() for pump in pumps]
         if not stream:
-            finals = await asyncio.gather(*(p.last(f) for p, f in zip(pumps, firsts, strict=True)))
+            finals = await asyncio.gather(
+                *(_last(p, f) for p, f in zip(pumps, firsts, strict=True))
+            )
     except BaseException:
         for pump in pumps:
             pump.stop()
@@ -112,6 +114,14 @@ async def _outputs(pumps, firsts) -> AsyncIterator[tuple[int, Output]]:
             task.cancel()
 
 
+async def _last(pump: _Pump, first: Output | None) -> Output | None:
+    """The final Output, reading on from `first` (every run ends with one)."""
+    out = first
+    async for out in _read(pump, first):  # noqa: B007 - the last one is the answer
+        pass
+    return out
+
+
 async def _read(pump: _Pump, first: Output | None) -> AsyncIterator[Output]:
     out = first
     while out is not None:
@@ -161,16 +171,6 @@ class _Pump:
         if item[0] == "err":
             raise item[1]
         return item[1]
-
-    async def last(self, first: Output | None) -> Output | None:
-        """The final Output, reading on from `first` (every run ends with one)."""
-        out = first
-        while out is not None and out.done is None:
-            following = await self.next()
-            if following is None:
-                break
-            out = following
-        return out
 
     def stop(self) -> None:
         self._stop.set()

@@ -128,6 +128,16 @@ def check_context(field: str, prompt_tokens: int, max_new_tokens: int, context: 
         )
 
 
+def check_scored(prompt_tokens: int, limit: int) -> None:
+    """A prompt scored with `echo` + `logprobs` runs a forward over every token of it."""
+    if limit and prompt_tokens > limit:
+        raise PlaygroundError(
+            f"`prompt` tokens scored with `echo` + `logprobs` must be <= {limit:,} "
+            f"(MAX_SCORED_TOKENS). Given: {prompt_tokens:,} `prompt` tokens.",
+            field="prompt", kind="too_large",
+        )  # fmt: skip
+
+
 # --- chat history ---------------------------------------------------------------------------
 
 # Each turn costs a token count and prompt text; a context of 8,192 tokens rarely holds more.

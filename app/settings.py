@@ -68,6 +68,22 @@ OPTIONS: tuple[Option, ...] = (
         "Generations one client may start per minute (0: no limit).",
         int,
     ),
+    Option(
+        "token_budget",
+        "TOKEN_BUDGET_PER_MIN",
+        20_000,
+        "Model tokens one client's generations may cost per minute: prompt tokens + "
+        "max_new_tokens (x candidates for a fill by reranking), charged at the start and "
+        "lowered to what was used at the end (0: no budget).",
+        int,
+    ),
+    Option(
+        "max_scored_tokens",
+        "MAX_SCORED_TOKENS",
+        1024,
+        "Longest prompt /v1 scores for `echo` + `logprobs` (0: up to the context).",
+        int,
+    ),
     Option("hf_token", "HF_TOKEN", None, "Hugging Face token, for gated models only."),
     Option("ta_prompt", "TA_PROMPT", None, "File with a tech-assistant prompt (ta-prompt format)."),
     Option("data_dir", "DATA_DIR", str(ROOT / "data"), "Folder for the database and the index."),
@@ -126,11 +142,25 @@ OPTIONS: tuple[Option, ...] = (
         int,
     ),
     Option(
+        "body_timeout",
+        "BODY_TIMEOUT_S",
+        30.0,
+        "Seconds a request's body may take to arrive; slower ones are refused with 408.",
+        float,
+    ),
+    Option(
         "api_keys",
         "API_KEYS",
         None,
-        "Comma-separated keys; when set, the OpenAI-compatible /v1 routes require "
-        "`Authorization: Bearer <key>` (the page and its Gradio API do not).",
+        "Comma-separated keys; when set, every route that can spend model time or write "
+        "(/v1, Gradio's API and queue, POST /api/shares, the page) requires one: programs send "
+        "`Authorization: Bearer <key>`, people log in once at /login. Open: /healthz, share pages.",
+    ),
+    Option(
+        "metrics_token",
+        "METRICS_TOKEN",
+        None,
+        "Bearer token /metrics requires (default: an API key when API_KEYS is set, else open).",
     ),
     Option(
         "kv_cache_mb",
@@ -164,6 +194,8 @@ class Settings:
     max_batch: int
     max_queue: int
     rate_limit: int
+    token_budget: int
+    max_scored_tokens: int
     hf_token: str | None
     ta_prompt: str | None
     data_dir: str
@@ -176,7 +208,9 @@ class Settings:
     allowed_hosts: str
     trusted_proxy_header: str | None
     max_body_bytes: int | None
+    body_timeout: float
     api_keys: str | None
+    metrics_token: str | None
     kv_cache_mb: int | None
     fim_candidates: int
     log_level: str
@@ -199,6 +233,9 @@ class Settings:
                     value = opt.type(env[name])
             values[opt.name] = opt.default if value is None else value
         return cls(**values)
+
+    def key_list(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in (self.api_keys or "").split(",") if k.strip())
 
     def resolved_index_url(self) -> str:
         return self.index_url or str(Path(self.data_dir) / "attribution" / "index.sqlite")

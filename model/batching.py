@@ -226,6 +226,13 @@ class BatchingServer:
 
     def _run_alone(self, rid: str, request: GenerationRequest, token: CancelToken) -> None:
         try:
+            if request.params.seed is None and request.infill is None:
+                # A scored prompt pauses the batch one chunk at a time, and the batch takes a
+                # step between chunks: scoring 8,000 tokens used to stop every other stream of
+                # the model for minutes.
+                for event in self.local.stream(request, token, hold=self.manager.pause):
+                    self.emit(rid, event)
+                return
             # The batches sample from the same global torch RNG: pause them, or the seed would
             # not pin the output. Seeded requests are rare (the user asked for one explicitly).
             with self.manager.pause():

@@ -6,6 +6,7 @@ worker queue's job (model/worker.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import random
@@ -104,7 +105,10 @@ class LocalEngine:
             kwargs.update(do_sample=True, temperature=p.temperature, top_p=p.top_p, top_k=None)
         return kwargs
 
-    def stream(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[Event]:
+    def stream(self, request: GenerationRequest, cancel: CancelToken, hold=None) -> Iterator[Event]:
+        """`hold`: a context manager factory the model is used under, a piece at a time (the
+        worker's batch pause); None when this engine owns the model alone."""
+        hold = hold or contextlib.nullcontext
         if request.infill is not None:
             with self._lock:  # its events come at the end: nothing is yielded under the lock
                 events = list(infill_events(self.model, self.tokenizer, request, cancel))
@@ -114,9 +118,14 @@ class LocalEngine:
             ids = list(request.prompt_ids or self.tokenize(request.prompt))  # before healing
             try:
                 with self._lock, torch.inference_mode():
-                    scored = score_prompt(self.model, self.namer, ids, request.params.logprobs or 0)
+                    scored = score_prompt(self.model, self.namer, ids,
+                                          request.params.logprobs or 0, hold=hold,
+                                          cancel=cancel)  # fmt: skip
             except Exception as exc:  # out of memory, above all: one failed request, said why
                 yield failed(exc, len(ids), 0)
+                return
+            if scored is None:
+                yield Done("cancelled", len(ids), 0)
                 return
             yield Delta("", prompt_logprobs=scored)
         prepared = prepare(self.tokenizer, self._info, self.base_eos_ids(), request)
@@ -138,7 +147,7 @@ class LocalEngine:
 
         def run() -> None:
             try:
-                with self._lock, torch.inference_mode():
+                with hold(), self._lock, torch.inference_mode():
                     # Seeding under the lock makes "same seed, same output" hold.
                     torch.manual_seed(seed if seed is not None else random.getrandbits(63))
                     if cancel.cancelled:

@@ -72,7 +72,8 @@ def live_app(attribution_index, tmp_path_factory):
     uvicorn on a free loopback port, with tiny-starcoder the default of every mode."""
     # Every test talks from 127.0.0.1, and limits are keyed on the address: no limits here
     # (tests/integration/test_security.py checks them on an app of its own).
-    argv = ["--model", "tiny-starcoder", "--rate-limit", "0", "--share-rate", "100000"]
+    argv = ["--model", "tiny-starcoder", "--rate-limit", "0", "--token-budget", "0",
+            "--share-rate", "100000"]  # fmt: skip
     yield from _serve(argv, attribution_index, tmp_path_factory)
 
 

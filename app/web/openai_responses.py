@@ -144,6 +144,8 @@ async def _unless_gone(request: Request, work: asyncio.Future):
         watch.cancel()
     if not work.done():
         work.cancel()
+        # Retrieve what the cancelled gather ends with, or asyncio logs it as never retrieved.
+        work.add_done_callback(lambda f: f.cancelled() or f.exception())
         raise ClientGone
     return work.result()
 

@@ -229,3 +229,38 @@ def test_a_trickled_body_is_refused_and_a_dropped_upload_is_one_line(guarded, ca
 def test_an_unknown_call_id_is_a_clean_404(guarded):
     r = httpx.get(guarded.url + "gradio_api/call/complete/" + uuid.uuid4().hex, headers=AUTH)
     assert r.status_code == 404 and "POST to the API first" in r.text
+
+
+@pytest.mark.browser
+def test_in_a_browser_a_key_at_login_opens_the_page_and_it_generates(guarded):
+    import os
+
+    from tests.integration.test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is not installed: .ci/run should install it")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(30_000)
+            page.goto(guarded.url)
+            assert "/login" in page.url and page.locator("#key").is_visible()
+            page.fill("#key", "wrong")
+            page.click("button[type=submit]")
+            assert "not valid" in page.inner_text("body")
+            page.fill("#key", KEY)
+            page.click("button[type=submit]")
+            page.wait_for_selector("#completion-prompt textarea")  # the playground itself
+            page.fill("#completion-prompt textarea", "def add(a, b):\n")
+            page.click("#completion-run")
+            page.wait_for_function(
+                "() => document.querySelector('#completion-status').innerText.includes('tokens/s')"
+            )
+            assert page.inner_text("#completion-output").startswith("def add(a, b):")
+        finally:
+            browser.close()

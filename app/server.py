@@ -111,7 +111,7 @@ def build_app(
     playground = Playground(
         engines, ta, limits, rate_limit_per_min=settings.rate_limit,
         fim_candidates=settings.fim_candidates, token_budget_per_min=settings.token_budget,
-        max_scored_tokens=settings.max_scored_tokens,
+        max_scored_tokens=settings.max_scored_tokens, stop_loops=settings.stop_loops == "on",
     )  # fmt: skip
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     store = Store(

@@ -178,6 +178,13 @@ OPTIONS: tuple[Option, ...] = (
         "likeliest with the code after the gap is kept. More is slower, and finds more.",
         int,
     ),
+    Option(
+        "stop_loops",
+        "STOP_LOOPS",
+        "on",
+        "on or off: stop a generation that repeats itself (one block of text 3+ times over 200+ "
+        "characters, or 16+ lines in one pattern of 1-4 lines with only numbers changing).",
+    ),
     Option("log_level", "LOG_LEVEL", "INFO", "Logging level."),
 )
 
@@ -213,9 +220,14 @@ class Settings:
     metrics_token: str | None
     kv_cache_mb: int | None
     fim_candidates: int
+    stop_loops: str
     log_level: str
 
     def __post_init__(self) -> None:
+        if self.stop_loops not in ("on", "off"):
+            raise SystemExit(
+                f"STOP_LOOPS (--stop-loops) must be on or off; got {self.stop_loops!r}."
+            )
         if not 1 <= self.fim_candidates <= 32:  # each one is a row of the fill's batch
             raise SystemExit(
                 f"FIM_CANDIDATES (--fim-candidates) must be from 1 to 32; got {self.fim_candidates}."

@@ -14,7 +14,9 @@ from typing import Literal, Protocol
 
 from model.errors import PlaygroundError
 
-StopReason = Literal["length", "stop", "eos", "cancelled", "error"]
+# "loop": the services stopped a generation that repeated itself (model/loops.py); engines
+# themselves never end with it.
+StopReason = Literal["length", "stop", "eos", "cancelled", "error", "loop"]
 MAX_LOGPROBS = 5  # alternatives per token, as OpenAI's completions API allows
 
 

@@ -25,6 +25,7 @@ from model.engine import (
     TokenLogprob,
 )
 from model.errors import PlaygroundError
+from model.loops import LoopGuard
 from model.pool import EnginePool
 from model.prompts import (
     ASSISTANT_STOPS,
@@ -38,6 +39,8 @@ from model.prompts import (
     split_fim,
     trim_fim_middle,
 )
+
+LOOP_STOPPED = "stopped: the model was repeating itself"
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Output:
             "stop": "stop sequence",
             "length": "max_new_tokens reached",
             "cancelled": self.stopped or "stopped by you",
+            "loop": LOOP_STOPPED,
         }.get(d.reason, d.reason)
         by = f" · {self.model}" if self.model else ""
         notice = f" · {self.notice}" if self.notice else ""
@@ -95,6 +99,7 @@ class Playground:
         fim_candidates: int = 8,
         token_budget_per_min: int = 0,
         max_scored_tokens: int = 0,
+        stop_loops: bool = True,
     ):
         self.engines = engines
         self.fim_candidates = fim_candidates  # per fill by reranking (FIM_CANDIDATES)
@@ -104,6 +109,7 @@ class Playground:
         self.limiter = RateLimiter(rate_limit_per_min, what="generations")
         self.budget = TokenBudget(token_budget_per_min)
         self.max_scored_tokens = max_scored_tokens  # 0: no cap (MAX_SCORED_TOKENS)
+        self.stop_loops = stop_loops  # STOP_LOOPS: end a generation that repeats itself
 
     @property
     def registry(self):
@@ -307,10 +313,15 @@ class Playground:
         )
         logprobs: tuple[TokenLogprob, ...] = ()
         scored: tuple[TokenLogprob, ...] = ()
+        loops = LoopGuard() if self.stop_loops and infill is None else None
         for event in engine.stream(request, cancel):
             if isinstance(event, Done):
                 charge.used = event.prompt_tokens + event.generated_tokens * charge.per_token
+                if loops is not None and loops.looping and event.reason == "cancelled":
+                    event = replace(event, reason="loop")  # we stopped it, not the user
             if isinstance(event, Delta):
+                if loops is not None and loops.feed(event.text) and not cancel.cancelled:
+                    cancel.cancel(LOOP_STOPPED)  # ends within a decode step, like Stop
                 generated += event.text
                 logprobs += event.logprobs
                 scored = event.prompt_logprobs or scored

@@ -27,7 +27,7 @@ def guarded(attribution_index, tmp_path_factory):
     argv = ["--model", "tiny-starcoder", "--api-keys", f"other-key,{KEY}",
             "--metrics-token", METRICS, "--trusted-proxy-header", "x-real-ip",
             "--rate-limit", "0", "--token-budget", str(BUDGET), "--max-scored-tokens", "64",
-            "--body-timeout", "2"]  # fmt: skip
+            "--body-timeout", "2", "--stop-loops", "off"]  # fmt: skip
     yield from _serve(argv, attribution_index, tmp_path_factory)
 
 

@@ -81,12 +81,12 @@ def _start(name, cmd, env, port, model, logdir: Path) -> Server:
     return Server(name, f"http://127.0.0.1:{port}/", model, proc, log)
 
 
-def start_app(name, port, model_id, threads, dtype, data_dir, logdir) -> Server:
+def start_app(name, port, model_id, threads, dtype, data_dir, logdir, env=None) -> Server:
     """`model_id` a registry id (SmolLM2's is converted into data_dir/models, as vLLM reads)."""
     cmd = [sys.executable, "app.py", "--model", model_id, "--port", str(port),
            "--data-dir", data_dir, "--rate-limit", "0", "--dtype", dtype,
            "--torch-threads", str(threads), "--log-level", "WARNING"]  # fmt: skip
-    env = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    env = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", **(env or {})}
     return _start(name, cmd, env, port, model_id, logdir)
 
 

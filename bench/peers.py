@@ -11,7 +11,7 @@ in interleaved rounds (medians): tokens/s, TTFT p50/p95, each server's RSS, the 
 p99 while 8 streams run, and the bandwidth bound (weight bytes read per token / the measured
 memory bandwidth). Ratios are printed against the app's best arm.
 
-    python bench/peers.py [--rounds 3] [--tokens 64] [--app-threads 1,2] [--bare-threads 1,2]
+    python bench/peers.py [--rounds 3] [--tokens 64] [--app-threads 1,2,2s] [--bare-threads 1,2]
                           [--vllm-bind auto,0-1] [--vllm-python /work/vllm-venv/bin/python]
                           [--dtype float32]
 
@@ -208,7 +208,12 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--streams", default="1,8")
     p.add_argument("--bare-threads", default="1,2")
-    p.add_argument("--app-threads", default="1,2")
+    p.add_argument(
+        "--app-threads",
+        default="1,2,2s",
+        help="TORCH_THREADS per app arm; 's': with spinning OpenMP waits "
+        "(OMP_WAIT_POLICY=ACTIVE, the worker's default is PASSIVE)",
+    )
     p.add_argument("--vllm-bind", default="auto,0-1")
     p.add_argument("--vllm-python", default="/work/vllm-venv/bin/python")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
@@ -236,9 +241,11 @@ def main(argv=None) -> int:
                                           args.dtype, args.vllm_python, logdir))  # fmt: skip
         port += 1
     try:
-        for n in [int(t) for t in args.app_threads.split(",") if t]:
-            app = servers.start_app(f"app threads={n}", port, SMOLLM2, n, args.dtype,
-                                    args.data_dir, logdir)  # fmt: skip
+        for arm in [t for t in args.app_threads.split(",") if t]:
+            n, spin = int(arm.rstrip("s")), arm.endswith("s")
+            name = f"app threads={n}" + (" spinning" if spin else "")
+            app = servers.start_app(name, port, SMOLLM2, n, args.dtype, args.data_dir, logdir,
+                                    {"OMP_WAIT_POLICY": "ACTIVE"} if spin else {})  # fmt: skip
             started.append(app)
             port += 1
             # One at a time: the first start builds DATA_DIR's attribution index.

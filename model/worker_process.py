@@ -65,6 +65,12 @@ def worker_main(conn, config: WorkerConfig) -> None:
     # Dying with it would look like a crash and trigger a pointless restart during shutdown.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # OpenMP threads that wait at a barrier sleep instead of spinning for up to ~ms: on a
+    # small machine whose cores the web process and other work also want, spinning threads
+    # steal the core the straggler needs. SmolLM2 at 2 threads on the busy 2-core machine:
+    # 0.7-3.3 tok/s spinning, 3.8-10.7 sleeping (bench/RESULTS.md). Read by libgomp when
+    # torch loads, so before that (torch is imported below); the environment can override it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s worker %(name)s: %(message)s",

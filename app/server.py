@@ -72,7 +72,8 @@ def build_engines(settings: Settings) -> EnginePool:
         return build_engine(
             model=model, data_dir=settings.data_dir, max_batch=settings.max_batch,
             max_queue=settings.max_queue,
-            kv_cache_mb=settings.kv_cache_mb, **common,
+            kv_cache_mb=settings.kv_cache_mb, torch_threads=settings.torch_threads,
+            dtype=settings.dtype, **common,
         )  # fmt: skip
 
     return EnginePool(registry, start)

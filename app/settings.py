@@ -12,10 +12,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from app.links import DEFAULT_ALLOWED_HOSTS
+from model.loading import DTYPES
 from model.registry import TINY_STARCODER_DIR, TINY_STARCODER_MANIFEST
 
 ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_MODEL = str(TINY_STARCODER_DIR)
+MAX_TORCH_THREADS = 1024
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,21 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("engine_api_key", "ENGINE_API_KEY", None, "Bearer token for ENGINE_URL."),
     Option("max_batch", "MAX_BATCH", 8, "Requests the worker decodes together.", int),
+    Option(
+        "torch_threads",
+        "TORCH_THREADS",
+        None,
+        "CPU threads each model's worker computes with (default: all cores this process may "
+        "use). Fewer leaves cores to the web process and to other models' workers.",
+        int,
+    ),
+    Option(
+        "dtype",
+        "DTYPE",
+        "auto",
+        "Weights' and KV cache's type: auto, float32 or bfloat16. auto: bfloat16 on CUDA (float16 "
+        "where unsupported) and on CPUs with AMX or AVX512-BF16, else float32.",
+    ),
     Option(
         "max_queue",
         "MAX_QUEUE",
@@ -199,6 +216,8 @@ class Settings:
     engine_model: str | None
     engine_api_key: str | None
     max_batch: int
+    torch_threads: int | None
+    dtype: str
     max_queue: int
     rate_limit: int
     token_budget: int
@@ -231,6 +250,15 @@ class Settings:
         if not 1 <= self.fim_candidates <= 32:  # each one is a row of the fill's batch
             raise SystemExit(
                 f"FIM_CANDIDATES (--fim-candidates) must be from 1 to 32; got {self.fim_candidates}."
+            )
+        if self.torch_threads is not None and not 1 <= self.torch_threads <= MAX_TORCH_THREADS:
+            raise SystemExit(
+                f"TORCH_THREADS (--torch-threads) must be from 1 to {MAX_TORCH_THREADS}; "
+                f"got {self.torch_threads}."
+            )
+        if self.dtype not in DTYPES:
+            raise SystemExit(
+                f"DTYPE (--dtype) must be one of {', '.join(DTYPES)}; got {self.dtype[:40]!r}."
             )
 
     @classmethod

@@ -20,7 +20,7 @@ from transformers.generation.streamers import BaseStreamer
 from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo, decode_ids
 from model.infill import failed, infill_events
 from model.logprobs import Namer, StepRecorder, score_prompt
-from model.token_stream import TokenStream, model_eos_ids, prepare
+from model.token_stream import EndHold, TokenStream, model_eos_ids, prepare
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,9 @@ class LocalEngine:
     def base_eos_ids(self) -> list[int]:
         return model_eos_ids(self.model, self.tokenizer)
 
-    def generate_kwargs(self, request: GenerationRequest, eos_ids: list[int]) -> dict:
+    def generate_kwargs(
+        self, request: GenerationRequest, eos_ids: list[int], hold: EndHold | None = None
+    ) -> dict:
         p = request.params
         kwargs = {
             "max_new_tokens": p.max_new_tokens,
@@ -99,6 +101,11 @@ class LocalEngine:
             "eos_token_id": eos_ids,
             "pad_token_id": self.tokenizer.pad_token_id,
         }
+        if hold is not None:
+            # generate()'s own processors, which run before temperature and top-p: one of
+            # ours would run after them and could leave a row with no token to draw.
+            kwargs["min_new_tokens"] = hold.min_tokens or None
+            kwargs["suppress_tokens"] = list(hold.ignored) or None
         if p.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
@@ -135,7 +142,7 @@ class LocalEngine:
         streamer = _QueueStreamer()
         stop_hit = threading.Event()
         errors: list[BaseException] = []
-        kwargs = self.generate_kwargs(request, prepared.eos_ids)
+        kwargs = self.generate_kwargs(request, prepared.eos_ids, prepared.hold)
         processors = [prepared.healing.processor] if prepared.healing is not None else []
         top = request.params.logprobs
         recorder = StepRecorder(top) if top is not None else None

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from app.metrics import runs_on
 from app.requests import parse_params
 from app.services.generate import Generations
 from app.services.search import Search
@@ -48,10 +49,14 @@ def mount_openai_routes(app: FastAPI, generate: Generations, search: Search):
         return search.attribute_output
 
     async def models(request: Request) -> Response:
+        loaded = generate.playground.engines.loaded()
         data = [{"id": s.id, "object": "model", "created": 0, "owned_by": "starcoder-playground",
                  "max_model_len": s.context_length,
                  "modes": [m for m in ("completion", "fim", "assistant") if s.supports(m)]}
                 for s in registry]  # fmt: skip
+        for model in data:  # a started model also says what it runs on
+            if model["id"] in loaded:
+                model["engine"] = runs_on(loaded[model["id"]].info)
         return JSONResponse({"object": "list", "data": data})
 
     async def completions(request: Request) -> Response:
@@ -201,6 +206,9 @@ def _params(body: dict, spec, logprobs=None) -> GenerationParams:
             seed=body.get("seed"),
             stop=[stop] if isinstance(stop, str) else stop,
             logprobs=logprobs,
+            # vLLM's extras, so a benchmark can fix the length of what is written.
+            min_tokens=_given(body, "min_tokens", 0),
+            ignore_eos=body.get("ignore_eos", False),
         )
     except PlaygroundError as exc:
         if exc.field != "max_new_tokens":

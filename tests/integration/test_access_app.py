@@ -5,6 +5,7 @@ scored prompts. Each test failed before its fix."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 import uuid
@@ -184,9 +185,11 @@ def _active(base: str) -> float:
     return sum(values.values())
 
 
-def test_a_non_streamed_request_stops_when_its_client_goes(guarded):
-    body = {"model": "tiny-starcoder", "prompt": "def f(x):\n", "max_tokens": 400, "n": 6,
-            "temperature": 0.8, "stop": []}  # fmt: skip
+def test_a_non_streamed_request_stops_when_its_client_goes(guarded, caplog):
+    # 4 x (6 + 290) tokens fit the budget of 1,200; ignore_eos: each runs its whole length.
+    caplog.set_level(logging.INFO, logger="app.web.openai_responses")
+    body = {"model": "tiny-starcoder", "prompt": "def f(x):\n", "max_tokens": 290, "n": 4,
+            "temperature": 0.8, "ignore_eos": True}  # fmt: skip
     host, port = urlsplit(guarded.url).hostname, urlsplit(guarded.url).port
     payload = json.dumps(body).encode()
     sock = socket.create_connection((host, port), timeout=10)
@@ -204,7 +207,8 @@ def test_a_non_streamed_request_stops_when_its_client_goes(guarded):
     deadline = time.monotonic() + 15
     while _active(guarded.url) > 0 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _active(guarded.url) == 0  # all six stopped, none left waiting
+    assert _active(guarded.url) == 0  # all four stopped, none left waiting
+    assert "went away before its answer; 4 choices stopped" in caplog.text  # not finished
 
 
 def test_a_trickled_body_is_refused_and_a_dropped_upload_is_one_line(guarded, caplog):

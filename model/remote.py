@@ -45,6 +45,7 @@ _OVERFLOW = re.compile(
     r"|index out of range",
     re.IGNORECASE,
 )
+_SERVER_LIMIT = re.compile(r"maximum context length is (\d+)", re.IGNORECASE)
 
 
 class RemoteEngine:
@@ -181,7 +182,11 @@ class RemoteEngine:
                         scored = token_logprobs(lp, 0, first, top)
                         text = _past_prompt(text, request.prompt, lp, first)
                         yield Delta("", prompt_logprobs=scored)
-                    new = token_logprobs(lp, first, None, top) if p.logprobs is not None else ()
+                    new = (
+                        token_logprobs(lp, first, None, top, self._shown_name)
+                        if p.logprobs is not None
+                        else ()
+                    )
                     if text or new:
                         generated += len(new) or 1  # one chunk per decoded step
                         shown = matcher.feed(text)
@@ -311,6 +316,11 @@ class RemoteEngine:
             return None
         return self._tok.token_to_id(token)
 
+    def _shown_name(self, token: str) -> str:
+        """A generated token's name: "" for an end token, which the text skips (as the
+        worker names it), so the names add up to the text."""
+        return "" if token in self._info.special_tokens else token
+
     def token_name(self, token: str) -> str:
         """A token as vLLM names it with `return_tokens_as_token_ids` ("token_id:42"), as text."""
         _, _, number = token.rpartition(":")
@@ -345,8 +355,9 @@ class RemoteEngine:
             return False
         body = {"model": self.model, "prompt": "a b", "max_tokens": 0, "echo": True,
                 "logprobs": 0, "temperature": 0.0}  # fmt: skip
-        try:
-            r = self.http.post(f"{self.base}/v1/completions", json=body)
+        try:  # on a connection of its own: `transformers serve` fails (500) and drops it
+            r = self.http.post(f"{self.base}/v1/completions", json=body,
+                               headers={"Connection": "close"})  # fmt: skip
         except httpx.HTTPError:
             return True
         try:
@@ -389,9 +400,8 @@ class RemoteEngine:
 
     # -- errors -----------------------------------------------------------------------------
 
-    def _overflow(self, n_prompt: int, max_new: int) -> PlaygroundError:
-        ctx = self._info.context_length
-        msg = engine.context_overflow("prompt", n_prompt, max_new, ctx)
+    def _overflow(self, n_prompt: int, max_new: int, ctx: int | None = None) -> PlaygroundError:
+        msg = engine.context_overflow("prompt", n_prompt, max_new, ctx or self._info.context_length)
         return PlaygroundError(msg, field="prompt", kind="validation")
 
     def _refusal(self, status: int, detail: str, request: GenerationRequest) -> PlaygroundError:
@@ -400,7 +410,14 @@ class RemoteEngine:
                 "The model server is busy. Please try again in a minute.", kind="busy"
             )
         if status in (400, 413, 422) and _OVERFLOW.search(detail):
-            return self._overflow(self.count_tokens(request.prompt), request.params.max_new_tokens)
+            # The server's own limit when it names it (vLLM: "maximum context length is N").
+            named = _SERVER_LIMIT.search(detail)
+            n_prompt = self.count_tokens(request.prompt)
+            limit = int(named.group(1)) if named else None
+            return self._overflow(n_prompt, request.params.max_new_tokens, limit)
+        if status == 404:  # vLLM: "The model `x` does not exist." (ENGINE_MODEL is wrong)
+            log.error("engine server %s answered 404: %s", self.base, detail)
+            return PlaygroundError(f"The model server cannot serve this: {detail}", kind="config")
         if status in (400, 422):
             return PlaygroundError(
                 f"The model server rejected the request: {detail}", kind="validation"

@@ -67,13 +67,15 @@ def heal(engine: RemoteEngine, request: GenerationRequest, plan: HealPlan) -> He
         piece = vocab.bytes[int(number)] if number.isdigit() else None
         if piece is None:  # not an id, or not a text token: give up healing this prompt
             return None
+        # The token is named by what of it the output shows (the rest is the prompt's), as
+        # the worker names a healed token, so the names still add up to the text.
+        visible = piece[max(0, len(plan.removed) - len(made)) :].decode("utf-8", "replace")
         ids.append(int(number))
         made += piece
-        named = tuple(
-            TokenLogprob(engine.token_name(t.token), t.logprob,
-                         tuple((engine.token_name(n), v) for n, v in t.top))
-            for t in drawn
-        )  # fmt: skip
-        logprobs += named if p.logprobs is not None else ()
+        if p.logprobs is not None:
+            logprobs += tuple(
+                TokenLogprob(visible, t.logprob, tuple((engine.token_name(n), v) for n, v in t.top))
+                for t in drawn
+            )
     shown = made[len(plan.removed) :].decode("utf-8", errors="replace")
     return Healed(ids, shown, logprobs, len(ids) - len(plan.kept))

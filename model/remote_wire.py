@@ -76,10 +76,12 @@ def detail_of(response: httpx.Response) -> str:
 
 
 def load_tokenizer(source: str):
-    """(tokenizers.Tokenizer | None, config.json dict, tokenizer_config.json dict), torch-free."""
+    """(tokenizers.Tokenizer | None, config.json dict, tokenizer_config.json dict with the chat
+    template), torch-free."""
     folder = Path(source).expanduser()
     files = {}
-    for name in ("tokenizer.json", "config.json", "tokenizer_config.json"):
+    # transformers 5 saves a chat template in a file of its own, beside tokenizer_config.json.
+    for name in ("tokenizer.json", "config.json", "tokenizer_config.json", "chat_template.jinja"):
         path = folder / name
         if not path.is_file() and not folder.is_dir():
             try:
@@ -101,7 +103,10 @@ def load_tokenizer(source: str):
     def read(name: str) -> dict:
         return json.loads(files[name].read_text(encoding="utf-8")) if name in files else {}
 
-    return tok, read("config.json"), read("tokenizer_config.json")
+    tok_config = read("tokenizer_config.json")
+    if "chat_template.jinja" in files and not tok_config.get("chat_template"):
+        tok_config["chat_template"] = files["chat_template.jinja"].read_text(encoding="utf-8")
+    return tok, read("config.json"), tok_config
 
 
 def context_from(config: dict, tok_config: dict) -> int | None:

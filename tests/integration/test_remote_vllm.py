@@ -108,6 +108,20 @@ def test_completion_is_healed_and_stops_at_the_fence_like_the_worker(smol, tmp_p
     assert out.generated == worker  # the same greedy text as the app's own worker
 
 
+def test_chat_through_the_models_template_like_the_worker(smol, tmp_path_factory):
+    from model.local import LocalEngine
+
+    _, _, playground = smol
+    params = _params(playground, "assistant", max_new_tokens=48)
+    message = "Write a Python function that reverses a string."
+    out = _run(playground.assist(message, [], params, CancelToken()))
+    assert out.text and "<|im_end|>" not in out.text and "<|im_start|>" not in out.text
+    local = LocalEngine.load(str(converted_smollm2(tmp_path_factory)["dir"]), device="cpu")
+    worker = _run(Playground(type(playground.engines).single(local), TaPrompt.load())
+                  .assist(message, [], params, CancelToken()))  # fmt: skip
+    assert out.text == worker.text
+
+
 def test_the_servers_context_is_checked_before_sending(smol, smol_vllm):
     _, _, playground = smol
     sent = len(smol_vllm.completions())

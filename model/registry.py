@@ -398,7 +398,8 @@ def remote_spec(known: ModelSpec | None, info, url: str, defaults: dict | None =
     )
     spec = replace(
         base,
-        label=f"{base.label} on {url}" if known else base.label,
+        # "SmolLM2-135M-Instruct (embedded)" is not embedded here: it is served.
+        label=f"{base.label.split(' (')[0]} on {url}" if known else base.label,
         source="remote",
         location=url,
         context_length=info.context_length,

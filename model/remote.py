@@ -112,7 +112,7 @@ class RemoteEngine:
 
     def tail(self, text: str, tokens: int) -> str:
         """The end of `text` that fits in `tokens`: the code nearest a gap matters most."""
-        ids = self.tokenize(text)
+        ids, tokens = self.tokenize(text), max(tokens, 1)
         if ids is None:
             return text[-tokens * 3 :] if len(text) > tokens * 3 else text
         return text if len(ids) <= tokens else self._tok.decode(ids[-tokens:])
@@ -138,7 +138,8 @@ class RemoteEngine:
             n_prompt = len(request.prompt_ids)
         else:
             n_prompt = self.count_tokens(request.prompt)
-            if n_prompt + p.max_new_tokens > self._info.context_length:
+            # Without a tokenizer the count is an estimate: the server's check decides.
+            if self._tok is not None and n_prompt + p.max_new_tokens > self._info.context_length:
                 raise self._overflow(n_prompt, p.max_new_tokens)
         specials = [s for s in p.stop if s in self._info.special_tokens]
         texts = tuple(s for s in p.stop if s not in self._info.special_tokens)
@@ -149,11 +150,12 @@ class RemoteEngine:
         try:
             plan = self.heal_plan(request.prompt, request.prompt_ids) if p.heal else None
             healed = remote_heal.heal(self, request, plan) if plan else None
-            prompt = request.prompt
+            prompt, healed_tokens = request.prompt, 0
             if healed is not None:
                 # The backed-off prompt plus the token(s) that re-made its end: what is past
                 # the prompt's own text is the start of the output.
                 prompt, generated = healed.ids, healed.tokens
+                healed_tokens = healed.tokens  # in the prompt the server counts, not the output
                 shown = matcher.feed(healed.shown)
                 if shown or healed.logprobs:
                     yield Delta(shown, logprobs=healed.logprobs)
@@ -196,9 +198,9 @@ class RemoteEngine:
                             break
                     usage = data.get("usage") or {}
                     if usage.get("completion_tokens"):
-                        generated = int(usage["completion_tokens"])
+                        generated = int(usage["completion_tokens"]) + healed_tokens
                     if usage.get("prompt_tokens"):
-                        n_prompt = int(usage["prompt_tokens"])
+                        n_prompt = int(usage["prompt_tokens"]) - healed_tokens
                     finish = choice.get("finish_reason")
                     if finish:
                         reason = "length" if finish == "length" else "eos"

@@ -52,7 +52,8 @@ def test_a_known_model_keeps_its_defaults_and_takes_the_servers_context(registry
     assert (spec.temperature, spec.repetition_penalty) == (0.0, 1.0)
     assert spec.completion_stops == ("\n```",)
     assert spec.context_length == 2048  # the server's max_model_len, not the config's 8192
-    assert spec.id == SMOLLM2 and spec.source == "remote" and URL in spec.label
+    assert spec.id == SMOLLM2 and spec.source == "remote"
+    assert spec.label == f"SmolLM2-135M-Instruct on {URL}"  # served, not "embedded"
     assert spec.supports("fim") and spec.reranks_fim  # the server scores: fills by reranking
 
 

@@ -22,7 +22,7 @@ from app.services.generate import Generations
 from app.services.playground import Playground
 from app.services.search import Search
 from app.services.shares import Shares
-from app.settings import ROOT, Settings
+from app.settings import EMBEDDED_MODEL, ROOT, Settings
 from app.store import Store
 from app.web.access import AccessGuard
 from app.web.guard import SPACE_FRAME_ANCESTORS, EdgeGuard
@@ -37,7 +37,13 @@ from model.errors import PlaygroundError
 from model.factory import build_engine
 from model.pool import EnginePool
 from model.prompts import TaPrompt
-from model.registry import TINY_STARCODER, ModelSpec, Registry
+from model.registry import (
+    TINY_STARCODER,
+    ModelSpec,
+    Registry,
+    parse_remote_defaults,
+    remote_spec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +65,7 @@ def build_engines(settings: Settings) -> EnginePool:
     common = {"device": settings.device, "hf_token": settings.hf_token,
               "log_level": settings.log_level.upper()}  # fmt: skip
     if settings.engine_url:
-        remote = build_engine(
-            model=settings.model, engine_url=settings.engine_url,
-            engine_model=settings.engine_model, engine_api_key=settings.engine_api_key, **common,
-        )  # fmt: skip
-        return EnginePool.single(remote, data_dir=settings.data_dir)
+        return _remote_engines(settings, common)
     registry = Registry.build(settings.data_dir, settings.model)
 
     def start(spec: ModelSpec) -> Engine:
@@ -77,6 +79,33 @@ def build_engines(settings: Settings) -> EnginePool:
         )  # fmt: skip
 
     return EnginePool(registry, start)
+
+
+def _remote_engines(settings: Settings, common: dict) -> EnginePool:
+    """The ENGINE_URL server's model. One the registry knows (by the name it is served as, its
+    weights' folder or MODEL_ID) keeps its defaults, stops and tokenizer; MODEL_ID, when set,
+    names the tokenizer (a folder, a Hub id or one of our ids)."""
+    known = Registry.build(settings.data_dir)
+    try:
+        defaults = parse_remote_defaults(settings.engine_model_defaults)
+    except PlaygroundError as exc:
+        raise SystemExit(exc.message) from None
+    named = settings.model if settings.model != EMBEDDED_MODEL else None
+    tokenizer = known.tokenizer_source(known.get(named)) if named in known else named
+
+    def tokenizer_for(names) -> str | None:
+        spec = known.match(names)
+        return known.tokenizer_source(spec) if spec is not None else None
+
+    remote = build_engine(
+        model=tokenizer, engine_url=settings.engine_url, engine_model=settings.engine_model,
+        engine_api_key=settings.engine_api_key, tokenizer_for=tokenizer_for, **common,
+    )  # fmt: skip
+    match = known.match([named or "", *remote.names])
+    spec = remote_spec(match, remote.info, settings.engine_url, defaults)
+    log.info("ENGINE_URL %s serves %s: %s", settings.engine_url, remote.model,
+             f"known as {match.id}" if match else "generic defaults")  # fmt: skip
+    return EnginePool.single(remote, data_dir=settings.data_dir, spec=spec)
 
 
 def open_attribution(settings: Settings) -> AttributionIndex:

@@ -55,6 +55,13 @@ OPTIONS: tuple[Option, ...] = (
         "Model name to ask ENGINE_URL for (default: the server's first model).",
     ),
     Option("engine_api_key", "ENGINE_API_KEY", None, "Bearer token for ENGINE_URL."),
+    Option(
+        "engine_model_defaults",
+        "ENGINE_MODEL_DEFAULTS",
+        None,
+        'JSON defaults for the ENGINE_URL model, e.g. {"temperature": 0, "repetition_penalty": '
+        '1.0, "completion_stops": ["\\n```"]}; a model the playground knows brings its own.',
+    ),
     Option("max_batch", "MAX_BATCH", 8, "Requests the worker decodes together.", int),
     Option(
         "torch_threads",
@@ -215,6 +222,7 @@ class Settings:
     engine_url: str | None
     engine_model: str | None
     engine_api_key: str | None
+    engine_model_defaults: str | None
     max_batch: int
     torch_threads: int | None
     dtype: str

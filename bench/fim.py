@@ -3,6 +3,7 @@
     python bench/fim.py --model tiny-starcoder --method fim [--no-stops] [--limit 100]
     python bench/fim.py --model smollm2-135m-instruct --method rerank --k 8 --limit 100
     python bench/fim.py --model smollm2-135m-instruct --method app --k 8 --limit 30
+    python bench/fim.py --model smollm2-135m-instruct --method app --engine-url http://vllm:8000
     python bench/fim.py --model PATH --variant multi --json out.json
 
 Tasks (bench/fim_tasks.py): each non-blank line of each canonical solution masked in turn
@@ -145,6 +146,10 @@ def parser() -> argparse.ArgumentParser:
         "but it halved SmolLM2's exact match (bench/RESULTS.md)",
     )
     p.add_argument("--device", default="cpu")
+    p.add_argument("--engine-url", default=None, help="app method: fill on this server (vLLM)")
+    p.add_argument("--score-context", type=int, default=None,
+                   help="with --engine-url: prefix tokens scored per candidate "
+                        "(model/remote_fill.py SCORE_CONTEXT_TOKENS)")  # fmt: skip
     p.add_argument("--data-dir", default=os.environ.get("DATA_DIR", str(ROOT / "data")))
     return p
 
@@ -179,8 +184,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         settings = {"stops": args.stops, "repetition_penalty": args.repetition_penalty}
     elif args.method == "app":
-        fill = AppFill(args.model, args.data_dir, args.k, max_new)
-        settings = {"fim_candidates": args.k, "worker": "the app's (its own thread policy)"}
+        if args.score_context:
+            from model import remote_fill
+
+            remote_fill.SCORE_CONTEXT_TOKENS = args.score_context
+        fill = AppFill(args.model, args.data_dir, args.k, max_new, args.engine_url)
+        settings = {"fim_candidates": args.k,
+                    "engine": args.engine_url or "the app's worker (its own thread policy)",
+                    "score_context": args.score_context}  # fmt: skip
     else:
         from model.fim_rerank import RerankSettings
 

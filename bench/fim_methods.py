@@ -146,13 +146,17 @@ class AppFill:
     thread policy, the paused batch, the pipe), with FIM_CANDIDATES = k. For a model without
     FIM tokens that is the rerank of model/infill.py; the time is the request's whole wait."""
 
-    def __init__(self, model_id: str, data_dir: str, k: int, max_new_tokens: int):
+    def __init__(self, model_id: str, data_dir: str, k: int, max_new_tokens: int,
+                 engine_url: str | None = None):  # fmt: skip
+        """`engine_url`: the fill as the app serves it from that server (ENGINE_URL)."""
         from app.server import build_engines
         from app.services.playground import Playground
         from app.settings import Settings
         from model.prompts import TaPrompt
 
-        settings = Settings.load(["--data-dir", data_dir, "--fim-candidates", str(k)], env={})
+        argv = ["--data-dir", data_dir, "--fim-candidates", str(k)]
+        argv += ["--engine-url", engine_url] if engine_url else []
+        settings = Settings.load(argv, env={})
         self.engines = build_engines(settings)
         self.playground = Playground(self.engines, TaPrompt.load(), fim_candidates=k)
         self.model, self.max_new_tokens = model_id, max_new_tokens

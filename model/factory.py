@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 
 from model.engine import Engine
 
@@ -11,7 +12,7 @@ log = logging.getLogger(__name__)
 
 def build_engine(
     *,
-    model: str,
+    model: str | None,
     device: str | None = None,
     hf_token: str | None = None,
     engine_url: str | None = None,
@@ -24,14 +25,17 @@ def build_engine(
     kv_cache_mb: float | None = None,
     torch_threads: int | None = None,
     dtype: str = "auto",
+    tokenizer_for: Callable[[Sequence[str]], str | None] | None = None,
 ) -> Engine:
     """A RemoteEngine when `engine_url` is set, else a started WorkerEngine for `model`."""
     if engine_url:
         from model.remote import RemoteEngine
 
         log.info("using the remote engine at %s", engine_url)
-        # MODEL_ID still names the tokenizer, for exact token counts and FIM tokens.
-        return RemoteEngine(engine_url, model=engine_model, tokenizer=model, api_key=engine_api_key)
+        # `model` names the tokenizer (exact token counts, FIM tokens, healing); unset, the
+        # one `tokenizer_for` finds for the served model.
+        return RemoteEngine(engine_url, model=engine_model, tokenizer=model,
+                            tokenizer_for=tokenizer_for, api_key=engine_api_key)  # fmt: skip
     from model.worker import WorkerConfig, WorkerEngine
 
     config = WorkerConfig(

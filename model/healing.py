@@ -24,79 +24,30 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 from transformers import LogitsProcessor
 
+from model import heal_plan
+from model.heal_plan import MAX_HEALED_TOKENS, HealPlanner, needs_healing
+
 log = logging.getLogger(__name__)
 
-MAX_HEALED_TOKENS = 2
+__all__ = ["MAX_HEALED_TOKENS", "Healing", "TokenHealer", "heal", "heal_request", "needs_healing"]
 
 
-@lru_cache(maxsize=1)
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's printable-character alias for each byte, inverted (what byte-level BPE stores)."""
-    bs = list(range(ord("!"), ord("~") + 1))
-    bs += list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
-
-
-class VocabBytes:
-    """Each token id's bytes (None for special and added tokens), and prefix-match masks."""
+class VocabBytes(heal_plan.VocabBytes):
+    """The byte table plus its prefix matches as cached masks, for the logits processor."""
 
     def __init__(self, tokenizer):
-        size = len(tokenizer)
-        pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
-        special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        special |= set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
-        decoder = _byte_decoder()
-        byte_level = all(
-            all(ch in decoder for ch in piece)
-            for i, piece in enumerate(pieces)
-            if piece and i not in special
-        )
-        self.byte_level = byte_level
-        self.bytes: list[bytes | None] = []
-        for i, piece in enumerate(pieces):
-            if i in special or piece is None:
-                self.bytes.append(None)
-            elif byte_level:
-                self.bytes.append(bytes(decoder[ch] for ch in piece))
-            else:  # SentencePiece and friends: slower, decodes one token at a time
-                self.bytes.append(tokenizer.decode([i]).encode("utf-8"))
+        super().__init__(tokenizer)
         self._masks: dict[bytes, torch.Tensor] = {}
-
-    def __len__(self) -> int:
-        return len(self.bytes)
-
-    def text_bytes(self, ids: Sequence[int]) -> bytes | None:
-        parts = [self.bytes[i] if 0 <= i < len(self.bytes) else None for i in ids]
-        if any(p is None for p in parts):
-            return None
-        return b"".join(parts)  # type: ignore[arg-type]
 
     def allowed(self, remaining: bytes) -> torch.Tensor:
         """Tokens that could come next: they extend `remaining`, or are a prefix of it."""
         mask = self._masks.get(remaining)
         if mask is None:
-            mask = torch.tensor(
-                [
-                    b is not None
-                    and b != b""
-                    and (b.startswith(remaining) or remaining.startswith(b))
-                    for b in self.bytes
-                ],
-                dtype=torch.bool,
-            )
-            self._masks[remaining] = mask
+            mask = self._masks[remaining] = torch.tensor(self.matches(remaining), dtype=torch.bool)
         return mask
 
 
@@ -171,67 +122,17 @@ class Healing:
         return PrefixStripper(self.removed)
 
 
-class TokenHealer:
-    """Per tokenizer: builds the vocabulary's byte table once (about a second for 49k tokens)."""
+class TokenHealer(HealPlanner):
+    """Per tokenizer: the plan (model/heal_plan.py) as a Healing with its logits processor."""
 
-    def __init__(self, tokenizer, *, max_tokens: int = MAX_HEALED_TOKENS):
-        self.tokenizer = tokenizer
-        self.max_tokens = max_tokens
-        self._vocab: VocabBytes | None = None
-        self._extends: dict[bytes, bool] = {}
-
-    @property
-    def vocab(self) -> VocabBytes:
-        if self._vocab is None:
-            self._vocab = VocabBytes(self.tokenizer)
-        return self._vocab
-
-    def _extendable(self, removed: bytes) -> bool:
-        """Whether some token extends `removed` (cached: one vocabulary scan per text)."""
-        if removed not in self._extends:
-            self._extends[removed] = any(
-                b is not None and len(b) > len(removed) and b.startswith(removed)
-                for b in self.vocab.bytes
-            )
-        return self._extends[removed]
+    vocab_class = VocabBytes
 
     def heal(self, input_ids: Sequence[int]) -> Healing:
-        """Back off trailing whitespace tokens: the last token when its text ends in whitespace,
-        plus whole-whitespace tokens before it, up to `max_tokens`; always keep one token."""
-        ids = [int(i) for i in input_ids]
-        vocab = self.vocab
-        k = 0
-        while k < self.max_tokens and k < len(ids) - 1:
-            piece = vocab.bytes[ids[-1 - k]] if ids[-1 - k] < len(vocab) else None
-            if not piece:
-                break  # special tokens (FIM markers, chat turns) are never healed
-            if k == 0 and not piece[-1:].isspace():
-                break
-            if k > 0 and not piece.isspace():
-                break
-            k += 1
-        if k == 0:
-            return Healing(ids, "", None)
-        kept, cut = ids[:-k], ids[-k:]
-        removed = vocab.text_bytes(cut)
-        try:
-            text = removed.decode("utf-8") if removed else ""
-        except UnicodeDecodeError:  # the cut splits a character; leave such prompts alone
-            return Healing(ids, "", None)
-        if not text or not vocab.allowed(removed).any():
-            return Healing(ids, "", None)
-        if k == 1 and not self._extendable(removed):
-            # One token that no other token extends (tiny-starcoder keeps "\n" a token of its
-            # own): the model could only re-create it unchanged, so healing would change nothing
-            # and only cost the request its place in a batch.
-            return Healing(ids, "", None)
-        return Healing(kept, text, HealingProcessor(vocab, len(kept), removed))
-
-
-def needs_healing(prompt: str) -> bool:
-    """Whether heal() may act on this prompt text (it only heals trailing whitespace): a cheap
-    check before tokenizing."""
-    return prompt[-1:].isspace()
+        plan = self.plan(input_ids)
+        if plan is None:
+            return Healing([int(i) for i in input_ids], "", None)
+        processor = HealingProcessor(self.vocab, len(plan.kept), plan.removed)
+        return Healing(plan.kept, plan.text, processor)
 
 
 def heal_request(tokenizer, request, ids: Sequence[int]) -> Healing | None:

@@ -14,16 +14,11 @@ from collections.abc import Iterator
 
 import torch
 
-from model.engine import CancelToken, Delta, Done, Event, GenerationRequest
-from model.fim_rerank import Cancelled, RerankFiller, RerankSettings
-from model.stops import StopMatcher
+from model.engine import CancelToken, Done, Event, GenerationRequest
+from model.fim_rerank import Cancelled, RerankFiller
+from model.rerank import fill_events, infill_settings
 
 log = logging.getLogger(__name__)
-
-# A candidate line longer than this is cut (the longest canonical HumanEval line is 50 tokens).
-MAX_LINE_TOKENS = 64
-# The prefix tokens read: the code nearest the gap. Bounds the candidates' KV caches.
-MAX_CONTEXT_TOKENS = 2048
 
 
 @contextlib.contextmanager
@@ -47,16 +42,7 @@ def infill_events(
     model, tokenizer, request: GenerationRequest, cancel: CancelToken
 ) -> Iterator[Event]:
     spec, p = request.infill, request.params
-    settings = RerankSettings(
-        k=spec.candidates,
-        max_new_tokens=min(p.max_new_tokens, MAX_LINE_TOKENS),
-        seed=p.seed if p.seed is not None else 0,  # same code, same fill
-        max_context=MAX_CONTEXT_TOKENS,
-        # Rows past 1.25x the longest ended one are dropped (the filler's default waits to 2x):
-        # on 150 HumanEval lines 147 fills were the same, 50 exact against 51, and the p50
-        # fell from 2.01 to 1.66 s (bench/RESULTS.md).
-        ramble=1.25,
-    )
+    settings = infill_settings(request)
     try:
         with _every_core(model):
             fill = RerankFiller(model, tokenizer, settings)(
@@ -68,13 +54,7 @@ def infill_events(
     except Exception as exc:
         yield failed(exc)
         return
-    matcher = StopMatcher(tuple(s for s in p.stop if s))
-    middle = matcher.feed(fill.best(settings.score_by).text)
-    middle += "" if matcher.stopped else matcher.flush()
-    if middle:
-        yield Delta(middle)
-    reason = "length" if fill.new_tokens >= settings.max_new_tokens else "stop"
-    yield Done(reason, fill.prompt_tokens, fill.new_tokens)
+    yield from fill_events(fill, settings, p.stop)
 
 
 def failed(exc: BaseException, n_prompt: int = 0, generated: int = 0) -> Done:

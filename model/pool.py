@@ -24,10 +24,13 @@ class EnginePool:
         self._wrap: Callable[[Engine], Engine] = lambda engine: engine
 
     @classmethod
-    def single(cls, engine: Engine, data_dir: str = "data") -> EnginePool:
-        """A pool of one ready engine (a remote server, a test, a benchmark)."""
+    def single(
+        cls, engine: Engine, data_dir: str = "data", spec: ModelSpec | None = None
+    ) -> EnginePool:
+        """A pool of one ready engine (a remote server, a test, a benchmark); `spec`: its entry,
+        by default one built from the engine's ModelInfo."""
         info = engine.info
-        spec = ModelSpec(
+        spec = spec or ModelSpec(
             id=info.model_id.rstrip("/").rsplit("/", 1)[-1] or info.model_id,
             label=info.model_id,
             source="hub",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -21,7 +21,7 @@ from model.families import FIM_PREFIX_MARKERS
 
 log = logging.getLogger(__name__)
 
-ModelSource = Literal["local", "package", "hub"]
+ModelSource = Literal["local", "package", "hub", "remote"]
 Mode = Literal["completion", "fim", "assistant"]
 MODES: tuple[str, ...] = ("completion", "fim", "assistant")
 
@@ -311,14 +311,48 @@ class Registry:
                 f"these models do: {', '.join(others)}." if others else "no model on offer does."
             )
             raise PlaygroundError(
-                f"The model `{spec.id}` has no fill-in-the-middle tokens, and it runs on a "
-                "remote server (ENGINE_URL), so it cannot fill a <FILL_HERE> gap by reranking "
-                f"either; {these} Choose one of them, or use completion mode.",
+                f"The model `{spec.id}` has no fill-in-the-middle tokens, and its remote server "
+                "(ENGINE_URL) cannot score a prompt (`echo` with `logprobs`), so it cannot fill "
+                f"a <FILL_HERE> gap by reranking either; {these} Choose one of them, or use "
+                "completion mode.",
                 field="model",
                 kind="unsupported",
             )
         return spec
 
+    # -- a remote server's model -----------------------------------------------------------------
+
+    def match(self, names: Iterable[str]) -> ModelSpec | None:
+        """The entry a served model is, by any of its names (the id it is served as, its weights'
+        folder, a tokenizer): an id of ours, a folder whose last part is one, or our folder."""
+        for name in names:
+            base = name.rstrip("/").rsplit("/", 1)[-1].lower()
+            for candidate in (name.lower(), base):
+                if candidate in self._specs:
+                    return self._specs[candidate]
+            folder = Path(name).expanduser()
+            if folder.is_dir():
+                for spec in self:
+                    if folder.resolve() in (
+                        Path(spec.location).resolve(),
+                        self.converted_dir(spec.id),
+                    ):
+                        return spec
+        return None
+
+    def tokenizer_source(self, spec: ModelSpec) -> str | None:
+        """Where this machine has the entry's tokenizer: its folder, a converted package model's
+        folder once converted (the web process never converts), or its Hub id."""
+        if spec.source == "package":
+            folder = self.converted_dir(spec.id)
+            if (folder / "tokenizer.json").is_file():
+                return str(folder)
+            log.warning("%s is not converted here: run `python -m model.smollm2` for its "
+                        "tokenizer (exact token counts, healing)", spec.id)  # fmt: skip
+            return None
+        return spec.location
+
+    # -- weights -------------------------------------------------------------------------------
     # -- weights -------------------------------------------------------------------------------
 
     def converted_dir(self, model_id: str) -> Path:
@@ -339,6 +373,79 @@ class Registry:
         if spec.id == SMOLLM2:
             return str(smollm2.ensure_converted(self.converted_dir(spec.id), progress=progress))
         raise PlaygroundError(f"no loader for packaged model {spec.id!r}", field="model")
+
+
+# What ENGINE_MODEL_DEFAULTS may set, with the type each takes.
+REMOTE_DEFAULT_FIELDS = {"temperature": float, "repetition_penalty": float,
+                         "completion_stops": tuple}  # fmt: skip
+
+
+def remote_spec(known: ModelSpec | None, info, url: str, defaults: dict | None = None) -> ModelSpec:
+    """The entry of the model a remote server (ENGINE_URL) serves. A model we know (`known`,
+    from Registry.match) keeps its defaults, stops and card; any other gets the generic ones
+    (the StarCoder playground's: temperature 0.2, repetition penalty 1.2, no extra stops).
+    What the server says wins: its context, its FIM tokens, its chat template, whether it can
+    score a prompt (fill by reranking). `defaults` (ENGINE_MODEL_DEFAULTS) win over both."""
+    from model.families import detect_fim_template
+
+    base = known or ModelSpec(
+        id=info.model_id.rstrip("/").rsplit("/", 1)[-1].lower() or info.model_id,
+        label=info.model_id,
+        source="remote",
+        location=url,
+        context_length=info.context_length,
+        description=f"{info.model_id}, served by the engine server at {url} (ENGINE_URL).",
+    )
+    spec = replace(
+        base,
+        # "SmolLM2-135M-Instruct (embedded)" is not embedded here: it is served.
+        label=f"{base.label.split(' (')[0]} on {url}" if known else base.label,
+        source="remote",
+        location=url,
+        context_length=info.context_length,
+        fim=detect_fim_template(info.special_tokens) is not None,
+        fim_by_rerank=info.fills_by_rerank,
+        chat_template=info.has_chat_template,
+    )
+    return replace(spec, **(defaults or {}))
+
+
+def parse_remote_defaults(text: str | None) -> dict:
+    """ENGINE_MODEL_DEFAULTS, a JSON object, checked field by field."""
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise PlaygroundError(f"ENGINE_MODEL_DEFAULTS must be a JSON object; {exc}.",
+                              field="engine_model_defaults", kind="config") from None  # fmt: skip
+    if not isinstance(data, dict):
+        data = {"": data}
+    out = {}
+    for key, value in data.items():
+        kind = REMOTE_DEFAULT_FIELDS.get(key)
+        ok = kind is not None and (
+            (kind is tuple and isinstance(value, list) and all(isinstance(v, str) for v in value))
+            or (
+                kind in (int, float)
+                and isinstance(value, int | float)
+                and not isinstance(value, bool)
+            )
+        )
+        if not ok:
+            raise PlaygroundError(
+                f"ENGINE_MODEL_DEFAULTS: {key!r}={value!r} is not allowed; it takes "
+                "temperature (0-2), repetition_penalty (1-2) and completion_stops (a list of "
+                "strings).",
+                field="engine_model_defaults", kind="config",
+            )  # fmt: skip
+        out[key] = kind(value)
+    for key, low, high in (("temperature", 0, 2), ("repetition_penalty", 1, 2)):
+        if key in out and not low <= out[key] <= high:
+            raise PlaygroundError(f"ENGINE_MODEL_DEFAULTS: {key} must be from {low} to {high}; "
+                                  f"got {out[key]}.", field="engine_model_defaults",
+                                  kind="config")  # fmt: skip
+    return out
 
 
 def _override_spec(model_id: str | None, known: set[str]) -> ModelSpec | None:

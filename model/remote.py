@@ -17,16 +17,24 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
 import httpx
 
-from model import engine
+from model import engine, remote_fill, remote_heal
 from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo
 from model.errors import PlaygroundError
-from model.registry import CONTEXT_KEYS, DEFAULT_CONTEXT
+from model.heal_plan import HealPlan, HealPlanner, needs_healing
+from model.registry import DEFAULT_CONTEXT
+from model.remote_wire import (
+    context_from,
+    detail_of,
+    load_tokenizer,
+    sse_events,
+    token_logprobs,
+)
 from model.stops import StopMatcher
 
 log = logging.getLogger(__name__)
@@ -37,6 +45,7 @@ _OVERFLOW = re.compile(
     r"|index out of range",
     re.IGNORECASE,
 )
+_SERVER_LIMIT = re.compile(r"maximum context length is (\d+)", re.IGNORECASE)
 
 
 class RemoteEngine:
@@ -46,6 +55,7 @@ class RemoteEngine:
         *,
         model: str | None = None,
         tokenizer: str | None = None,
+        tokenizer_for: Callable[[Sequence[str]], str | None] | None = None,
         context_length: int | None = None,
         api_key: str | None = None,
         flavor: Flavor = "auto",
@@ -54,7 +64,9 @@ class RemoteEngine:
     ):
         """`url`: the server's base URL (with or without /v1). `model`: the name to request
         (default: the server's first model). `tokenizer`: a local folder or Hub id whose
-        tokenizer.json gives exact token counts and special tokens (default: `model`)."""
+        tokenizer.json gives exact token counts, special tokens and healing; unset, the one
+        `tokenizer_for(names)` finds for the served model's names (its id, its weights' folder,
+        as vLLM lists them), else the served folder itself when it is on this machine."""
         self.base = url.rstrip("/").removesuffix("/v1")
         self.flavor: Flavor = flavor
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -62,9 +74,22 @@ class RemoteEngine:
             headers=headers,
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
         )
-        self.model = model or self._first_model()
-        self._tok, config, tok_config = _load_tokenizer(tokenizer or self.model)
-        self._info = self._build_info(context_length, config, tok_config)
+        served = self._served_model(model)
+        self.model = model or served["id"]
+        # What the served model is called: the registry recognises a known model by these.
+        self.names = tuple(dict.fromkeys(n for n in (tokenizer, self.model, served.get("root"))
+                                         if isinstance(n, str) and n))  # fmt: skip
+        source = tokenizer or (tokenizer_for(self.names) if tokenizer_for else None)
+        if source is None:
+            source = next((n for n in self.names if Path(n).is_dir()), self.model)
+        self._tok, config, tok_config = load_tokenizer(source)
+        self.planner = HealPlanner(self._tok) if self._tok is not None else None
+        self.heals = self.planner is not None  # off for good once the server refuses it
+        # A server that scores a prompt (`echo` + `logprobs`) can report log-probabilities
+        # and fill a gap by reranking; one that cannot keeps the refusal.
+        self.scores = self._probe_scoring()
+        ctx = context_length or served.get("max_model_len")
+        self._info = self._build_info(ctx, config, tok_config)
 
     # -- Engine -----------------------------------------------------------------------------
 
@@ -85,6 +110,19 @@ class RemoteEngine:
     def detokenize(self, ids) -> str | None:
         return engine.decode_ids(self._tok, ids) if self._tok else None
 
+    def tail(self, text: str, tokens: int) -> str:
+        """The end of `text` that fits in `tokens`: the code nearest a gap matters most."""
+        ids, tokens = self.tokenize(text), max(tokens, 1)
+        if ids is None:
+            return text[-tokens * 3 :] if len(text) > tokens * 3 else text
+        return text if len(ids) <= tokens else self._tok.decode(ids[-tokens:])
+
+    def heal_plan(self, text: str, ids: Sequence[int] | None = None) -> HealPlan | None:
+        """What token healing would back off `text` (a prompt ending in whitespace)."""
+        if not (self.heals and self.flavor != "transformers" and needs_healing(text)):
+            return None
+        return self.planner.plan(ids if ids is not None else self.tokenize(text))
+
     def close(self) -> None:
         self.http.close()
 
@@ -92,20 +130,45 @@ class RemoteEngine:
         """Raises PlaygroundError before any event when the server refuses the request
         (validation, context overflow: kind "validation"; overloaded: kind "busy"); a server
         that is down or fails mid-stream ends the stream with Done("error")."""
+        if request.infill is not None:
+            yield from remote_fill.fill(self, request, cancel)
+            return
         p = request.params
         if request.prompt_ids is not None:  # tokenized and checked by the caller
             n_prompt = len(request.prompt_ids)
         else:
             n_prompt = self.count_tokens(request.prompt)
+            # Without a tokenizer the count is an estimate: the server's check decides.
             if self._tok is not None and n_prompt + p.max_new_tokens > self._info.context_length:
                 raise self._overflow(n_prompt, p.max_new_tokens)
         specials = [s for s in p.stop if s in self._info.special_tokens]
         texts = tuple(s for s in p.stop if s not in self._info.special_tokens)
         matcher = StopMatcher(texts)
         generated, reason, server_stopped = 0, "length", False
+        top = p.logprobs or 0
+        echo = p.prompt_logprobs and p.logprobs is not None
         try:
-            with self._open(request, texts, specials) as response:
-                for data in _sse_events(response):
+            plan = self.heal_plan(request.prompt, request.prompt_ids) if p.heal else None
+            healed = remote_heal.heal(self, request, plan) if plan else None
+            prompt, healed_tokens = request.prompt, 0
+            if healed is not None:
+                # The backed-off prompt plus the token(s) that re-made its end: what is past
+                # the prompt's own text is the start of the output.
+                prompt, generated = healed.ids, healed.tokens
+                healed_tokens = healed.tokens  # in the prompt the server counts, not the output
+                shown = matcher.feed(healed.shown)
+                if shown or healed.logprobs:
+                    yield Delta(shown, logprobs=healed.logprobs)
+                if matcher.stopped or generated >= p.max_new_tokens:
+                    yield Done("stop" if matcher.stopped else "length", n_prompt, generated)
+                    return
+
+            def build() -> dict:
+                return self._body(request, texts, specials, stream=True, prompt=prompt,
+                                  max_tokens=p.max_new_tokens - generated)  # fmt: skip
+
+            with self._open(request, build) as response:
+                for data in sse_events(response):
                     if cancel.cancelled:
                         break  # closing the response makes the server cancel the request
                     if "error" in data:
@@ -113,18 +176,31 @@ class RemoteEngine:
                         return
                     choice = (data.get("choices") or [{}])[0]
                     text = choice.get("text") or ""
-                    if text:
-                        generated += 1  # one chunk per decoded step on all three servers
+                    lp = choice.get("logprobs")
+                    first = 0
+                    if echo:  # the first chunk carries the prompt, scored, then the output
+                        echo = False
+                        first = len(choice.get("prompt_token_ids") or ()) or n_prompt
+                        scored = token_logprobs(lp, 0, first, top)
+                        text = _past_prompt(text, request.prompt, lp, first)
+                        yield Delta("", prompt_logprobs=scored)
+                    new = (
+                        token_logprobs(lp, first, None, top, self._shown_name)
+                        if p.logprobs is not None
+                        else ()
+                    )
+                    if text or new:
+                        generated += len(new) or 1  # one chunk per decoded step
                         shown = matcher.feed(text)
-                        if shown:
-                            yield Delta(shown)
+                        if shown or new:
+                            yield Delta(shown, logprobs=new)
                         if matcher.stopped:
                             break
                     usage = data.get("usage") or {}
                     if usage.get("completion_tokens"):
-                        generated = int(usage["completion_tokens"])
+                        generated = int(usage["completion_tokens"]) + healed_tokens
                     if usage.get("prompt_tokens"):
-                        n_prompt = int(usage["prompt_tokens"])
+                        n_prompt = int(usage["prompt_tokens"]) - healed_tokens
                     finish = choice.get("finish_reason")
                     if finish:
                         reason = "length" if finish == "length" else "eos"
@@ -162,16 +238,17 @@ class RemoteEngine:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _open(self, request: GenerationRequest, texts, specials):
-        """POST and return the open streaming response, mapping refusals to PlaygroundError."""
+    def _open(self, request: GenerationRequest, build: Callable[[], dict]):
+        """POST `build()` and return the open streaming response, mapping refusals to
+        PlaygroundError (the body is built again after a switch of dialect)."""
         for _ in range(2):
-            body = self._body(request, texts, specials, stream=True)
+            body = build()
             # A connection error propagates: stream() turns it into Done("error").
             cm = self.http.stream("POST", f"{self.base}/v1/completions", json=body)
             response = cm.__enter__()
             if response.status_code == 200:
                 return _Closing(cm, response)
-            detail = _detail(response)
+            detail = detail_of(response)
             cm.__exit__(None, None, None)
             if (
                 response.status_code == 422
@@ -185,12 +262,23 @@ class RemoteEngine:
             raise self._refusal(response.status_code, detail, request)
         raise PlaygroundError(f"The model server refused the request: {detail}", kind="engine")
 
-    def _body(self, request: GenerationRequest, texts, specials, *, stream: bool) -> dict:
+    def post(self, request: GenerationRequest, body: dict) -> dict:
+        """One non-streamed completions call (healing, a fill's samples and scores): the JSON
+        answer; refusals raise PlaygroundError, a broken connection httpx.HTTPError."""
+        r = self.http.post(f"{self.base}/v1/completions", json={"model": self.model, **body})
+        if r.status_code != 200:
+            raise self._refusal(r.status_code, detail_of(r), request)
+        return r.json()
+
+    def _body(
+        self, request: GenerationRequest, texts, specials, *, stream: bool,
+        prompt: str | list[int] | None = None, max_tokens: int | None = None,
+    ) -> dict:  # fmt: skip
         p = request.params
         body: dict = {
             "model": self.model,
-            "prompt": request.prompt,
-            "max_tokens": p.max_new_tokens,
+            "prompt": request.prompt if prompt is None else prompt,
+            "max_tokens": p.max_new_tokens if max_tokens is None else max_tokens,
             "stream": stream,
             "temperature": 0.0 if p.greedy else p.temperature,
             "top_p": 1.0 if p.greedy else p.top_p,
@@ -205,7 +293,7 @@ class RemoteEngine:
             # it replaces the model's config, so EOS ids travel with it.
             gen = {
                 "do_sample": not p.greedy,
-                "max_new_tokens": p.max_new_tokens,
+                "max_new_tokens": body["max_tokens"],
                 "repetition_penalty": p.repetition_penalty,
             }
             if not p.greedy:
@@ -215,11 +303,14 @@ class RemoteEngine:
                 gen["eos_token_id"] = sorted(set(eos + stop_ids))
                 gen["pad_token_id"] = (eos or stop_ids)[0]
             body["generation_config"] = json.dumps(gen)
-        else:
-            # vLLM and TGI accept these extras next to the OpenAI fields.
-            body["repetition_penalty"] = p.repetition_penalty
-            if stop_ids:
-                body["stop_token_ids"] = stop_ids
+            return body
+        # vLLM and TGI accept these extras next to the OpenAI fields.
+        body["repetition_penalty"] = p.repetition_penalty
+        if stop_ids:
+            body["stop_token_ids"] = stop_ids
+        if p.logprobs is not None:
+            body["logprobs"] = p.logprobs
+            body["echo"] = p.prompt_logprobs  # the prompt scored, in the first chunk
         return body
 
     def _token_id(self, token: str | None) -> int | None:
@@ -227,12 +318,30 @@ class RemoteEngine:
             return None
         return self._tok.token_to_id(token)
 
-    def _first_model(self) -> str:
+    def _shown_name(self, token: str) -> str:
+        """A generated token's name: "" for an end token, which the text skips (as the
+        worker names it), so the names add up to the text."""
+        return "" if token in self._info.special_tokens else token
+
+    def token_name(self, token: str) -> str:
+        """A token as vLLM names it with `return_tokens_as_token_ids` ("token_id:42"), as text."""
+        _, _, number = token.rpartition(":")
+        if self._tok is None or not number.isdigit():
+            return token
+        return self._tok.decode([int(number)], skip_special_tokens=False)
+
+    def _served_model(self, model: str | None) -> dict:
+        """The served model's entry in /v1/models (vLLM adds `root`, its weights, and
+        `max_model_len`, the context it serves); {"id": model} when the listing fails."""
         try:
             r = self.http.get(f"{self.base}/v1/models")
             r.raise_for_status()
-            return r.json()["data"][0]["id"]
-        except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
+            data = r.json()["data"]
+            return next((m for m in data if m.get("id") == model), {"id": model} if model
+                        else data[0])  # fmt: skip
+        except (httpx.HTTPError, KeyError, IndexError, ValueError, AttributeError) as exc:
+            if model:
+                return {"id": model}
             raise PlaygroundError(
                 f"Could not list the models of the engine server at {self.base} "
                 f"({type(exc).__name__}); set the model name explicitly.",
@@ -240,8 +349,32 @@ class RemoteEngine:
                 kind="config",
             ) from exc
 
+    def _probe_scoring(self) -> bool:
+        """Whether the server scores a prompt: `echo` + `logprobs` with `max_tokens` 0 (vLLM
+        does; the OpenAI legacy API did). A server that is down counts as able: the first
+        request will say what is wrong."""
+        if self.flavor == "transformers":
+            return False
+        body = {"model": self.model, "prompt": "a b", "max_tokens": 0, "echo": True,
+                "logprobs": 0, "temperature": 0.0}  # fmt: skip
+        try:  # on a connection of its own: `transformers serve` fails (500) and drops it
+            r = self.http.post(f"{self.base}/v1/completions", json=body,
+                               headers={"Connection": "close"})  # fmt: skip
+        except httpx.HTTPError:
+            return True
+        try:
+            values = r.json()["choices"][0]["logprobs"]["token_logprobs"]
+            ok = r.status_code == 200 and len(values) >= 2
+        except (ValueError, KeyError, IndexError, TypeError):
+            ok = False
+        if not ok:
+            log.info("%s cannot score a prompt: no log-probabilities, no fill by reranking",
+                     self.base)  # fmt: skip
+        return ok
+
     def _build_info(self, context_length, config: dict, tok_config: dict) -> ModelInfo:
-        ctx = context_length or _context_from(config, tok_config) or self._server_context()
+        # The server's own limit first (vLLM's max_model_len may be below the config's).
+        ctx = context_length or context_from(config, tok_config)
         if not ctx:
             log.warning("context length of %s unknown; assuming %d", self.model, DEFAULT_CONTEXT)
             ctx = DEFAULT_CONTEXT
@@ -263,22 +396,14 @@ class RemoteEngine:
             dtype=str(config.get("torch_dtype") or config.get("dtype") or "?"),
             has_chat_template=isinstance(tok_config.get("chat_template"), str),
             chat_template=t if isinstance(t := tok_config.get("chat_template"), str) else None,
+            fills_by_rerank=self.scores,
+            logprobs=self.scores,
         )
-
-    def _server_context(self) -> int | None:
-        try:  # vLLM lists max_model_len with each model
-            for m in self.http.get(f"{self.base}/v1/models").json().get("data", []):
-                if m.get("id") == self.model and m.get("max_model_len"):
-                    return int(m["max_model_len"])
-        except (httpx.HTTPError, ValueError, AttributeError):
-            pass
-        return None
 
     # -- errors -----------------------------------------------------------------------------
 
-    def _overflow(self, n_prompt: int, max_new: int) -> PlaygroundError:
-        ctx = self._info.context_length
-        msg = engine.context_overflow("prompt", n_prompt, max_new, ctx)
+    def _overflow(self, n_prompt: int, max_new: int, ctx: int | None = None) -> PlaygroundError:
+        msg = engine.context_overflow("prompt", n_prompt, max_new, ctx or self._info.context_length)
         return PlaygroundError(msg, field="prompt", kind="validation")
 
     def _refusal(self, status: int, detail: str, request: GenerationRequest) -> PlaygroundError:
@@ -287,7 +412,14 @@ class RemoteEngine:
                 "The model server is busy. Please try again in a minute.", kind="busy"
             )
         if status in (400, 413, 422) and _OVERFLOW.search(detail):
-            return self._overflow(self.count_tokens(request.prompt), request.params.max_new_tokens)
+            # The server's own limit when it names it (vLLM: "maximum context length is N").
+            named = _SERVER_LIMIT.search(detail)
+            n_prompt = self.count_tokens(request.prompt)
+            limit = int(named.group(1)) if named else None
+            return self._overflow(n_prompt, request.params.max_new_tokens, limit)
+        if status == 404:  # vLLM: "The model `x` does not exist." (ENGINE_MODEL is wrong)
+            log.error("engine server %s answered 404: %s", self.base, detail)
+            return PlaygroundError(f"The model server cannot serve this: {detail}", kind="config")
         if status in (400, 422):
             return PlaygroundError(
                 f"The model server rejected the request: {detail}", kind="validation"
@@ -333,68 +465,9 @@ class _Closing:
         self.cm.__exit__(*exc)
 
 
-def _sse_events(response: httpx.Response) -> Iterator[dict]:
-    """JSON payloads of `data:` lines; ends at `[DONE]` or at the end of the body."""
-    for line in response.iter_lines():
-        if not line.startswith("data:"):
-            continue
-        payload = line[5:].strip()
-        if payload == "[DONE]":
-            return
-        try:
-            yield json.loads(payload)
-        except ValueError:
-            log.warning("skipping a malformed event: %.200s", payload)
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        response.read()
-        data = response.json()
-    except (ValueError, httpx.HTTPError):
-        return response.text[:500] if response.is_closed else ""
-    if isinstance(data, dict):
-        for key in ("detail", "error", "message"):
-            value = data.get(key)
-            if isinstance(value, dict):
-                value = value.get("message")
-            if value:
-                return str(value)[:500]
-    return str(data)[:500]
-
-
-def _load_tokenizer(source: str):
-    """(tokenizers.Tokenizer | None, config.json dict, tokenizer_config.json dict), torch-free."""
-    folder = Path(source).expanduser()
-    files = {}
-    for name in ("tokenizer.json", "config.json", "tokenizer_config.json"):
-        path = folder / name
-        if not path.is_file() and not folder.is_dir():
-            try:
-                from huggingface_hub import hf_hub_download
-
-                path = Path(hf_hub_download(source, name))
-            except Exception:  # offline, gated or not a Hub id: do without
-                continue
-        if path.is_file():
-            files[name] = path
-    tok = None
-    if "tokenizer.json" in files:
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_file(str(files["tokenizer.json"]))
-    else:
-        log.warning("no tokenizer.json for %s: token counts are estimates", source)
-
-    def read(name: str) -> dict:
-        return json.loads(files[name].read_text(encoding="utf-8")) if name in files else {}
-
-    return tok, read("config.json"), read("tokenizer_config.json")
-
-
-def _context_from(config: dict, tok_config: dict) -> int | None:
-    for key in CONTEXT_KEYS:
-        if isinstance(config.get(key), int) and config[key] > 0:
-            return config[key]
-    limit = tok_config.get("model_max_length")
-    return limit if isinstance(limit, int) and 0 < limit < 10**7 else None
+def _past_prompt(text: str, prompt: str, logprobs: dict | None, n_prompt: int) -> str:
+    """The output in an echoed chunk: what follows the prompt's own text."""
+    if text.startswith(prompt):
+        return text[len(prompt) :]
+    offsets = (logprobs or {}).get("text_offset") or []
+    return text[offsets[n_prompt] :] if len(offsets) > n_prompt else ""

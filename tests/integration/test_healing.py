@@ -161,3 +161,30 @@ def test_sampling_with_top_p_still_rebuilds_the_removed_text(engine):
             )
         text = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
         assert text.startswith(healing.removed), (seed, text)
+
+
+@pytest.mark.parametrize("which", ["tiny", "smol"])
+def test_the_web_processs_tokenizer_plans_the_same_healing(which, tiny_tok, smol_tok, model_dir,
+                                                          smol_dir):  # fmt: skip
+    # A remote engine heals with the `tokenizers` library's tokenizer (no transformers, no
+    # torch in the web process): same bytes per token, same back-off, same allowed tokens.
+    from tokenizers import Tokenizer
+
+    from model.heal_plan import HealPlanner
+
+    tok, folder = (tiny_tok, model_dir) if which == "tiny" else (smol_tok, smol_dir)
+    web = HealPlanner(Tokenizer.from_file(f"{folder}/tokenizer.json"))
+    worker = TokenHealer(tok)
+    assert web.vocab.bytes == worker.vocab.bytes
+    healed = 0
+    for prompt in (HEADER, "def f(x):\n    ", "x = [1, 2, ", "    return x"):
+        ids = tok(prompt)["input_ids"]
+        plan, healing = web.plan(ids), worker.heal(ids)
+        planned = (plan.kept, plan.text) if plan else (ids, "")
+        assert planned == (healing.input_ids, healing.removed)
+        if plan:
+            healed += 1
+            assert web.vocab.allowed_ids(plan.removed) == (
+                worker.vocab.allowed(plan.removed).nonzero().flatten().tolist()
+            )
+    assert healed >= 2  # the prompts ending in whitespace were healed, not skipped

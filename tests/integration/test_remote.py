@@ -24,6 +24,7 @@ from model.errors import PlaygroundError
 from model.families import detect_fim_template
 from model.prompts import fim_prompt
 from model.remote import RemoteEngine
+from tests.fakes_vllm import send_json
 
 GREEDY = GenerationParams(max_new_tokens=16, temperature=0)  # repetition_penalty 1.2
 
@@ -165,18 +166,14 @@ class _Canned(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.bodies.append(body)
         status, payload = self.replies[body["prompt"]]
-        self.send_response(status)
         if status == 200:
+            self.send_response(status)
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()
             for chunk in payload:
                 self.wfile.write(f"data: {chunk}\n\n".encode())
             return
-        data = json.dumps(payload).encode()
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, payload)
 
     def log_message(self, *args):
         pass

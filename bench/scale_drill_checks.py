@@ -153,9 +153,9 @@ async def addresses(proxy: str, model: str, env: dict) -> list[Row]:
     return [row, row2]
 
 
-async def references(proxy: str, params, combos) -> dict:
+async def references(proxy: str, params, combos) -> tuple[dict, list[str]]:
     """Greedy reference texts, one fresh client address per call (no rate limit is reached)."""
-    refs = {}
+    refs, problems = {}, []
     for k, key in enumerate(combos):
         async with client(proxy, f"127.0.6.{k + 1}") as c:
             api = Api(c, params, HANG_S, session=new_session("reference"))
@@ -163,7 +163,9 @@ async def references(proxy: str, params, combos) -> dict:
             outcome, value, _, _ = await api.call(API[mode], request_args(mode, prompt, max_new))
             if outcome == "ok":
                 refs[key] = value
-    return refs
+            else:
+                problems.append(f"{key!r}: {outcome}: {value}")
+    return refs, problems
 
 
 async def _stream(base: str, source: str, params, max_new: int, started: asyncio.Event):

@@ -49,13 +49,13 @@ from bench.users_soak import soak  # noqa: E402
 from bench.users_workload import combos  # noqa: E402
 
 log = logging.getLogger("bench.scale_drill")
-TINY = topo.TINY
-MODEL = TINY.name
 
 
 class Drill:
     def __init__(self, args):
         self.args = args
+        self.model = Path(args.model).resolve()
+        self.name = self.model.name  # what vLLM serves it as, and ENGINE_MODEL
         self.work = Path(args.work or tempfile.mkdtemp(prefix="scale-drill-"))
         self.work.mkdir(parents=True, exist_ok=True)
         self.pg = topo.Postgres(self.work)
@@ -69,9 +69,13 @@ class Drill:
     def engine_proc(self) -> topo.Proc:
         if self.args.engine == "vllm":
             return topo.vllm(
-                self.work, self.args.vllm_python, TINY, MODEL, self.ports["engine"], 512
+                self.work,
+                self.args.vllm_python,
+                self.model,
+                self.ports["engine"],
+                self.args.max_model_len,
             )
-        return topo.standin_engine(self.work, self.ports["engine"])
+        return topo.standin_engine(self.work, self.ports["engine"], self.model)
 
     def start_engine(self) -> float:
         self.procs["engine"] = self.engine_proc().start()
@@ -82,10 +86,12 @@ class Drill:
         return self.args.engine_url or f"http://127.0.0.1:{self.ports['engine']}"
 
     def start_replica(self, name: str, image: str | None) -> float:
-        env = topo.replica_env(name, self.work, self.ports[name], self.engine_url, self.db_url)
+        env = topo.replica_env(
+            name, self.work, self.ports[name], self.engine_url, self.db_url, self.model
+        )
         if image:
             topo.remove_container(name)
-        self.procs[name] = topo.replica(name, self.work, env, image).start()
+        self.procs[name] = topo.replica(name, self.work, env, image, self.model).start()
         return topo.wait_http(self.base[name] + "healthz", self.procs[name], 600)
 
     def up(self) -> dict:
@@ -128,9 +134,9 @@ class Drill:
         info = httpx.get(self.base["a"] + "gradio_api/info", timeout=30).json()["named_endpoints"]
         params = {api.strip("/"): e["parameters"] for api, e in info.items()}
         targets = {"A": self.base["a"], "B": self.base["b"], "proxy": self.base["proxy"]}
-        self.rows.append(await checks.modes(targets, params, MODEL))
+        self.rows.append(await checks.modes(targets, params, self.name))
         self.rows.append(await checks.shares(self.base["a"], self.base["b"]))
-        self.rows += await checks.addresses(self.base["proxy"], MODEL, env)
+        self.rows += await checks.addresses(self.base["proxy"], self.name, env)
         load = await self.load(params)
         self.rows.append(await self.kill_replica(params))
         self.rows.append(await self.restart_postgres())
@@ -151,7 +157,7 @@ class Drill:
         wall = time.monotonic() - t0
         ns = argparse.Namespace(users=a.users, seconds=a.seconds, rate_limit="deploy/playground.env",
                                 hang_after=checks.HANG_S, slow_after=60.0)  # fmt: skip
-        report = summarize(ns, stats, wall, 0, refs, [], f"{MODEL} on {a.engine}", 0)
+        report = summarize(ns, stats, wall, 0, refs, [], f"{self.name} on {a.engine}", 0)
         # The engine is remote: its token counts are vLLM's, not in this process's metrics.
         report["table"] = re.sub(r"; tokens generated during the soak: [^\n]*", "", report["table"])
         bad = {k: report["totals"][k] for k in ("error", "mismatch", "incomplete", "hang")}
@@ -184,7 +190,7 @@ class Drill:
         landed = []
         for i in range(4):
             async with checks.client(self.base["proxy"], f"127.0.10.{i + 1}") as c:
-                r = await checks.v1(c, "completions", MODEL)
+                r = await checks.v1(c, "completions", self.name)
                 landed.append(f"{r.status_code} via {checks.replica_of(c)}")
         row.check(all(x == "200 via a1" for x in landed), f"new sessions after the kill: {landed}")
         row.note(f"new sessions: {landed}")
@@ -194,7 +200,7 @@ class Drill:
             seen = set()
             for _ in range(4):
                 c.cookies.clear()
-                r = await checks.v1(c, "completions", MODEL)
+                r = await checks.v1(c, "completions", self.name)
                 seen.add(checks.replica_of(c) if r.status_code == 200 else str(r.status_code))
         row.check(seen == {"a1", "a2"}, f"after B's restart the proxy used {seen}")
         row.note(f"B restarted in {took:.0f} s; new sessions then spread over {sorted(seen)}")
@@ -268,7 +274,7 @@ class Drill:
             down.append(h.status_code)
             async with checks.client(self.base[name]) as c:
                 t0 = time.perf_counter()
-                r = await checks.v1(c, "completions", MODEL)
+                r = await checks.v1(c, "completions", self.name)
                 row.note(f"{name.upper()} while down: /healthz {h.status_code}, /v1 {r.status_code} in "
                          f"{time.perf_counter() - t0:.1f} s: {r.text[:100]}")  # fmt: skip
                 row.check(r.status_code in (502, 503), f"{name} /v1 while down: {r.status_code}")
@@ -280,7 +286,7 @@ class Drill:
             for name in ("a", "b"):
                 if name not in recovered:
                     async with checks.client(self.base[name]) as c:
-                        if (await checks.v1(c, "completions", MODEL)).status_code == 200:
+                        if (await checks.v1(c, "completions", self.name)).status_code == 200:
                             recovered[name] = time.monotonic() - t0
             await asyncio.sleep(0.5)
         row.check(len(recovered) == 2, f"replicas that recovered by themselves: {recovered}")
@@ -293,6 +299,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--engine", choices=["vllm", "standin"], default="vllm")
     p.add_argument("--vllm-python", default="/work/vllm-venv/bin/python")
+    p.add_argument(
+        "--model",
+        default=str(topo.TINY),
+        help="model folder the engine serves and the replicas tokenize with "
+        "(default: the embedded tiny-starcoder; e.g. DATA_DIR/models/smollm2-135m-instruct)",
+    )
+    p.add_argument(
+        "--max-model-len", type=int, default=512, help="vLLM's context (tiny-starcoder: 512)"
+    )
     p.add_argument("--image", help="run replica A from this podman image")
     p.add_argument("--users", type=int, default=50)
     p.add_argument("--seconds", type=float, default=120)
@@ -314,7 +329,7 @@ def main(argv=None) -> int:
     finally:
         drill.down()
     lines = [
-        f"engine: {args.engine_url or args.engine} ({MODEL}); replica A: {'podman image ' + args.image if args.image else 'host process'}; "
+        f"engine: {args.engine_url or args.engine} ({drill.name}); replica A: {'podman image ' + args.image if args.image else 'host process'}; "
         f"replica B: host process; proxy: HAProxy (deploy/haproxy.cfg); PostgreSQL for shares and index",
         "start: " + ", ".join(f"{k} {v:.0f}" for k, v in started.items()),
         "",

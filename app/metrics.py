@@ -207,7 +207,9 @@ def add_ops_routes(
                 cache["ok"], cache["detail"] = probe_all(engines())
                 cache["at"] = time.monotonic()
             ok, detail = cache["ok"], cache["detail"]
-        body = {"status": "ok" if ok else "unavailable", "models": sorted(engines())}
+        loaded = engines()
+        body = {"status": "ok" if ok else "unavailable", "models": sorted(loaded),
+                "engines": {k: runs_on(e.info) for k, e in sorted(loaded.items())}}  # fmt: skip
         if not ok:
             body["detail"] = detail
         return JSONResponse(body, status_code=200 if ok else 503)
@@ -217,6 +219,15 @@ def add_ops_routes(
         from prometheus_client import generate_latest
 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def runs_on(info: ModelInfo) -> dict:
+    """What a model runs on, for /healthz and /v1/models: device, dtype (weights and KV cache)
+    and, for a model in this machine's worker, its torch CPU threads (TORCH_THREADS)."""
+    facts = {"device": info.device, "dtype": info.dtype}
+    if info.threads:
+        facts["threads"] = info.threads
+    return facts
 
 
 def probe_all(engines: dict[str, Engine]) -> tuple[bool, str]:

@@ -57,6 +57,82 @@ class RateLimiter:
             hits.append(now)
 
 
+class TokenBudget:
+    """Per client, the model tokens its generations may cost in a sliding minute
+    (TOKEN_BUDGET_PER_MIN; 0 disables it).
+
+    A count of requests let one `echo` + `logprobs` request on an 8,000-token prompt, or thirty
+    `n: 16, max_tokens: 1000` requests a minute, hold a model for minutes. A generation costs its
+    prompt's tokens plus the most it may write (`max_new_tokens`), charged when it starts; when
+    it ends the charge drops to what it used, so a short answer or a stopped run gives the rest
+    back.
+    """
+
+    def __init__(self, per_window: int, window_s: float = 60.0, *, clock=None):
+        self.per_window = per_window
+        self.window_s = window_s
+        self._clock = clock or time.monotonic
+        self._lock = threading.Lock()
+        self._spent: dict[str, deque[list[float]]] = {}  # client -> [[time, tokens], ...]
+
+    def charge(self, client: str, prompt_tokens: int, new_tokens: int) -> Charge:
+        """Reserve a generation's cost, or raise RateLimited saying the budget, the cost and
+        when enough of it is back (PlaygroundError "too_large" if it could never fit)."""
+        cost = prompt_tokens + new_tokens
+        entry = [self._clock(), float(cost)]
+        if self.per_window <= 0:
+            return Charge(entry, self._lock)
+        what = f"{cost:,} model tokens ({prompt_tokens:,} of prompt + {new_tokens:,} to write)"
+        budget = f"{self.per_window:,} per {self.window_s:g} s per client (TOKEN_BUDGET_PER_MIN)"
+        if cost > self.per_window:
+            raise PlaygroundError(
+                f"This generation would cost {what}, more than the whole budget of {budget}: "
+                "ask for fewer new tokens or send a shorter prompt.",
+                field="max_new_tokens", kind="too_large",
+            )  # fmt: skip
+        now = entry[0]
+        with self._lock:
+            if len(self._spent) > RateLimiter.MAX_CLIENTS:
+                self._spent = {k: v for k, v in self._spent.items()
+                               if v and v[-1][0] > now - self.window_s}  # fmt: skip
+            spent = self._spent.setdefault(client, deque())
+            while spent and spent[0][0] <= now - self.window_s:
+                spent.popleft()
+            used = sum(tokens for _, tokens in spent)
+            if used + cost > self.per_window:
+                wait, freed = self.window_s, 0.0
+                for at, tokens in spent:  # oldest first: when does enough of it expire?
+                    freed += tokens
+                    if used - freed + cost <= self.per_window:
+                        wait = at + self.window_s - now
+                        break
+                left = max(0, self.per_window - int(used))
+                raise RateLimited(
+                    f"Token budget spent: this generation costs {what}; the budget is {budget} "
+                    f"and {left:,} are left. Enough is back in {max(1.0, wait):.0f} s.",
+                    retry_after_s=max(1.0, wait),
+                )
+            spent.append(entry)
+        return Charge(entry, self._lock)
+
+
+class Charge:
+    """One generation's reservation in a TokenBudget; settle() lowers it to what it used."""
+
+    def __init__(self, entry: list[float], lock: threading.Lock):
+        self._entry, self._lock = entry, lock
+        self.used = int(entry[1])  # what to settle at, as far as the caller knows so far
+        self.per_token = 1  # rows each generated token costs (a fill's candidates)
+
+    @property
+    def tokens(self) -> float:
+        return self._entry[1]
+
+    def settle(self, used_tokens: int) -> None:
+        with self._lock:
+            self._entry[1] = min(self._entry[1], float(max(0, used_tokens)))
+
+
 def client_address(host: str | None, headers, trusted_header: str | None = None) -> str:
     """The address rate limits are keyed on.
 

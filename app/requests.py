@@ -107,17 +107,27 @@ def parse_params(
     seed=None,
     stop=None,
     logprobs=None,
+    min_tokens=0,
+    ignore_eos=False,
 ) -> GenerationParams:
     seed_value = None if seed in (None, "", -1) else _integer("seed", seed, 0, MAX_SEED)
     top = None if logprobs is None else _integer("logprobs", logprobs, 0, MAX_LOGPROBS)
+    most = _integer("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS)
+    if not isinstance(ignore_eos, bool):
+        raise _err("ignore_eos", f"must be true or false; got {type(ignore_eos).__name__}.")
+    least = _integer("min_tokens", min_tokens, 0, MAX_NEW_TOKENS)
+    if least > most:
+        raise _err("min_tokens", f"must be at most the token limit, {most}; got {least}.")
     return GenerationParams(
-        max_new_tokens=_integer("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS),
+        max_new_tokens=most,
+        min_tokens=least,
         temperature=_number("temperature", temperature, 0.0, 1.0),
         top_p=_number("top_p", top_p, 0.0, 1.0, lo_open=True),
         repetition_penalty=_number("repetition_penalty", repetition_penalty, 1.0, 2.0),
         seed=seed_value,
         stop=parse_stops(stop),
         logprobs=top,
+        ignore_eos=ignore_eos,
     )
 
 
@@ -126,6 +136,16 @@ def check_context(field: str, prompt_tokens: int, max_new_tokens: int, context: 
         raise PlaygroundError(
             context_overflow(field, prompt_tokens, max_new_tokens, context), field=field
         )
+
+
+def check_scored(prompt_tokens: int, limit: int) -> None:
+    """A prompt scored with `echo` + `logprobs` runs a forward over every token of it."""
+    if limit and prompt_tokens > limit:
+        raise PlaygroundError(
+            f"`prompt` tokens scored with `echo` + `logprobs` must be <= {limit:,} "
+            f"(MAX_SCORED_TOKENS). Given: {prompt_tokens:,} `prompt` tokens.",
+            field="prompt", kind="too_large",
+        )  # fmt: skip
 
 
 # --- chat history ---------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from app.services.search import Search
 from app.services.shares import Shares
 from app.settings import ROOT, Settings
 from app.store import Store
+from app.web.access import AccessGuard
 from app.web.guard import SPACE_FRAME_ANCESTORS, EdgeGuard
 from app.web.handlers import Handlers
 from app.web.openai_api import mount_openai_routes
@@ -71,7 +72,8 @@ def build_engines(settings: Settings) -> EnginePool:
         return build_engine(
             model=model, data_dir=settings.data_dir, max_batch=settings.max_batch,
             max_queue=settings.max_queue,
-            kv_cache_mb=settings.kv_cache_mb, **common,
+            kv_cache_mb=settings.kv_cache_mb, torch_threads=settings.torch_threads,
+            dtype=settings.dtype, **common,
         )  # fmt: skip
 
     return EnginePool(registry, start)
@@ -98,6 +100,10 @@ def build_app(
     settings: Settings, engines: EnginePool, attribution: AttributionIndex | None = None
 ) -> PlaygroundApp:
     gradio_session.install()
+    # Gradio's file cache (a copy of every download) defaults to /tmp/gradio and is never
+    # swept: keep it in the data folder, where the downloads sweep removes old files. An
+    # operator's own GRADIO_TEMP_DIR wins; in one process the first app's folder serves all.
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(settings.data_dir).resolve() / "gradio"))
     metrics = EngineMetrics()
     engines.wrap(metrics.wrap)
     metrics.watch(lambda: engines.loaded().values())
@@ -105,7 +111,8 @@ def build_app(
     limits = Limits(max_prompt_bytes=settings.max_prompt_bytes)
     playground = Playground(
         engines, ta, limits, rate_limit_per_min=settings.rate_limit,
-        fim_candidates=settings.fim_candidates,
+        fim_candidates=settings.fim_candidates, token_budget_per_min=settings.token_budget,
+        max_scored_tokens=settings.max_scored_tokens, stop_loops=settings.stop_loops == "on",
     )  # fmt: skip
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     store = Store(
@@ -119,6 +126,9 @@ def build_app(
         downloads_dir=str(Path(settings.data_dir) / "downloads"),
     )
     blocks = build_ui(handlers)
+    cache = Path(blocks.GRADIO_CACHE).resolve()
+    if cache.is_relative_to(Path(settings.data_dir).resolve()):
+        handlers.downloads.also_sweep.append(cache)
     # Requests flow on to the engine, which batches up to max_batch and queues max_queue more
     # (with positions and a clear "busy"); Gradio's own queue only needs to hold the overflow.
     model_slots = settings.max_batch + settings.max_queue
@@ -127,16 +137,22 @@ def build_app(
 
     api = FastAPI(title="StarCoder Playground", docs_url=None, redoc_url=None)
     api.add_middleware(GradioRouteChecks, blocks=blocks)
+    api.add_middleware(
+        AccessGuard, api_keys=settings.key_list(), metrics_token=settings.metrics_token,
+        secure_cookie=(links.public_url or "").startswith("https://"),
+        trusted_proxy_header=settings.trusted_proxy_header,
+    )  # fmt: skip
     api.add_middleware(  # added last, so it runs first: before everything else, Gradio too
         EdgeGuard,
         max_body_bytes=settings.max_body_bytes or limits.max_body_bytes,
         trusted_origins=links.origins(),
+        host_allowed=links.host_allowed,
+        body_timeout_s=settings.body_timeout,
         frame_ancestors=SPACE_FRAME_ANCESTORS if os.environ.get("SPACE_ID") else None,
     )
     add_ops_routes(api, engines.loaded, metrics)  # /healthz and /metrics, before Gradio takes "/"
     # Before Gradio: mounted at "/", it would otherwise answer every path.
-    keys = tuple(k.strip() for k in (settings.api_keys or "").split(",") if k.strip())
-    mount_openai_routes(api, handlers.generate, handlers.search, api_keys=keys)
+    mount_openai_routes(api, handlers.generate, handlers.search)
     mount_share_routes(
         api, store, links=links, client_ip_header=settings.trusted_proxy_header,
         max_body_bytes=settings.max_body_bytes,
@@ -157,11 +173,19 @@ def build_app(
     return PlaygroundApp(api, blocks, handlers, store)
 
 
+def uvicorn_config(app: FastAPI, **kwargs) -> uvicorn.Config:
+    """How every server of the app is configured (tests and benchmarks run the same)."""
+    # uvicorn's default rewrites the client address from X-Forwarded-For when the peer is
+    # loopback, so any local client could pose as any address and escape its rate limits. The
+    # app reads the one header an operator trusts itself (TRUSTED_PROXY_HEADER), or the peer.
+    return uvicorn.Config(app, proxy_headers=False, **kwargs)
+
+
 class BackgroundServer:
     """uvicorn in a thread: used by tests and benchmarks to run the real app in-process."""
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0):
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+        config = uvicorn_config(app, host=host, port=port, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -193,7 +217,7 @@ def serve(app: FastAPI, settings: Settings, startup_check=None) -> bool:
     default model); if it raises PlaygroundError the server stops and we return False."""
     # Every open page holds a heartbeat stream that never ends by itself: without a deadline
     # SIGTERM (docker stop, a Space restart) waited for them forever and ended in SIGKILL.
-    config = uvicorn.Config(
+    config = uvicorn_config(
         app, host=settings.host, port=settings.port, log_level="info",
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )  # fmt: skip

@@ -12,10 +12,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from app.links import DEFAULT_ALLOWED_HOSTS
+from model.loading import DTYPES
 from model.registry import TINY_STARCODER_DIR, TINY_STARCODER_MANIFEST
 
 ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_MODEL = str(TINY_STARCODER_DIR)
+MAX_TORCH_THREADS = 1024
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,21 @@ OPTIONS: tuple[Option, ...] = (
     Option("engine_api_key", "ENGINE_API_KEY", None, "Bearer token for ENGINE_URL."),
     Option("max_batch", "MAX_BATCH", 8, "Requests the worker decodes together.", int),
     Option(
+        "torch_threads",
+        "TORCH_THREADS",
+        None,
+        "CPU threads each model's worker computes with (default: all cores this process may "
+        "use). Fewer leaves cores to the web process and to other models' workers.",
+        int,
+    ),
+    Option(
+        "dtype",
+        "DTYPE",
+        "auto",
+        "Weights' and KV cache's type: auto, float32 or bfloat16. auto: bfloat16 on CUDA (float16 "
+        "where unsupported) and on CPUs with AMX or AVX512-BF16, else float32.",
+    ),
+    Option(
         "max_queue",
         "MAX_QUEUE",
         64,
@@ -66,6 +83,22 @@ OPTIONS: tuple[Option, ...] = (
         "RATE_LIMIT_PER_MIN",
         30,
         "Generations one client may start per minute (0: no limit).",
+        int,
+    ),
+    Option(
+        "token_budget",
+        "TOKEN_BUDGET_PER_MIN",
+        20_000,
+        "Model tokens one client's generations may cost per minute: prompt tokens + "
+        "max_new_tokens (x candidates for a fill by reranking), charged at the start and "
+        "lowered to what was used at the end (0: no budget).",
+        int,
+    ),
+    Option(
+        "max_scored_tokens",
+        "MAX_SCORED_TOKENS",
+        1024,
+        "Longest prompt /v1 scores for `echo` + `logprobs` (0: up to the context).",
         int,
     ),
     Option("hf_token", "HF_TOKEN", None, "Hugging Face token, for gated models only."),
@@ -126,11 +159,25 @@ OPTIONS: tuple[Option, ...] = (
         int,
     ),
     Option(
+        "body_timeout",
+        "BODY_TIMEOUT_S",
+        30.0,
+        "Seconds a request's body may take to arrive; slower ones are refused with 408.",
+        float,
+    ),
+    Option(
         "api_keys",
         "API_KEYS",
         None,
-        "Comma-separated keys; when set, the OpenAI-compatible /v1 routes require "
-        "`Authorization: Bearer <key>` (the page and its Gradio API do not).",
+        "Comma-separated keys; when set, every route that can spend model time or write "
+        "(/v1, Gradio's API and queue, POST /api/shares, the page) requires one: programs send "
+        "`Authorization: Bearer <key>`, people log in once at /login. Open: /healthz, share pages.",
+    ),
+    Option(
+        "metrics_token",
+        "METRICS_TOKEN",
+        None,
+        "Bearer token /metrics requires (default: an API key when API_KEYS is set, else open).",
     ),
     Option(
         "kv_cache_mb",
@@ -148,6 +195,13 @@ OPTIONS: tuple[Option, ...] = (
         "likeliest with the code after the gap is kept. More is slower, and finds more.",
         int,
     ),
+    Option(
+        "stop_loops",
+        "STOP_LOOPS",
+        "on",
+        "on or off: stop a generation that repeats itself (one block of text 3+ times over 200+ "
+        "characters, or 16+ lines in one pattern of 1-4 lines with only numbers changing).",
+    ),
     Option("log_level", "LOG_LEVEL", "INFO", "Logging level."),
 )
 
@@ -162,8 +216,12 @@ class Settings:
     engine_model: str | None
     engine_api_key: str | None
     max_batch: int
+    torch_threads: int | None
+    dtype: str
     max_queue: int
     rate_limit: int
+    token_budget: int
+    max_scored_tokens: int
     hf_token: str | None
     ta_prompt: str | None
     data_dir: str
@@ -176,15 +234,31 @@ class Settings:
     allowed_hosts: str
     trusted_proxy_header: str | None
     max_body_bytes: int | None
+    body_timeout: float
     api_keys: str | None
+    metrics_token: str | None
     kv_cache_mb: int | None
     fim_candidates: int
+    stop_loops: str
     log_level: str
 
     def __post_init__(self) -> None:
+        if self.stop_loops not in ("on", "off"):
+            raise SystemExit(
+                f"STOP_LOOPS (--stop-loops) must be on or off; got {self.stop_loops!r}."
+            )
         if not 1 <= self.fim_candidates <= 32:  # each one is a row of the fill's batch
             raise SystemExit(
                 f"FIM_CANDIDATES (--fim-candidates) must be from 1 to 32; got {self.fim_candidates}."
+            )
+        if self.torch_threads is not None and not 1 <= self.torch_threads <= MAX_TORCH_THREADS:
+            raise SystemExit(
+                f"TORCH_THREADS (--torch-threads) must be from 1 to {MAX_TORCH_THREADS}; "
+                f"got {self.torch_threads}."
+            )
+        if self.dtype not in DTYPES:
+            raise SystemExit(
+                f"DTYPE (--dtype) must be one of {', '.join(DTYPES)}; got {self.dtype[:40]!r}."
             )
 
     @classmethod
@@ -199,6 +273,9 @@ class Settings:
                     value = opt.type(env[name])
             values[opt.name] = opt.default if value is None else value
         return cls(**values)
+
+    def key_list(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in (self.api_keys or "").split(",") if k.strip())
 
     def resolved_index_url(self) -> str:
         return self.index_url or str(Path(self.data_dir) / "attribution" / "index.sqlite")

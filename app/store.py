@@ -80,10 +80,8 @@ class SharePublic:
 @dataclass(frozen=True)
 class CreatedShare:
     share: SharePublic
-    # Only the creator of a new share gets the token; a dedup hit returns None, because we keep
-    # only the hash and must not hand another person the power to delete someone's link.
-    delete_token: str | None
-    created: bool
+    delete_token: str
+    created: bool = True
 
 
 # ---------------------------------------------------------------- ORM table
@@ -103,7 +101,7 @@ class ShareRow(Base):
     parameters: Mapped[str] = mapped_column(sa.Text)  # JSON text: identical on both databases
     prompt: Mapped[str] = mapped_column(sa.Text)
     output: Mapped[str] = mapped_column(sa.Text)
-    content_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    content_hash: Mapped[str] = mapped_column(sa.String(64))  # not unique since v3
     delete_token_hash: Mapped[str] = mapped_column(sa.String(64))
     fim: Mapped[str | None] = mapped_column(sa.Text)  # since v2
     spans: Mapped[str] = mapped_column(sa.Text, default="[]")  # since v2
@@ -144,7 +142,7 @@ UNAVAILABLE = "The share store is busy or unavailable right now; please try agai
 
 def _available(method):
     """A database that is down or restarting is the user's "try again", never a 500: with
-    PostgreSQL restarted under load, every read and the dedup lookup before a write failed so."""
+    PostgreSQL restarted under load, every read and write failed so."""
 
     @functools.wraps(method)
     def call(self, *args, **kwargs):
@@ -219,7 +217,9 @@ class Store:
         spans: list[dict[str, Any]] | None = None,
         client_id: str,
     ) -> CreatedShare:
-        """Validate and save a generation; identical content returns the existing share.
+        """Validate and save a generation under a new id, even if identical content was shared
+        before: handing back the existing id would show anyone who shares the same text (a page
+        example, say) someone else's link.
 
         `fim` is either {"middle_start": i, "middle_end": j} (indices into `output`) or
         {"prefix": p, "middle": m, "suffix": s} with p + m + s == output.
@@ -229,10 +229,7 @@ class Store:
         v = validate(self.limits, mode, prompt, output, parameters, model, fim, spans)
         self.rate_limiter.check(client_id)
         content_hash = _content_hash(v)
-        for _ in range(3):  # retry only on a (96-bit) id collision or a lost dedup race
-            existing = self._find_by_hash(content_hash)
-            if existing:
-                return CreatedShare(existing, delete_token=None, created=False)
+        for _ in range(3):  # retry only on a (96-bit) id collision
             token = secrets.token_urlsafe(TOKEN_BYTES)
             row = ShareRow(
                 id=secrets.token_urlsafe(ID_BYTES),
@@ -244,7 +241,7 @@ class Store:
             try:
                 self._insert(row)
             except IntegrityError:
-                log.info("share insert conflicted (dedup race or id collision); retrying")
+                log.info("share insert conflicted (id collision); retrying")
                 continue
             return CreatedShare(_to_public(row), delete_token=token, created=True)
         raise PlaygroundError("Could not save the share; please try again.", kind="busy")
@@ -284,13 +281,6 @@ class Store:
 
     def _locked(self):
         return self._write_lock or _NULL_LOCK
-
-    def _find_by_hash(self, content_hash: str) -> SharePublic | None:
-        with Session(self.engine) as session:
-            row = session.scalars(
-                sa.select(ShareRow).where(ShareRow.content_hash == content_hash)
-            ).first()
-            return _to_public(row) if row else None
 
     def _insert(self, row: ShareRow) -> None:
         with self._locked(), Session(self._write_engine, expire_on_commit=False) as s:

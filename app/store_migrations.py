@@ -40,10 +40,34 @@ def _m2_fim_and_spans(conn: sa.Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX ix_shares_created_at ON shares (created_at)")
 
 
+def _m3_no_link_dedup(conn: sa.Connection) -> None:
+    # Identical content used to get the existing share's id back, so anyone who could guess
+    # what someone shared (a page example, say) learnt their link. Every share now gets its own
+    # id; content_hash stays as a plain, non-unique column.
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ALTER TABLE shares DROP CONSTRAINT IF EXISTS shares_content_hash_key")
+        return
+    # SQLite cannot drop a constraint: rebuild the table under the same name.
+    columns = ("id, created_at, mode, model, parameters, prompt, output, content_hash, "
+               "delete_token_hash, fim, spans")  # fmt: skip
+    conn.exec_driver_sql(
+        "CREATE TABLE shares_v3 (id VARCHAR(64) NOT NULL PRIMARY KEY, "
+        "created_at DATETIME NOT NULL, mode VARCHAR(16) NOT NULL, model VARCHAR(200), "
+        "parameters TEXT NOT NULL, prompt TEXT NOT NULL, output TEXT NOT NULL, "
+        "content_hash VARCHAR(64) NOT NULL, delete_token_hash VARCHAR(64) NOT NULL, "
+        "fim TEXT, spans TEXT NOT NULL DEFAULT '[]')"
+    )
+    conn.exec_driver_sql(f"INSERT INTO shares_v3 ({columns}) SELECT {columns} FROM shares")
+    conn.exec_driver_sql("DROP TABLE shares")
+    conn.exec_driver_sql("ALTER TABLE shares_v3 RENAME TO shares")
+    conn.exec_driver_sql("CREATE INDEX ix_shares_created_at ON shares (created_at)")
+
+
 # Append only. Each entry runs once, in its own transaction, and bumps schema_version.
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "create shares", _m1_create_shares),
     (2, "fim split, attribution spans, created_at index", _m2_fim_and_spans),
+    (3, "a new link for every share (no dedup of links)", _m3_no_link_dedup),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

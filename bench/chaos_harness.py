@@ -110,7 +110,8 @@ class App:
         if converted.is_dir():  # skip the 30-45 s GGUF conversion
             (self.data / "models").symlink_to(converted, target_is_directory=True)
         self.argv = ["--data-dir", str(self.data), "--port", "0", "--device", "cpu",
-                     "--rate-limit", "0", "--max-batch", "4", *extra]  # fmt: skip
+                     "--rate-limit", "0", "--token-budget", "0", "--max-batch", "4",
+                     "--stop-loops", "off", *extra]  # fmt: skip
 
     def __enter__(self) -> App:
         self.engines = None

@@ -128,7 +128,8 @@ def serve_app_main(args) -> int:
     settings = Settings.load(
         ["--data-dir", data, "--port", str(args.port), "--log-level", "WARNING",
          "--max-batch", str(args.max_batch), "--max-queue", str(4 * args.max_batch),
-         "--rate-limit", "0"],  # every stream comes from 127.0.0.1: limits are keyed on it
+         "--rate-limit", "0", "--token-budget", "0",  # every stream is from 127.0.0.1
+         "--stop-loops", "off"],  # fixed lengths: a greedy run that loops goes on
         env={},
     )  # fmt: skip
     # The app lets max_batch + max_queue generations into the engine, which batches them.

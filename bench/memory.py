@@ -6,6 +6,7 @@ weights and KV cache bytes the worker reports (ModelInfo). Linux only (/proc).
 
     python bench/memory.py [--models tiny-starcoder smollm2-135m-instruct] [--max-batch 8]
                            [--kv-cache-mb MB | --old-kv-sizing] [--data-dir DIR]
+                           [--dtype auto|float32|bfloat16]
 
 --old-kv-sizing allocates what the worker did before KV_CACHE_MB existed: `max_batch` full
 contexts (for SmolLM2 8 x 8192 tokens, 3.0 GB). SmolLM2 is converted from its GGUF on first use
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from model.engine import CancelToken, GenerationParams, GenerationRequest  # noqa: E402
+from model.loading import DTYPES  # noqa: E402
 from model.registry import SMOLLM2, TINY_STARCODER, Registry  # noqa: E402
 from model.worker import WorkerConfig, WorkerEngine  # noqa: E402
 
@@ -48,7 +50,7 @@ def measure(model_id: str, args) -> dict:
     kv_mb = 10**9 if args.old_kv_sizing else args.kv_cache_mb  # clamped to max_batch contexts
     config = WorkerConfig(
         model, device="cpu", max_batch=args.max_batch, data_dir=args.data_dir,
-        kv_cache_mb=kv_mb, log_level="WARNING",
+        kv_cache_mb=kv_mb, log_level="WARNING", dtype=args.dtype,
     )  # fmt: skip
     start = time.perf_counter()
     engine = WorkerEngine(config).start()
@@ -62,7 +64,8 @@ def measure(model_id: str, args) -> dict:
         after = rss(engine.worker_pid)
         info = engine.info
         return dict(
-            model=model_id, sizing=_sizing(args), start_s=started, idle=idle, after=after,
+            model=f"{model_id} ({info.dtype})", sizing=_sizing(args), start_s=started, idle=idle,
+            after=after,
             weights=info.weight_bytes, kv=info.kv_cache_bytes, context=int(info.context_length),
             limited_by=getattr(info.context_length, "limited_by", None),
         )  # fmt: skip
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     sizing.add_argument("--kv-cache-mb", type=float, default=None)
     sizing.add_argument("--old-kv-sizing", action="store_true")
     p.add_argument("--data-dir", default=os.environ.get("DATA_DIR", str(ROOT / "data")))
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="the app's DTYPE")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if not Path("/proc/self/status").exists():

@@ -39,11 +39,13 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
 
+from bench.probe_abuse_cases import abuse_cases
 from bench.probe_cases import (
     attribute_search_cases,
     generation_cases,
@@ -62,7 +64,7 @@ from bench.probe_share_cases import (
 from bench.probe_v1_cases import v1_cases
 
 GROUPS = ("shares", "share_pages", "pages", "ui", "generation", "v1", "share_api",
-          "attribute_search", "ops", "heavy")  # fmt: skip
+          "attribute_search", "ops", "abuse", "heavy")  # fmt: skip
 
 
 def run_probe(base_url: str, data_dir: str, max_seconds: float = 240.0,
@@ -71,6 +73,9 @@ def run_probe(base_url: str, data_dir: str, max_seconds: float = 240.0,
     `data_dir`; returns the report (see the module docstring for what fails a case)."""
     start = time.monotonic()
     p = Probe(base_url, data_dir, max_seconds=max_seconds)
+    sampling = threading.Event()
+    sampler = threading.Thread(target=_sample_health, args=(p, sampling), daemon=True)
+    sampler.start()
     try:
         p.discover()
         made = shares_cases(p) if "shares" in groups else {}
@@ -79,7 +84,8 @@ def run_probe(base_url: str, data_dir: str, max_seconds: float = 240.0,
                  "generation": lambda: generation_cases(p), "v1": lambda: v1_cases(p),
                  "share_api": lambda: share_api_cases(p),
                  "attribute_search": lambda: attribute_search_cases(p),
-                 "ops": lambda: ops_cases(p), "heavy": lambda: heavy_cases(p)}  # fmt: skip
+                 "ops": lambda: ops_cases(p), "abuse": lambda: abuse_cases(p),
+                 "heavy": lambda: heavy_cases(p)}  # fmt: skip
         for name, step in steps.items():
             if name in groups:
                 step()
@@ -94,11 +100,24 @@ def run_probe(base_url: str, data_dir: str, max_seconds: float = 240.0,
             alive = False
         p.report.server_alive = alive
     finally:
+        sampling.set()
+        sampler.join(10)
         p.http.close()
     p.report.cases = [c for c in p.report.cases if c.status is not None or c.event or c.body
                       or c.failures or c.concerns]  # fmt: skip
     p.report.wall_s = time.monotonic() - start
     return p.report
+
+
+def _sample_health(p: Probe, done: threading.Event, every_s: float = 0.2) -> None:
+    """/healthz latency all through the run, from a client of its own: a load balancer's view
+    of a server under abuse."""
+    with httpx.Client(base_url=p.base, timeout=10) as http:
+        while not done.wait(every_s):
+            start = time.perf_counter()
+            with contextlib.suppress(httpx.HTTPError):
+                http.get("healthz")
+            p.report.healthz_ms.append((time.perf_counter() - start) * 1000)
 
 
 def _remove(paths: list[str], marker: str) -> None:

@@ -25,7 +25,8 @@ TRACE_PATTERNS = (
     re.compile(r"Internal Server Error"),
     re.compile(r"Something went wrong on our side"),
 )
-FAIL_KINDS = ("5xx", "trace", "file", "inject")
+# held: generations left running after their client went; link: a share link on a forged host
+FAIL_KINDS = ("5xx", "trace", "file", "inject", "held", "link")
 RATE_LIMITED = re.compile(r"too many .{0,40}limit is|try again in \d+ ?s|rate.?limit", re.I)
 
 
@@ -67,6 +68,7 @@ class ProbeReport:
     outside_files: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     server_alive: bool = True
+    healthz_ms: list[float] = field(default_factory=list)  # sampled all through the run
 
     def count(self, kind: str) -> int:
         return sum(1 for c in self.cases if kind in c.kinds())
@@ -119,6 +121,8 @@ class ProbeReport:
             ("responses with a traceback or internal error text", self.traces),
             ("files written outside the data folder", self.files_outside),
             ("unescaped injected markup", self.injections),
+            ("generations left running after their client went", self.count("held")),
+            ("share links on a forged host", self.count("link")),
             ("failing cases", len(self.failing)),
             ("expected refusals: precise (name the field)",
              f"{sum(c.precise == 'yes' for c in refusals)}/{len(refusals)}"),
@@ -126,11 +130,19 @@ class ProbeReport:
              sum(c.precise == "accepted" for c in self.cases)),
             ("cases with concerns (not failures)", sum(bool(c.concerns) for c in self.cases)),
             ("server answering after the probe", "yes" if self.server_alive else "NO"),
+            ("`/healthz` under the probe: p50 / p99 / max", self.healthz_text()),
             ("wall time", f"{self.wall_s:.1f} s"),
         ]  # fmt: skip
         lines = ["| check | result |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in rows]
         return "\n".join(lines)
+
+    def healthz_text(self) -> str:
+        ms = sorted(self.healthz_ms)
+        if not ms:
+            return "-"
+        pick = lambda q: ms[min(len(ms) - 1, int(q * len(ms)))]  # noqa: E731
+        return f"{pick(0.5):.0f} / {pick(0.99):.0f} / {ms[-1]:.0f} ms ({len(ms)} samples)"
 
     def route_table(self) -> str:
         lines = [

@@ -155,7 +155,8 @@ async def metric(base: str, name: str) -> float:
 
 def app_argv(args, data: str) -> list[str]:
     argv = ["--data-dir", data, "--port", "0", "--device", "cpu",
-            "--rate-limit", str(args.rate_limit)]  # fmt: skip
+            "--rate-limit", str(args.rate_limit),
+            "--token-budget", "0" if args.rate_limit == 0 else "20000"]  # fmt: skip
     if args.share_rate is not None:
         argv += ["--share-rate", str(args.share_rate)]
     return argv

@@ -146,6 +146,18 @@ class GradioRouteChecks:
             if session not in self.blocks._queue.pending_messages_per_session:
                 return 404, "No such session: join the queue first (`session_hash`)."
         call = f"{self.prefix}/call/"
+        if path.startswith(call) and scope["method"] == "GET" and path.count("/") >= 4:
+            # The result stream of one call: Gradio answered 200 for an id it never issued,
+            # then dropped the connection and logged "response already started".
+            event_id = path.rsplit("/", 1)[1]
+            queue = self.blocks._queue
+            known = (
+                event_id in queue.event_ids_to_events
+                or event_id in queue.pending_messages_per_session
+                or any(event_id in ids for ids in queue.pending_event_ids_session.values())
+            )
+            if not known:
+                return 404, f"No call `{event_id[:60]}` is waiting: POST to the API first."
         if path.startswith(call) and scope["method"] == "POST":
             name = path[len(call) :].removeprefix("v2/")
             names = {fn.api_name for fn in self.blocks.fns.values() if fn.api_name}

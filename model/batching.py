@@ -11,6 +11,7 @@ scheduler. What it honours per request, and therefore what we batch:
     manager, which frees its slot at the next step.
   - token healing of completion prompts that end in whitespace (model/healing.py): the same
     processor holds each healed request's first tokens to the backed-off text.
+  - min_tokens and ignore_eos: the same processor holds back end tokens (EndHold).
 KV cache: sized to a budget (KV_CACHE_MB, else a share of free memory; model/kv_budget.py) and
 allocated at start. A request may use at most what the cache holds (ModelInfo.context_length),
 and starts once its prompt + max_new_tokens fit beside the running ones, so none is evicted.
@@ -226,6 +227,13 @@ class BatchingServer:
 
     def _run_alone(self, rid: str, request: GenerationRequest, token: CancelToken) -> None:
         try:
+            if request.params.seed is None and request.infill is None:
+                # A scored prompt pauses the batch one chunk at a time, and the batch takes a
+                # step between chunks: scoring 8,000 tokens used to stop every other stream of
+                # the model for minutes.
+                for event in self.local.stream(request, token, hold=self.manager.pause):
+                    self.emit(rid, event)
+                return
             # The batches sample from the same global torch RNG: pause them, or the seed would
             # not pin the output. Seeded requests are rare (the user asked for one explicitly).
             with self.manager.pause():
@@ -251,6 +259,8 @@ class BatchingServer:
         kwargs = {"repetition_penalty": float(p.repetition_penalty), "temperature": 0.0}
         if prepared.healing is not None:
             kwargs["healing"] = prepared.healing.processor
+        if prepared.hold is not None:
+            kwargs["hold"] = prepared.hold
         if not p.greedy:
             kwargs.update(temperature=float(p.temperature), top_p=float(p.top_p))
         kwargs.update(max_new_tokens=p.max_new_tokens, eos_token_id=prepared.eos_ids)

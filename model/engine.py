@@ -14,7 +14,9 @@ from typing import Literal, Protocol
 
 from model.errors import PlaygroundError
 
-StopReason = Literal["length", "stop", "eos", "cancelled", "error"]
+# "loop": the services stopped a generation that repeated itself (model/loops.py); engines
+# themselves never end with it.
+StopReason = Literal["length", "stop", "eos", "cancelled", "error", "loop"]
 MAX_LOGPROBS = 5  # alternatives per token, as OpenAI's completions API allows
 
 
@@ -37,6 +39,12 @@ class GenerationParams:
     # Also score the prompt (the completions API's `echo` with `logprobs`): each prompt token's
     # log-probability given the ones before it, with `logprobs` alternatives. Needs `logprobs`.
     prompt_logprobs: bool = False
+    # Write at least this many tokens before an end token, a special-token stop or a stop
+    # sequence may end the text (vLLM's `min_tokens`): until then those tokens are held back.
+    min_tokens: int = 0
+    # Never end at the model's own end-of-text token (vLLM's `ignore_eos`): it is held back, so
+    # the text runs to max_new_tokens or a stop. Benchmarks use it to fix the length.
+    ignore_eos: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -166,7 +174,8 @@ class ModelInfo:
     eos_token: str | None
     architecture: str = ""
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "float32"  # the weights' and the KV cache's
+    threads: int = 0  # torch CPU threads the worker computes with; 0: not known (a remote server)
     has_chat_template: bool = False
     chat_template: str | None = None  # Jinja source, rendered in the web process (model/chat.py)
     bos_token: str | None = None

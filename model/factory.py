@@ -22,6 +22,8 @@ def build_engine(
     log_level: str = "INFO",
     data_dir: str | None = None,
     kv_cache_mb: float | None = None,
+    torch_threads: int | None = None,
+    dtype: str = "auto",
 ) -> Engine:
     """A RemoteEngine when `engine_url` is set, else a started WorkerEngine for `model`."""
     if engine_url:
@@ -40,6 +42,8 @@ def build_engine(
         log_level=log_level,
         data_dir=data_dir,
         kv_cache_mb=kv_cache_mb,
+        torch_threads=torch_threads,
+        dtype=dtype,
     )
     engine = WorkerEngine(config, max_queue=max_queue, report_queue=True)
     return engine.start()

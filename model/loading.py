@@ -20,33 +20,65 @@ class Placement:
     device_map: str | None  # "auto" only when the model spans several GPUs
 
 
-def choose_placement(device: str | None = None) -> Placement:
-    """CUDA: bf16 where supported else fp16, sharded only across several GPUs. CPU: fp32."""
+DTYPES = ("auto", "float32", "bfloat16")  # the DTYPE setting's choices
+# /proc/cpuinfo flags of CPUs that compute bf16 natively: AMX tiles (Sapphire Rapids on) or
+# AVX512-BF16 (Cooper Lake, Zen 4). Without them torch emulates bf16 matmuls through fp32.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo is not there, e.g. macOS)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_bf16(flags: frozenset[str] | None = None) -> bool:
+    flags = cpu_flags() if flags is None else flags
+    return any(f in flags for f in BF16_CPU_FLAGS)
+
+
+def choose_placement(device: str | None = None, dtype: str = "auto") -> Placement:
+    """CUDA: bf16 where supported else fp16, sharded only across several GPUs. CPU: bf16 where
+    the CPU has AMX or AVX512-BF16, else fp32. `dtype` other than auto (DTYPE) is taken as is."""
     import torch
 
     if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
-        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        if dtype == "auto":
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         device_map = "auto" if torch.cuda.device_count() > 1 else None
         return Placement(device, dtype, device_map)
-    # bf16 on CPUs without AMX is an order of magnitude slower than fp32.
-    return Placement("cpu", "float32", None)
+    if dtype == "auto":
+        # Without native bf16, torch converts every bf16 matmul to fp32 and back: slower than
+        # fp32 itself (bench/RESULTS.md, "bf16 on CPU").
+        dtype = "bfloat16" if cpu_has_bf16() else "float32"
+    return Placement("cpu", dtype, None)
 
 
 def is_local(model_id: str) -> bool:
     return Path(model_id).expanduser().is_dir()
 
 
-def load(model_id: str, *, device: str | None = None, hf_token: str | None = None):
-    """Return (model, tokenizer, ModelInfo). A local folder never touches the network."""
+def load(
+    model_id: str, *, device: str | None = None, hf_token: str | None = None, dtype: str = "auto"
+):
+    """Return (model, tokenizer, ModelInfo). A local folder never touches the network.
+
+    `dtype` (DTYPE) is the weights' and so the KV cache's: the paged cache takes the model's."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     local = is_local(model_id)
     source = str(Path(model_id).expanduser()) if local else model_id
     common = {"local_files_only": local, "token": None if local else hf_token}
-    placement = choose_placement(device)
+    placement = choose_placement(device, dtype)
     log.info("loading %s on %s (%s)", source, placement.device, placement.dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **common)

@@ -6,6 +6,7 @@ worker queue's job (model/worker.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import random
@@ -19,7 +20,7 @@ from transformers.generation.streamers import BaseStreamer
 from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo, decode_ids
 from model.infill import failed, infill_events
 from model.logprobs import Namer, StepRecorder, score_prompt
-from model.token_stream import TokenStream, model_eos_ids, prepare
+from model.token_stream import EndHold, TokenStream, model_eos_ids, prepare
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,9 @@ class LocalEngine:
     def base_eos_ids(self) -> list[int]:
         return model_eos_ids(self.model, self.tokenizer)
 
-    def generate_kwargs(self, request: GenerationRequest, eos_ids: list[int]) -> dict:
+    def generate_kwargs(
+        self, request: GenerationRequest, eos_ids: list[int], hold: EndHold | None = None
+    ) -> dict:
         p = request.params
         kwargs = {
             "max_new_tokens": p.max_new_tokens,
@@ -98,13 +101,21 @@ class LocalEngine:
             "eos_token_id": eos_ids,
             "pad_token_id": self.tokenizer.pad_token_id,
         }
+        if hold is not None:
+            # generate()'s own processors, which run before temperature and top-p: one of
+            # ours would run after them and could leave a row with no token to draw.
+            kwargs["min_new_tokens"] = hold.min_tokens or None
+            kwargs["suppress_tokens"] = list(hold.ignored) or None
         if p.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
             kwargs.update(do_sample=True, temperature=p.temperature, top_p=p.top_p, top_k=None)
         return kwargs
 
-    def stream(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[Event]:
+    def stream(self, request: GenerationRequest, cancel: CancelToken, hold=None) -> Iterator[Event]:
+        """`hold`: a context manager factory the model is used under, a piece at a time (the
+        worker's batch pause); None when this engine owns the model alone."""
+        hold = hold or contextlib.nullcontext
         if request.infill is not None:
             with self._lock:  # its events come at the end: nothing is yielded under the lock
                 events = list(infill_events(self.model, self.tokenizer, request, cancel))
@@ -114,9 +125,14 @@ class LocalEngine:
             ids = list(request.prompt_ids or self.tokenize(request.prompt))  # before healing
             try:
                 with self._lock, torch.inference_mode():
-                    scored = score_prompt(self.model, self.namer, ids, request.params.logprobs or 0)
+                    scored = score_prompt(self.model, self.namer, ids,
+                                          request.params.logprobs or 0, hold=hold,
+                                          cancel=cancel)  # fmt: skip
             except Exception as exc:  # out of memory, above all: one failed request, said why
                 yield failed(exc, len(ids), 0)
+                return
+            if scored is None:
+                yield Done("cancelled", len(ids), 0)
                 return
             yield Delta("", prompt_logprobs=scored)
         prepared = prepare(self.tokenizer, self._info, self.base_eos_ids(), request)
@@ -126,7 +142,7 @@ class LocalEngine:
         streamer = _QueueStreamer()
         stop_hit = threading.Event()
         errors: list[BaseException] = []
-        kwargs = self.generate_kwargs(request, prepared.eos_ids)
+        kwargs = self.generate_kwargs(request, prepared.eos_ids, prepared.hold)
         processors = [prepared.healing.processor] if prepared.healing is not None else []
         top = request.params.logprobs
         recorder = StepRecorder(top) if top is not None else None
@@ -138,7 +154,7 @@ class LocalEngine:
 
         def run() -> None:
             try:
-                with self._lock, torch.inference_mode():
+                with hold(), self._lock, torch.inference_mode():
                     # Seeding under the lock makes "same seed, same output" hold.
                     torch.manual_seed(seed if seed is not None else random.getrandbits(63))
                     if cancel.cancelled:

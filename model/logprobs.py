@@ -9,6 +9,7 @@ every row's logits and its chosen token in the same step; generate() through Ste
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 from collections.abc import Callable
 
@@ -102,21 +103,28 @@ class StepRecorder(LogitsProcessor):
         return records(row, torch.tensor([token]), [self.top])[0]
 
 
-def score_prompt(model, namer: Namer, ids: list[int], top: int, chunk: int = 256):
+def score_prompt(model, namer: Namer, ids: list[int], top: int, chunk: int = 256,
+                 hold=contextlib.nullcontext, cancel=None):  # fmt: skip
     """Each prompt token's log-probability given the tokens before it, and `top` alternatives
     (raw: no penalty applies to a prompt). The first token has nothing before it: None.
 
     Run in chunks over a growing cache, so a 2,048-token prompt holds logits for `chunk`
     positions at a time (all of SmolLM2's at once: 400 MB) and any causal LM scores the same.
+    Each chunk runs inside `hold()` (the worker pauses its batch for one chunk at a time, so
+    the other streams go on between chunks) and a cancelled request stops between chunks.
+    Returns None if cancelled.
     """
     out = [TokenLogprob(namer.name(ids[0]), None)] if ids else []
     device = next(model.parameters()).device
     cache = None
     for start in range(0, len(ids) - 1, chunk):
-        piece = torch.tensor([ids[start : start + chunk]], device=device)
-        result = model(input_ids=piece, cache=cache, use_cache=True)
-        cache = result.cache
-        targets = torch.tensor(ids[start + 1 : start + 1 + piece.shape[1]])
-        rows = result.logits[0, : len(targets)].float().log_softmax(-1)
-        out += [namer.entry(r) for r in records(rows, targets, [top] * len(targets))]
+        if cancel is not None and cancel.cancelled:
+            return None
+        with hold():
+            piece = torch.tensor([ids[start : start + chunk]], device=device)
+            result = model(input_ids=piece, cache=cache, use_cache=True)
+            cache = result.cache
+            targets = torch.tensor(ids[start + 1 : start + 1 + piece.shape[1]])
+            rows = result.logits[0, : len(targets)].float().log_softmax(-1)
+            out += [namer.entry(r) for r in records(rows, targets, [top] * len(targets))]
     return tuple(out)

@@ -19,6 +19,7 @@ from transformers.generation.continuous_batching import cb_logits_processors as 
 
 from model.healing import HealingProcessor
 from model.logprobs import RecordBook, records
+from model.token_stream import EndHold
 
 TOP_K_FIRST = 64  # top-p looks here first; a row whose nucleus is wider is sorted in full
 
@@ -115,6 +116,7 @@ class RequestSamplingCB(cblp.ContinuousBatchingLogitsProcessor):
         "top_p": float,
         "healing": HealingProcessor,  # the first tokens must rebuild the backed-off text
         "logprobs": int,  # record this row's token logprob and this many alternatives
+        "hold": EndHold,  # end tokens this row may not write yet (min_tokens, ignore_eos)
     }
     ignored_kwargs: ClassVar[tuple[str, ...]] = ()
 
@@ -125,6 +127,7 @@ class RequestSamplingCB(cblp.ContinuousBatchingLogitsProcessor):
         self._cols: torch.Tensor | None = None
         self._sampled: torch.Tensor | None = None  # rows that draw, with their settings
         self._healing: list[tuple[int, HealingProcessor, list[int]]] = []  # row, rule, generated
+        self._held: list[tuple[int, tuple[int, ...]]] = []  # row, end ids it may not write yet
         self._temperature = self._top_p = torch.empty(0)
         # Request id -> its history. Rebuilding each history from Python lists every step was
         # O(context) per row, the worker's largest single cost at 8 streams of 256 tokens.
@@ -138,7 +141,7 @@ class RequestSamplingCB(cblp.ContinuousBatchingLogitsProcessor):
 
     def prepare_tensor_args(self, requests_with_new_token) -> torch.Tensor:
         penalties, rows, lengths, parts, kept = [], [], [], [], {}
-        sampled, temperatures, top_ps, healing = [], [], [], []
+        sampled, temperatures, top_ps, healing, held = [], [], [], [], []
         self._logprob_rows = []
         for row, request in enumerate(requests_with_new_token):
             state = request.state
@@ -151,6 +154,9 @@ class RequestSamplingCB(cblp.ContinuousBatchingLogitsProcessor):
                 # initial_tokens, so read them from the whole history.
                 ids = [*state.initial_tokens, *state.generated_tokens]
                 healing.append((row, rule, ids[rule.prompt_len :]))
+            hold = kwargs.get("hold")
+            if hold is not None and (blocked := hold.blocked(len(state.generated_tokens))):
+                held.append((row, blocked))
             p = kwargs.get("repetition_penalty", self.penalty)
             penalties.append(p)
             if kwargs.get("temperature", 0.0) > 0:
@@ -172,6 +178,7 @@ class RequestSamplingCB(cblp.ContinuousBatchingLogitsProcessor):
         else:
             self._rows = self._cols = None
         self._healing = healing
+        self._held = held
         self._sampled = torch.tensor(sampled, dtype=torch.long) if sampled else None
         self._temperature = torch.tensor(temperatures, dtype=torch.float32)
         self._top_p = torch.tensor(top_ps, dtype=torch.float32)
@@ -195,6 +202,9 @@ class RequestSamplingCB(cblp.ContinuousBatchingLogitsProcessor):
         if asked:  # the model's view, before temperature and top-p reshape it
             lp_rows = torch.tensor([r for r, _, _ in asked], device=scores.device)
             logprobs = scores[lp_rows].float().log_softmax(-1)
+        for row, blocked in self._held:  # after the logprobs: they show the model's view
+            if row < scores.size(0):
+                scores[row, list(blocked)] = -float("inf")
         if self._sampled is not None:
             dev = scores.device
             keep = self._sampled < scores.size(0)

@@ -21,6 +21,22 @@ from model.stops import StopMatcher
 
 
 @dataclass(frozen=True)
+class EndHold:
+    """End tokens a request may not write yet (min_tokens, ignore_eos): every end id until
+    `min_tokens` tokens are written, and the model's own EOS ids (`ignored`) for good.
+    Both drivers apply it before the draw: generate() through min_new_tokens and
+    suppress_tokens (LocalEngine), the batch through RequestSamplingCB."""
+
+    min_tokens: int
+    end_ids: tuple[int, ...]
+    ignored: tuple[int, ...]
+
+    def blocked(self, generated: int) -> tuple[int, ...]:
+        """The ids the next token may not be, with `generated` tokens written so far."""
+        return self.end_ids if generated < self.min_tokens else self.ignored
+
+
+@dataclass(frozen=True)
 class Prepared:
     """A request made ready for a model: what to feed it and how to read what it writes."""
 
@@ -28,6 +44,7 @@ class Prepared:
     eos_ids: list[int]  # ids that end the generation: the model's EOS and special-token stops
     text_stops: tuple[str, ...]  # stop sequences matched on the decoded text
     healing: Healing | None
+    hold: EndHold | None = None  # with min_tokens or ignore_eos
 
 
 def model_eos_ids(model, tokenizer) -> list[int]:
@@ -62,8 +79,15 @@ def prepare(
     healing = heal_request(tokenizer, request, ids)
     if healing is not None:
         ids = list(healing.input_ids)
-    eos_ids, text_stops = split_stops(tokenizer, info, base_eos, request.params.stop)
-    return Prepared(ids, eos_ids, text_stops, healing)
+    p = request.params
+    eos_ids, text_stops = split_stops(tokenizer, info, base_eos, p.stop)
+    hold = None
+    if p.min_tokens or p.ignore_eos:
+        # A special token the caller named as a stop still ends the text (vLLM's stop ids).
+        asked = set(split_stops(tokenizer, info, (), p.stop)[0])
+        ignored = tuple(i for i in base_eos if i not in asked) if p.ignore_eos else ()
+        hold = EndHold(p.min_tokens, tuple(eos_ids), ignored)
+    return Prepared(ids, eos_ids, text_stops, healing, hold)
 
 
 class TokenStream:
@@ -79,6 +103,8 @@ class TokenStream:
         # The same, for the names of the tokens (log-probabilities): they add up to the text.
         self.name: Callable[[str], str] = h.stripper().feed if h is not None else str
         self.generated = 0  # tokens taken, EOS included
+        # vLLM looks for stop sequences only once min_tokens are written; so do we.
+        self._min_tokens = prepared.hold.min_tokens if prepared.hold is not None else 0
         self.reason = "length"  # "eos" or "stop" once one ends it
 
     @property
@@ -93,7 +119,10 @@ class TokenStream:
         if token in self._eos:
             self.reason = "eos"
             return ""
-        text = self._matcher.feed(self._strip(self._decoder.push(token)))
+        text = self._strip(self._decoder.push(token))
+        if self.generated < self._min_tokens:
+            return text
+        text = self._matcher.feed(text)
         if self._matcher.stopped:
             self.reason = "stop"
         return text

@@ -15,9 +15,9 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from model.engine import Done, ModelInfo
+from model.engine import Done
 from model.errors import PlaygroundError
 
 
@@ -30,10 +30,11 @@ class WorkerConfig:
     hf_token: str | None = None
     max_batch: int = 8  # requests decoded together; also the number of worker slots
     log_level: str = "INFO"
-    # CPU threads for torch in the worker; None: 1 for small models (< 100M parameters, whose
-    # matmuls are too small to split and whose threads would spin against the web process),
-    # else torch's default.
+    # CPU threads for torch in the worker (TORCH_THREADS); None: every core this process may
+    # run on. ModelInfo.threads reports what the worker runs with.
     torch_threads: int | None = None
+    # Weights' and KV cache's dtype (DTYPE): auto, float32 or bfloat16 (model/loading.py).
+    dtype: str = "auto"
     # With a data dir, `model` may be a packaged registry id (SmolLM2), converted here on first
     # use: the conversion needs torch, which only the worker may import.
     data_dir: str | None = None
@@ -64,6 +65,12 @@ def worker_main(conn, config: WorkerConfig) -> None:
     # Dying with it would look like a crash and trigger a pointless restart during shutdown.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # OpenMP threads that wait at a barrier sleep instead of spinning for up to ~ms: on a
+    # small machine whose cores the web process and other work also want, spinning threads
+    # steal the core the straggler needs. SmolLM2 at 2 threads on the busy 2-core machine:
+    # 0.7-3.3 tok/s spinning, 3.8-10.7 sleeping (bench/RESULTS.md). Read by libgomp when
+    # torch loads, so before that (torch is imported below); the environment can override it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s worker %(name)s: %(message)s",
@@ -88,8 +95,10 @@ def worker_main(conn, config: WorkerConfig) -> None:
 
     try:
         source = _resolve(config)
-        model, tokenizer, info = load(source, device=config.device, hf_token=config.hf_token)
-        _set_threads(model, info, config.torch_threads)
+        model, tokenizer, info = load(
+            source, device=config.device, hf_token=config.hf_token, dtype=config.dtype
+        )
+        info = replace(info, threads=_set_threads(config.torch_threads))
         _run_on_loaded(config.on_loaded, model)
         server = BatchingServer(
             model,
@@ -159,15 +168,25 @@ def _run_on_loaded(hook: str | None, model) -> None:
         getattr(importlib.import_module(module), name)(model)
 
 
-def _set_threads(model, info: ModelInfo, threads: int | None) -> None:
+def available_cores() -> int:
+    """Cores this process may run on (a container's or taskset's limit, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _set_threads(threads: int | None) -> int:
+    """Sets torch's CPU threads (TORCH_THREADS, default every available core); returns them.
+
+    One thread per core: the web process and other workers share these cores, and OpenMP
+    threads that outnumber free cores wait for each other at every parallel region (on this
+    2-core machine, busy with other work, 2 threads decoded SmolLM2 several times slower than
+    1: bench/RESULTS.md). TORCH_THREADS=1 is then the better setting.
+    """
     import torch
 
-    small = sum(p.numel() for p in model.parameters()) < 100_000_000
-    # On a 2-core machine the web process and a second model's worker share the cores: two
-    # spinning OpenMP threads per worker made SmolLM2 decode 15x slower (0.3 vs 4.4 tokens/s).
-    few_cores = (os.cpu_count() or 1) <= 2
-    if threads is None and info.device == "cpu" and (small or few_cores):
-        threads = 1
-    if threads:
-        torch.set_num_threads(threads)
-        logging.getLogger(__name__).info("torch uses %d CPU thread(s)", threads)
+    threads = threads or available_cores()
+    torch.set_num_threads(threads)
+    logging.getLogger(__name__).info("torch uses %d CPU thread(s)", threads)
+    return torch.get_num_threads()

@@ -72,7 +72,10 @@ def live_app(attribution_index, tmp_path_factory):
     uvicorn on a free loopback port, with tiny-starcoder the default of every mode."""
     # Every test talks from 127.0.0.1, and limits are keyed on the address: no limits here
     # (tests/integration/test_security.py checks them on an app of its own).
-    argv = ["--model", "tiny-starcoder", "--rate-limit", "0", "--share-rate", "100000"]
+    # Loops are not stopped here: several tests need a long greedy run, and tiny-starcoder's
+    # counting prompts loop (the rule itself: tests/unit/test_loops.py, test_loop_stop.py).
+    argv = ["--model", "tiny-starcoder", "--rate-limit", "0", "--token-budget", "0",
+            "--share-rate", "100000", "--stop-loops", "off"]  # fmt: skip
     yield from _serve(argv, attribution_index, tmp_path_factory)
 
 
@@ -81,7 +84,7 @@ def strict_app(attribution_index, tmp_path_factory):
     """The real app with tight limits: one generation at a time, nothing may wait, 4
     generations and 2 shares per client per minute."""
     argv = ["--model", "tiny-starcoder", "--max-queue", "0", "--rate-limit", "4",
-            "--share-rate", "2", "--max-batch", "1"]  # fmt: skip
+            "--share-rate", "2", "--max-batch", "1", "--stop-loops", "off"]  # fmt: skip
     yield from _serve(argv, attribution_index, tmp_path_factory)
 
 

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from app.ratelimit import client_address
 from app.services.playground import Output, Playground
 from app.services.sessions import CancelRegistry
+from model.engine import CancelToken
 from model.errors import PlaygroundError
 from model.prompts import Turn
 
@@ -34,32 +35,35 @@ class Generations:
         return client_address(peer, getattr(request, "headers", None), self.trusted_proxy_header)
 
     @contextmanager
-    def _cancel_scope(self, request, tab: str | None):
-        # A UI tab's generation can be stopped or superseded; an API call is its own scope.
+    def _cancel_scope(self, request, tab: str | None, cancel: CancelToken | None = None):
+        # A UI tab's generation can be stopped or superseded; an API call is its own scope, or
+        # the caller's token (/v1 cancels its choices when their client goes away).
         key = f"{session_key(request)}/{tab or 'api-' + uuid.uuid4().hex}"
-        token = self.cancels.start(key)
+        token = cancel or self.cancels.start(key)
         try:
             yield token
         finally:
             # Explicit: whatever ended this request (done, error, Stop, disconnect) frees the model.
             token.cancel("finished")
-            self.cancels.finish(key, token)
+            if cancel is None:
+                self.cancels.finish(key, token)
 
     def stop(self, request, tab: str) -> bool:
         return self.cancels.cancel(f"{session_key(request)}/{tab}")
 
-    def complete(self, prompt, params, request, model=None, tab=None) -> Iterator[Output]:
-        with self._cancel_scope(request, tab) as token:
+    def complete(self, prompt, params, request, model=None, tab=None, cancel=None):
+        with self._cancel_scope(request, tab, cancel) as token:
             run = self.playground.complete(prompt, params, token, self.client(request), model)
             yield from _said_if_stopped(run, tab)
 
-    def fill(self, prompt, params, request, model=None, tab=None) -> Iterator[Output]:
-        with self._cancel_scope(request, tab) as token:
+    def fill(self, prompt, params, request, model=None, tab=None, cancel=None):
+        with self._cancel_scope(request, tab, cancel) as token:
             run = self.playground.fill(prompt, params, token, self.client(request), model)
             yield from _said_if_stopped(run, tab)
 
-    def assist(self, message, history: list[Turn], params, request, model=None, tab=None):
-        with self._cancel_scope(request, tab) as token:
+    def assist(self, message, history: list[Turn], params, request, model=None, tab=None,
+               cancel=None):  # fmt: skip
+        with self._cancel_scope(request, tab, cancel) as token:
             client = self.client(request)
             run = self.playground.assist(message, history, params, token, client, model)
             yield from _said_if_stopped(run, tab)

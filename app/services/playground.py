@@ -10,8 +10,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from app.limits import Limits
-from app.ratelimit import RateLimiter
-from app.requests import check_context, check_history, check_text
+from app.ratelimit import RateLimiter, TokenBudget
+from app.requests import check_context, check_history, check_scored, check_text
 from model.chat import chat_prompt
 from model.engine import (
     CancelToken,
@@ -25,6 +25,7 @@ from model.engine import (
     TokenLogprob,
 )
 from model.errors import PlaygroundError
+from model.loops import LoopGuard
 from model.pool import EnginePool
 from model.prompts import (
     ASSISTANT_STOPS,
@@ -38,6 +39,8 @@ from model.prompts import (
     split_fim,
     trim_fim_middle,
 )
+
+LOOP_STOPPED = "stopped: the model was repeating itself"
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Output:
             "stop": "stop sequence",
             "length": "max_new_tokens reached",
             "cancelled": self.stopped or "stopped by you",
+            "loop": LOOP_STOPPED,
         }.get(d.reason, d.reason)
         by = f" · {self.model}" if self.model else ""
         notice = f" · {self.notice}" if self.notice else ""
@@ -93,6 +97,9 @@ class Playground:
         limits: Limits | None = None,
         rate_limit_per_min: int = 0,
         fim_candidates: int = 8,
+        token_budget_per_min: int = 0,
+        max_scored_tokens: int = 0,
+        stop_loops: bool = True,
     ):
         self.engines = engines
         self.fim_candidates = fim_candidates  # per fill by reranking (FIM_CANDIDATES)
@@ -100,6 +107,9 @@ class Playground:
         self.limits = limits or Limits()
         # Keyed on the client's address; checked after validation, so a typo costs no budget.
         self.limiter = RateLimiter(rate_limit_per_min, what="generations")
+        self.budget = TokenBudget(token_budget_per_min)
+        self.max_scored_tokens = max_scored_tokens  # 0: no cap (MAX_SCORED_TOKENS)
+        self.stop_loops = stop_loops  # STOP_LOOPS: end a generation that repeats itself
 
     @property
     def registry(self):
@@ -124,6 +134,8 @@ class Playground:
             ids = self._tokenize(engine, "prompt", prompt, params)
         else:
             prompt, ids = self._decode(engine, prompt, params)
+        if params.prompt_logprobs and ids is not None:
+            check_scored(len(ids), self.max_scored_tokens)
         # Token healing: a prompt ending in whitespace (a header and Enter) still gets a body;
         # not when the prompt is scored: what follows it must follow the tokens as sent.
         heal = not params.prompt_logprobs
@@ -267,6 +279,33 @@ class Playground:
                 field="logprobs", kind="unsupported",
             )  # fmt: skip
         self.limiter.check(client)
+        charge = self._charge(engine, client, model_prompt, params, prompt_ids, infill)
+        try:
+            yield from self._stream(
+                engine, model_id, mode, model_prompt, params, cancel, prefix, suffix, client,
+                prompt_ids, infill, charge,
+            )  # fmt: skip
+        finally:
+            charge.settle(charge.used)
+
+    def _charge(self, engine, client, model_prompt, params, prompt_ids, infill):
+        """Reserve the generation's cost in the client's token budget (see TokenBudget)."""
+        info = engine.info
+        if infill is not None:  # the worker reads the code nearest the gap: at most a context
+            prompt = min(engine.count_tokens(model_prompt), info.context_length)
+            new = infill.candidates * params.max_new_tokens
+        else:
+            prompt = (
+                len(prompt_ids) if prompt_ids is not None else engine.count_tokens(model_prompt)
+            )
+            new = params.max_new_tokens
+        charge = self.budget.charge(client, prompt, new)
+        charge.used = prompt  # the prompt is read whatever happens next
+        charge.per_token = infill.candidates if infill is not None else 1
+        return charge
+
+    def _stream(self, engine, model_id, mode, model_prompt, params, cancel, prefix, suffix,
+                client, prompt_ids, infill, charge) -> Iterator[Output]:  # fmt: skip
         start = time.perf_counter()
         generated = ""
         request = GenerationRequest(
@@ -274,8 +313,15 @@ class Playground:
         )
         logprobs: tuple[TokenLogprob, ...] = ()
         scored: tuple[TokenLogprob, ...] = ()
+        loops = LoopGuard() if self.stop_loops and infill is None else None
         for event in engine.stream(request, cancel):
+            if isinstance(event, Done):
+                charge.used = event.prompt_tokens + event.generated_tokens * charge.per_token
+                if loops is not None and loops.looping and event.reason == "cancelled":
+                    event = replace(event, reason="loop")  # we stopped it, not the user
             if isinstance(event, Delta):
+                if loops is not None and loops.feed(event.text) and not cancel.cancelled:
+                    cancel.cancel(LOOP_STOPPED)  # ends within a decode step, like Stop
                 generated += event.text
                 logprobs += event.logprobs
                 scored = event.prompt_logprobs or scored

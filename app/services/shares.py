@@ -41,12 +41,9 @@ def create_share(store: Store, *, client_id: str, **fields: Any) -> ShareLink:
     """
     made = store.create(client_id=client_id, **fields)
     sid = made.share.id
-    delete_path = None
-    if made.delete_token:
-        delete_path = f"/s/{sid}/delete?token={quote(made.delete_token)}"
-    if made.created:
-        log.info("share %s created (mode=%s, %d output chars)", sid, made.share.mode,
-                 len(made.share.output))  # fmt: skip
+    delete_path = f"/s/{sid}/delete?token={quote(made.delete_token)}"
+    log.info("share %s created (mode=%s, %d output chars)", sid, made.share.mode,
+             len(made.share.output))  # fmt: skip
     return ShareLink(id=sid, path=f"/s/{sid}", delete_path=delete_path, created=made.created)
 
 

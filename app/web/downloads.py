@@ -24,6 +24,10 @@ class Downloads:
     def __init__(self, folder: str | Path, keep_seconds: float = KEEP_SECONDS):
         self.folder = Path(folder).resolve()
         self.folder.mkdir(parents=True, exist_ok=True)
+        # Gradio copies every file it serves into its own cache (one folder per file's hash)
+        # and never removes them; server.py points that cache into the data folder, and the
+        # same sweep keeps it to the last `keep_seconds` of downloads.
+        self.also_sweep: list[Path] = []
         self.keep_seconds = keep_seconds
         self._last_sweep = 0.0
         self._lock = threading.Lock()
@@ -46,7 +50,9 @@ class Downloads:
                 return 0
             self._last_sweep = now
         removed = 0
-        for entry in self.folder.iterdir():
+        entries = [e for folder in (self.folder, *self.also_sweep) if folder.is_dir()
+                   for e in folder.iterdir()]  # fmt: skip
+        for entry in entries:
             try:
                 if entry.is_dir() and now - entry.stat().st_mtime > self.keep_seconds:
                     shutil.rmtree(entry)

@@ -11,9 +11,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,15 @@ class EdgeGuard:
         max_body_bytes: int,
         trusted_origins: Iterable[str] = (),
         frame_ancestors: str | None = None,
+        host_allowed: Callable[[str], bool] = lambda host: True,
+        body_timeout_s: float = 30.0,
     ):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.headers = security_headers(frame_ancestors)
         self.trusted_origins = {o.rstrip("/").lower() for o in trusted_origins if o}
+        self.host_allowed = host_allowed
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -66,21 +71,34 @@ class EdgeGuard:
         headers = _headers(scope)
         if path.rstrip("/") in CLOSED_PATHS:
             return await self._reply(send, 404, "not_found", "Not found.", None)
-        if scope["method"] not in ("GET", "HEAD", "OPTIONS") and not self._same_site(headers):
-            log.info("refused a cross-site %s to %s from %s", scope["method"], path,
-                     headers.get("origin", "")[:100])  # fmt: skip
-            return await self._reply(
-                send, 403, "forbidden",
-                "Cross-site requests are not allowed: the `Origin` header must be this site.",
-                "origin",
-            )  # fmt: skip
+        if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            refusal = self._cross_site(headers)
+            if refusal:
+                log.info("refused a cross-site %s to %s from %s", scope["method"], path,
+                         headers.get("origin", "")[:100])  # fmt: skip
+                return await self._reply(send, 403, "forbidden", *refusal)
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body_bytes:
             return await self._reply(send, 413, "too_large", self._too_large(int(length)), "body")
 
-        if not length.isdigit() and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
-            # No length given (chunked): read up to the cap here, then replay it to the app.
-            body = await _read_capped(receive, self.max_body_bytes)
+        if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            # Read the body here, up to the cap and within the deadline, then replay it to the
+            # app: a socket that trickled its body used to stay open for ever, and a client
+            # that dropped mid-upload logged a 70-line ClientDisconnect traceback in the app.
+            try:
+                body = await asyncio.wait_for(
+                    read_capped(receive, self.max_body_bytes), self.body_timeout_s
+                )
+            except TimeoutError:
+                log.info("refused: a %s to %s whose body took over %g s", scope["method"], path,
+                         self.body_timeout_s)  # fmt: skip
+                return await self._reply(
+                    send, 408, "timeout", f"The request body did not arrive within "
+                    f"{self.body_timeout_s:g} s (BODY_TIMEOUT_S).", "body",
+                )  # fmt: skip
+            except ClientGone:
+                log.info("a client went away while sending its %s to %s", scope["method"], path)
+                return None
             if body is None:
                 return await self._reply(send, 413, "too_large", self._too_large(None), "body")
             receive = _replay(body, receive)
@@ -95,15 +113,24 @@ class EdgeGuard:
 
         await self.app(scope, receive, secure_send)
 
-    def _same_site(self, headers: dict[str, str]) -> bool:
+    def _cross_site(self, headers: dict[str, str]) -> tuple[str, str] | None:
+        """Why a browser's write is refused (message, field), or None if it may go on."""
         origin = headers.get("origin")
         if origin is None:
-            return True  # not a browser's cross-site request (curl, gradio_client, same-origin GET)
+            return None  # not a browser's cross-site request (curl, gradio_client, same-origin)
         origin = origin.rstrip("/").lower()
         if origin in self.trusted_origins:
-            return True
+            return None
         host = headers.get("host", "").lower()
-        return bool(host) and urlsplit(origin).netloc == host
+        if not host or urlsplit(origin).netloc != host:
+            return ("Cross-site requests are not allowed: the `Origin` header must be this "
+                    "site.", "origin")  # fmt: skip
+        if not self.host_allowed(host):
+            # Same-origin by the headers, but under a name we do not answer to: DNS rebinding
+            # (a page on evil.example whose name now points at this machine) looks like this.
+            return (f"The `Host` {host[:100]!r} is not a name this server answers to: add it "
+                    "to ALLOWED_HOSTS or set PUBLIC_URL.", "host")  # fmt: skip
+        return None
 
     async def _reply(self, send, status: int, kind: str, message: str, field: str | None):
         body = json.dumps({"error": message, "field": field, "kind": kind}).encode()
@@ -122,12 +149,16 @@ def _headers(scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
 
-async def _read_capped(receive, cap: int) -> bytes | None:
+class ClientGone(Exception):
+    pass
+
+
+async def read_capped(receive, cap: int) -> bytes | None:
     chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            return b"".join(chunks)  # the client went away; the app will see an empty body
+            raise ClientGone
         size += len(message.get("body", b""))
         if size > cap:
             return None

@@ -6,7 +6,6 @@ outside Gradio's queue; errors use OpenAI's shape with our precise messages.
 
 from __future__ import annotations
 
-import hmac
 import json
 from dataclasses import replace
 from typing import Any
@@ -14,27 +13,30 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from app.metrics import runs_on
 from app.requests import parse_params
 from app.services.generate import Generations
 from app.services.search import Search
 from app.web.openai_responses import respond
 from app.web.openai_shapes import error
-from model.engine import MAX_LOGPROBS, GenerationParams
+from model.engine import MAX_LOGPROBS, CancelToken, GenerationParams
 from model.errors import PlaygroundError
 from model.prompts import Turn
 
 _BASE = GenerationParams()
 # OpenAI fields we do not honour yet, and the values that mean "not asked for".
+# `response_format` and `tool_choice` used to be accepted and ignored: a client asking for JSON
+# got prose and could not tell.
 _NOT_YET = {"best_of": (None, 1), "logit_bias": (None, {}), "tools": (None, []),
             "functions": (None, []), "frequency_penalty": (None, 0),
-            "presence_penalty": (None, 0)}  # fmt: skip
+            "presence_penalty": (None, 0), "response_format": (None, {"type": "text"}),
+            "tool_choice": (None, "none"), "function_call": (None, "none")}  # fmt: skip
 MAX_OPENAI_TEMPERATURE = 1.0  # our models are sampled in [0, 1]; OpenAI allows up to 2
 MAX_CHOICES = 16  # prompts x n in one request; each is a generation in the shared queue
 
 
-def mount_openai_routes(
-    app: FastAPI, generate: Generations, search: Search, api_keys: tuple[str, ...] = ()
-):
+def mount_openai_routes(app: FastAPI, generate: Generations, search: Search):
+    """The routes; API keys are checked in front of them, as of every route (app/web/access.py)."""
     registry = generate.playground.registry
 
     def attribution(body: dict, choices: int):
@@ -46,31 +48,19 @@ def mount_openai_routes(
                                   "and `n` 1.", field="attribution", kind="unsupported")  # fmt: skip
         return search.attribute_output
 
-    def authorized(request: Request) -> None:
-        if not api_keys:
-            return
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not any(hmac.compare_digest(given, key) for key in api_keys):
-            raise PlaygroundError(
-                "A valid API key is required: send `Authorization: Bearer <key>`.",
-                field="authorization",
-                kind="unauthorized",
-            )
-
     async def models(request: Request) -> Response:
-        try:
-            authorized(request)
-        except PlaygroundError as exc:
-            return error(exc)
+        loaded = generate.playground.engines.loaded()
         data = [{"id": s.id, "object": "model", "created": 0, "owned_by": "starcoder-playground",
                  "max_model_len": s.context_length,
                  "modes": [m for m in ("completion", "fim", "assistant") if s.supports(m)]}
                 for s in registry]  # fmt: skip
+        for model in data:  # a started model also says what it runs on
+            if model["id"] in loaded:
+                model["engine"] = runs_on(loaded[model["id"]].info)
         return JSONResponse({"object": "list", "data": data})
 
     async def completions(request: Request) -> Response:
         try:
-            authorized(request)
             body = await _json_object(request)
             prompts, n = _prompts(body.get("prompt")), _n(body)
             _check_choices(len(prompts) * n, f"{len(prompts)} prompts x `n` {n}")
@@ -84,28 +74,36 @@ def mount_openai_routes(
             if mode == "fim" and not (isinstance(suffix, str) and all(map(_is_text, prompts))):
                 raise PlaygroundError("`suffix` takes text, with a `prompt` of text.",
                                       field="suffix")  # fmt: skip
+            cancels = [CancelToken() for _ in range(len(prompts) * n)]
             runs = [
-                generate.fill(f"{prompt}<FILL_HERE>{suffix}", params, request, model)
-                if mode == "fim" else generate.complete(prompt, params, request, model)
-                for prompt in prompts for _ in range(n)
+                generate.fill(f"{prompt}<FILL_HERE>{suffix}", params, request, model,
+                              cancel=token)
+                if mode == "fim" else generate.complete(prompt, params, request, model,
+                                                        cancel=token)
+                for (prompt, token) in zip(
+                    [p for p in prompts for _ in range(n)], cancels, strict=True
+                )
             ]  # fmt: skip
             echo, kind = body.get("echo") is True, "text_completion"
             stream = body.get("stream") is True
-            return await respond(runs, stream, kind, echo, attribution(body, len(runs)))
+            return await respond(request, runs, cancels, stream, kind, echo,
+                                 attribution(body, len(runs)))  # fmt: skip
         except PlaygroundError as exc:
             return error(exc)
 
     async def chat(request: Request) -> Response:
         try:
-            authorized(request)
             body = await _json_object(request)
             message, history = _conversation(body.get("messages"))
             model = _model(body, registry, "assistant")
             params = _params(body, registry.choose(model, "assistant"), _chat_logprobs(body))
             n = _n(body)  # at most MAX_CHOICES
-            runs = [generate.assist(message, history, params, request, model) for _ in range(n)]
+            cancels = [CancelToken() for _ in range(n)]
+            runs = [generate.assist(message, history, params, request, model, cancel=token)
+                    for token in cancels]  # fmt: skip
             stream = body.get("stream") is True
-            return await respond(runs, stream, "chat.completion", False, attribution(body, n))
+            return await respond(request, runs, cancels, stream, "chat.completion", False,
+                                 attribution(body, n))  # fmt: skip
         except PlaygroundError as exc:
             return error(exc)
 
@@ -208,6 +206,9 @@ def _params(body: dict, spec, logprobs=None) -> GenerationParams:
             seed=body.get("seed"),
             stop=[stop] if isinstance(stop, str) else stop,
             logprobs=logprobs,
+            # vLLM's extras, so a benchmark can fix the length of what is written.
+            min_tokens=_given(body, "min_tokens", 0),
+            ignore_eos=body.get("ignore_eos", False),
         )
     except PlaygroundError as exc:
         if exc.field != "max_new_tokens":

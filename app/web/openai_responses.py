@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 import uuid
@@ -13,11 +14,15 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import anyio
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app.services.playground import Output
 from app.web.openai_shapes import ChoiceStream, complete_body, error_body, usage
+from model.engine import CancelToken
 from model.errors import PlaygroundError
+
+log = logging.getLogger(__name__)
 
 Attribute = Callable[[Output], list]
 # Reused producer threads: starting one per request cost its first token ~0.3 ms, more under
@@ -25,23 +30,28 @@ Attribute = Callable[[Output], list]
 _PRODUCERS = ThreadPoolExecutor(max_workers=256, thread_name_prefix="v1-stream")
 
 
-async def respond(runs: Sequence[Iterator[Output]], stream: bool, kind: str, echo: bool,
+async def respond(request: Request, runs: Sequence[Iterator[Output]],
+                  cancels: Sequence[CancelToken], stream: bool, kind: str, echo: bool,
                   attribute: Attribute | None) -> Response:  # fmt: skip
-    """`runs`: the choices' generations, in order. `echo`: each completion's text starts with
-    its prompt (Output.prefix: the text, also of a prompt sent as token ids). `attribute`: for
-    one choice only."""
+    """`runs`: the choices' generations, in order, each stopped by its token in `cancels` (when
+    the client goes away, streamed or not). `echo`: each completion's text starts with its
+    prompt (Output.prefix: the text, also of a prompt sent as token ids). `attribute`: for one
+    choice only."""
     rid = f"{'chatcmpl' if kind.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
-    pumps = [_Pump(run) for run in runs]
+    pumps = [_Pump(run, token) for run, token in zip(runs, cancels, strict=True)]
     try:  # a refusal raises here: an HTTP error, before any event; the other choices stop
         firsts = [await pump.next() for pump in pumps]
         if not stream:
-            finals = await asyncio.gather(
+            finals = await _unless_gone(request, asyncio.gather(
                 *(_last(p, f) for p, f in zip(pumps, firsts, strict=True))
-            )
-    except BaseException:
+            ))  # fmt: skip
+    except BaseException as exc:
         for pump in pumps:
             pump.stop()
+        if isinstance(exc, ClientGone):  # nobody to answer: nginx's "client closed request"
+            log.info("a /v1 client went away before its answer; %d choices stopped", len(pumps))
+            return Response(status_code=499)
         raise
     if not stream:
         body = complete_body(finals, rid, created, kind, echo)
@@ -114,6 +124,32 @@ async def _outputs(pumps, firsts) -> AsyncIterator[tuple[int, Output]]:
             task.cancel()
 
 
+class ClientGone(Exception):
+    """The client closed its connection before its (non-streamed) answer was ready."""
+
+
+async def _unless_gone(request: Request, work: asyncio.Future):
+    """`work`'s result, or ClientGone as soon as the client disconnects. A non-streamed request
+    of `n: 16, max_tokens: 1000` used to generate on for minutes after its client had gone,
+    holding 8 batch slots and the queue behind them."""
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if not work.done():
+        work.cancel()
+        # Retrieve what the cancelled gather ends with, or asyncio logs it as never retrieved.
+        work.add_done_callback(lambda f: f.cancelled() or f.exception())
+        raise ClientGone
+    return work.result()
+
+
 async def _last(pump: _Pump, first: Output | None) -> Output | None:
     """The final Output, reading on from `first` (every run ends with one)."""
     out = first
@@ -138,7 +174,8 @@ class _Pump:
     alone does 5.1x; here the loop takes whatever arrived since it last looked, as one event.
     """
 
-    def __init__(self, run: Iterator[Output]):
+    def __init__(self, run: Iterator[Output], cancel: CancelToken):
+        self._cancel = cancel
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue = asyncio.Queue()
         self._held: tuple | None = None
@@ -173,4 +210,6 @@ class _Pump:
         return item[1]
 
     def stop(self) -> None:
+        """Stop the generation within a decode step (or a queue poll, if it still waits)."""
         self._stop.set()
+        self._cancel.cancel("the client went away")

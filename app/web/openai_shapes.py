@@ -15,7 +15,7 @@ from model.errors import PlaygroundError
 STATUS = {"validation": 400, "unsupported": 400, "not_found": 404, "too_large": 413,
           "rate_limit": 429, "busy": 503, "config": 503, "engine": 503, "oom": 503,
           "cancelled": 503, "unauthorized": 401}  # fmt: skip
-_FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop"}
+_FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop", "loop": "stop"}
 
 
 def chunk(rid, created, model: str, index: int, choice: dict, kind: str, extra=None) -> str:

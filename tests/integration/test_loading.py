@@ -37,11 +37,62 @@ def test_placement_per_device(monkeypatch, gpus, bf16, expected):
     import torch
 
     monkeypatch.setattr(torch, "cuda", FakeCuda(gpus, bf16))
+    monkeypatch.setattr(loading, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     assert loading.choose_placement() == expected
 
 
-def test_cpu_is_always_fp32():
-    assert loading.choose_placement("cpu") == loading.Placement("cpu", "float32", None)
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        ({"avx2", "fma", "avx512f"}, "float32"),  # bf16 only emulated: slower than fp32
+        ({"avx2", "avx512f", "avx512_bf16"}, "bfloat16"),  # Cooper Lake, Zen 4
+        ({"avx2", "amx_tile", "amx_bf16", "amx_int8"}, "bfloat16"),  # Sapphire Rapids on
+    ],
+)
+def test_auto_dtype_on_cpu_follows_the_cpus_bf16_support(monkeypatch, flags, expected):
+    monkeypatch.setattr(loading, "cpu_flags", lambda: frozenset(flags))
+    assert loading.choose_placement("cpu") == loading.Placement("cpu", expected, None)
+
+
+def test_an_explicit_dtype_is_taken_as_is(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(loading, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert loading.choose_placement("cpu", "float32").dtype == "float32"
+    monkeypatch.setattr(loading, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert loading.choose_placement("cpu", "bfloat16").dtype == "bfloat16"
+    monkeypatch.setattr(torch, "cuda", FakeCuda(1, True))
+    assert loading.choose_placement("cuda", "float32").dtype == "float32"
+
+
+def test_cpu_flags_are_read_from_proc_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_bf16\n\nprocessor\t: 1\n")
+    assert loading.cpu_flags(str(info)) == {"fpu", "avx2", "amx_bf16"}
+    assert loading.cpu_flags(str(tmp_path / "missing")) == frozenset()
+
+
+def test_bf16_writes_what_fp32_writes_within_a_tolerance():
+    """DTYPE=bfloat16 on the tiny model: teacher-forced over fp32's greedy text, bf16 picks the
+    same next token almost everywhere and gives fp32's tokens nearly the same log-probability."""
+    import torch
+
+    folder = str(TINY_STARCODER_DIR)
+    fp32, tokenizer, _ = loading.load(folder, device="cpu", dtype="float32")
+    bf16, _, info = loading.load(folder, device="cpu", dtype="bfloat16")
+    assert info.dtype == "bfloat16" and bf16.dtype == torch.bfloat16
+    prompt = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        kw = dict(max_new_tokens=32, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        text = fp32.generate(ids, **kw)
+        a = fp32(text).logits.float().log_softmax(-1)[0, :-1]
+        b = bf16(text).logits.float().log_softmax(-1)[0, :-1]
+    chosen = text[0, 1:, None]  # each position's next token, as fp32 wrote or read it
+    drift = (a.gather(-1, chosen) - b.gather(-1, chosen)).abs().max().item()
+    agree = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+    assert drift < 0.15, f"bf16 moved a token's log-probability by {drift:.3f}"
+    assert agree >= 0.9, f"bf16 picked fp32's next token at only {agree:.0%} of positions"
 
 
 def test_local_folder_loads_offline_and_gets_a_pad_token(tmp_path, monkeypatch):
@@ -50,7 +101,8 @@ def test_local_folder_loads_offline_and_gets_a_pad_token(tmp_path, monkeypatch):
     assert tokenizer.pad_token is not None
     assert model.generation_config.pad_token_id == tokenizer.pad_token_id
     assert info.architecture == "GPTBigCodeForCausalLM" and info.context_length == 256
-    assert "<fim_prefix>" in info.special_tokens and info.dtype == "float32"
+    assert "<fim_prefix>" in info.special_tokens
+    assert info.dtype == loading.choose_placement("cpu").dtype  # DTYPE=auto: by the CPU
 
 
 def test_unknown_model_is_a_clear_error(tmp_path, monkeypatch):

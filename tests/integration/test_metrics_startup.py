@@ -14,7 +14,7 @@ from app.settings import Settings
 
 def test_a_model_warmed_before_the_app_is_built_is_counted(attribution_index, tmp_path):
     argv = ["--data-dir", str(tmp_path), "--port", "0", "--device", "cpu", "--max-batch", "2",
-            "--model", "tiny-starcoder", "--rate-limit", "0"]  # fmt: skip
+            "--model", "tiny-starcoder", "--rate-limit", "0", "--token-budget", "0"]  # fmt: skip
     settings = Settings.load(argv, env={})
     engines = build_engines(settings)
     try:

@@ -318,8 +318,8 @@ def test_api_keys_are_required_when_configured(attribution_index, tmp_path_facto
             openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
         ok = openai.OpenAI(base_url=url, api_key="k2", max_retries=0)
         assert {m.id for m in ok.models.list()}
-        # The page and its Gradio API stay open.
-        assert httpx.get(app.url).status_code == 200
+        # The page and its Gradio API need a key too (tests/integration/test_access_app.py).
+        assert httpx.get(app.url).status_code == 401
     finally:
         serve.close()
 

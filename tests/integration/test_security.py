@@ -295,3 +295,15 @@ def test_one_set_of_limits_for_generation_and_sharing(live_app):
     assert r.status_code == 201, r.text  # ... is shareable with what the model added
     _, event, payload = _call(live_app.url, "complete", _complete(prompt + "x"))
     assert event == "error" and f"the limit is {limits.max_prompt_bytes:,} bytes" in payload
+
+
+def test_a_forwarded_for_header_from_loopback_changes_no_address(strict_app):
+    """Without TRUSTED_PROXY_HEADER the socket peer is the client: uvicorn's default rewrote it
+    from X-Forwarded-For for any loopback peer, so 36 of 36 spoofed requests passed a limit of
+    30 (a limit of 4 here)."""
+    refused = 0
+    for i in range(8):
+        _, event, payload = _call(strict_app.url, "complete", _complete(f"z = {i}"),
+                                  headers={"X-Forwarded-For": f"198.51.100.{i}"})  # fmt: skip
+        refused += event == "error" and "Too many generations" in payload
+    assert refused >= 4

@@ -59,13 +59,14 @@ def test_ids_are_random_url_safe_and_at_least_64_bits(store):
     assert all(re.fullmatch(r"[A-Za-z0-9_-]{16,}", i) for i in ids)
 
 
-def test_identical_content_gets_the_same_link(store):
+def test_identical_content_gets_a_link_of_its_own(store):
+    # Handing back the first share's id would give its link to anyone who shares the same text.
     first = _make(store, parameters={"a": 1, "b": 2})
     again = _make(store, parameters={"b": 2, "a": 1}, client_id="someone else")
-    assert again.share.id == first.share.id
-    assert not again.created and again.delete_token is None  # no delete power for others
-    different = _make(store, parameters={"a": 1, "b": 3})
-    assert different.share.id != first.share.id
+    assert again.share.id != first.share.id and again.created
+    assert again.delete_token and again.delete_token != first.delete_token
+    store.delete(again.share.id, again.delete_token)  # one creator's delete leaves the other's
+    assert store.get(first.share.id) is not None and store.get(again.share.id) is None
 
 
 def test_delete_needs_the_right_token_and_only_its_hash_is_stored(store):
@@ -156,7 +157,7 @@ def test_write_rate_is_limited_per_client(db_url):
 
 def test_fresh_database_is_at_the_latest_version(db_url):
     store = Store(db_url)
-    assert store.schema_version() == LATEST_VERSION == 2
+    assert store.schema_version() == LATEST_VERSION == 3
     assert {"shares", "schema_version"} <= set(sa.inspect(store.engine).get_table_names())
     store.close()
     again = Store(db_url)  # reopening is a no-op, not a second migration
@@ -180,7 +181,7 @@ def test_upgrade_from_version_1_keeps_old_shares(db_url):
     engine.dispose()
 
     store = Store(db_url)
-    assert store.schema_version() == 2
+    assert store.schema_version() == 3
     old = store.get("OldShareOldShare")
     assert old.output == "def old(): pass" and old.parameters == {"temperature": 0.2}
     assert old.fim is None and old.spans == []

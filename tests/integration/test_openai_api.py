@@ -388,3 +388,12 @@ def test_a_client_that_goes_away_mid_stream_frees_its_slot_at_once(live_app):
     while engine.stats()["active"] and time.monotonic() < deadline:
         time.sleep(0.02)
     assert engine.stats()["active"] == 0, "the closed stream's generation still holds its slot"
+
+
+def test_one_model_can_be_retrieved_as_sdk_helpers_ask(live_app):
+    oai = openai.OpenAI(base_url=live_app.url + "v1", api_key="unused", max_retries=0)
+    model = oai.models.retrieve("tiny-starcoder")
+    assert model.id == "tiny-starcoder" and model.model_extra["max_model_len"] == 512
+    with pytest.raises(openai.NotFoundError) as err:
+        oai.models.retrieve("gpt-5")
+    assert "does not exist here" in err.value.body["message"] and "tiny-starcoder" in str(err.value)

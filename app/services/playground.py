@@ -41,6 +41,13 @@ from model.prompts import (
 )
 
 LOOP_STOPPED = "stopped: the model was repeating itself"
+# SmolLM2 given `class Stack:` and Enter opened a markdown fence at once, which ends a
+# completion: an empty output with "end of text" read as a broken tool.
+EMPTY_ANSWER = (
+    "the model ended before writing anything (at once its end token or a stop): try a prompt "
+    "that ends mid-line or with a comment saying what comes next, a higher temperature, or "
+    "another model"
+)
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,8 @@ class Output:
             "cancelled": self.stopped or "stopped by you",
             "loop": LOOP_STOPPED,
         }.get(d.reason, d.reason)
+        if d.reason in ("eos", "stop") and not self.generated.strip():
+            why = EMPTY_ANSWER
         by = f" · {self.model}" if self.model else ""
         notice = f" · {self.notice}" if self.notice else ""
         return (

@@ -319,3 +319,13 @@ def test_a_streamed_fill_never_shows_whitespace_that_the_final_fill_drops():
     final = outs[-1].generated
     assert final == "return a + b"
     assert all(final.startswith(o.generated) for o in outs), [o.generated for o in outs]
+
+
+@pytest.mark.parametrize("reply, stop", [("", []), ("\n```", ["\n```"]), ("  \n", [])])
+def test_an_empty_answer_says_why_and_what_to_try(reply, stop):
+    final = complete(FakeEngine(reply), prompt="class Stack:\n", stop=stop)[-1]
+    assert final.generated.strip() == ""
+    assert "the model ended before writing anything" in final.status
+    assert "try a prompt that ends mid-line" in final.status
+    written = complete(FakeEngine("    pass\n"), prompt="class Stack:\n")[-1]
+    assert "before writing anything" not in written.status

@@ -126,8 +126,8 @@ class AccessGuard:
         if scope.get("path", "").startswith("/v1/"):
             response = openai_error(exc)  # the shape OpenAI clients read
         else:
-            body = {"error": message, "field": "authorization", "kind": "unauthorized"}
-            response = JSONResponse(body, status_code=401)
+            body = {"error": message, "field": exc.field, "kind": exc.kind}
+            response = JSONResponse(body, status_code=exc.status)
         response.headers["www-authenticate"] = "Bearer"
         await response(scope, receive, send)
 

@@ -17,6 +17,8 @@ import logging
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
+from model.errors import KINDS
+
 log = logging.getLogger(__name__)
 
 CLOSED_PATHS = ("/gradio_api/dev/reload", "/gradio_api/upload", "/upload", "/dev/reload")
@@ -70,16 +72,16 @@ class EdgeGuard:
         path = scope.get("path", "")
         headers = _headers(scope)
         if path.rstrip("/") in CLOSED_PATHS:
-            return await self._reply(send, 404, "not_found", "Not found.", None)
+            return await self._reply(send, "not_found", "Not found.", None)
         if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
             refusal = self._cross_site(headers)
             if refusal:
                 log.info("refused a cross-site %s to %s from %s", scope["method"], path,
                          headers.get("origin", "")[:100])  # fmt: skip
-                return await self._reply(send, 403, "forbidden", *refusal)
+                return await self._reply(send, "forbidden", *refusal)
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body_bytes:
-            return await self._reply(send, 413, "too_large", self._too_large(int(length)), "body")
+            return await self._reply(send, "too_large", self._too_large(int(length)), "body")
 
         if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
             # Read the body here, up to the cap and within the deadline, then replay it to the
@@ -93,14 +95,14 @@ class EdgeGuard:
                 log.info("refused: a %s to %s whose body took over %g s", scope["method"], path,
                          self.body_timeout_s)  # fmt: skip
                 return await self._reply(
-                    send, 408, "timeout", f"The request body did not arrive within "
+                    send, "timeout", f"The request body did not arrive within "
                     f"{self.body_timeout_s:g} s (BODY_TIMEOUT_S).", "body",
                 )  # fmt: skip
             except ClientGone:
                 log.info("a client went away while sending its %s to %s", scope["method"], path)
                 return None
             if body is None:
-                return await self._reply(send, 413, "too_large", self._too_large(None), "body")
+                return await self._reply(send, "too_large", self._too_large(None), "body")
             receive = _replay(body, receive)
 
         async def secure_send(message):
@@ -132,7 +134,8 @@ class EdgeGuard:
                     "to ALLOWED_HOSTS or set PUBLIC_URL.", "host")  # fmt: skip
         return None
 
-    async def _reply(self, send, status: int, kind: str, message: str, field: str | None):
+    async def _reply(self, send, kind: str, message: str, field: str | None):
+        status = KINDS[kind].status
         body = json.dumps({"error": message, "field": field, "kind": kind}).encode()
         headers = [(b"content-type", b"application/json"),
                    (b"content-length", str(len(body)).encode())]  # fmt: skip

@@ -10,11 +10,8 @@ from fastapi.responses import JSONResponse
 
 from app.services.playground import Output
 from model.engine import TokenLogprob
-from model.errors import PlaygroundError
+from model.errors import KINDS, PlaygroundError
 
-STATUS = {"validation": 400, "unsupported": 400, "not_found": 404, "too_large": 413,
-          "rate_limit": 429, "busy": 503, "config": 503, "engine": 503, "oom": 503,
-          "cancelled": 503, "unauthorized": 401}  # fmt: skip
 _FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop", "loop": "stop"}
 
 
@@ -121,12 +118,12 @@ def usage(outs: Sequence[Output]) -> dict:
 
 
 def error_body(exc: PlaygroundError) -> dict:
-    kind = "invalid_request_error" if STATUS.get(exc.kind, 400) < 500 else "server_error"
+    kind = KINDS[exc.kind].openai_type
     return {"error": {"message": exc.message, "type": kind, "param": exc.field, "code": exc.kind}}
 
 
 def error(exc: PlaygroundError) -> JSONResponse:
-    status = STATUS.get(exc.kind, 400)
+    status = exc.status
     headers = {}
     if exc.kind == "rate_limit" and getattr(exc, "retry_after_s", None):
         headers["Retry-After"] = str(int(exc.retry_after_s + 0.999))

@@ -34,10 +34,6 @@ from model.errors import PlaygroundError
 log = logging.getLogger(__name__)
 
 API_FIELDS = ("mode", "prompt", "output", "parameters", "model", "fim", "spans")
-_STATUS = {
-    "validation": 400, "busy": 503, "not_found": 404, "forbidden": 403, "too_large": 413,
-    "rate_limit": 429, "unsupported_media_type": 415,
-}  # fmt: skip
 
 
 def mount_share_routes(
@@ -237,7 +233,7 @@ class _LRU:
 
 
 def _error_json(exc: PlaygroundError) -> JSONResponse:
-    status = 429 if isinstance(exc, RateLimited) else _STATUS.get(exc.kind, 400)
+    status = exc.status
     headers = {}
     if isinstance(exc, RateLimited):
         headers["Retry-After"] = str(int(exc.retry_after_s + 0.999))

@@ -1,0 +1,45 @@
+"""One table of error kinds (model/errors.py KINDS): every kind answers with the same status on
+every edge: the share routes, /v1 (with OpenAI's type) and the Gradio API (a gr.Error)."""
+
+import json
+
+import pytest
+
+from app.errors import user_errors
+from app.web.openai_shapes import error as openai_error
+from app.web.share_routes import _error_json
+from model.errors import KINDS, PlaygroundError
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_kind_gets_its_status_on_every_edge(kind):
+    exc = PlaygroundError(f"Something about `x` ({kind}).", field="x", kind=kind)
+    share = _error_json(exc)
+    assert share.status_code == KINDS[kind].status
+    assert json.loads(share.body) == {"error": exc.message, "field": "x", "kind": kind}
+    v1 = openai_error(exc)
+    assert v1.status_code == KINDS[kind].status
+    body = json.loads(v1.body)["error"]
+    assert body == {"message": exc.message, "type": KINDS[kind].openai_type, "param": "x",
+                    "code": kind}  # fmt: skip
+    import gradio as gr
+
+    @user_errors
+    def endpoint():
+        raise exc
+
+    with pytest.raises(gr.Error) as shown:
+        endpoint()
+    assert shown.value.message == exc.message  # the page shows our words, whatever the kind
+
+
+def test_server_faults_are_5xx_and_client_mistakes_4xx():
+    # share_routes used to answer config/engine/oom with 400; /v1 had no `forbidden`.
+    assert {k for k, v in KINDS.items() if v.status >= 500} == {
+        "cancelled", "busy", "config", "engine", "oom"}  # fmt: skip
+    assert KINDS["forbidden"].status == 403 and KINDS["unauthorized"].status == 401
+
+
+def test_an_undeclared_kind_is_a_programming_error():
+    with pytest.raises(ValueError, match="unknown error kind"):
+        PlaygroundError("x", kind="oops")

@@ -51,7 +51,8 @@ class FakeEngine:
     - `tokenizes=False`: tokenize() returns None, as a remote engine without its tokenizer.
     - `info`: ModelInfo fields to change, e.g. context_length=64 or special_tokens=frozenset().
 
-    It records what it was asked: `requests` and the matching `cancels`, and `closed`.
+    It records what it was asked: `requests` and the matching `cancels`, and `closed`;
+    `open_streams` counts the streams not yet ended or closed (the slots a real engine holds).
     """
 
     def __init__(
@@ -75,6 +76,7 @@ class FakeEngine:
         self.requests: list[GenerationRequest] = []
         self.cancels: list[CancelToken] = []
         self.closed = False
+        self.open_streams = 0
 
     @property
     def info(self) -> ModelInfo:
@@ -94,6 +96,15 @@ class FakeEngine:
         return "".join(map(chr, ids))
 
     def stream(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[Event]:
+        # A slot held until the generator ends or is closed, as WorkerEngine frees its batch
+        # slot in its generator's `finally`.
+        self.open_streams += 1
+        try:
+            yield from self._stream(request, cancel)
+        finally:
+            self.open_streams -= 1
+
+    def _stream(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[Event]:
         self.requests.append(request)
         self.cancels.append(cancel)
         ids = request.prompt_ids

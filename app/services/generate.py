@@ -9,7 +9,7 @@ import math
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 
 from app.ratelimit import client_address
 from app.services.playground import Output, Playground
@@ -72,13 +72,17 @@ class Generations:
 def _said_if_stopped(outputs: Iterator[Output], tab: str | None) -> Iterator[Output]:
     """A stopped generation says so: in a tab its status does; an API call fails with why,
     rather than return its partial text as if it were the answer."""
-    for out in outputs:
-        if tab is None and out.done is not None and out.done.reason == "cancelled":
-            raise PlaygroundError(
-                f"The generation was stopped before it finished ({out.stopped or 'cancelled'}).",
-                kind="cancelled",
-            )
-        yield out
+    # Closed whatever happens: raising here left the engine's generator suspended after its
+    # Done, so its slot was freed only when the garbage collector got to it (a /v1 request
+    # whose client went away held 4 batch slots for minutes).
+    with closing(outputs):
+        for out in outputs:
+            if tab is None and out.done is not None and out.done.reason == "cancelled":
+                raise PlaygroundError(
+                    f"The generation was stopped before it finished "
+                    f"({out.stopped or 'cancelled'}).", kind="cancelled",
+                )  # fmt: skip
+            yield out
 
 
 FRAME_SECONDS = 0.05

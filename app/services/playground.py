@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, replace
 
 from app.limits import Limits
@@ -180,8 +181,9 @@ class Playground:
                 f"one line, the likeliest of {infill.candidates} candidates given the code on "
                 "both sides (no FIM tokens: temperature, top-p and penalty do not apply)"
             )
-            for out in run:
-                yield replace(out, notice=notice)
+            with closing(run):  # a consumer that stops early frees the engine at once
+                for out in run:
+                    yield replace(out, notice=notice)
             return
         model_prompt, prefix, suffix = fim_prompt(code, template, spec.id)
         ids = self._tokenize(engine, "prompt", model_prompt, params)
@@ -193,10 +195,11 @@ class Playground:
             engine, spec.id, "fim", model_prompt, params, cancel, prefix=prefix, suffix=suffix,
             client=client, prompt_ids=ids,
         )  # fmt: skip
-        for out in run:
-            # Streamed frames are trimmed too: a newline shown and then taken back flickers.
-            middle = trim_fim_middle(out.generated, suffix)
-            yield replace(out, text=prefix + middle + suffix, generated=middle)
+        with closing(run):
+            for out in run:
+                # Streamed frames are trimmed too: a newline shown and then taken back flickers.
+                middle = trim_fim_middle(out.generated, suffix)
+                yield replace(out, text=prefix + middle + suffix, generated=middle)
 
     def assist(
         self,
@@ -234,9 +237,10 @@ class Playground:
             engine, spec.id, "assistant", built.prompt, params, cancel, prefix="", suffix="",
             client=client, prompt_ids=tuple(ids) if ids is not None else None,
         )  # fmt: skip
-        for out in run:
-            reply = clean_reply(out.generated) if out.done else out.generated.lstrip()
-            yield replace(out, text=reply, generated=reply, notice=built.notice)
+        with closing(run):
+            for out in run:
+                reply = clean_reply(out.generated) if out.done else out.generated.lstrip()
+                yield replace(out, text=reply, generated=reply, notice=built.notice)
 
     # -- shared -----------------------------------------------------------------------------
 
@@ -323,29 +327,34 @@ class Playground:
         logprobs: tuple[TokenLogprob, ...] = ()
         scored: tuple[TokenLogprob, ...] = ()
         loops = LoopGuard() if self.stop_loops and infill is None else None
-        for event in engine.stream(request, cancel):
-            if isinstance(event, Done):
-                charge.used = event.prompt_tokens + event.generated_tokens * charge.per_token
-                if loops is not None and loops.looping and event.reason == "cancelled":
-                    event = replace(event, reason="loop")  # we stopped it, not the user
-            if isinstance(event, Delta):
-                if loops is not None and loops.feed(event.text) and not cancel.cancelled:
-                    cancel.cancel(LOOP_STOPPED)  # ends within a decode step, like Stop
-                generated += event.text
-                logprobs += event.logprobs
-                scored = event.prompt_logprobs or scored
-                yield Output(mode, prefix + generated + suffix, generated, prefix, model=model_id,
-                             logprobs=logprobs, prompt_logprobs=scored)  # fmt: skip
-            elif isinstance(event, Queued):
-                yield Output(mode, prefix + suffix, "", prefix, model=model_id,
-                             queue_position=event.position)  # fmt: skip
-            elif event.reason == "error":
-                kind = event.error_kind or "engine"
-                raise PlaygroundError(event.error or "Generation failed.", kind=kind)
-            else:
-                elapsed = time.perf_counter() - start
-                yield Output(
-                    mode, prefix + generated + suffix, generated, prefix, event,
-                    seconds=elapsed, model=model_id, stopped=cancel.reason, logprobs=logprobs,
-                    prompt_logprobs=scored,
-                )  # fmt: skip
+        # Closed on every way out (an error event raises here): the engine frees the request's
+        # slot in its generator's `finally`, which a suspended generator never reaches.
+        events = engine.stream(request, cancel)
+        with closing(events) if hasattr(events, "close") else nullcontext():
+            for event in events:
+                if isinstance(event, Done):
+                    charge.used = event.prompt_tokens + event.generated_tokens * charge.per_token
+                    if loops is not None and loops.looping and event.reason == "cancelled":
+                        event = replace(event, reason="loop")  # we stopped it, not the user
+                if isinstance(event, Delta):
+                    if loops is not None and loops.feed(event.text) and not cancel.cancelled:
+                        cancel.cancel(LOOP_STOPPED)  # ends within a decode step, like Stop
+                    generated += event.text
+                    logprobs += event.logprobs
+                    scored = event.prompt_logprobs or scored
+                    yield Output(mode, prefix + generated + suffix, generated, prefix,
+                                 model=model_id, logprobs=logprobs,
+                                 prompt_logprobs=scored)  # fmt: skip
+                elif isinstance(event, Queued):
+                    yield Output(mode, prefix + suffix, "", prefix, model=model_id,
+                                 queue_position=event.position)  # fmt: skip
+                elif event.reason == "error":
+                    kind = event.error_kind or "engine"
+                    raise PlaygroundError(event.error or "Generation failed.", kind=kind)
+                else:
+                    elapsed = time.perf_counter() - start
+                    yield Output(
+                        mode, prefix + generated + suffix, generated, prefix, event,
+                        seconds=elapsed, model=model_id, stopped=cancel.reason,
+                        logprobs=logprobs, prompt_logprobs=scored,
+                    )  # fmt: skip

@@ -91,3 +91,34 @@ def test_throttle_passes_the_first_and_the_final_frame_always():
     # first frame while time.monotonic(), the machine's uptime, is below it.)
     assert list(throttle(iter([*frames, final]), every=5)) == [frames[0], final]
     assert len(list(throttle(iter([*frames, final]), every=0))) == 50
+
+
+def test_an_api_call_stopped_or_failed_frees_the_engine_at_once():
+    """Raising on a stopped or failed generation used to leave the engine's generator suspended
+    after its Done: its slot was freed only when the garbage collector got to it (a /v1 request
+    whose client went away held 4 batch slots for minutes)."""
+    import gc
+
+    from model.engine import CancelToken
+
+    gc.disable()  # what matters is that nothing waits for it
+    try:
+        engine = FakeEngine("x" * 100)
+        generations = Generations(fake_playground(engine))
+        token = CancelToken()
+        run = generations.complete("def f():", GenerationParams(max_new_tokens=90), None,
+                                   cancel=token)  # fmt: skip
+        next(run)
+        token.cancel("the client went away")
+        # Held, as the /v1 producer holds the error it hands on (its traceback keeps every
+        # frame of the generation alive): the slot must not wait for it to be let go.
+        with pytest.raises(PlaygroundError, match="stopped before it finished") as stopped:
+            list(run)
+        assert engine.open_streams == 0 and stopped.value
+        failing = FakeEngine("x" * 10, error="The model worker stopped.", error_after=3)
+        with pytest.raises(PlaygroundError, match="worker stopped") as failed:
+            list(Generations(fake_playground(failing)).complete(
+                "def f():", GenerationParams(max_new_tokens=9), None))  # fmt: skip
+        assert failing.open_streams == 0 and failed.value
+    finally:
+        gc.enable()

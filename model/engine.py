@@ -51,6 +51,16 @@ class GenerationParams:
         return self.temperature == 0 or math.isclose(self.temperature, 0.0)
 
 
+# An assistant's answer needs more room than a completion: SmolLM2's greedy answers to five
+# everyday questions (the page's examples among them) took 70-358 tokens, 2 of 5 past 256.
+MODE_MAX_NEW_TOKENS = {"assistant": 512}
+
+
+def default_max_new_tokens(mode: str) -> int:
+    """`max_new_tokens` when the caller leaves it out (the page's slider starts here too)."""
+    return MODE_MAX_NEW_TOKENS.get(mode, GenerationParams.max_new_tokens)
+
+
 @dataclass(frozen=True)
 class Infill:
     """A gap to fill on a model without FIM tokens: sample `candidates` middles from the code

@@ -15,7 +15,7 @@ from app.errors import user_errors
 from app.requests import parse_history, parse_params
 from app.services.generate import throttle
 from app.web.handlers import Handlers
-from model.engine import GenerationParams
+from model.engine import GenerationParams, default_max_new_tokens
 
 MODEL_LOCK = "model"  # one concurrency group: every generation goes to the engine's queue
 
@@ -23,7 +23,7 @@ _BASE = GenerationParams()
 # (name, type, default): None means "the model's own default" where a model has one.
 GENERATION_PARAMETERS: tuple[tuple[str, Any, Any], ...] = (
     ("model", str | None, None),
-    ("max_new_tokens", int, _BASE.max_new_tokens),
+    ("max_new_tokens", int | None, None),
     ("temperature", float | None, None),
     ("top_p", float, _BASE.top_p),
     ("repetition_penalty", float | None, None),
@@ -37,7 +37,7 @@ def generation_params(handlers: Handlers, mode: str, values: dict) -> Generation
     temperature, repetition_penalty = handlers.defaults(values["model"], mode)
     given = {name: values[name] for name, _, _ in GENERATION_PARAMETERS if name != "model"}
     fallback = {"temperature": temperature, "repetition_penalty": repetition_penalty,
-                "max_new_tokens": _BASE.max_new_tokens, "top_p": _BASE.top_p}  # fmt: skip
+                "max_new_tokens": default_max_new_tokens(mode), "top_p": _BASE.top_p}  # fmt: skip
     for name, default in fallback.items():
         if given[name] is None:
             given[name] = default

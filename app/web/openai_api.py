@@ -19,7 +19,7 @@ from app.services.generate import Generations
 from app.services.search import Search
 from app.web.openai_responses import respond
 from app.web.openai_shapes import error
-from model.engine import MAX_LOGPROBS, CancelToken, GenerationParams
+from model.engine import MAX_LOGPROBS, CancelToken, GenerationParams, default_max_new_tokens
 from model.errors import PlaygroundError
 from model.prompts import Turn
 
@@ -76,7 +76,7 @@ def mount_openai_routes(app: FastAPI, generate: Generations, search: Search):
             mode = "completion" if suffix in (None, "") else "fim"
             model = _model(body, registry, mode)
             top = _completion_logprobs(body, mode)
-            params = _params(body, registry.choose(model, mode), top)
+            params = _params(body, registry.choose(model, mode), mode, top)
             if top is not None and body.get("echo") is True:
                 params = replace(params, prompt_logprobs=True)  # the echoed prompt's, too
             if mode == "fim" and not (isinstance(suffix, str) and all(map(_is_text, prompts))):
@@ -104,7 +104,8 @@ def mount_openai_routes(app: FastAPI, generate: Generations, search: Search):
             body = await _json_object(request)
             message, history = _conversation(body.get("messages"))
             model = _model(body, registry, "assistant")
-            params = _params(body, registry.choose(model, "assistant"), _chat_logprobs(body))
+            spec = registry.choose(model, "assistant")
+            params = _params(body, spec, "assistant", _chat_logprobs(body))
             n = _n(body)  # at most MAX_CHOICES
             cancels = [CancelToken() for _ in range(n)]
             runs = [generate.assist(message, history, params, request, model, cancel=token)
@@ -199,7 +200,7 @@ def _no_such_model(model: str, registry) -> PlaygroundError:
     )
 
 
-def _params(body: dict, spec, logprobs=None) -> GenerationParams:
+def _params(body: dict, spec, mode: str, logprobs=None) -> GenerationParams:
     """OpenAI's names onto ours; a field left out takes the model's default."""
     temperature = body.get("temperature")
     if isinstance(temperature, int | float) and temperature > MAX_OPENAI_TEMPERATURE:
@@ -212,7 +213,7 @@ def _params(body: dict, spec, logprobs=None) -> GenerationParams:
     )
     try:
         return parse_params(
-            max_new_tokens=_given(body, limit, _BASE.max_new_tokens),
+            max_new_tokens=_given(body, limit, default_max_new_tokens(mode)),
             temperature=spec.temperature if temperature is None else temperature,
             top_p=_given(body, "top_p", _BASE.top_p),
             repetition_penalty=_given(body, "repetition_penalty", spec.repetition_penalty),

@@ -14,7 +14,7 @@ from app.requests import MAX_STOPS
 from app.services.shares import PARAM_NAMES
 from app.web.api import MODEL_LOCK, build_api
 from app.web.handlers import Handlers
-from model.engine import GenerationParams
+from model.engine import GenerationParams, default_max_new_tokens
 from model.errors import PlaygroundError
 
 # A click on a highlighted verbatim span runs an exact search for it in the Search tab.
@@ -74,7 +74,7 @@ def _param_inputs(mode: str, handlers: Handlers) -> list:
     d = GenerationParams()
     default_temperature, repetition_penalty = handlers.defaults(AUTO, mode)
     context_length = handlers.context_length(AUTO, mode)
-    default_new = min(d.max_new_tokens, context_length // 2)
+    default_new = min(default_max_new_tokens(mode), context_length // 2)
     with gr.Accordion("Parameters", open=False, elem_id=f"{mode}-params"):
         with gr.Row():
             temperature = gr.Slider(0, 1, default_temperature, step=0.05, label="Temperature",

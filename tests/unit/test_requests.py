@@ -86,3 +86,19 @@ def test_min_tokens_and_ignore_eos_are_off_unless_asked_and_kept_when_asked():
     assert (parse_params().min_tokens, parse_params().ignore_eos) == (0, False)
     p = parse_params(max_new_tokens=16, min_tokens=16, ignore_eos=True)
     assert (p.max_new_tokens, p.min_tokens, p.ignore_eos) == (16, 16, True)
+
+
+def test_the_assistant_gets_room_to_finish_when_no_limit_is_given():
+    """SmolLM2's answers to everyday questions took 70-358 tokens: 256 cut 2 of 5 mid-sentence."""
+    from types import SimpleNamespace
+
+    from app.web.api import GENERATION_PARAMETERS, generation_params
+    from model.engine import default_max_new_tokens
+
+    handlers = SimpleNamespace(defaults=lambda model, mode: (0.0, 1.0))
+    values = {name: None for name, _, _ in GENERATION_PARAMETERS}
+    assert generation_params(handlers, "assistant", values).max_new_tokens == 512
+    assert generation_params(handlers, "completion", values).max_new_tokens == 256
+    given = {**values, "max_new_tokens": 40}
+    assert generation_params(handlers, "assistant", given).max_new_tokens == 40
+    assert default_max_new_tokens("fim") == 256

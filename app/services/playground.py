@@ -239,7 +239,10 @@ class Playground:
         )  # fmt: skip
         with closing(run):
             for out in run:
-                reply = clean_reply(out.generated) if out.done else out.generated.lstrip()
+                # Every frame as the final one will be (trailing whitespace held back until
+                # text follows it): a reply ending in whitespace used to stream it, then lose it
+                # in the final text, so /v1's stream and its plain answer differed.
+                reply = clean_reply(out.generated)
                 yield replace(out, text=reply, generated=reply, notice=built.notice)
 
     # -- shared -----------------------------------------------------------------------------

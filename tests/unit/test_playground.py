@@ -329,3 +329,22 @@ def test_an_empty_answer_says_why_and_what_to_try(reply, stop):
     assert "try a prompt that ends mid-line" in final.status
     written = complete(FakeEngine("    pass\n"), prompt="class Stack:\n")[-1]
     assert "before writing anything" not in written.status
+
+
+@pytest.mark.parametrize("mode", ["completion", "fim", "assistant"])
+def test_every_streamed_frame_is_the_start_of_the_final_text(mode):
+    """What /v1 streams as deltas must add up to its plain answer: a chat reply ending in
+    whitespace streamed it and then lost it in the final text."""
+    reply = "    total = a + b   \n    return total \n\n  "
+    pg = fake_playground(FakeEngine(reply))
+    params = GenerationParams(max_new_tokens=100)
+    runs = {
+        "completion": lambda: pg.complete("def add(a, b):\n", params, CancelToken()),
+        "fim": lambda: pg.fill("def add(a, b):\n<FILL_HERE>\nprint(add(1, 2))\n", params,
+                               CancelToken()),
+        "assistant": lambda: pg.assist("Add two numbers.", [], params, CancelToken()),
+    }  # fmt: skip
+    outs = list(runs[mode]())
+    final = outs[-1].generated  # what the model wrote: /v1 streams its deltas
+    for out in outs:
+        assert final.startswith(out.generated), (out.generated, final)

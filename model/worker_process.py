@@ -179,10 +179,10 @@ def available_cores() -> int:
 def _set_threads(threads: int | None) -> int:
     """Sets torch's CPU threads (TORCH_THREADS, default every available core); returns them.
 
-    One thread per core: the web process and other workers share these cores, and OpenMP
-    threads that outnumber free cores wait for each other at every parallel region (on this
-    2-core machine, busy with other work, 2 threads decoded SmolLM2 several times slower than
-    1: bench/RESULTS.md). TORCH_THREADS=1 is then the better setting.
+    One thread per core. The web process and other workers share these cores, and threads
+    that outnumber the free cores wait for each other at every parallel region: sleeping
+    there (OMP_WAIT_POLICY=PASSIVE, set in worker_main) keeps that cheap; on a machine busy
+    with other work TORCH_THREADS=1 is still the safe choice (bench/RESULTS.md).
     """
     import torch
 

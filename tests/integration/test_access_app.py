@@ -16,6 +16,8 @@ import openai
 import pytest
 from gradio_client import Client
 
+from tests.integration.test_browser import browser  # noqa: F401 - the shared Chromium fixture
+
 KEY, METRICS = "k-" + uuid.uuid4().hex, "m-" + uuid.uuid4().hex
 AUTH = {"Authorization": f"Bearer {KEY}"}
 BUDGET = 1200  # tiny-starcoder: a context of 512
@@ -93,21 +95,21 @@ def test_clients_with_a_key_work_as_before(guarded):
 
 
 def test_a_person_logs_in_once_and_the_page_and_its_queue_work(guarded):
-    with httpx.Client(base_url=guarded.url, timeout=30) as browser:
-        page = browser.get("/", headers={"Accept": "text/html"})
+    with httpx.Client(base_url=guarded.url, timeout=30) as session:
+        page = session.get("/", headers={"Accept": "text/html"})
         assert page.status_code == 303 and page.headers["location"].startswith("/login")
-        assert browser.post("/login", data={"key": "guess"}).status_code == 401
-        logged = browser.post("/login?next=%2F", data={"key": KEY})
-        assert logged.status_code == 303 and "playground_session" in browser.cookies
-        assert browser.get("/", headers={"Accept": "text/html"}).status_code == 200
-        config = browser.get("/config")
+        assert session.post("/login", data={"key": "guess"}).status_code == 401
+        logged = session.post("/login?next=%2F", data={"key": KEY})
+        assert logged.status_code == 303 and "playground_session" in session.cookies
+        assert session.get("/", headers={"Accept": "text/html"}).status_code == 200
+        config = session.get("/config")
         assert config.status_code == 200 and config.json()["components"]
-        posted = browser.post(
+        posted = session.post(
             "/gradio_api/call/complete",
             json={"data": ["def f(x):\n", None, 2, 0, None, None, None, None]},
         )
         assert posted.status_code == 200, posted.text  # fmt: skip
-        events = browser.get(f"/gradio_api/call/complete/{posted.json()['event_id']}").text
+        events = session.get(f"/gradio_api/call/complete/{posted.json()['event_id']}").text
         assert "event: complete" in events
 
 
@@ -236,35 +238,23 @@ def test_an_unknown_call_id_is_a_clean_404(guarded):
 
 
 @pytest.mark.browser
-def test_in_a_browser_a_key_at_login_opens_the_page_and_it_generates(guarded):
-    import os
-
-    from tests.integration.test_browser import CHROMIUM, CHROMIUM_ARGS
-
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI"):
-            pytest.fail("Debian's chromium is not installed: .ci/run should install it")
-        pytest.skip("chromium not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(30_000)
-            page.goto(guarded.url)
-            assert "/login" in page.url and page.locator("#key").is_visible()
-            page.fill("#key", "wrong")
-            page.click("button[type=submit]")
-            assert "not valid" in page.inner_text("body")
-            page.fill("#key", KEY)
-            page.click("button[type=submit]")
-            page.wait_for_selector("#completion-prompt textarea")  # the playground itself
-            page.fill("#completion-prompt textarea", "def add(a, b):\n")
-            page.click("#completion-run")
-            page.wait_for_function(
-                "() => document.querySelector('#completion-status').innerText.includes('tokens/s')"
-            )
-            assert page.inner_text("#completion-output").startswith("def add(a, b):")
-        finally:
-            browser.close()
+def test_in_a_browser_a_key_at_login_opens_the_page_and_it_generates(guarded, browser):  # noqa: F811
+    page = browser.new_page()
+    try:
+        page.set_default_timeout(30_000)
+        page.goto(guarded.url)
+        assert "/login" in page.url and page.locator("#key").is_visible()
+        page.fill("#key", "wrong")
+        page.click("button[type=submit]")
+        assert "not valid" in page.inner_text("body")
+        page.fill("#key", KEY)
+        page.click("button[type=submit]")
+        page.wait_for_selector("#completion-prompt textarea")  # the playground itself
+        page.fill("#completion-prompt textarea", "def add(a, b):\n")
+        page.click("#completion-run")
+        page.wait_for_function(
+            "() => document.querySelector('#completion-status').innerText.includes('tokens/s')"
+        )
+        assert page.inner_text("#completion-output").startswith("def add(a, b):")
+    finally:
+        page.close()

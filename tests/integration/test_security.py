@@ -104,6 +104,21 @@ def test_old_downloads_are_removed(tmp_path):
     assert old.parent.parent == fresh.parent.parent == (tmp_path / "dl").resolve()
 
 
+def test_gradio_s_copies_of_downloads_live_in_a_data_folder_and_are_swept(live_app, tmp_path):
+    """Gradio copies every file it serves into its cache, /tmp/gradio by default, and never
+    removes them: the app keeps that cache in the data folder and sweeps it with the downloads."""
+    cache = Path(live_app.blocks.GRADIO_CACHE).resolve()
+    assert cache.name == "gradio" and cache != (Path("/tmp") / "gradio").resolve()
+    store = Downloads(tmp_path / "dl", keep_seconds=100)
+    store.also_sweep.append(tmp_path / "gradio")
+    copy = tmp_path / "gradio" / "0123abcd" / "completion.py"
+    copy.parent.mkdir(parents=True)
+    copy.write_text("print(1)\n")
+    stamp = time.time() - 200
+    os.utime(copy.parent, (stamp, stamp))
+    assert store.sweep(now=time.time() + 61) == 1 and not copy.exists()
+
+
 # -- 2. precise refusals, never a 500 -----------------------------------------------------
 
 

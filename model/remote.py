@@ -227,7 +227,9 @@ class RemoteEngine:
 
     def health(self, timeout: float = 5.0) -> tuple[bool, str]:
         """(ok, detail): ok when the server generates one token in time."""
-        body = {"model": self.model, "prompt": " ", "max_tokens": 1, "temperature": 0.0}
+        # A prompt any server takes: another playground's /v1 refuses a whitespace-only one,
+        # which made a playground behind a playground unhealthy for ever.
+        body = {"model": self.model, "prompt": "def", "max_tokens": 1, "temperature": 0.0}
         try:
             r = self.http.post(f"{self.base}/v1/completions", json=body, timeout=timeout)
         except httpx.HTTPError as exc:

@@ -335,6 +335,8 @@ def test_another_playground_can_use_this_one_as_its_engine(live_app):
         events = list(engine.stream(GenerationRequest("def f(x):\n", params), CancelToken()))
         text = "".join(e.text for e in events if isinstance(e, Delta))
         assert text and isinstance(events[-1], Done) and events[-1].reason in ("length", "eos")
+        # Its health check is one our /v1 takes: a whitespace prompt made it unhealthy for ever.
+        assert engine.health() == (True, "ok")
     finally:
         engine.close()
 

@@ -310,6 +310,10 @@ class RemoteEngine:
         body["repetition_penalty"] = p.repetition_penalty
         if stop_ids:
             body["stop_token_ids"] = stop_ids
+        if p.min_tokens:  # vLLM's own, as the app's /v1 takes them (benchmarks fix lengths)
+            body["min_tokens"] = p.min_tokens
+        if p.ignore_eos:
+            body["ignore_eos"] = True
         if p.logprobs is not None:
             body["logprobs"] = p.logprobs
             body["echo"] = p.prompt_logprobs  # the prompt scored, in the first chunk

@@ -337,6 +337,13 @@ def test_another_playground_can_use_this_one_as_its_engine(live_app):
         assert text and isinstance(events[-1], Done) and events[-1].reason in ("length", "eos")
         # Its health check is one our /v1 takes: a whitespace prompt made it unhealthy for ever.
         assert engine.health() == (True, "ok")
+        # min_tokens and ignore_eos travel to the server (vLLM's names): the length is fixed.
+        fixed = GenerationParams(max_new_tokens=24, temperature=0, repetition_penalty=1.0,
+                                 min_tokens=24, ignore_eos=True)  # fmt: skip
+        sent = engine._body(GenerationRequest("x", fixed), (), (), stream=False)
+        assert sent["min_tokens"] == 24 and sent["ignore_eos"] is True
+        events = list(engine.stream(GenerationRequest("def f(x):\n", fixed), CancelToken()))
+        assert events[-1].generated_tokens == 24, events[-1]
     finally:
         engine.close()
 

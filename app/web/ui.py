@@ -92,7 +92,7 @@ def _param_inputs(mode: str, handlers: Handlers) -> list:
             seed = gr.Textbox("", label="Seed", placeholder="empty: random; a number repeats a run",
                               elem_id=f"{mode}-seed")  # fmt: skip
             stop = gr.Textbox(label=f"Stop sequences (one per line, at most {MAX_STOPS})", lines=2,
-                              elem_id=f"{mode}-stop")  # fmt: skip
+                              elem_id=f"{mode}-stop-sequences")  # fmt: skip
     return [max_new, temperature, top_p, rep, seed, stop]
 
 

@@ -184,3 +184,18 @@ def test_share_while_streaming_says_to_wait_and_a_failed_run_clears_the_old_outp
     page.get_by_text("`prompt` is empty").filter(visible=True).first.wait_for()
     assert "x = [1, 2" not in page.inner_text("#completion-output")
     assert "tokens" not in page.inner_text("#completion-status")  # the old run's status is gone
+
+
+def test_no_two_elements_share_an_id(page):
+    """The Stop button and the Stop-sequences box were both `completion-stop` (and `fim-stop`,
+    `assistant-stop`): a click or a label could land on either."""
+    page.click("#completion-params")  # the parameters render once their accordion opens
+    page.wait_for_selector("#completion-stop-sequences textarea, #completion-stop textarea")
+    dupes = page.evaluate(
+        """() => { const seen = {};
+          for (const el of document.querySelectorAll('[id]:not([id=""])'))
+            seen[el.id] = (seen[el.id] || 0) + 1;
+          return Object.keys(seen).filter((k) => seen[k] > 1); }"""
+    )
+    assert dupes == []
+    assert page.locator("#completion-stop").evaluate("el => el.tagName") == "BUTTON"

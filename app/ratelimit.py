@@ -124,10 +124,6 @@ class Charge:
         self.used = int(entry[1])  # what to settle at, as far as the caller knows so far
         self.per_token = 1  # rows each generated token costs (a fill's candidates)
 
-    @property
-    def tokens(self) -> float:
-        return self._entry[1]
-
     def settle(self, used_tokens: int) -> None:
         with self._lock:
             self._entry[1] = min(self._entry[1], float(max(0, used_tokens)))

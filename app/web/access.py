@@ -29,9 +29,10 @@ from collections.abc import Sequence
 from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.requests import cookie_parser
 
 from app.ratelimit import RateLimited, RateLimiter, client_address
-from app.web.guard import ClientGone, read_capped
+from app.web.guard import ClientGone, read_capped, scope_headers
 from app.web.openai_shapes import error as openai_error
 from model.errors import PlaygroundError
 
@@ -74,8 +75,7 @@ class AccessGuard:
         if scope["type"] not in ("http", "websocket") or not (self.keys or self.metrics_token):
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                   for k, v in scope.get("headers", [])}  # fmt: skip
+        headers = scope_headers(scope)
         if self.keys and path == LOGIN_PATH:
             return await self._login(scope, receive, send, headers)
         if self.keys and path == LOGOUT_PATH:
@@ -87,7 +87,8 @@ class AccessGuard:
                                       "<METRICS_TOKEN>` is required for /metrics.")  # fmt: skip
         if not self.keys or path in _OPEN_EXACT or path.startswith(_OPEN_PREFIXES):
             return await self.app(scope, receive, send)
-        if self.key_valid(_bearer(headers)) or self.cookie_valid(_cookie(headers, COOKIE)):
+        cookie = cookie_parser(headers.get("cookie", "")).get(COOKIE, "")
+        if self.key_valid(_bearer(headers)) or self.cookie_valid(cookie):
             return await self.app(scope, receive, send)
         if (
             scope["type"] == "http"
@@ -164,14 +165,6 @@ class AccessGuard:
 def _bearer(headers: dict[str, str]) -> str:
     value = headers.get("authorization", "")
     return value[7:].strip() if value[:7].lower() == "bearer " else ""
-
-
-def _cookie(headers: dict[str, str], name: str) -> str:
-    for part in headers.get("cookie", "").split(";"):
-        key, _, value = part.strip().partition("=")
-        if key == name:
-            return value
-    return ""
 
 
 def _local_path(target: str) -> str:

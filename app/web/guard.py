@@ -70,7 +70,7 @@ class EdgeGuard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
-        headers = _headers(scope)
+        headers = scope_headers(scope)
         if path.rstrip("/") in CLOSED_PATHS:
             return await self._reply(send, "not_found", "Not found.", None)
         if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
@@ -148,12 +148,12 @@ class EdgeGuard:
         return f"Request body must be at most {self.max_body_bytes:,} bytes. Given: {size}."
 
 
-def _headers(scope) -> dict[str, str]:
+def scope_headers(scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
 
 class ClientGone(Exception):
-    pass
+    """The client closed its connection before its request was answered."""
 
 
 async def read_capped(receive, cap: int) -> bytes | None:

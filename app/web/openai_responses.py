@@ -18,6 +18,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app.services.playground import Output
+from app.web.guard import ClientGone
 from app.web.openai_shapes import ChoiceStream, complete_body, error_body, usage
 from model.engine import CancelToken
 from model.errors import PlaygroundError
@@ -122,10 +123,6 @@ async def _outputs(pumps, firsts) -> AsyncIterator[tuple[int, Output]]:
     finally:
         for task in tasks:
             task.cancel()
-
-
-class ClientGone(Exception):
-    """The client closed its connection before its (non-streamed) answer was ready."""
 
 
 async def _unless_gone(request: Request, work: asyncio.Future):

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 
 from app.limits import Limits
-from model.engine import MAX_LOGPROBS, GenerationParams, context_overflow
+from model.engine import context_overflow
 from model.errors import PlaygroundError
 from model.prompts import Turn
 
@@ -17,57 +17,57 @@ MAX_NEW_TOKENS = 8192
 MAX_SEED = 2**63 - 1
 
 
-def _err(field: str, msg: str) -> PlaygroundError:
+def err(field: str, msg: str) -> PlaygroundError:
     return PlaygroundError(f"`{field}` {msg}", field=field)
 
 
 def check_text(field: str, value, limits: Limits, *, allow_empty: bool = False) -> str:
     if not isinstance(value, str):
-        raise _err(field, f"must be text; got {type(value).__name__}.")
+        raise err(field, f"must be text; got {type(value).__name__}.")
     if not allow_empty and not value.strip():
-        raise _err(field, "is empty; type some code or a question first.")
+        raise err(field, "is empty; type some code or a question first.")
     if "\x00" in value:
-        raise _err(field, f"contains a NUL byte (at character {value.index(chr(0))}).")
+        raise err(field, f"contains a NUL byte (at character {value.index(chr(0))}).")
     for i, ch in enumerate(value):
         if "\ud800" <= ch <= "\udfff":
-            raise _err(field, f"contains a lone surrogate U+{ord(ch):04X} at character {i}.")
+            raise err(field, f"contains a lone surrogate U+{ord(ch):04X} at character {i}.")
     size = len(value.encode("utf-8"))
     if size > limits.max_prompt_bytes:
-        raise _err(field, f"is {size:,} bytes; the limit is {limits.max_prompt_bytes:,} bytes.")
+        raise err(field, f"is {size:,} bytes; the limit is {limits.max_prompt_bytes:,} bytes.")
     return value
 
 
-def _number(field: str, value, lo: float, hi: float, *, lo_open: bool = False) -> float:
+def number(field: str, value, lo: float, hi: float, *, lo_open: bool = False) -> float:
     try:
         x = float(value)
     except (TypeError, ValueError):
-        raise _err(field, f"must be a number; got {value!r}.") from None
+        raise err(field, f"must be a number; got {value!r}.") from None
     if math.isnan(x) or math.isinf(x):
-        raise _err(field, f"must be a finite number; got {value!r}.")
+        raise err(field, f"must be a finite number; got {value!r}.")
     below = x <= lo if lo_open else x < lo
     if below or x > hi:
         bracket = "(" if lo_open else "["
-        raise _err(field, f"must be in {bracket}{lo:g}, {hi:g}]; got {x:g}.")
+        raise err(field, f"must be in {bracket}{lo:g}, {hi:g}]; got {x:g}.")
     return x
 
 
-def _integer(field: str, value, lo: int, hi: int) -> int:
+def integer(field: str, value, lo: int, hi: int) -> int:
     """Exact for any size: a float would print 2**63 - 1 as 9.22337e+18 and lose digits."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise _err(field, f"must be a whole number; got {type(value).__name__}.")
+        raise err(field, f"must be a whole number; got {type(value).__name__}.")
     if isinstance(value, int):
         x = value
     else:
-        number = _number(field, value, -math.inf, math.inf)
-        if not number.is_integer():
-            raise _err(field, f"must be a whole number; got {number:g}.")
+        real = number(field, value, -math.inf, math.inf)
+        if not real.is_integer():
+            raise err(field, f"must be a whole number; got {real:g}.")
         x = (
             int(value)
             if isinstance(value, str) and value.strip().lstrip("-").isdigit()
-            else int(number)
+            else int(real)
         )
     if not lo <= x <= hi:
-        raise _err(field, f"must be in [{lo}, {hi}]; got {x}.")
+        raise err(field, f"must be in [{lo}, {hi}]; got {x}.")
     return x
 
 
@@ -80,55 +80,20 @@ def parse_stops(value) -> tuple[str, ...]:
     elif isinstance(value, list | tuple):
         items = value
     else:
-        raise _err("stop", f"must be a list of strings; got {type(value).__name__}.")
+        raise err("stop", f"must be a list of strings; got {type(value).__name__}.")
     for x in items:
         if not isinstance(x, str):
-            raise _err(
-                "stop", f"must be a list of strings; got an item of type {type(x).__name__}."
-            )
+            raise err("stop", f"must be a list of strings; got an item of type {type(x).__name__}.")
     stops = tuple(s for s in items if s != "")
     if len(stops) > MAX_STOPS:
-        raise _err("stop", f"allows at most {MAX_STOPS} sequences; got {len(stops)}.")
+        raise err("stop", f"allows at most {MAX_STOPS} sequences; got {len(stops)}.")
     for s in stops:
         if len(s) > MAX_STOP_CHARS:
-            raise _err(
+            raise err(
                 "stop", f"sequences are limited to {MAX_STOP_CHARS} characters; got {len(s)}."
             )
         check_text("stop", s, Limits(), allow_empty=True)  # "\n\n" is a fine stop
     return stops
-
-
-def parse_params(
-    *,
-    max_new_tokens=256,
-    temperature=0.2,
-    top_p=0.9,
-    repetition_penalty=1.2,
-    seed=None,
-    stop=None,
-    logprobs=None,
-    min_tokens=0,
-    ignore_eos=False,
-) -> GenerationParams:
-    seed_value = None if seed in (None, "", -1) else _integer("seed", seed, 0, MAX_SEED)
-    top = None if logprobs is None else _integer("logprobs", logprobs, 0, MAX_LOGPROBS)
-    most = _integer("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS)
-    if not isinstance(ignore_eos, bool):
-        raise _err("ignore_eos", f"must be true or false; got {type(ignore_eos).__name__}.")
-    least = _integer("min_tokens", min_tokens, 0, MAX_NEW_TOKENS)
-    if least > most:
-        raise _err("min_tokens", f"must be at most the token limit, {most}; got {least}.")
-    return GenerationParams(
-        max_new_tokens=most,
-        min_tokens=least,
-        temperature=_number("temperature", temperature, 0.0, 1.0),
-        top_p=_number("top_p", top_p, 0.0, 1.0, lo_open=True),
-        repetition_penalty=_number("repetition_penalty", repetition_penalty, 1.0, 2.0),
-        seed=seed_value,
-        stop=parse_stops(stop),
-        logprobs=top,
-        ignore_eos=ignore_eos,
-    )
 
 
 def check_context(field: str, prompt_tokens: int, max_new_tokens: int, context: int) -> None:

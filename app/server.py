@@ -17,6 +17,7 @@ from app.attribution import AttributionIndex, ensure_default_index
 from app.limits import Limits
 from app.links import PublicLinks
 from app.metrics import EngineMetrics, add_ops_routes
+from app.parameters import SCHEMA, Schema
 from app.render import style_css
 from app.services.generate import Generations
 from app.services.playground import Playground
@@ -126,8 +127,12 @@ def indexed_model(settings: Settings) -> str | None:
 
 
 def build_app(
-    settings: Settings, engines: EnginePool, attribution: AttributionIndex | None = None
+    settings: Settings,
+    engines: EnginePool,
+    attribution: AttributionIndex | None = None,
+    schema: Schema = SCHEMA,
 ) -> PlaygroundApp:
+    """The whole app; `schema`, the request schema every edge derives from (app/parameters.py)."""
     gradio_session.install()
     # Gradio's file cache (a copy of every download) defaults to /tmp/gradio and is never
     # swept: keep it in the data folder, where the downloads sweep removes old files. An
@@ -150,7 +155,7 @@ def build_app(
     links = PublicLinks.from_settings(settings)
     handlers = Handlers(
         Generations(playground, settings.trusted_proxy_header),
-        Shares(store, links, engines.registry),
+        Shares(store, links, engines.registry, schema),
         Search(attribution, indexed_model(settings)),
         downloads_dir=str(Path(settings.data_dir) / "downloads"),
     )
@@ -181,7 +186,7 @@ def build_app(
     )
     add_ops_routes(api, engines.loaded, metrics)  # /healthz and /metrics, before Gradio takes "/"
     # Before Gradio: mounted at "/", it would otherwise answer every path.
-    mount_openai_routes(api, handlers.generate, handlers.search)
+    mount_openai_routes(api, handlers.generate, handlers.search, schema)
     mount_share_routes(
         api, store, links=links, client_ip_header=settings.trusted_proxy_header,
         max_body_bytes=settings.max_body_bytes,

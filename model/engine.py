@@ -24,7 +24,9 @@ MAX_LOGPROBS = 5  # alternatives per token, as OpenAI's completions API allows
 class GenerationParams:
     """Sampling settings. Defaults are the original StarCoder playground's."""
 
-    max_new_tokens: int = 256
+    # None, for a chat only: what the context leaves once the prompt is built (vLLM's default
+    # for a chat request); the services resolve it, so engines always see a number.
+    max_new_tokens: int | None = 256
     temperature: float = 0.2  # 0 means greedy
     top_p: float = 0.9
     repetition_penalty: float = 1.2
@@ -97,6 +99,15 @@ class TokenLogprob:
     token: str  # the token's own text (may be part of a character)
     logprob: float | None  # natural log; None only for a prompt's first token (nothing before it)
     top: tuple[tuple[str, float], ...] = ()  # (token, logprob), likeliest first
+
+    @classmethod
+    def shown_as(cls, name: str, shown: str, logprob, top) -> TokenLogprob:
+        """A token the output shows only the end of (token healing: the rest is already the
+        prompt's), named by what it shows, and its alternatives cut the same way, so the chosen
+        one reads the same in both places (a healed " " came back as "" beside a " ")."""
+        removed = name[: len(name) - len(shown)] if name.endswith(shown) else ""
+        cut = tuple((n[len(removed) :] if n.startswith(removed) else n, v) for n, v in top)
+        return cls(shown, logprob, cut if removed else tuple(top))
 
 
 @dataclass(frozen=True)

@@ -46,9 +46,35 @@ class PlaygroundError(Exception):
         self.field = field
         self.kind = kind
 
+    def renamed(self, names: dict[str, str]) -> PlaygroundError:
+        """This error in the caller's words: each `name` in `names` becomes the caller's name
+        for it (`/v1` says `max_tokens` where the page says `max_new_tokens`)."""
+        message = self.message
+        for ours, theirs in names.items():
+            if ours != theirs:
+                message = message.replace(f"`{ours}`", f"`{theirs}`")
+        field = names.get(self.field, self.field) if self.field else self.field
+        return PlaygroundError(message, field=field, kind=self.kind)
+
     @property
     def status(self) -> int:
         return KINDS[self.kind].status
+
+    def body(self) -> dict:
+        """The JSON body of every route but /v1: the message, the field at fault, the kind."""
+        return {"error": self.message, "field": self.field, "kind": self.kind}
+
+    def openai_body(self) -> dict:
+        """/v1's body, in OpenAI's shape (its clients pick an exception by the status)."""
+        kind = KINDS[self.kind].openai_type
+        return {"error": {"message": self.message, "type": kind, "param": self.field,
+                          "code": self.kind}}  # fmt: skip
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the refusal carries: when to retry, for a rate limit."""
+        wait = getattr(self, "retry_after_s", None)
+        return {"Retry-After": str(int(wait + 0.999))} if wait else {}
 
     def __str__(self) -> str:
         return self.message

@@ -59,7 +59,8 @@ class Namer:
         top = tuple((self.name(i), v) for i, v in zip(ids, vals, strict=True))
         if shown is None:
             return TokenLogprob(self.name(token), lp, top)
-        return TokenLogprob(shown("" if token in self._special else self.name(token)), lp, top)
+        name = "" if token in self._special else self.name(token)
+        return TokenLogprob.shown_as(name, shown(name), lp, top)
 
 
 class RecordBook:

@@ -14,6 +14,7 @@ from pathlib import Path
 from model.errors import PlaygroundError
 from model.families import FimTemplate
 from model.families import detect_fim_template as detect_fim_template  # re-exported
+from model.shaping import HoldTrailingSpace, Plain, Reply, whole
 
 FILL_MARKER = "<FILL_HERE>"
 TA_PROMPT_PATH = Path(__file__).with_name("ta_prompt.txt")
@@ -245,11 +246,7 @@ def assistant_prompt(
 
 def clean_reply(text: str) -> str:
     """Trim an assistant reply: stop markers are cut by the engine, whitespace here."""
-    for stop in ASSISTANT_STOPS:
-        idx = text.find(stop)
-        if idx != -1:
-            text = text[:idx]
-    return text.strip()
+    return whole(Reply(ASSISTANT_STOPS), text)
 
 
 # --- where a fill ends ----------------------------------------------------------------------
@@ -280,9 +277,13 @@ def fim_stop_sequences(
     return ("\n" + first,) if first else ()
 
 
-def trim_fim_middle(middle: str, suffix: str) -> str:
-    """Drop the middle's trailing whitespace when the suffix starts on a new line: it can only
-    add blank lines before the suffix (a middle stopped at the suffix's first line keeps the
-    blank lines the suffix already has)."""
+def middle_shaper(suffix: str) -> Plain:
+    """How a fill's middle is cut: its trailing whitespace goes when the suffix starts on a new
+    line, where it could only add blank lines before it (a middle stopped at the suffix's first
+    line keeps the blank lines the suffix already has)."""
     rest_of_line, newline, _ = suffix.partition("\n")
-    return middle.rstrip() if newline and not rest_of_line.strip() else middle
+    return HoldTrailingSpace() if newline and not rest_of_line.strip() else Plain()
+
+
+def trim_fim_middle(middle: str, suffix: str) -> str:
+    return whole(middle_shaper(suffix), middle)

@@ -73,9 +73,11 @@ def heal(engine: RemoteEngine, request: GenerationRequest, plan: HealPlan) -> He
         ids.append(int(number))
         made += piece
         if p.logprobs is not None:
+            full = piece.decode("utf-8", "replace")
             logprobs += tuple(
-                TokenLogprob(visible, t.logprob, tuple((engine.token_name(n), v) for n, v in t.top))
+                TokenLogprob.shown_as(full, visible, t.logprob,
+                                      [(engine.token_name(n), v) for n, v in t.top])
                 for t in drawn
-            )
+            )  # fmt: skip
     shown = made[len(plan.removed) :].decode("utf-8", errors="replace")
     return Healed(ids, shown, logprobs, len(ids) - len(plan.kept))

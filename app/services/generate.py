@@ -97,8 +97,13 @@ def throttle(outputs: Iterator[Output], every: float = FRAME_SECONDS) -> Iterato
     the web stack than the model itself used; 20 frames a second is still live to a reader.
     """
     last = -math.inf
+    skipped: Output | None = None
     for out in outputs:
+        if skipped is not None:  # its delta is carried by the next frame that goes out
+            out = out.after(skipped)
         now = time.monotonic()
         if out.done is not None or now - last >= every:
-            last = now
+            last, skipped = now, None
             yield out
+        else:
+            skipped = out

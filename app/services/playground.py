@@ -8,11 +8,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import cached_property, partial
 
 from app.limits import Limits
 from app.ratelimit import RateLimiter, TokenBudget
 from app.requests import check_context, check_history, check_scored, check_text
+from app.services.deltas import Written
 from model.chat import chat_prompt
 from model.engine import (
     CancelToken,
@@ -24,6 +26,7 @@ from model.engine import (
     Infill,
     Queued,
     TokenLogprob,
+    default_max_new_tokens,
 )
 from model.errors import PlaygroundError
 from model.loops import LoopGuard
@@ -33,13 +36,13 @@ from model.prompts import (
     TaPrompt,
     Turn,
     assistant_prompt,
-    clean_reply,
     detect_fim_template,
     fim_prompt,
     fim_stop_sequences,
+    middle_shaper,
     split_fim,
-    trim_fim_middle,
 )
+from model.shaping import Plain, Reply
 
 LOOP_STOPPED = "stopped: the model was repeating itself"
 # SmolLM2 given `class Stack:` and Enter opened a markdown fence at once, which ends a
@@ -53,22 +56,46 @@ EMPTY_ANSWER = (
 
 @dataclass(frozen=True)
 class Output:
-    """One streamed state of a generation, as the user should see it."""
+    """One streamed state of a generation, as the user should see it: what this frame adds
+    (`delta`), and the whole text so far, joined only when an edge reads it."""
 
     mode: str
-    text: str  # completion: prompt + continuation; fim: prefix + middle + suffix; chat: reply
-    generated: str  # only what the model wrote
-    prefix: str = ""  # the part of `text` before `generated`
+    prefix: str = ""  # the text before what the model wrote (completion: the prompt)
+    suffix: str = ""  # the text after it (fim: the code after the gap)
+    delta: str = ""  # what this frame adds to `generated`
+    delta_logprobs: tuple[TokenLogprob, ...] = ()  # the tokens behind it (with logprobs)
     done: Done | None = None
     notice: str | None = None
     seconds: float = 0.0
     queue_position: int | None = None  # set while the request waits for a batch slot
     model: str = ""  # the registry id of the model that wrote it
     stopped: str = ""  # why a cancelled generation stopped, in words for the user
-    # With GenerationParams.logprobs: every token so far, its log-probability and alternatives.
-    logprobs: tuple[TokenLogprob, ...] = ()
     # With GenerationParams.prompt_logprobs: the prompt's tokens (the first has no logprob).
     prompt_logprobs: tuple[TokenLogprob, ...] = ()
+    # The generation's text so far, shared by all its frames, and how much of it is this one's.
+    written: Written = field(default_factory=Written, repr=False, compare=False)
+    upto: tuple[int, int] = (0, 0)  # pieces, tokens
+
+    @cached_property
+    def generated(self) -> str:
+        """Only what the model wrote, so far."""
+        return self.written.text(self.upto[0])
+
+    @property
+    def text(self) -> str:
+        """completion: prompt + continuation; fim: prefix + middle + suffix; chat: the reply."""
+        return self.prefix + self.generated + self.suffix
+
+    @cached_property
+    def logprobs(self) -> tuple[TokenLogprob, ...]:
+        """With GenerationParams.logprobs: every token so far, its log-probability and
+        alternatives."""
+        return tuple(self.written.tokens[: self.upto[1]])
+
+    def after(self, earlier: Output) -> Output:
+        """This frame standing for `earlier` too (a frame skipped is merged, never lost)."""
+        return replace(self, delta=earlier.delta + self.delta,
+                       delta_logprobs=earlier.delta_logprobs + self.delta_logprobs)  # fmt: skip
 
     @property
     def generated_span(self) -> tuple[int, int]:
@@ -191,15 +218,11 @@ class Playground:
         # suffix's next line): small FIM models seldom emit their end token there (issue 13).
         stops = fim_stop_sequences(prefix, suffix)
         params = replace(params, stop=(*params.stop, *template.stop_tokens, *stops))
-        run = self._run(
+        # Streamed pieces are trimmed too: a newline shown and then taken back flickers.
+        yield from self._run(
             engine, spec.id, "fim", model_prompt, params, cancel, prefix=prefix, suffix=suffix,
-            client=client, prompt_ids=ids,
+            client=client, prompt_ids=ids, shaper=middle_shaper(suffix),
         )  # fmt: skip
-        with closing(run):
-            for out in run:
-                # Streamed frames are trimmed too: a newline shown and then taken back flickers.
-                middle = trim_fim_middle(out.generated, suffix)
-                yield replace(out, text=prefix + middle + suffix, generated=middle)
 
     def assist(
         self,
@@ -216,10 +239,15 @@ class Playground:
         history = check_history(history, self.limits)
         spec, engine = self.engines.choose(model, "assistant")
         info = engine.info
-        budget = info.context_length - params.max_new_tokens
+        # No limit given (/v1 chat, as vLLM): the reply gets what the context leaves once the
+        # prompt is built, and the history is fitted leaving room for a typical answer.
+        rest = params.max_new_tokens is None
+        room = min(default_max_new_tokens("assistant"), info.context_length // 2)
+        reserved = room if rest else params.max_new_tokens
+        budget = info.context_length - reserved
         if budget <= 0:  # no room for any prompt: say how big the message alone is
             n = engine.count_tokens(message)
-            check_context("message", n, params.max_new_tokens, info.context_length)
+            check_context("message", n, reserved, info.context_length)
         if info.chat_template:
             # Instruct models: their own chat template; the end-of-turn token is their EOS.
             special = {"bos_token": info.bos_token or "", "eos_token": info.eos_token or ""}
@@ -233,17 +261,20 @@ class Playground:
             )
             params = replace(params, stop=(*params.stop, *ASSISTANT_STOPS))
         ids = engine.tokenize(built.prompt)  # fitted to the budget above: no check needed
+        if rest:
+            n = len(ids) if ids is not None else engine.count_tokens(built.prompt)
+            params = replace(params, max_new_tokens=max(1, info.context_length - n))
+        # Trailing whitespace is held back until text follows it: a reply ending in whitespace
+        # used to stream it, then lose it in the final text, so /v1's stream and its plain
+        # answer differed.
         run = self._run(
             engine, spec.id, "assistant", built.prompt, params, cancel, prefix="", suffix="",
             client=client, prompt_ids=tuple(ids) if ids is not None else None,
+            shaper=Reply(ASSISTANT_STOPS),
         )  # fmt: skip
         with closing(run):
             for out in run:
-                # Every frame as the final one will be (trailing whitespace held back until
-                # text follows it): a reply ending in whitespace used to stream it, then lose it
-                # in the final text, so /v1's stream and its plain answer differed.
-                reply = clean_reply(out.generated)
-                yield replace(out, text=reply, generated=reply, notice=built.notice)
+                yield replace(out, notice=built.notice)
 
     # -- shared -----------------------------------------------------------------------------
 
@@ -287,7 +318,9 @@ class Playground:
         client: str = "",
         prompt_ids: tuple[int, ...] | None = None,
         infill: Infill | None = None,
+        shaper: Plain | None = None,
     ) -> Iterator[Output]:
+        """`shaper`: the mode's clean-up of the pieces as they stream (model/shaping.py)."""
         if params.logprobs is not None and (infill is not None or not engine.info.logprobs):
             where = "a fill by reranking" if infill else "a model on a remote server (ENGINE_URL)"
             raise PlaygroundError(
@@ -299,7 +332,7 @@ class Playground:
         try:
             yield from self._stream(
                 engine, model_id, mode, model_prompt, params, cancel, prefix, suffix, client,
-                prompt_ids, infill, charge,
+                prompt_ids, infill, charge, shaper or Plain(),
             )  # fmt: skip
         finally:
             charge.settle(charge.used)
@@ -321,13 +354,13 @@ class Playground:
         return charge
 
     def _stream(self, engine, model_id, mode, model_prompt, params, cancel, prefix, suffix,
-                client, prompt_ids, infill, charge) -> Iterator[Output]:  # fmt: skip
+                client, prompt_ids, infill, charge, shaper) -> Iterator[Output]:  # fmt: skip
         start = time.perf_counter()
-        generated = ""
         request = GenerationRequest(
             model_prompt, params, client=client, prompt_ids=prompt_ids, infill=infill
         )
-        logprobs: tuple[TokenLogprob, ...] = ()
+        written = Written()
+        frame = partial(Output, mode, prefix, suffix, model=model_id, written=written)
         scored: tuple[TokenLogprob, ...] = ()
         loops = LoopGuard() if self.stop_loops and infill is None else None
         # Closed on every way out (an error event raises here): the engine frees the request's
@@ -342,22 +375,20 @@ class Playground:
                 if isinstance(event, Delta):
                     if loops is not None and loops.feed(event.text) and not cancel.cancelled:
                         cancel.cancel(LOOP_STOPPED)  # ends within a decode step, like Stop
-                    generated += event.text
-                    logprobs += event.logprobs
+                    piece = shaper.feed(event.text)
                     scored = event.prompt_logprobs or scored
-                    yield Output(mode, prefix + generated + suffix, generated, prefix,
-                                 model=model_id, logprobs=logprobs,
-                                 prompt_logprobs=scored)  # fmt: skip
+                    yield frame(delta=piece, delta_logprobs=event.logprobs,
+                                upto=written.add(piece, event.logprobs),
+                                prompt_logprobs=scored)  # fmt: skip
                 elif isinstance(event, Queued):
-                    yield Output(mode, prefix + suffix, "", prefix, model=model_id,
-                                 queue_position=event.position)  # fmt: skip
+                    yield frame(queue_position=event.position, upto=written.add("", ()))
                 elif event.reason == "error":
                     kind = event.error_kind or "engine"
                     raise PlaygroundError(event.error or "Generation failed.", kind=kind)
                 else:
-                    elapsed = time.perf_counter() - start
-                    yield Output(
-                        mode, prefix + generated + suffix, generated, prefix, event,
-                        seconds=elapsed, model=model_id, stopped=cancel.reason,
-                        logprobs=logprobs, prompt_logprobs=scored,
+                    tail = shaper.finish()
+                    yield frame(
+                        delta=tail, done=event, seconds=time.perf_counter() - start,
+                        stopped=cancel.reason, upto=written.add(tail, ()),
+                        prompt_logprobs=scored,
                     )  # fmt: skip

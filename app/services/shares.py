@@ -5,23 +5,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 from app.links import PublicLinks
-from app.requests import parse_params
+from app.parameters import SCHEMA, Schema
 from app.services.playground import Output
 from app.store import SharePublic, Store
-from model.engine import GenerationParams
 from model.errors import PlaygroundError
 from model.registry import Registry
 
 log = logging.getLogger(__name__)
 
-PARAM_NAMES = ("max_new_tokens", "temperature", "top_p", "repetition_penalty", "seed", "stop")
 PENDING = {"pending": True}  # the share record while a generation is still streaming
 
 
@@ -48,10 +45,13 @@ def create_share(store: Store, *, client_id: str, **fields: Any) -> ShareLink:
 
 
 class Shares:
-    def __init__(self, store: Store | None, links: PublicLinks, registry: Registry):
+    def __init__(
+        self, store: Store | None, links: PublicLinks, registry: Registry, schema: Schema = SCHEMA
+    ):
         self.store = store
         self.links = links
         self.registry = registry
+        self.schema = schema
 
     def share(self, record: dict | None, client: str, host: str | None, scheme: str = "http"):
         """Save a generation; returns (link, private delete link or None if shared before)."""
@@ -92,40 +92,21 @@ class Shares:
             spec = self.registry.choose(share.model or None, share.mode)
         except PlaygroundError:  # a model this server does not offer
             spec = self.registry.choose(None, share.mode)
-        base = GenerationParams()
-        form = {
-            "max_new_tokens": base.max_new_tokens, "temperature": spec.temperature,
-            "top_p": base.top_p, "repetition_penalty": spec.repetition_penalty, "seed": None,
-            "stop": (),
-        }  # fmt: skip
-        for name in PARAM_NAMES:
-            if stored.get(name) is None:
-                continue
-            # A value that does not validate keeps the default: the share still opens.
-            with contextlib.suppress(PlaygroundError):
-                form[name] = getattr(parse_params(**{name: stored[name]}), name)
-        form["seed"] = "" if form["seed"] is None else str(form["seed"])
-        form["stop"] = "\n".join(form["stop"])
+        form = self.schema.form(stored, spec, share.mode)
         language = stored.get("language")
         form["language"] = language if isinstance(language, str) and language else "python"
         return form
 
 
-def record(out: Output, prompt: str, params, language: str, spans=()) -> dict:
+def record(out: Output, prompt: str, params, language: str, spans=(), schema=SCHEMA) -> dict:
     """What Share saves: the user's prompt, the output, and how it was made."""
     start, end = out.generated_span
     return {
         "mode": out.mode,
         "prompt": prompt,
         "output": out.text,
-        "parameters": {**share_parameters(params), "language": language},
+        "parameters": {**schema.record(params), "language": language},
         "model": out.model,
         "fim": {"middle_start": start, "middle_end": end} if out.mode == "fim" else None,
         "spans": list(spans),
     }
-
-
-def share_parameters(params) -> dict:
-    """The generation parameters as a share stores them (the UI's parameter names)."""
-    values = {name: getattr(params, name) for name in PARAM_NAMES}
-    return {**values, "stop": list(params.stop)}

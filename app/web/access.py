@@ -28,12 +28,12 @@ import time
 from collections.abc import Sequence
 from urllib.parse import parse_qs, quote, urlsplit
 
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.requests import cookie_parser
 
 from app.ratelimit import RateLimited, RateLimiter, client_address
 from app.web.guard import ClientGone, read_capped, scope_headers
-from app.web.openai_shapes import error as openai_error
+from app.web.openai_shapes import error as error_response
 from model.errors import PlaygroundError
 
 log = logging.getLogger(__name__)
@@ -124,11 +124,7 @@ class AccessGuard:
         if scope["type"] == "websocket":
             return await send({"type": "websocket.close", "code": 1008})
         exc = PlaygroundError(message, field="authorization", kind="unauthorized")
-        if scope.get("path", "").startswith("/v1/"):
-            response = openai_error(exc)  # the shape OpenAI clients read
-        else:
-            body = {"error": message, "field": exc.field, "kind": exc.kind}
-            response = JSONResponse(body, status_code=exc.status)
+        response = error_response(exc, openai=scope.get("path", "").startswith("/v1/"))
         response.headers["www-authenticate"] = "Bearer"
         await response(scope, receive, send)
 

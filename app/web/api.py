@@ -1,6 +1,6 @@
 """The named API (`/complete`, `/fill`, `/assist`, `/share`, `/attribute`, `/search`), each a
-thin typed wrapper over a service. The generation parameters are declared once, here, and every
-generation endpoint's signature (which Gradio publishes for gradio_client) is built from them.
+thin typed wrapper over a service. Every generation endpoint's signature (which Gradio publishes
+for gradio_client) is built from the request schema's page parameters (app/parameters.py).
 """
 
 from __future__ import annotations
@@ -12,45 +12,40 @@ from typing import Any
 import gradio as gr
 
 from app.errors import user_errors
-from app.requests import parse_history, parse_params
+from app.parameters import Schema
+from app.requests import parse_history
 from app.services.generate import throttle
 from app.web.handlers import Handlers
-from model.engine import GenerationParams, default_max_new_tokens
 
 MODEL_LOCK = "model"  # one concurrency group: every generation goes to the engine's queue
 
-_BASE = GenerationParams()
-# (name, type, default): None means "the model's own default" where a model has one.
-GENERATION_PARAMETERS: tuple[tuple[str, Any, Any], ...] = (
-    ("model", str | None, None),
-    ("max_new_tokens", int | None, None),
-    ("temperature", float | None, None),
-    ("top_p", float, _BASE.top_p),
-    ("repetition_penalty", float | None, None),
-    ("seed", int | None, None),
-    ("stop", list[str] | None, None),
-)
+
+def generation_parameters(schema: Schema) -> list[tuple[str, Any, Any]]:
+    """(name, type, default) of the endpoints' parameters after their own: the model, then the
+    page's parameters. None means "the model's (or the mode's) default"."""
+    params: list[tuple[str, Any, Any]] = [("model", str | None, None)]
+    for p in schema.page:
+        fixed = not p.model_default and p.mode_default is None and p.default not in (None, ())
+        params.append((p.name, p.annotation if fixed else p.annotation | None,
+                       p.default if fixed else None))  # fmt: skip
+    return params
 
 
-def generation_params(handlers: Handlers, mode: str, values: dict) -> GenerationParams:
+def generation_params(handlers: Handlers, mode: str, values: dict):
     """Validated parameters; any left out (or null over plain HTTP) take the model's defaults."""
-    temperature, repetition_penalty = handlers.defaults(values["model"], mode)
-    given = {name: values[name] for name, _, _ in GENERATION_PARAMETERS if name != "model"}
-    fallback = {"temperature": temperature, "repetition_penalty": repetition_penalty,
-                "max_new_tokens": default_max_new_tokens(mode), "top_p": _BASE.top_p}  # fmt: skip
-    for name, default in fallback.items():
-        if given[name] is None:
-            given[name] = default
-    return parse_params(**given)
+    spec = handlers.registry.choose(values["model"] or None, mode)
+    return handlers.schema.resolve(values, spec, mode)
 
 
-def _generation_endpoint(name: str, doc: str, leading: list[tuple[str, Any, Any]], run: Callable):
-    """An endpoint whose signature is `leading` + GENERATION_PARAMETERS + request; `run(values,
-    params, request)` yields Outputs and the endpoint streams their text."""
+def _generation_endpoint(
+    name: str, doc: str, leading: list[tuple[str, Any, Any]], run: Callable, schema: Schema
+):
+    """An endpoint whose signature is `leading` + the generation parameters + request;
+    `run(values, request)` yields Outputs and the endpoint streams their text."""
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
     parameters = [
         inspect.Parameter(pname, kind, annotation=ptype, default=pdefault)
-        for pname, ptype, pdefault in (*leading, *GENERATION_PARAMETERS)
+        for pname, ptype, pdefault in (*leading, *generation_parameters(schema))
     ]
     parameters.append(inspect.Parameter("request", kind, annotation=gr.Request, default=None))
     signature = inspect.Signature(parameters, return_annotation=Iterator[str])
@@ -98,7 +93,7 @@ def build_api(handlers: Handlers) -> None:
          [("message", str, empty), ("history", list[list[str]] | None, None)], assist),
     ]  # fmt: skip
     for name, doc, leading, run in endpoints:
-        fn = _generation_endpoint(name, doc, leading, run)
+        fn = _generation_endpoint(name, doc, leading, run, handlers.schema)
         gr.api(fn, api_name=name, concurrency_id=MODEL_LOCK)
 
     @user_errors

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
-from model.errors import KINDS
+from model.errors import PlaygroundError
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,8 @@ class EdgeGuard:
         return None
 
     async def _reply(self, send, kind: str, message: str, field: str | None):
-        status = KINDS[kind].status
-        body = json.dumps({"error": message, "field": field, "kind": kind}).encode()
+        refusal = PlaygroundError(message, field=field, kind=kind)
+        status, body = refusal.status, json.dumps(refusal.body()).encode()
         headers = [(b"content-type", b"application/json"),
                    (b"content-length", str(len(body)).encode())]  # fmt: skip
         headers += [(k.encode(), v.encode()) for k, v in self.headers.items()]

@@ -13,12 +13,13 @@ from pygments.util import ClassNotFound
 
 from app.attribution import Source, Span
 from app.attribution.render import sources_html
+from app.parameters import names
 from app.probabilities import probabilities_html
 from app.render import Mark, code_view, detect_language
-from app.requests import parse_params, recent_turns
+from app.requests import recent_turns
 from app.services.generate import Generations, throttle
 from app.services.search import Search
-from app.services.shares import PARAM_NAMES, PENDING, Shares, record
+from app.services.shares import PENDING, Shares, record
 from app.web.downloads import Downloads
 from model.engine import MAX_LOGPROBS
 from model.prompts import Turn
@@ -40,6 +41,7 @@ class Handlers:
         self.shares = shares
         self.search = search
         self.registry: Registry = generate.playground.registry
+        self.schema = shares.schema  # the request schema every control and record follows
         self.downloads = Downloads(downloads_dir or tempfile.mkdtemp(prefix="playground-dl-"))
 
     # -- the code tabs and the chat -----------------------------------------------------------
@@ -48,7 +50,7 @@ class Handlers:
                 show_probs: bool = False):  # fmt: skip
         """Yields (code view, exact text, status, download, shareable record, sources panel,
         probabilities view)."""
-        params = parse_params(**_param_kwargs(param_values))
+        params = self.params(mode, model, param_values)
         language = detect_language(prompt.replace("<FILL_HERE>", ""))
         run = self.generate.complete if mode == "completion" else self.generate.fill
         note = ""
@@ -67,7 +69,7 @@ class Handlers:
                 continue
             spans = self.search.attribute_output(out)
             html = self.code_html(mode, out.text, language, out.generated_span, spans)
-            shared = record(out, prompt, params, language, spans)
+            shared = record(out, prompt, params, language, spans, self.schema)
             download = self.downloads.save(f"{out.mode}{extension(language)}", out.text)
             panel = self.sources_panel(spans, out.model)
             probs = probabilities_html(out.logprobs, note) if show_probs else ""
@@ -75,7 +77,7 @@ class Handlers:
 
     def ui_assist(self, message: str, chat: list, model, *param_values, request=None):
         """Yields (chat messages, cleared input box, status, shareable record, sources)."""
-        params = parse_params(**_param_kwargs(param_values))
+        params = self.params("assistant", model, param_values)
         history = recent_turns(turns_from_messages(chat), self.generate.playground.limits)
         base = [*chat, {"role": "user", "content": message}]
         run = self.generate.assist(message, history, params, request, model, tab="assistant")
@@ -85,8 +87,13 @@ class Handlers:
                 yield messages, "", out.status, PENDING, gr_skip()
                 continue
             spans = self.search.attribute_output(out)
-            shared = record(out, message, params, "markdown", spans)
+            shared = record(out, message, params, "markdown", spans, self.schema)
             yield messages, "", out.status, shared, self.sources_panel(spans, out.model)
+
+    def params(self, mode: str, model, values):
+        """The page's control values (in the schema's order) as validated engine parameters."""
+        given = dict(zip(names(self.schema.page), values, strict=True))
+        return self.schema.resolve(given, self.registry.choose(model or None, mode), mode)
 
     @staticmethod
     def code_html(mode: str, text: str, language: str, span: tuple[int, int], spans=()) -> str:
@@ -117,10 +124,9 @@ class Handlers:
         """The model a mode runs with this choice ("automatic": the mode's default)."""
         return self.registry.choose(model_id or None, mode).id
 
-    def defaults(self, model_id: str | None, mode: str = "completion") -> tuple[float, float]:
-        """The model's default (temperature, repetition penalty); "automatic": the mode's model's."""
-        spec = self.registry.choose(model_id or None, mode)
-        return spec.temperature, spec.repetition_penalty
+    def defaults(self, model_id: str | None, mode: str = "completion") -> dict:
+        """Every parameter's default with this model choice ("automatic": the mode's model's)."""
+        return self.schema.defaults(self.registry.choose(model_id or None, mode), mode)
 
     def context_length(self, model_id: str | None, mode: str) -> int:
         """The context of the model `mode` runs on with this choice: the max-tokens limit."""
@@ -174,13 +180,6 @@ def _source_title(span: dict) -> str:
 def _query(span: dict) -> str:
     """What a click on the span searches for: its first ~200 characters, exact."""
     return _span(span).search_text()
-
-
-def _param_kwargs(values) -> dict:
-    kwargs = dict(zip(PARAM_NAMES, values, strict=False))
-    if kwargs.get("seed") in ("", None):
-        kwargs["seed"] = None
-    return kwargs
 
 
 def turns_from_messages(chat: list) -> list[Turn]:

@@ -7,6 +7,7 @@ outside Gradio's queue; errors use OpenAI's shape with our precise messages.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from typing import Any
 
@@ -14,16 +15,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.metrics import runs_on
-from app.requests import parse_params
+from app.parameters import SCHEMA, Schema
+from app.requests import integer
 from app.services.generate import Generations
 from app.services.search import Search
 from app.web.openai_responses import respond
 from app.web.openai_shapes import error
-from model.engine import MAX_LOGPROBS, CancelToken, GenerationParams, default_max_new_tokens
+from model.engine import MAX_LOGPROBS, CancelToken
 from model.errors import PlaygroundError
 from model.prompts import Turn
 
-_BASE = GenerationParams()
+log = logging.getLogger(__name__)
+
 # OpenAI fields we do not honour yet, and the values that mean "not asked for".
 # `response_format` and `tool_choice` used to be accepted and ignored: a client asking for JSON
 # got prose and could not tell.
@@ -31,11 +34,20 @@ _NOT_YET = {"best_of": (None, 1), "logit_bias": (None, {}), "tools": (None, []),
             "functions": (None, []), "frequency_penalty": (None, 0),
             "presence_penalty": (None, 0), "response_format": (None, {"type": "text"}),
             "tool_choice": (None, "none"), "function_call": (None, "none")}  # fmt: skip
-MAX_OPENAI_TEMPERATURE = 1.0  # our models are sampled in [0, 1]; OpenAI allows up to 2
+# What each route reads besides the schema's parameters; any other field is refused by name
+# (a client asking for something silently ignored could not tell). `user` is OpenAI's end-user
+# id for abuse reports: it goes to the log. `stream_options`: usage always comes on the last
+# chunk, which is what `include_usage` asks for.
+_ROUTE_FIELDS = {
+    "/v1/completions": {"prompt", "suffix", "echo", "logprobs"},
+    "/v1/chat/completions": {"messages", "logprobs", "top_logprobs"},
+}
+_EVERY_ROUTE = {"model", "n", "stream", "stream_options", "user", "attribution"}
 MAX_CHOICES = 16  # prompts x n in one request; each is a generation in the shared queue
 
 
-def mount_openai_routes(app: FastAPI, generate: Generations, search: Search):
+def mount_openai_routes(app: FastAPI, generate: Generations, search: Search,
+                        schema: Schema = SCHEMA):  # fmt: skip
     """The routes; API keys are checked in front of them, as of every route (app/web/access.py)."""
     registry = generate.playground.registry
 
@@ -69,14 +81,14 @@ def mount_openai_routes(app: FastAPI, generate: Generations, search: Search):
 
     async def completions(request: Request) -> Response:
         try:
-            body = await _json_object(request)
+            body = await _json_object(request, "/v1/completions", schema)
             prompts, n = _prompts(body.get("prompt")), _n(body)
             _check_choices(len(prompts) * n, f"{len(prompts)} prompts x `n` {n}")
             suffix = body.get("suffix")
             mode = "completion" if suffix in (None, "") else "fim"
             model = _model(body, registry, mode)
             top = _completion_logprobs(body, mode)
-            params = _params(body, registry.choose(model, mode), mode, top)
+            params, fields = _params(body, registry.choose(model, mode), mode, schema, top)
             if top is not None and body.get("echo") is True:
                 params = replace(params, prompt_logprobs=True)  # the echoed prompt's, too
             if mode == "fim" and not (isinstance(suffix, str) and all(map(_is_text, prompts))):
@@ -84,10 +96,10 @@ def mount_openai_routes(app: FastAPI, generate: Generations, search: Search):
                                       field="suffix")  # fmt: skip
             cancels = [CancelToken() for _ in range(len(prompts) * n)]
             runs = [
-                generate.fill(f"{prompt}<FILL_HERE>{suffix}", params, request, model,
-                              cancel=token)
-                if mode == "fim" else generate.complete(prompt, params, request, model,
-                                                        cancel=token)
+                _named(generate.fill(f"{prompt}<FILL_HERE>{suffix}", params, request, model,
+                                     cancel=token), fields)
+                if mode == "fim" else _named(generate.complete(prompt, params, request, model,
+                                                               cancel=token), fields)
                 for (prompt, token) in zip(
                     [p for p in prompts for _ in range(n)], cancels, strict=True
                 )
@@ -101,14 +113,15 @@ def mount_openai_routes(app: FastAPI, generate: Generations, search: Search):
 
     async def chat(request: Request) -> Response:
         try:
-            body = await _json_object(request)
+            body = await _json_object(request, "/v1/chat/completions", schema)
             message, history = _conversation(body.get("messages"))
             model = _model(body, registry, "assistant")
             spec = registry.choose(model, "assistant")
-            params = _params(body, spec, "assistant", _chat_logprobs(body))
+            params, fields = _params(body, spec, "assistant", schema, _chat_logprobs(body))
             n = _n(body)  # at most MAX_CHOICES
             cancels = [CancelToken() for _ in range(n)]
-            runs = [generate.assist(message, history, params, request, model, cancel=token)
+            runs = [_named(generate.assist(message, history, params, request, model,
+                                           cancel=token), fields)
                     for token in cancels]  # fmt: skip
             stream = body.get("stream") is True
             return await respond(request, runs, cancels, stream, "chat.completion", False,
@@ -125,7 +138,7 @@ def mount_openai_routes(app: FastAPI, generate: Generations, search: Search):
 # -- requests -------------------------------------------------------------------------------
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
+async def _json_object(request: Request, route: str, schema: Schema) -> dict[str, Any]:
     try:
         body = json.loads(await request.body())
     except (ValueError, UnicodeDecodeError):
@@ -140,7 +153,22 @@ async def _json_object(request: Request) -> dict[str, Any]:
         if body.get(name) not in off:
             raise PlaygroundError(f"`{name}` is not supported here yet.", field=name,
                                   kind="unsupported")  # fmt: skip
+    known = _ROUTE_FIELDS[route] | _EVERY_ROUTE | _NOT_YET.keys() | set(_v1_names(schema))
+    for name in body:
+        if name not in known:
+            raise PlaygroundError(
+                f"`{str(name)[:40]}` is not a field of {route} here; it takes: "
+                f"{', '.join(sorted(known - _NOT_YET.keys()))}.",
+                field=str(name)[:40], kind="unsupported",
+            )  # fmt: skip
+    if isinstance(body.get("user"), str):
+        log.info("%s for user %r", route, body["user"][:64])
     return body
+
+
+def _v1_names(schema: Schema):
+    for p in schema.v1:
+        yield from p.aliases or (p.name,)
 
 
 def _is_text(prompt) -> bool:
@@ -200,36 +228,45 @@ def _no_such_model(model: str, registry) -> PlaygroundError:
     )
 
 
-def _params(body: dict, spec, mode: str, logprobs=None) -> GenerationParams:
-    """OpenAI's names onto ours; a field left out takes the model's default."""
-    temperature = body.get("temperature")
-    if isinstance(temperature, int | float) and temperature > MAX_OPENAI_TEMPERATURE:
-        raise PlaygroundError(f"`temperature` must be in [0, 1] here; got {temperature:g}.",
-                              field="temperature")  # fmt: skip
-    stop = body.get("stop")
-    # Chat's newer name for it first (the openai client sends it), then the older one.
-    limit = (
-        "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    )
+def _params(body: dict, spec, mode: str, schema: Schema, logprobs=None):
+    """OpenAI's names onto ours, and the name the caller used for each (refusals use it); a
+    field left out takes the model's default, `max_tokens` vLLM's."""
+    values, fields = {}, {}
+    for p in schema.v1:
+        names = p.aliases or (p.name,)
+        given = next((name for name in names if body.get(name) is not None), None)
+        fields[p.name] = given or names[-1]
+        if given is None:
+            continue
+        value = body[given]
+        if p.kind in ("int", "float", "seed") and (
+            isinstance(value, bool) or not isinstance(value, int | float)
+        ):
+            raise PlaygroundError(f"`{given}` must be a number; got {type(value).__name__}.",
+                                  field=given)  # fmt: skip
+        values[p.name] = [value] if p.kind == "stops" and isinstance(value, str) else value
+    # Left out, a chat reply gets what the context leaves (vLLM's default): resolved once the
+    # prompt is built (GenerationParams.max_new_tokens None).
+    rest_of_context = "max_new_tokens" not in values and mode == "assistant"
+    for p in schema.v1:
+        if p.name in values or p.v1_default is None:
+            continue
+        if not (rest_of_context and p.name == "max_new_tokens"):
+            values[p.name] = p.v1_default
+    params = schema.resolve(values, spec, mode, fields, logprobs=logprobs)
+    if rest_of_context:
+        params = replace(params, max_new_tokens=None)
+    return params, fields
+
+
+def _named(run, fields: dict[str, str]):
+    """A generation whose refusals use the caller's names (`max_tokens`, not `max_new_tokens`)."""
     try:
-        return parse_params(
-            max_new_tokens=_given(body, limit, default_max_new_tokens(mode)),
-            temperature=spec.temperature if temperature is None else temperature,
-            top_p=_given(body, "top_p", _BASE.top_p),
-            repetition_penalty=_given(body, "repetition_penalty", spec.repetition_penalty),
-            seed=body.get("seed"),
-            stop=[stop] if isinstance(stop, str) else stop,
-            logprobs=logprobs,
-            # vLLM's extras, so a benchmark can fix the length of what is written.
-            min_tokens=_given(body, "min_tokens", 0),
-            ignore_eos=body.get("ignore_eos", False),
-        )
+        yield from run
     except PlaygroundError as exc:
-        if exc.field != "max_new_tokens":
-            raise
-        # The page's name for it; this caller sent OpenAI's.
-        message = exc.message.replace("`max_new_tokens`", f"`{limit}`")
-        raise PlaygroundError(message, field=limit) from None
+        raise exc.renamed(fields) from None
+    finally:
+        run.close()
 
 
 def _completion_logprobs(body: dict, mode: str):
@@ -239,6 +276,8 @@ def _completion_logprobs(body: dict, mode: str):
     if top is not None and (isinstance(top, bool) or not isinstance(top, int)):
         raise PlaygroundError(f"`logprobs` must be a whole number in [0, {MAX_LOGPROBS}]; got "
                               f"{top!r:.20}.", field="logprobs")  # fmt: skip
+    if top is not None:
+        integer("logprobs", top, 0, MAX_LOGPROBS)
     if top is not None and body.get("echo") is True and mode == "fim":
         raise PlaygroundError(
             "`echo` with `logprobs` scores a prompt, not a fill: leave out `suffix` or `echo`.",
@@ -265,16 +304,6 @@ def _chat_logprobs(body: dict):
             field="top_logprobs",
         )
     return top
-
-
-def _given(body: dict, name: str, default):
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise PlaygroundError(f"`{name}` must be a number; got {type(value).__name__}.",
-                              field=name)  # fmt: skip
-    return value
 
 
 def _text(content, i: int) -> str:

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app.services.playground import Output
 from app.web.guard import ClientGone
-from app.web.openai_shapes import ChoiceStream, complete_body, error_body, usage
+from app.web.openai_shapes import ChoiceStream, complete_body, usage
 from model.engine import CancelToken
 from model.errors import PlaygroundError
 
@@ -85,7 +85,7 @@ async def _events(pumps, firsts, choices: list[ChoiceStream], attribute) -> Asyn
             for event in choices[i].chunks(out, extra):
                 yield event
     except PlaygroundError as exc:
-        yield f"data: {json.dumps(error_body(exc))}\n\n"
+        yield f"data: {json.dumps(exc.openai_body())}\n\n"
     finally:
         for pump in pumps:
             pump.stop()
@@ -201,7 +201,7 @@ class _Pump:
             if following[0] != "out":
                 self._held = following
                 break
-            item = following
+            item = ("out", following[1].after(item[1]))  # one event, every delta in it
         if item[0] == "err":
             raise item[1]
         return item[1]

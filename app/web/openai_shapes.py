@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from app.services.playground import Output
 from model.engine import TokenLogprob
-from model.errors import KINDS, PlaygroundError
+from model.errors import PlaygroundError
 
 _FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop", "loop": "stop"}
 
@@ -31,7 +31,6 @@ class ChoiceStream:
         self.index, self.rid, self.created, self.kind = index, rid, created, kind
         self.chat = kind.startswith("chat")
         self.echoed = not echo
-        self.sent, self.shown = "", 0  # text and tokens (log-probabilities) sent so far
         self.offset = 0  # where the next token starts in the returned text
 
     def opening(self, model: str) -> list[str]:
@@ -49,17 +48,13 @@ class ChoiceStream:
                 choice["logprobs"] = logprobs(out.prompt_logprobs, self.chat, 0)
             events.append(self._chunk(out, choice))
             self.offset = len(out.prefix)
-        text, delta = out.generated, ""
-        if text.startswith(self.sent) and len(text) > len(self.sent):
-            delta, self.sent = text[len(self.sent) :], text
-        new_tokens = out.logprobs[self.shown :]
+        delta, new_tokens = out.delta, out.delta_logprobs  # as the services passed them on
         if delta or new_tokens:
             choice = (
                 {"delta": {"content": delta} if delta else {}} if self.chat else {"text": delta}
             )
             if new_tokens:  # each chunk carries the tokens behind its text
                 choice["logprobs"] = logprobs(new_tokens, self.chat, self.offset)
-                self.shown = len(out.logprobs)
                 self.offset += sum(len(t.token) for t in new_tokens)
             events.append(self._chunk(out, choice))
         if out.done is not None:
@@ -117,14 +112,7 @@ def usage(outs: Sequence[Output]) -> dict:
             "total_tokens": prompt + completion}  # fmt: skip
 
 
-def error_body(exc: PlaygroundError) -> dict:
-    kind = KINDS[exc.kind].openai_type
-    return {"error": {"message": exc.message, "type": kind, "param": exc.field, "code": exc.kind}}
-
-
-def error(exc: PlaygroundError) -> JSONResponse:
-    status = exc.status
-    headers = {}
-    if exc.kind == "rate_limit" and getattr(exc, "retry_after_s", None):
-        headers["Retry-After"] = str(int(exc.retry_after_s + 0.999))
-    return JSONResponse(error_body(exc), status_code=status, headers=headers)
+def error(exc: PlaygroundError, openai: bool = True) -> JSONResponse:
+    """A refusal as an HTTP response: /v1's OpenAI shape, or every other route's plain one."""
+    body = exc.openai_body() if openai else exc.body()
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)

@@ -26,9 +26,10 @@ from starlette.concurrency import run_in_threadpool
 
 from app import share_page
 from app.links import PublicLinks
-from app.ratelimit import RateLimited, client_address
+from app.ratelimit import client_address
 from app.services.shares import create_share
 from app.store import MAX_JSON_DEPTH, Store
+from app.web.openai_shapes import error as error_response
 from model.errors import PlaygroundError
 
 log = logging.getLogger(__name__)
@@ -233,9 +234,4 @@ class _LRU:
 
 
 def _error_json(exc: PlaygroundError) -> JSONResponse:
-    status = exc.status
-    headers = {}
-    if isinstance(exc, RateLimited):
-        headers["Retry-After"] = str(int(exc.retry_after_s + 0.999))
-    body = {"error": exc.message, "field": exc.field, "kind": exc.kind}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return error_response(exc, openai=False)

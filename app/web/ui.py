@@ -9,12 +9,10 @@ import gradio as gr
 
 from app.attribution.render import search_results_html
 from app.errors import user_errors
+from app.parameters import Parameter, names
 from app.render import code_view
-from app.requests import MAX_STOPS
-from app.services.shares import PARAM_NAMES
 from app.web.api import MODEL_LOCK, build_api
 from app.web.handlers import Handlers
-from model.engine import GenerationParams, default_max_new_tokens
 from model.errors import PlaygroundError
 
 # A click on a highlighted verbatim span runs an exact search for it in the Search tab.
@@ -69,31 +67,31 @@ NOTE = (
 
 
 def _param_inputs(mode: str, handlers: Handlers) -> list:
-    """A tab's own parameters: a max-tokens limit set for a long completion must not silently
-    cut the assistant's answers short. Defaults and the context are those of the tab's model."""
-    d = GenerationParams()
-    default_temperature, repetition_penalty = handlers.defaults(AUTO, mode)
+    """A tab's own parameters, one control per parameter of the request schema, in its order:
+    a max-tokens limit set for a long completion must not silently cut the assistant's answers
+    short. Defaults and the context are those of the tab's model."""
+    defaults = handlers.defaults(AUTO, mode)
     context_length = handlers.context_length(AUTO, mode)
-    default_new = min(default_max_new_tokens(mode), context_length // 2)
+    controls = []
     with gr.Accordion("Parameters", open=False, elem_id=f"{mode}-params"):
-        with gr.Row():
-            temperature = gr.Slider(0, 1, default_temperature, step=0.05, label="Temperature",
-                                    info="0 means greedy; set to the selected model's default",
-                                    elem_id=f"{mode}-temperature")  # fmt: skip
-            max_new = gr.Slider(1, context_length, default_new, step=1, label="Max new tokens",
-                                info="prompt + new tokens must fit the model's context",
-                                elem_id=f"{mode}-max-new-tokens")  # fmt: skip
-        with gr.Row():
-            top_p = gr.Slider(0.05, 1, d.top_p, step=0.05, label="Top-p", elem_id=f"{mode}-top-p")
-            rep = gr.Slider(1, 2, repetition_penalty, step=0.05, label="Repetition penalty",
-                            info="set to the selected model's default when you pick a model",
-                            elem_id=f"{mode}-repetition-penalty")  # fmt: skip
-        with gr.Row():
-            seed = gr.Textbox("", label="Seed", placeholder="empty: random; a number repeats a run",
-                              elem_id=f"{mode}-seed")  # fmt: skip
-            stop = gr.Textbox(label=f"Stop sequences (one per line, at most {MAX_STOPS})", lines=2,
-                              elem_id=f"{mode}-stop-sequences")  # fmt: skip
-    return [max_new, temperature, top_p, rep, seed, stop]
+        page = handlers.schema.page
+        for pair in (page[i : i + 2] for i in range(0, len(page), 2)):
+            with gr.Row():
+                controls += [_control(p, defaults[p.name], mode, context_length) for p in pair]
+    return controls
+
+
+def _control(p: Parameter, default, mode: str, context_length: int):
+    elem_id = f"{mode}-{p.control_id}"
+    if p.kind in ("int", "float"):
+        hi = context_length if p.context_bound else p.hi
+        value = min(default, context_length // 2) if p.context_bound else default
+        lo = p.lo + p.step if p.lo_open else p.lo
+        return gr.Slider(lo, hi, value, step=p.step, label=p.label, info=p.help, elem_id=elem_id)
+    if p.kind == "flag":
+        return gr.Checkbox(default, label=p.label, info=p.help, elem_id=elem_id)
+    lines = 2 if p.kind == "stops" else 1
+    return gr.Textbox("", label=p.label, placeholder=p.help, lines=lines, elem_id=elem_id)
 
 
 def _wire_stop(button, handlers: Handlers, tab: str) -> None:
@@ -152,11 +150,9 @@ def _code_tab(mode, label, examples, placeholder, handlers: Handlers, model):
         ui.params = params = _param_inputs(mode, handlers)
 
     @user_errors(as_html=True)
-    def generate(
-        prompt_text, model_id, show_probs, max_new, temperature, top_p, rep, seed, stop,
-        request: gr.Request,
-    ):  # fmt: skip
-        values = (max_new, temperature, top_p, rep, seed, stop)
+    def generate(request: gr.Request, prompt_text, model_id, show_probs, *values):
+        # `request` first: Gradio passes it only as a positional parameter before `*values`,
+        # the parameters' controls in the schema's order
         yield from handlers.ui_code(mode, prompt_text, model_id, *values, request=request,
                                     show_probs=show_probs)  # fmt: skip
 
@@ -194,10 +190,7 @@ def _assist_tab(handlers: Handlers, model):
         ui.params = params = _param_inputs("assistant", handlers)
 
     @user_errors(as_html=True)
-    def respond(
-        text, history, model_id, max_new, temperature, top_p, rep, seed, stop, request: gr.Request
-    ):
-        values = (max_new, temperature, top_p, rep, seed, stop)
+    def respond(request: gr.Request, text, history, model_id, *values):
         yield from handlers.ui_assist(text, history, model_id, *values, request=request)
 
     for trigger in (send.click, message.submit):
@@ -267,9 +260,9 @@ def _open_share(handlers: Handlers, tabs, code_tabs, chat_tab):
             values += [share.prompt, html, share.output, note]
         for t in all_tabs:
             if t.mode == share.mode:
-                values += [form[name] for name in PARAM_NAMES]
+                values += [form[name] for name in names(handlers.schema.page)]
             else:
-                values += [gr.skip()] * len(PARAM_NAMES)
+                values += [gr.skip()] * len(handlers.schema.page)
         return values
 
     return load, outputs
@@ -291,23 +284,29 @@ def _model_picker(handlers: Handlers):
 def _wire_model_defaults(model, handlers: Handlers, tabs: list) -> None:
     """Picking a model brings its defaults to every tab it can serve (and its context as the
     max-tokens limit); "automatic" brings each tab's own model's."""
-    outputs = [p for t in tabs for p in (t.params[1], t.params[3], t.params[0])]
+    page = handlers.schema.page
+    follows = [i for i, p in enumerate(page) if p.model_default or p.context_bound]
+    outputs = [t.params[i] for t in tabs for i in follows]
+    current = [t.params[i] for t in tabs for i in follows]
 
-    def on_model(model_id, *max_new_values):
+    def on_model(model_id, *values):
         updates = []
-        for t, current in zip(tabs, max_new_values, strict=True):
+        for n, t in enumerate(tabs):
             try:
-                temperature, rep = handlers.defaults(model_id, t.mode)
+                defaults = handlers.defaults(model_id, t.mode)
                 context = handlers.context_length(model_id, t.mode)
             except PlaygroundError:  # a model that cannot serve this tab: leave the tab alone
-                updates += [gr.skip()] * 3
+                updates += [gr.skip()] * len(follows)
                 continue
-            max_new = gr.Slider(maximum=context, value=min(int(current or 1), context))
-            updates += [temperature, rep, max_new]
+            for k, i in enumerate(follows):
+                p, value = page[i], values[n * len(follows) + k]
+                if p.context_bound:  # keep the user's limit, within the new context
+                    updates.append(gr.Slider(maximum=context, value=min(int(value or 1), context)))
+                else:
+                    updates.append(defaults[p.name])
         return updates
 
-    model.change(on_model, [model, *(t.params[0] for t in tabs)], outputs, queue=False,
-                 api_visibility="private")  # fmt: skip
+    model.change(on_model, [model, *current], outputs, queue=False, api_visibility="private")
 
 
 def build_ui(handlers: Handlers) -> gr.Blocks:

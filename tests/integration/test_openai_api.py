@@ -104,7 +104,7 @@ def test_chat_takes_text_parts_the_newer_token_limit_and_the_developer_role(oai)
 @pytest.mark.parametrize(
     "kwargs, error, needle",
     [
-        ({"temperature": 3}, openai.BadRequestError, "`temperature` must be in [0, 1] here; got 3"),
+        ({"temperature": 3}, openai.BadRequestError, "`temperature` must be in [0, 1]; got 3"),
         (
             {"max_tokens": 100_000},
             openai.BadRequestError,
@@ -159,6 +159,18 @@ def test_completion_logprobs_add_up_to_the_text_and_rank_the_greedy_pick_first(o
     assert all(not top for top in sampled.choices[0].logprobs.top_logprobs)
     plain = oai.completions.create(**kwargs, **GREEDY)
     assert plain.choices[0].logprobs is None and plain.choices[0].text == choice.text
+
+
+def test_a_healed_first_token_reads_the_same_among_its_alternatives(oai):
+    """A prompt ending in a newline is healed: the model re-writes the backed-off whitespace,
+    and the output shows only what follows it. The chosen token and its alternatives are named
+    alike (a healed token came back as "" while its alternatives said " ")."""
+    kwargs = {"model": "tiny-starcoder", "prompt": "def fibonacci(n):\n", "max_tokens": 6}
+    choice = oai.completions.create(**kwargs, logprobs=3, **GREEDY).choices[0]
+    lp = choice.logprobs
+    assert "".join(lp.tokens) == choice.text
+    for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert token in top and abs(top[token] - value) < 1e-4  # greedy: it is the likeliest
 
 
 def test_echo_with_logprobs_scores_the_prompt_as_generation_scored_those_tokens(oai):

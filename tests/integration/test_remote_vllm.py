@@ -84,7 +84,8 @@ def test_the_app_starts_and_the_model_keeps_its_own_defaults(smol):
     built = build_app(settings, engines)  # raised the FIM refusal while building the page
     handlers = built.handlers
     assert handlers.model_for(None, "fim") == "smollm2-135m-instruct"
-    assert handlers.defaults(None, "fim") == (0.0, 1.0)  # SmolLM2's, not 0.2 / 1.2
+    defaults = handlers.defaults(None, "fim")
+    assert (defaults["temperature"], defaults["repetition_penalty"]) == (0.0, 1.0)  # SmolLM2's
     assert handlers.context_length(None, "completion") == 2048  # vLLM's max_model_len
     assert engines.registry.choose(None, "completion").completion_stops == ("\n```",)
     assert "fill-in-the-middle (one line, by reranking)" in handlers.model_card(

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from gradio_client import Client
 
-from app.requests import parse_params
+from app.parameters import parse_params
 
 GREEDY = {"max_new_tokens": 24, "temperature": 0, "repetition_penalty": 1.0}
 

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from app.requests import Limits, check_context, check_text, parse_params
+from app.parameters import parse_params
+from app.requests import Limits, check_context, check_text
 from model.errors import PlaygroundError
 
 
@@ -90,15 +91,10 @@ def test_min_tokens_and_ignore_eos_are_off_unless_asked_and_kept_when_asked():
 
 def test_the_assistant_gets_room_to_finish_when_no_limit_is_given():
     """SmolLM2's answers to everyday questions took 70-358 tokens: 256 cut 2 of 5 mid-sentence."""
-    from types import SimpleNamespace
-
-    from app.web.api import GENERATION_PARAMETERS, generation_params
+    from app.parameters import SCHEMA
     from model.engine import default_max_new_tokens
 
-    handlers = SimpleNamespace(defaults=lambda model, mode: (0.0, 1.0))
-    values = {name: None for name, _, _ in GENERATION_PARAMETERS}
-    assert generation_params(handlers, "assistant", values).max_new_tokens == 512
-    assert generation_params(handlers, "completion", values).max_new_tokens == 256
-    given = {**values, "max_new_tokens": 40}
-    assert generation_params(handlers, "assistant", given).max_new_tokens == 40
+    assert SCHEMA.resolve({}, None, "assistant").max_new_tokens == 512
+    assert SCHEMA.resolve({}, None, "completion").max_new_tokens == 256
+    assert SCHEMA.resolve({"max_new_tokens": 40}, None, "assistant").max_new_tokens == 40
     assert default_max_new_tokens("fim") == 256

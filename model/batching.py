@@ -47,14 +47,13 @@ from model.engine import (
     Event,
     GenerationRequest,
     ModelInfo,
-    context_overflow,
 )
 from model.errors import PlaygroundError
 from model.kv_budget import KvPlan, no_room, plan_for_model
 from model.local import LocalEngine
 from model.logprobs import Namer
 from model.sampling import RequestSamplingCB
-from model.token_stream import TokenStream, prepare
+from model.token_stream import TokenStream, overflow, prepare
 
 log = logging.getLogger(__name__)
 
@@ -248,13 +247,10 @@ class BatchingServer:
     def _submit_batched(self, rid: str, request: GenerationRequest) -> None:
         p = request.params
         prepared = prepare(self.tokenizer, self.info, self.local.base_eos_ids(), request)
-        ids, limit = prepared.ids, self.info.context_length
-        if len(ids) + p.max_new_tokens > limit:
-            # Past the position table the forward fails, and CB fails the whole batch with it;
-            # past the cache it could never be scheduled: refuse this one request instead (the
-            # app validates this earlier anyway).
-            msg = context_overflow("prompt", len(ids), p.max_new_tokens, limit)
-            self.emit(rid, Done("error", len(ids), 0, error=msg, error_kind="validation"))
+        ids = prepared.ids
+        refused = overflow(prepared, request, self.info.context_length)  # the cache's, here
+        if refused is not None:  # past the cache it could never be scheduled either
+            self.emit(rid, refused)
             return
         kwargs = {"repetition_penalty": float(p.repetition_penalty), "temperature": 0.0}
         if prepared.healing is not None:

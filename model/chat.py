@@ -63,6 +63,7 @@ def chat_prompt(
     budget_tokens: int,
     count_tokens,
     special: dict[str, str] | None = None,
+    max_new_tokens: int = 0,
 ) -> AssistantPrompt:
     """The conversation through the model's chat template, oldest turns dropped to fit."""
 
@@ -83,4 +84,5 @@ def chat_prompt(
         budget_tokens=budget_tokens,
         count_tokens=count_tokens,
         measure=measure,
+        max_new_tokens=max_new_tokens,
     )

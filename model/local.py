@@ -20,7 +20,7 @@ from transformers.generation.streamers import BaseStreamer
 from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo, decode_ids
 from model.infill import failed, infill_events
 from model.logprobs import Namer, StepRecorder, score_prompt
-from model.token_stream import EndHold, TokenStream, model_eos_ids, prepare
+from model.token_stream import EndHold, TokenStream, model_eos_ids, overflow, prepare
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,10 @@ class LocalEngine:
                 return
             yield Delta("", prompt_logprobs=scored)
         prepared = prepare(self.tokenizer, self._info, self.base_eos_ids(), request)
+        refused = overflow(prepared, request, self._info.context_length)
+        if refused is not None:  # a seeded or scored request too big: said, not a failed forward
+            yield refused
+            return
         input_ids = torch.tensor([prepared.ids], device=self._device)
         enc = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
         n_prompt = len(prepared.ids)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
+from model.engine import context_overflow
 from model.errors import PlaygroundError
 from model.families import FimTemplate
 from model.families import detect_fim_template as detect_fim_template  # re-exported
@@ -156,6 +157,7 @@ def fit_prompt(
     budget_tokens: int,
     count_tokens: Callable[[str], int],
     measure: Measure,
+    max_new_tokens: int = 0,
 ) -> AssistantPrompt:
     """Render, dropping the oldest examples first, then the oldest turns, until it fits.
 
@@ -170,7 +172,7 @@ def fit_prompt(
         return AssistantPrompt(prompt, 0, 0)
     n, n_examples = len(examples) + len(history), len(examples)
     if n == 0:
-        raise _too_long(needed, budget_tokens)
+        raise _too_long(needed, budget_tokens, max_new_tokens)
     fixed, newest_first = measure()
     # kept[k]: tokens of the pieces left after dropping the k oldest, known for k >= oldest.
     kept, oldest = [0] * (n + 1), n
@@ -202,15 +204,14 @@ def fit_prompt(
             return AssistantPrompt(prompt, dropped_ex, dropped_turns)
         if d == n:
             break
-    raise _too_long(needed, budget_tokens)
+    raise _too_long(needed, budget_tokens, max_new_tokens)
 
 
-def _too_long(needed: int, budget_tokens: int) -> PlaygroundError:
+def _too_long(needed: int, budget_tokens: int, max_new_tokens: int) -> PlaygroundError:
+    """The one overflow message (model/engine.context_overflow), for the whole prompt."""
+    context = budget_tokens + max_new_tokens
     return PlaygroundError(
-        f"`message` is too long for the model's context: the prompt needs {needed} "
-        f"tokens but only {budget_tokens} are left after `max_new_tokens`. Shorten the "
-        "message or lower max_new_tokens.",
-        field="message",
+        context_overflow("message", needed, max_new_tokens, context), field="message"
     )
 
 
@@ -221,6 +222,7 @@ def assistant_prompt(
     *,
     budget_tokens: int,
     count_tokens: Callable[[str], int],
+    max_new_tokens: int = 0,
 ) -> AssistantPrompt:
     """The ta-prompt chat: preamble, example dialogues, then this conversation."""
 
@@ -241,6 +243,7 @@ def assistant_prompt(
         budget_tokens=budget_tokens,
         count_tokens=count_tokens,
         measure=measure,
+        max_new_tokens=max_new_tokens,
     )
 
 

@@ -172,7 +172,7 @@ class RemoteEngine:
                     if cancel.cancelled:
                         break  # closing the response makes the server cancel the request
                     if "error" in data:
-                        yield self._error_done(data["error"], n_prompt, generated)
+                        yield self._error_done(data["error"], n_prompt, generated, p)
                         return
                     choice = (data.get("choices") or [{}])[0]
                     text = choice.get("text") or ""
@@ -435,14 +435,13 @@ class RemoteEngine:
             f"The model server failed (HTTP {status}). Please try again later.", kind="engine"
         )
 
-    def _error_done(self, error, n_prompt: int, generated: int) -> Done:
+    def _error_done(self, error, n_prompt: int, generated: int, params) -> Done:
         message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
         log.error("engine server %s failed mid-stream: %s", self.base, message)
         if _OVERFLOW.search(message):
-            text = (
-                f"The prompt plus max_new_tokens is too long for the model's context of "
-                f"{self._info.context_length} tokens. Shorten the prompt or lower max_new_tokens."
-            )
+            named = _SERVER_LIMIT.search(message)
+            text = self._overflow(n_prompt, params.max_new_tokens,
+                                  int(named.group(1)) if named else None).message  # fmt: skip
             return Done("error", n_prompt, generated, error=text, error_kind="validation")
         text = "The model server failed while generating. The error was logged."
         return Done("error", n_prompt, generated, error=text, error_kind="engine")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from model.decoding import IncrementalDecoder
-from model.engine import GenerationRequest, ModelInfo
+from model.engine import Done, GenerationRequest, ModelInfo, context_overflow
 from model.healing import Healing, heal_request
 from model.stops import StopMatcher
 
@@ -88,6 +88,18 @@ def prepare(
         ignored = tuple(i for i in base_eos if i not in asked) if p.ignore_eos else ()
         hold = EndHold(p.min_tokens, tuple(eos_ids), ignored)
     return Prepared(ids, eos_ids, text_stops, healing, hold)
+
+
+def overflow(prepared: Prepared, request: GenerationRequest, context: int) -> Done | None:
+    """The worker's one context check, for the batch and for a request run alone (seeded or
+    scored): past the position table the forward fails, and in the batch it fails every other
+    request with it. The app checks first (app/requests.check_context); this is for callers
+    that did not, with the same words."""
+    n, most = len(prepared.ids), request.params.max_new_tokens
+    if n + most <= context:
+        return None
+    msg = context_overflow("prompt", n, most, context)
+    return Done("error", n, 0, error=msg, error_kind="validation")
 
 
 class TokenStream:

@@ -126,6 +126,23 @@ class Output:
         )
 
 
+class _Counter:
+    """An engine's token count that keeps the ids of the last text it counted whole."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._last: tuple[str, list[int] | None] = ("", None)
+
+    def __call__(self, text: str) -> int:
+        ids = self.engine.tokenize(text)
+        self._last = (text, ids)
+        return len(ids) if ids is not None else self.engine.count_tokens(text)
+
+    def ids(self, text: str) -> list[int] | None:
+        last, ids = self._last
+        return ids if last == text else self.engine.tokenize(text)
+
+
 class Playground:
     def __init__(
         self,
@@ -248,19 +265,23 @@ class Playground:
         if budget <= 0:  # no room for any prompt: say how big the message alone is
             n = engine.count_tokens(message)
             check_context("message", n, reserved, info.context_length)
+        # The prompt is fitted by counting it whole; the last count is of the prompt built, and
+        # its ids travel with the request, so nothing tokenizes it again.
+        count = _Counter(engine)
         if info.chat_template:
             # Instruct models: their own chat template; the end-of-turn token is their EOS.
             special = {"bos_token": info.bos_token or "", "eos_token": info.eos_token or ""}
             built = chat_prompt(
                 info.chat_template, history, message, budget_tokens=budget,
-                count_tokens=engine.count_tokens, special=special,
+                count_tokens=count, special=special, max_new_tokens=reserved,
             )  # fmt: skip
         else:
             built = assistant_prompt(
-                self.ta, history, message, budget_tokens=budget, count_tokens=engine.count_tokens
-            )
+                self.ta, history, message, budget_tokens=budget, count_tokens=count,
+                max_new_tokens=reserved,
+            )  # fmt: skip
             params = replace(params, stop=(*params.stop, *ASSISTANT_STOPS))
-        ids = engine.tokenize(built.prompt)  # fitted to the budget above: no check needed
+        ids = count.ids(built.prompt)  # fitted to the budget above: no check needed
         if rest:
             n = len(ids) if ids is not None else engine.count_tokens(built.prompt)
             params = replace(params, max_new_tokens=max(1, info.context_length - n))

@@ -180,6 +180,17 @@ def test_request_past_the_context_is_refused_alone(worker):
     assert good.reason in ("length", "eos")
 
 
+def test_a_seeded_request_past_the_context_gets_the_same_refusal_as_the_batch(worker):
+    """A seeded request runs alone, outside the batch: it used to reach the forward and come
+    back as "Generation failed inside the model"."""
+    ctx = worker.info.context_length
+    _, batched = collect(worker, "class A:", GenerationParams(max_new_tokens=ctx))
+    _, alone = collect(worker, "class A:", GenerationParams(max_new_tokens=ctx, seed=3))
+    assert alone.reason == "error" and alone.error_kind == "validation"
+    assert alone.error == batched.error
+    assert alone.error.startswith(f"`prompt` tokens + `max_new_tokens` must be <= {ctx}")
+
+
 def test_unloadable_model_is_a_clear_start_error(tmp_path):
     with pytest.raises(PlaygroundError) as err:
         WorkerEngine(WorkerConfig(str(tmp_path / "missing"), device="cpu")).start()

@@ -250,13 +250,24 @@ def test_a_message_too_long_for_what_is_left_is_refused_with_both_numbers():
         assist(fake, message="x" * 900, history=[], max_new_tokens=200)
     assert err.value.field == "message"
     found = re.fullmatch(
-        r"`message` is too long for the model's context: the prompt needs (\d+) tokens but "
-        r"only 800 are left after `max_new_tokens`\. Shorten the message or lower "
-        r"max_new_tokens\.",
+        r"`message` tokens \+ `max_new_tokens` must be <= 1000 \(the model's context\)\. "
+        r"Given: (\d+) `message` tokens and 200 `max_new_tokens`\.",
         err.value.message,
-    )
+    )  # the one overflow message, as every mode and engine says it
     assert int(found.group(1)) > 900  # the message, plus the preamble that is never dropped
     assert fake.requests == []
+
+
+def test_a_chat_prompt_is_tokenized_once_and_its_ids_travel_with_the_request():
+    """The fitted prompt's last count is of the prompt sent: its ids are reused, not made again."""
+    fake = FakeEngine("Use a set.")
+    calls = []
+    real = fake.tokenize
+    fake.tokenize = lambda text: calls.append(text) or real(text)
+    assist(fake, message="How do I dedupe a list?")
+    sent = fake.requests[0]
+    assert sent.prompt_ids == tuple(ord(c) for c in sent.prompt)
+    assert calls.count(sent.prompt) == 1
 
 
 def test_the_prompt_is_tokenized_once_and_its_ids_travel_with_the_request():

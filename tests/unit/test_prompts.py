@@ -262,5 +262,7 @@ def test_chat_prompt_drops_the_oldest_turns_and_keeps_the_template_intact():
 def test_a_chat_message_too_long_for_any_history_is_refused_with_both_numbers():
     count = CountingTokenizer()
     with pytest.raises(PlaygroundError) as err:
-        chat_prompt(CHATML, _history(3), "sort " * 400, budget_tokens=100, count_tokens=count)
-    assert "`message` is too long" in str(err.value) and "only 100 are left" in str(err.value)
+        chat_prompt(CHATML, _history(3), "sort " * 400, budget_tokens=100, count_tokens=count,
+                    max_new_tokens=28)  # fmt: skip
+    assert str(err.value).startswith("`message` tokens + `max_new_tokens` must be <= 128 ")
+    assert "and 28 `max_new_tokens`" in str(err.value)

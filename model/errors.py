@@ -49,12 +49,15 @@ class PlaygroundError(Exception):
     def renamed(self, names: dict[str, str]) -> PlaygroundError:
         """This error in the caller's words: each `name` in `names` becomes the caller's name
         for it (`/v1` says `max_tokens` where the page says `max_new_tokens`)."""
-        message = self.message
+        # The same class and details (a rate limit's retry time), without calling __init__.
+        renamed = type(self).__new__(type(self))
+        renamed.__dict__.update(self.__dict__)
         for ours, theirs in names.items():
             if ours != theirs:
-                message = message.replace(f"`{ours}`", f"`{theirs}`")
-        field = names.get(self.field, self.field) if self.field else self.field
-        return PlaygroundError(message, field=field, kind=self.kind)
+                renamed.message = renamed.message.replace(f"`{ours}`", f"`{theirs}`")
+        renamed.args = (renamed.message,)
+        renamed.field = names.get(self.field, self.field) if self.field else self.field
+        return renamed
 
     @property
     def status(self) -> int:

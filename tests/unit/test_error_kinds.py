@@ -43,3 +43,13 @@ def test_server_faults_are_5xx_and_client_mistakes_4xx():
 def test_an_undeclared_kind_is_a_programming_error():
     with pytest.raises(ValueError, match="unknown error kind"):
         PlaygroundError("x", kind="oops")
+
+
+def test_a_refusal_in_the_callers_words_keeps_its_kind_and_retry_time():
+    from app.ratelimit import RateLimited
+
+    exc = RateLimited("`max_new_tokens` 400 is over the budget.", retry_after_s=2.5)
+    renamed = exc.renamed({"max_new_tokens": "max_tokens"})
+    assert renamed.message == "`max_tokens` 400 is over the budget." == str(renamed)
+    assert isinstance(renamed, RateLimited) and renamed.headers == {"Retry-After": "3"}
+    assert exc.message.startswith("`max_new_tokens`")  # the original is untouched

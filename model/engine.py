@@ -155,13 +155,17 @@ class ContextLength(int):
         return (ContextLength, (int(self), self.limited_by))
 
 
-def context_overflow(field: str, prompt_tokens: int, max_new_tokens: int, context: int) -> str:
+def context_overflow(
+    field: str, prompt_tokens: int, max_new_tokens: int, context: int | None
+) -> str:
     """The refusal for a request that does not fit: names both numbers and the limit (TGI's
-    style), and what lowered the limit when a ContextLength says so."""
+    style), and what lowered the limit when a ContextLength says so. `context` None: a model
+    server refused it without saying its limit."""
     why = getattr(context, "limited_by", None)
     what = f"the model's context, limited by {why}" if why else "the model's context"
+    limit = f"be <= {context} ({what})" if context else "fit the model server's context"
     return (
-        f"`{field}` tokens + `max_new_tokens` must be <= {context} ({what}). "
+        f"`{field}` tokens + `max_new_tokens` must {limit}. "
         f"Given: {prompt_tokens} `{field}` tokens and {max_new_tokens} `max_new_tokens`."
     )
 

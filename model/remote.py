@@ -439,9 +439,10 @@ class RemoteEngine:
         message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
         log.error("engine server %s failed mid-stream: %s", self.base, message)
         if _OVERFLOW.search(message):
+            # The server's limit when it names it; our own guess of it was evidently wrong.
             named = _SERVER_LIMIT.search(message)
-            text = self._overflow(n_prompt, params.max_new_tokens,
-                                  int(named.group(1)) if named else None).message  # fmt: skip
+            limit = int(named.group(1)) if named else None
+            text = engine.context_overflow("prompt", n_prompt, params.max_new_tokens, limit)
             return Done("error", n_prompt, generated, error=text, error_kind="validation")
         text = "The model server failed while generating. The error was logged."
         return Done("error", n_prompt, generated, error=text, error_kind="engine")

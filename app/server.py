@@ -22,7 +22,7 @@ from app.services.generate import Generations
 from app.services.playground import Playground
 from app.services.search import Search
 from app.services.shares import Shares
-from app.settings import EMBEDDED_MODEL, ROOT, Settings
+from app.settings import EMBEDDED_MODEL, Settings
 from app.store import Store
 from app.web.access import AccessGuard
 from app.web.guard import SPACE_FRAME_ANCESTORS, EdgeGuard
@@ -35,6 +35,7 @@ from compat.gradio_queue import GradioRouteChecks, tune_queue
 from model.engine import Engine
 from model.errors import PlaygroundError
 from model.factory import build_engine
+from model.paths import ROOT
 from model.pool import EnginePool
 from model.prompts import TaPrompt
 from model.registry import (
@@ -177,7 +178,7 @@ def build_app(
         trusted_origins=links.origins(),
         host_allowed=links.host_allowed,
         body_timeout_s=settings.body_timeout,
-        frame_ancestors=SPACE_FRAME_ANCESTORS if os.environ.get("SPACE_ID") else None,
+        frame_ancestors=SPACE_FRAME_ANCESTORS if settings.space_id else None,
     )
     add_ops_routes(api, engines.loaded, metrics)  # /healthz and /metrics, before Gradio takes "/"
     # Before Gradio: mounted at "/", it would otherwise answer every path.

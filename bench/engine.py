@@ -102,14 +102,14 @@ def cold_start(model: str) -> float:
 
 def main() -> None:
     from app.services.playground import Playground
-    from app.settings import EMBEDDED_MODEL
     from model.engine import GenerationParams
     from model.local import LocalEngine
     from model.pool import EnginePool
     from model.prompts import TaPrompt
+    from model.registry import TINY_STARCODER_DIR
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=EMBEDDED_MODEL)
+    ap.add_argument("--model", default=str(TINY_STARCODER_DIR))
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--new-tokens", type=int, default=200)
     ap.add_argument("--device", default="auto")

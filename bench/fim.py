@@ -53,6 +53,7 @@ from bench.fim_tasks import (  # noqa: E402 - the path above makes `bench` impor
     spread,
     summarise,
 )
+from model.paths import default_data_dir  # noqa: E402
 
 log = logging.getLogger("bench.fim")
 
@@ -150,7 +151,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--score-context", type=int, default=None,
                    help="with --engine-url: prefix tokens scored per candidate "
                         "(model/remote_fill.py SCORE_CONTEXT_TOKENS)")  # fmt: skip
-    p.add_argument("--data-dir", default=os.environ.get("DATA_DIR", str(ROOT / "data")))
+    p.add_argument("--data-dir", default=str(default_data_dir()))
     return p
 
 

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from model.engine import CancelToken, GenerationParams, GenerationRequest  # noqa: E402
 from model.loading import DTYPES  # noqa: E402
+from model.paths import default_data_dir  # noqa: E402
 from model.registry import SMOLLM2, TINY_STARCODER, Registry  # noqa: E402
 from model.worker import WorkerConfig, WorkerEngine  # noqa: E402
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     sizing = p.add_mutually_exclusive_group()
     sizing.add_argument("--kv-cache-mb", type=float, default=None)
     sizing.add_argument("--old-kv-sizing", action="store_true")
-    p.add_argument("--data-dir", default=os.environ.get("DATA_DIR", str(ROOT / "data")))
+    p.add_argument("--data-dir", default=str(default_data_dir()))
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="the app's DTYPE")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -64,7 +64,8 @@ def build_engines(settings: Settings) -> EnginePool:
 
     With ENGINE_URL there is one model: the remote server's."""
     common = {"device": settings.device, "hf_token": settings.hf_token,
-              "log_level": settings.log_level.upper()}  # fmt: skip
+              "log_level": settings.log_level.upper(), "max_batch": settings.max_batch,
+              "max_queue": settings.max_queue}  # fmt: skip
     if settings.engine_url:
         return _remote_engines(settings, common)
     registry = Registry.build(settings.data_dir, settings.model)
@@ -73,10 +74,8 @@ def build_engines(settings: Settings) -> EnginePool:
         # Packaged models are resolved (converted) inside the worker, which may import torch.
         model = spec.id if spec.source == "package" else spec.location
         return build_engine(
-            model=model, data_dir=settings.data_dir, max_batch=settings.max_batch,
-            max_queue=settings.max_queue,
-            kv_cache_mb=settings.kv_cache_mb, torch_threads=settings.torch_threads,
-            dtype=settings.dtype, **common,
+            model=model, data_dir=settings.data_dir, kv_cache_mb=settings.kv_cache_mb,
+            torch_threads=settings.torch_threads, dtype=settings.dtype, **common,
         )  # fmt: skip
 
     return EnginePool(registry, start)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, make_dataclass
 from pathlib import Path
 
+from app.limits import Limits
 from app.links import DEFAULT_ALLOWED_HOSTS
 from model.loading import DTYPES
 from model.paths import DATA_DIR_ENV, default_data_dir
@@ -151,7 +152,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_prompt_bytes",
         "MAX_PROMPT_BYTES",
-        128 * 1024,
+        Limits.max_prompt_bytes,  # the limits' own default, which app/requests.py also checks
         "Largest prompt, message or history accepted, in UTF-8 bytes; shares hold the same.",
         int,
     ),

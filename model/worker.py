@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo, Queued
 from model.errors import PlaygroundError
-from model.web_tokenizer import LocalTokenizer
+from model.local_tokenizer import LocalTokenizer
 from model.worker_process import WorkerConfig, worker_main
 
 log = logging.getLogger(__name__)

@@ -63,9 +63,12 @@ def build_engines(settings: Settings) -> EnginePool:
     """The models on offer, each served by its own worker process, started on first use.
 
     With ENGINE_URL there is one model: the remote server's."""
+    # Every engine setting, to either kind of engine (a remote one ignores the worker's).
     common = {"device": settings.device, "hf_token": settings.hf_token,
               "log_level": settings.log_level.upper(), "max_batch": settings.max_batch,
-              "max_queue": settings.max_queue}  # fmt: skip
+              "max_queue": settings.max_queue, "data_dir": settings.data_dir,
+              "kv_cache_mb": settings.kv_cache_mb, "torch_threads": settings.torch_threads,
+              "dtype": settings.dtype}  # fmt: skip
     if settings.engine_url:
         return _remote_engines(settings, common)
     registry = Registry.build(settings.data_dir, settings.model)
@@ -73,10 +76,7 @@ def build_engines(settings: Settings) -> EnginePool:
     def start(spec: ModelSpec) -> Engine:
         # Packaged models are resolved (converted) inside the worker, which may import torch.
         model = spec.id if spec.source == "package" else spec.location
-        return build_engine(
-            model=model, data_dir=settings.data_dir, kv_cache_mb=settings.kv_cache_mb,
-            torch_threads=settings.torch_threads, dtype=settings.dtype, **common,
-        )  # fmt: skip
+        return build_engine(model=model, **common)
 
     return EnginePool(registry, start)
 

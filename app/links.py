@@ -8,9 +8,8 @@ else the link stays relative to the site the client is on.
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 # A Host header is an authority without userinfo: a DNS name, an IPv4 address or a bracketed
@@ -31,11 +30,8 @@ class PublicLinks:
         self.allowed_hosts = {h.strip().lower() for h in allowed_hosts if h.strip()}
 
     @classmethod
-    def from_settings(cls, settings, env: Mapping[str, str] | None = None) -> PublicLinks:
-        env = os.environ if env is None else env
-        public = settings.public_url
-        if not public and env.get("SPACE_HOST"):
-            public = f"https://{env['SPACE_HOST']}"
+    def from_settings(cls, settings) -> PublicLinks:
+        public = settings.resolved_public_url()
         hosts = settings.allowed_hosts.split(",")
         if settings.host not in ("0.0.0.0", "::", ""):
             hosts.append(settings.host)  # the address the server was told to answer on

@@ -23,7 +23,7 @@ from app.services.generate import Generations
 from app.services.playground import Playground
 from app.services.search import Search
 from app.services.shares import Shares
-from app.settings import EMBEDDED_MODEL, ROOT, Settings
+from app.settings import EMBEDDED_MODEL, Settings
 from app.store import Store
 from app.web.access import AccessGuard
 from app.web.guard import SPACE_FRAME_ANCESTORS, EdgeGuard
@@ -36,6 +36,7 @@ from compat.gradio_queue import GradioRouteChecks, tune_queue
 from model.engine import Engine
 from model.errors import PlaygroundError
 from model.factory import build_engine
+from model.paths import ROOT
 from model.pool import EnginePool
 from model.prompts import TaPrompt
 from model.registry import (
@@ -63,8 +64,12 @@ def build_engines(settings: Settings) -> EnginePool:
     """The models on offer, each served by its own worker process, started on first use.
 
     With ENGINE_URL there is one model: the remote server's."""
+    # Every engine setting, to either kind of engine (a remote one ignores the worker's).
     common = {"device": settings.device, "hf_token": settings.hf_token,
-              "log_level": settings.log_level.upper()}  # fmt: skip
+              "log_level": settings.log_level.upper(), "max_batch": settings.max_batch,
+              "max_queue": settings.max_queue, "data_dir": settings.data_dir,
+              "kv_cache_mb": settings.kv_cache_mb, "torch_threads": settings.torch_threads,
+              "dtype": settings.dtype}  # fmt: skip
     if settings.engine_url:
         return _remote_engines(settings, common)
     registry = Registry.build(settings.data_dir, settings.model)
@@ -72,12 +77,7 @@ def build_engines(settings: Settings) -> EnginePool:
     def start(spec: ModelSpec) -> Engine:
         # Packaged models are resolved (converted) inside the worker, which may import torch.
         model = spec.id if spec.source == "package" else spec.location
-        return build_engine(
-            model=model, data_dir=settings.data_dir, max_batch=settings.max_batch,
-            max_queue=settings.max_queue,
-            kv_cache_mb=settings.kv_cache_mb, torch_threads=settings.torch_threads,
-            dtype=settings.dtype, **common,
-        )  # fmt: skip
+        return build_engine(model=model, **common)
 
     return EnginePool(registry, start)
 
@@ -182,7 +182,7 @@ def build_app(
         trusted_origins=links.origins(),
         host_allowed=links.host_allowed,
         body_timeout_s=settings.body_timeout,
-        frame_ancestors=SPACE_FRAME_ANCESTORS if os.environ.get("SPACE_ID") else None,
+        frame_ancestors=SPACE_FRAME_ANCESTORS if settings.space_id else None,
     )
     add_ops_routes(api, engines.loaded, metrics)  # /healthz and /metrics, before Gradio takes "/"
     # Before Gradio: mounted at "/", it would otherwise answer every path.

@@ -1,6 +1,10 @@
-"""The one Settings object. Every option is declared once here: flag, env var, default, help.
+"""The one Settings object. Every option is declared once here, in OPTIONS: flag, env var, type,
+default, help. The Settings class is generated from that table, so a new row is a new field.
 
 Precedence: CLI flag > environment variable > default. `python app.py --help` prints them all.
+The production code reads the environment only through this table (model/paths.py's DATA_DIR,
+for entry points that must not import the app, and variables set for a library or a child
+process before it starts are the exceptions, each with its reason).
 """
 
 from __future__ import annotations
@@ -8,14 +12,15 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, make_dataclass
 from pathlib import Path
 
+from app.limits import Limits
 from app.links import DEFAULT_ALLOWED_HOSTS
 from model.loading import DTYPES
+from model.paths import DATA_DIR_ENV, default_data_dir
 from model.registry import TINY_STARCODER_DIR, TINY_STARCODER_MANIFEST
 
-ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_MODEL = str(TINY_STARCODER_DIR)
 MAX_TORCH_THREADS = 1024
 
@@ -119,7 +124,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("hf_token", "HF_TOKEN", None, "Hugging Face token, for gated models only."),
     Option("ta_prompt", "TA_PROMPT", None, "File with a tech-assistant prompt (ta-prompt format)."),
-    Option("data_dir", "DATA_DIR", str(ROOT / "data"), "Folder for the database and the index."),
+    Option(
+        "data_dir",
+        DATA_DIR_ENV,
+        str(default_data_dir(env={})),
+        "Folder for the database and the index.",
+    ),
     Option(
         "database_url",
         "DATABASE_URL",
@@ -142,7 +152,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_prompt_bytes",
         "MAX_PROMPT_BYTES",
-        128 * 1024,
+        Limits.max_prompt_bytes,  # the limits' own default, which app/requests.py also checks
         "Largest prompt, message or history accepted, in UTF-8 bytes; shares hold the same.",
         int,
     ),
@@ -153,6 +163,20 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "Base URL of share links, e.g. https://playground.example (on a Space: from SPACE_HOST). "
         "Unset: the request's host, if it is one of ALLOWED_HOSTS.",
+    ),
+    Option(
+        "space_host",
+        "SPACE_HOST",
+        None,
+        "Set by Hugging Face Spaces: the Space's host name; share links use https://SPACE_HOST "
+        "when PUBLIC_URL is unset.",
+    ),
+    Option(
+        "space_id",
+        "SPACE_ID",
+        None,
+        "Set by Hugging Face Spaces: the Space's id; when set, the page may be framed by "
+        "https://huggingface.co (the Space's own page shows it in a frame).",
     ),
     Option(
         "allowed_hosts",
@@ -222,42 +246,8 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Settings:
-    host: str
-    port: int
-    model: str
-    device: str
-    engine_url: str | None
-    engine_model: str | None
-    engine_api_key: str | None
-    engine_model_defaults: str | None
-    max_batch: int
-    torch_threads: int | None
-    dtype: str
-    max_queue: int
-    rate_limit: int
-    token_budget: int
-    max_scored_tokens: int
-    hf_token: str | None
-    ta_prompt: str | None
-    data_dir: str
-    database_url: str | None
-    index_url: str | None
-    corpus_manifest: str
-    max_prompt_bytes: int
-    share_rate: int
-    public_url: str | None
-    allowed_hosts: str
-    trusted_proxy_header: str | None
-    max_body_bytes: int | None
-    body_timeout: float
-    api_keys: str | None
-    metrics_token: str | None
-    kv_cache_mb: int | None
-    fim_candidates: int
-    stop_loops: str
-    log_level: str
+class _SettingsMethods:
+    """What Settings does beyond holding values; its fields are generated from OPTIONS below."""
 
     def __post_init__(self) -> None:
         if self.stop_loops not in ("on", "off"):
@@ -300,6 +290,23 @@ class Settings:
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{Path(self.data_dir) / 'playground.db'}"
 
+    def resolved_public_url(self) -> str | None:
+        """PUBLIC_URL, else the Space's own address on Hugging Face Spaces."""
+        if self.public_url:
+            return self.public_url
+        return f"https://{self.space_host}" if self.space_host else None
+
+
+# One field per row, typed by the row (None-default rows may stay None), in the table's order.
+Settings = make_dataclass(
+    "Settings",
+    [(o.name, o.type if o.default is not None else o.type | None) for o in OPTIONS],
+    bases=(_SettingsMethods,),
+    frozen=True,
+    namespace={"__module__": __name__},  # pickles by this module's name (it crosses spawns)
+)
+Settings.__doc__ = "Every setting's value, as Settings.load() resolved it (see OPTIONS)."
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -315,6 +322,3 @@ def parser() -> argparse.ArgumentParser:
             help=f"{opt.help} [env {opt.env}; default {opt.shown_default or opt.default}]",
         )
     return p
-
-
-assert {f.name for f in fields(Settings)} == {o.name for o in OPTIONS}

@@ -47,7 +47,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URL = "sqlite:///data/playground.db"
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 ID_BYTES = 12  # 96 random bits -> 16 URL-safe characters
 TOKEN_BYTES = 32
@@ -160,10 +159,10 @@ class Store:
 
     def __init__(
         self,
-        url: str = DEFAULT_URL,
+        url: str,
         *,
         limits: Limits | None = None,
-        writes_per_window: int = 30,
+        writes_per_window: int | None = None,  # SHARE_RATE_PER_MIN; or a rate_limiter
         window_s: float = 60.0,
         busy_timeout_ms: int = 10_000,
         rate_limiter: RateLimiter | None = None,
@@ -171,7 +170,13 @@ class Store:
     ):
         self.url = normalize_url(url)
         self.limits = limits or Limits()
-        self.rate_limiter = rate_limiter or RateLimiter(writes_per_window, window_s, what="shares")
+        if rate_limiter is None:
+            if writes_per_window is None:
+                raise TypeError(
+                    "Store needs writes_per_window (SHARE_RATE_PER_MIN) or a rate_limiter"
+                )
+            rate_limiter = RateLimiter(writes_per_window, window_s, what="shares")
+        self.rate_limiter = rate_limiter
         self.engine = _make_engine(self.url, busy_timeout_ms)
         self._write_engine = self.engine.execution_options(sqlite_begin="IMMEDIATE")
         self.dialect = self.engine.dialect.name

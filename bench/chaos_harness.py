@@ -105,8 +105,10 @@ class App:
     it, on a fresh data dir whose models/ reuses the repo's converted SmolLM2."""
 
     def __init__(self, *extra: str):
+        from model.paths import default_data_dir
+
         self.data = Path(tempfile.mkdtemp(prefix="chaos-app-"))
-        converted = ROOT / "data" / "models"
+        converted = default_data_dir() / "models"
         if converted.is_dir():  # skip the 30-45 s GGUF conversion
             (self.data / "models").symlink_to(converted, target_is_directory=True)
         self.argv = ["--data-dir", str(self.data), "--port", "0", "--device", "cpu",

@@ -25,6 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from app.web.ui import COMPLETION_EXAMPLES  # noqa: E402
 from model import loading  # noqa: E402
+from model.paths import default_data_dir  # noqa: E402
+from model.registry import SMOLLM2  # noqa: E402
 
 PROMPTS = [e[0] for e in COMPLETION_EXAMPLES]
 
@@ -61,7 +63,7 @@ def greedy_text(model, tokenizer, prompt: str, new_tokens: int) -> list[int]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=str(ROOT / "data" / "models" / "smollm2-135m-instruct"))
+    p.add_argument("--model", default=str(default_data_dir() / "models" / SMOLLM2))
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--threads", default="1,2")

@@ -102,21 +102,25 @@ def cold_start(model: str) -> float:
 
 def main() -> None:
     from app.services.playground import Playground
-    from app.settings import EMBEDDED_MODEL
+    from app.settings import Settings
     from model.engine import GenerationParams
     from model.local import LocalEngine
     from model.pool import EnginePool
     from model.prompts import TaPrompt
+    from model.registry import TINY_STARCODER_DIR
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=EMBEDDED_MODEL)
+    ap.add_argument("--model", default=str(TINY_STARCODER_DIR))
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--new-tokens", type=int, default=200)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
     engine = LocalEngine.load(args.model, device=args.device)
-    playground = Playground(EnginePool.single(engine), TaPrompt.load())
+    app = Settings.load([], env={})  # the app's defaults for what this run does not set
+    playground = Playground(
+        EnginePool.single(engine, app.data_dir), TaPrompt.load(), fim_candidates=app.fim_candidates
+    )
     # Greedy, no eos cut-off differences: both paths decode exactly the same tokens.
     params = GenerationParams(max_new_tokens=args.new_tokens, temperature=0, repetition_penalty=1.2)
     in_thread(bare_generate, engine, params, args.new_tokens)  # warm-up

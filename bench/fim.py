@@ -40,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.settings import Settings  # noqa: E402
 from bench.fim_methods import AppFill, Middle, NativeFim, Rerank  # noqa: E402
 from bench.fim_tasks import (  # noqa: E402 - the path above makes `bench` importable as a script
     VARIANTS,
@@ -53,8 +54,10 @@ from bench.fim_tasks import (  # noqa: E402 - the path above makes `bench` impor
     spread,
     summarise,
 )
+from model.paths import default_data_dir  # noqa: E402
 
 log = logging.getLogger("bench.fim")
+APP = Settings.load([], env={})  # the app's defaults (FIM_CANDIDATES)
 
 # Covers the longest canonical line (50 SmolLM2 tokens) and 5-line block (113); median 7/26.
 MAX_NEW_TOKENS = {"single": 48, "multi": 128}
@@ -128,7 +131,7 @@ def parser() -> argparse.ArgumentParser:
     )
     stops.add_argument("--repetition-penalty", type=float, default=1.0)
     rr = p.add_argument_group("rerank method")
-    rr.add_argument("--k", type=int, default=8, help="candidates per task")
+    rr.add_argument("--k", type=int, default=APP.fim_candidates, help="candidates per task")
     rr.add_argument("--temperature", type=float, default=0.8)
     rr.add_argument("--top-p", type=float, default=0.95)
     rr.add_argument("--score-by", choices=("suffix", "joint", "greedy"), default="joint")
@@ -150,7 +153,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--score-context", type=int, default=None,
                    help="with --engine-url: prefix tokens scored per candidate "
                         "(model/remote_fill.py SCORE_CONTEXT_TOKENS)")  # fmt: skip
-    p.add_argument("--data-dir", default=os.environ.get("DATA_DIR", str(ROOT / "data")))
+    p.add_argument("--data-dir", default=str(default_data_dir()))
     return p
 
 

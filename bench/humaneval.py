@@ -19,7 +19,6 @@ import argparse
 import datetime as dt
 import json
 import logging
-import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
@@ -37,6 +36,7 @@ from bench.humaneval_generator import (  # noqa: E402 - the path above makes `be
     truncate,
 )
 from bench.sandbox import Execution, execute  # noqa: E402
+from model.paths import default_data_dir  # noqa: E402
 
 # The harness's names, generation and sandbox included: tests and bench/fim.py import them here.
 __all__ = [
@@ -252,7 +252,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per test program")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--data-dir", default=os.environ.get("DATA_DIR", str(ROOT / "data")))
+    p.add_argument("--data-dir", default=str(default_data_dir()))
     p.add_argument("--out", default=None, help="per-problem JSONL (default under DATA_DIR)")
     p.add_argument("--results-md", default=str(RESULTS_MD), help="results table to update")
     p.add_argument(

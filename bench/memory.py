@@ -26,8 +26,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.settings import Settings  # noqa: E402
 from model.engine import CancelToken, GenerationParams, GenerationRequest  # noqa: E402
 from model.loading import DTYPES  # noqa: E402
+from model.paths import default_data_dir  # noqa: E402
 from model.registry import SMOLLM2, TINY_STARCODER, Registry  # noqa: E402
 from model.worker import WorkerConfig, WorkerEngine  # noqa: E402
 
@@ -53,7 +55,7 @@ def measure(model_id: str, args) -> dict:
         kv_cache_mb=kv_mb, log_level="WARNING", dtype=args.dtype,
     )  # fmt: skip
     start = time.perf_counter()
-    engine = WorkerEngine(config).start()
+    engine = WorkerEngine(config, max_queue=args.max_batch).start()
     try:
         started = time.perf_counter() - start
         time.sleep(1)  # let the worker settle (its router thread, the pipe)
@@ -86,11 +88,12 @@ def _mb(n: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/memory.py", description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=[TINY_STARCODER, SMOLLM2])
-    p.add_argument("--max-batch", type=int, default=8, help="the app's MAX_BATCH default")
+    app = Settings.load([], env={})
+    p.add_argument("--max-batch", type=int, default=app.max_batch, help="default: the app's")
     sizing = p.add_mutually_exclusive_group()
     sizing.add_argument("--kv-cache-mb", type=float, default=None)
     sizing.add_argument("--old-kv-sizing", action="store_true")
-    p.add_argument("--data-dir", default=os.environ.get("DATA_DIR", str(ROOT / "data")))
+    p.add_argument("--data-dir", default=str(default_data_dir()))
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="the app's DTYPE")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import peer_servers as servers  # noqa: E402
 from bench.http_client import Connection  # noqa: E402
+from model.paths import default_data_dir  # noqa: E402
 
 PROMPTS = [  # 8 function headers, one per stream; no trailing whitespace (no token healing)
     "def fibonacci(n):",
@@ -217,7 +218,7 @@ def main(argv=None) -> int:
     p.add_argument("--vllm-bind", default="auto,0-1")
     p.add_argument("--vllm-python", default="/work/vllm-venv/bin/python")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--data-dir", default=str(ROOT / "data"))
+    p.add_argument("--data-dir", default=str(default_data_dir()))
     p.add_argument("--base-port", type=int, default=8101)
     p.add_argument("--start-timeout", type=float, default=900)
     args = p.parse_args(argv)

@@ -121,7 +121,7 @@ class BatchingServer:
         info: ModelInfo,
         send: Send,
         *,
-        max_batch: int = 8,
+        max_batch: int,
         kv_cache_mb: float | None = None,
         on_fatal: Callable[[], None] | None = None,
     ):

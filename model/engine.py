@@ -72,7 +72,7 @@ class Infill:
 
     prefix: str
     suffix: str
-    candidates: int = 8
+    candidates: int  # FIM_CANDIDATES, as the Playground passes it
 
 
 @dataclass(frozen=True)

@@ -13,18 +13,20 @@ log = logging.getLogger(__name__)
 def build_engine(
     *,
     model: str | None,
-    device: str | None = None,
-    hf_token: str | None = None,
+    # The settings' values, every one (app/settings.py holds the defaults); the worker's only
+    # matter without engine_url.
+    device: str,
+    hf_token: str | None,
+    log_level: str,
+    max_batch: int,
+    max_queue: int,
+    data_dir: str,
+    kv_cache_mb: float | None,
+    torch_threads: int | None,
+    dtype: str,
     engine_url: str | None = None,
     engine_model: str | None = None,
     engine_api_key: str | None = None,
-    max_batch: int = 8,
-    max_queue: int = 64,
-    log_level: str = "INFO",
-    data_dir: str | None = None,
-    kv_cache_mb: float | None = None,
-    torch_threads: int | None = None,
-    dtype: str = "auto",
     tokenizer_for: Callable[[Sequence[str]], str | None] | None = None,
 ) -> Engine:
     """A RemoteEngine when `engine_url` is set, else a started WorkerEngine for `model`."""

@@ -45,10 +45,10 @@ class Cancelled(Exception):
 class RerankFiller:
     """Fills one gap at a time with a model already loaded (eval mode, any device)."""
 
-    def __init__(self, model, tokenizer, settings: RerankSettings | None = None):
+    def __init__(self, model, tokenizer, settings: RerankSettings):
         self.model = model
         self.tokenizer = tokenizer
-        self.settings = settings or RerankSettings()
+        self.settings = settings
         self._cancel = None  # the current fill's CancelToken
         self.device = next(model.parameters()).device
         self.eos_ids = set(model_eos_ids(model, tokenizer))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from model.engine import Engine
 from model.errors import PlaygroundError
@@ -25,7 +26,7 @@ class EnginePool:
 
     @classmethod
     def single(
-        cls, engine: Engine, data_dir: str = "data", spec: ModelSpec | None = None
+        cls, engine: Engine, data_dir: str | Path, spec: ModelSpec | None = None
     ) -> EnginePool:
         """A pool of one ready engine (a remote server, a test, a benchmark); `spec`: its entry,
         by default one built from the engine's ModelInfo."""

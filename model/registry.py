@@ -22,7 +22,6 @@ from model.families import FIM_PREFIX_MARKERS
 log = logging.getLogger(__name__)
 
 ModelSource = Literal["local", "package", "hub", "remote"]
-Mode = Literal["completion", "fim", "assistant"]
 MODES: tuple[str, ...] = ("completion", "fim", "assistant")
 
 TINY_STARCODER = "tiny-starcoder"

@@ -27,7 +27,7 @@ MAX_CONTEXT_TOKENS = 2048
 
 @dataclass(frozen=True)
 class RerankSettings:
-    k: int = 8  # candidates sampled per fill (row 0 greedy when greedy_first)
+    k: int  # candidates sampled per fill (row 0 greedy when greedy_first): FIM_CANDIDATES
     temperature: float = 0.8
     top_p: float = 0.95
     top_k: int = 50  # top-p looks only among these: a full sort of 49k logits per row is slow

@@ -157,12 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     # An entry point like app.py: DATA_DIR (env or default) means what it means to the app.
-    from app.settings import Settings
+    from model.paths import default_data_dir
 
     p = argparse.ArgumentParser(prog="python -m model.smollm2", description=main.__doc__)
     p.add_argument(
         "--data-dir",
-        default=Settings.load([]).data_dir,
+        default=str(default_data_dir()),
         help="the app's DATA_DIR; the model goes to DATA_DIR/models/" + MODEL_ID,
     )
     args = p.parse_args(argv)

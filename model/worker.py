@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from model.engine import CancelToken, Delta, Done, Event, GenerationRequest, ModelInfo, Queued
 from model.errors import PlaygroundError
-from model.web_tokenizer import LocalTokenizer
+from model.local_tokenizer import LocalTokenizer
 from model.worker_process import WorkerConfig, worker_main
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,15 @@ class _Worker:
 class WorkerEngine:
     """Engine whose model runs in a worker process, with a bounded queue in front of it."""
 
+    # The spawn target (importable by module path, as spawn needs): worker_process.worker_main.
+    # tests/faults.py's FAKE faulty worker is a subclass naming its own.
+    target = staticmethod(worker_main)
+
     def __init__(
         self,
         config: WorkerConfig,
         *,
-        max_queue: int = 64,
+        max_queue: int,  # MAX_QUEUE; the settings table holds its default
         report_queue: bool = False,
         start_timeout: float = 600.0,
     ):
@@ -101,7 +105,7 @@ class WorkerEngine:
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
-            target=worker_main, args=(child, self.config), name="model-worker", daemon=True
+            target=self.target, args=(child, self.config), name="model-worker", daemon=True
         )
         proc.start()
         child.close()  # so EOF on our end means the worker is gone

@@ -10,12 +10,11 @@ model are imported only inside it, and WorkerConfig crosses the spawn by pickle.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from model.engine import Done
 from model.errors import PlaygroundError
@@ -26,9 +25,11 @@ class WorkerConfig:
     """What the worker process needs to load the model (must pickle: it crosses the spawn)."""
 
     model: str
+    # Requests decoded together; also the number of worker slots (MAX_BATCH: the settings
+    # table holds its default, so this layer has none).
+    max_batch: int = field(kw_only=True)
     device: str | None = None
     hf_token: str | None = None
-    max_batch: int = 8  # requests decoded together; also the number of worker slots
     log_level: str = "INFO"
     # CPU threads for torch in the worker (TORCH_THREADS); None: every core this process may
     # run on. ModelInfo.threads reports what the worker runs with.
@@ -41,9 +42,6 @@ class WorkerConfig:
     # MiB for the paged KV cache (KV_CACHE_MB); None: derived from the machine's free memory.
     # It caps each request's prompt + max_new_tokens at what the cache holds (model/kv_budget.py).
     kv_cache_mb: float | None = None
-    # "module:function" called in the worker with the loaded model, before it serves: the tests
-    # use it to make the model fail like a dying GPU (no GPU runs on the CI machines).
-    on_loaded: str | None = None
 
 
 def _resolve(config: WorkerConfig) -> str:
@@ -99,7 +97,6 @@ def worker_main(conn, config: WorkerConfig) -> None:
             source, device=config.device, hf_token=config.hf_token, dtype=config.dtype
         )
         info = replace(info, threads=_set_threads(config.torch_threads))
-        _run_on_loaded(config.on_loaded, model)
         server = BatchingServer(
             model,
             tokenizer,
@@ -159,13 +156,6 @@ def worker_main(conn, config: WorkerConfig) -> None:
                 break
     finally:
         server.close()
-
-
-def _run_on_loaded(hook: str | None, model) -> None:
-    """`module:function` named by WorkerConfig.on_loaded, called with the loaded model."""
-    if hook:
-        module, _, name = hook.partition(":")
-        getattr(importlib.import_module(module), name)(model)
 
 
 def available_cores() -> int:

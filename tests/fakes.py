@@ -11,10 +11,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from app.services.playground import Playground
+from app.settings import Settings
 from model.engine import (
     CancelToken,
     Delta,
     Done,
+    Engine,
     Event,
     GenerationRequest,
     ModelInfo,
@@ -25,6 +27,10 @@ from model.families import ENDOFTEXT, STARCODER_SPECIAL_TOKENS
 from model.pool import EnginePool
 from model.prompts import TaPrompt
 from model.registry import Registry
+
+# The app's defaults, for what a test leaves out (lower layers have none of their own).
+APP_DEFAULTS = Settings.load([], env={})
+TEST_DATA_DIR = "data"  # a pool of ready engines never writes there
 
 FAKE_INFO = ModelInfo(
     model_id="fake/fake-coder",
@@ -143,7 +149,7 @@ class FakeEngine:
         self.closed = True
 
 
-def fake_pool(*engines: FakeEngine, data_dir: str = "data") -> EnginePool:
+def fake_pool(*engines: FakeEngine, data_dir: str = TEST_DATA_DIR) -> EnginePool:
     """An EnginePool offering each fake as one model (its id: the last part of info.model_id),
     built from ModelInfo as EnginePool.single builds a pool of one real engine. The first
     engine that can do a mode is that mode's default."""
@@ -154,4 +160,14 @@ def fake_pool(*engines: FakeEngine, data_dir: str = "data") -> EnginePool:
 
 def fake_playground(*engines: FakeEngine, **kwargs) -> Playground:
     """The real Playground (app/services/playground.py) over fakes; kwargs as Playground's."""
-    return Playground(fake_pool(*engines), TaPrompt.load(), **kwargs)
+    return _playground(fake_pool(*engines), **kwargs)
+
+
+def playground_over(engine: Engine, **kwargs) -> Playground:
+    """The real Playground over one ready engine, real or fake; kwargs as Playground's."""
+    return _playground(EnginePool.single(engine, TEST_DATA_DIR), **kwargs)
+
+
+def _playground(pool: EnginePool, **kwargs) -> Playground:
+    kwargs.setdefault("fim_candidates", APP_DEFAULTS.fim_candidates)
+    return Playground(pool, TaPrompt.load(), **kwargs)

@@ -1,4 +1,4 @@
-"""FAKE device faults for the worker, armed through WorkerConfig.on_loaded: no GPU runs on the
+"""FAKE device faults for the worker, armed by FaultyWorkerEngine's worker: no GPU runs on the
 CI machines, so a CUDA error is imitated by making the model's forward raise what a dying GPU
 raises."""
 
@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from model.worker import WorkerEngine
 
 FAULT_FILE_ENV = "PLAYGROUND_TEST_FAULT_FILE"
 
@@ -27,3 +29,25 @@ def fake_device_error(model) -> None:
         return forward(*args, **kwargs)
 
     model.forward = failing_forward
+
+
+def worker_main_with_device_error(conn, config) -> None:
+    """The real worker (model/worker_process.py), whose loaded model gets fake_device_error."""
+    import model.loading
+    from model.worker_process import worker_main
+
+    load = model.loading.load
+
+    def load_then_arm(*args, **kwargs):
+        loaded, tokenizer, info = load(*args, **kwargs)
+        fake_device_error(loaded)
+        return loaded, tokenizer, info
+
+    model.loading.load = load_then_arm  # worker_main imports `load` when it runs
+    worker_main(conn, config)
+
+
+class FaultyWorkerEngine(WorkerEngine):
+    """FAKE: a WorkerEngine whose worker's model fails as FAULT_FILE_ENV says."""
+
+    target = staticmethod(worker_main_with_device_error)

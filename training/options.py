@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from app.settings import Settings
+from model.paths import default_data_dir
 from model.registry import TINY_STARCODER_DIR
 
 # Defaults per device: what trains best in ~2 h on a 2-core CPU, and a larger model for a GPU
@@ -30,7 +30,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     io.add_argument(
         "--work-dir",
         type=Path,
-        default=Path(Settings.load([]).data_dir) / "train_run",
+        default=default_data_dir() / "train_run",
         help="tokenizer, manifest, resumable state and best checkpoint (default: %(default)s)",
     )
     io.add_argument(

@@ -68,11 +68,6 @@ def window_keys(text: str) -> np.ndarray:
     return _finalize(h)
 
 
-def segment_key(segment: str) -> int:
-    """Key of one WINDOW-character segment (the same as window_keys gives it)."""
-    return int(window_keys(segment[:WINDOW])[0])
-
-
 # rbloom's hash function: items are already stable, well-mixed 64-bit keys, so the identity
 # will do; operator.index is the identity on ints and, being C, the cheapest callback.
 bloom_hash = operator.index
@@ -99,11 +94,6 @@ def chunk_lines(text: str, lines_per_chunk: int = CHUNK_LINES) -> list[tuple[int
         chunks.append((first + 1, pos, size))
         pos += size
     return chunks
-
-
-def line_of(text: str, pos: int) -> int:
-    """1-based line number of character `pos`."""
-    return text.count("\n", 0, pos) + 1
 
 
 @dataclass(frozen=True)

@@ -296,15 +296,16 @@ class AttributionIndex:
         repo: str | None = None,
         license: str | None = None,
         lang: str | None = None,
-        page: int = 1,
-        page_size: int = 10,
+        page: int | str = 1,
+        page_size: int | str = 10,
         exact: bool = False,
     ) -> list[Hit]:
         """BM25-ranked chunks matching the query's words (all of them, else any of them), or
         with `exact=True` files containing the query verbatim (case-sensitive). Any text is
-        safe: words are quoted before they reach the query parser."""
-        query = q.validate(query, page, page_size)
-        filters = {k: v for k, v in (("repo", repo), ("license", license), ("lang", lang)) if v}
+        safe: words are quoted before they reach the query parser. Bad input (search.py's
+        limits) raises PlaygroundError naming the field."""
+        given = {"repo": repo, "license": license, "lang": lang}
+        query, page, page_size, filters = q.validate(query, page, page_size, given)
         offset = (page - 1) * page_size
         if exact:
             phrase = query.strip()

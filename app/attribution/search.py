@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from model.errors import PlaygroundError
 
 from .core import Hit
 
+# The one place search input is checked: the page, the API, /v1 and the CLI all reach it
+# through AttributionIndex.search.
 MAX_QUERY_CHARS = 1_000
+MAX_FILTER_CHARS = 200
 MAX_TERMS = 32
 MAX_PAGE = 1_000
 MAX_PAGE_SIZE = 50
@@ -17,21 +21,60 @@ SNIPPET_LINE_CHARS = 240
 _WORD = re.compile(r"\w+")
 
 
-def validate(query: object, page: object, page_size: object) -> str:
-    """Check the search inputs at the edge; messages name the field, the limit and the value."""
-    if not isinstance(query, str):
-        raise PlaygroundError(f"`query` must be text, got {type(query).__name__}", field="query")
-    if len(query) > MAX_QUERY_CHARS:
+def validate(
+    query: object, page: object, page_size: object, filters: dict[str, object]
+) -> tuple[str, int, int, dict[str, str]]:
+    """Search inputs checked and normalised: (query, page, page_size, the filters given).
+    Messages name the field, the limit and the value."""
+    checked = {}
+    for name, value in filters.items():
+        text = check_search_text(name, value, MAX_FILTER_CHARS, optional=True)
+        if text:
+            checked[name] = text
+    return (
+        check_search_text("query", query, MAX_QUERY_CHARS),
+        whole_number("page", page, MAX_PAGE, default=1),
+        whole_number("page_size", page_size, MAX_PAGE_SIZE, default=10),
+        checked,
+    )
+
+
+def whole_number(field: str, value, limit: int, *, default: int) -> int:
+    """1 to `limit`, given as a number or its text (the API's forms send text); unset: default."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise PlaygroundError(
-            f"`query` must be at most {MAX_QUERY_CHARS} characters. Given: {len(query)}",
-            field="query",
+            f"`{field}` must be a whole number from 1 to {limit}; got {type(value).__name__}.",
+            field=field,
         )
-    for name, value, limit in (("page", page, MAX_PAGE), ("page_size", page_size, MAX_PAGE_SIZE)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
-            raise PlaygroundError(
-                f"`{name}` must be an integer from 1 to {limit}. Given: {value!r}", field=name
-            )
-    return query.replace("\x00", "")  # no database accepts NUL inside text
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not number.is_integer() or not 1 <= number <= limit:
+        raise PlaygroundError(
+            f"`{field}` must be a whole number from 1 to {limit}; got {str(value)[:40]!r}.",
+            field=field,
+        )
+    return int(number)
+
+
+def check_search_text(field: str, value, limit: int, *, optional: bool = False) -> str | None:
+    """Search text and filters are plain strings: an object such as {"$ne": 1} is refused."""
+    if value is None or (optional and value == ""):
+        if optional:
+            return None
+        value = ""
+    if not isinstance(value, str):
+        raise PlaygroundError(f"`{field}` must be text; got {type(value).__name__}.", field=field)
+    if len(value) > limit:
+        raise PlaygroundError(
+            f"`{field}` is {len(value):,} characters; the limit is {limit:,}.", field=field
+        )
+    if "\x00" in value:  # no database accepts NUL inside text
+        raise PlaygroundError(f"`{field}` contains a NUL character.", field=field)
+    return value
 
 
 def query_terms(query: str) -> list[str]:

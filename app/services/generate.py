@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 
 from app.ratelimit import client_address
+from app.services.cancel_registry import CancelRegistry
 from app.services.playground import Output, Playground
-from app.services.sessions import CancelRegistry
 from model.engine import CancelToken
 from model.errors import PlaygroundError
 from model.prompts import Turn

@@ -149,8 +149,9 @@ class Playground:
         engines: EnginePool,
         ta: TaPrompt,
         limits: Limits | None = None,
+        *,
+        fim_candidates: int,  # FIM_CANDIDATES; the settings table holds its default
         rate_limit_per_min: int = 0,
-        fim_candidates: int = 8,
         token_budget_per_min: int = 0,
         max_scored_tokens: int = 0,
         stop_loops: bool = True,

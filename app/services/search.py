@@ -3,15 +3,9 @@ membership check of a generation (which spans it copied, and which data was chec
 
 from __future__ import annotations
 
-import math
-
 from app.attribution import AttributionIndex
 from app.services.playground import Output
 from model.errors import PlaygroundError
-
-MAX_PAGE = 1000
-MAX_QUERY_CHARS = 1000
-MAX_FILTER_CHARS = 200
 
 
 class Search:
@@ -22,14 +16,14 @@ class Search:
     def search(self, query, repo=None, license=None, lang=None, page=1, exact=False) -> list:
         if self.index is None:
             raise PlaygroundError("Search is not available: no attribution index.", kind="config")
-        query = check_search_text("query", query, MAX_QUERY_CHARS)
-        filters = {name: check_search_text(name, value, MAX_FILTER_CHARS, optional=True)
-                   for name, value in (("repo", repo), ("license", license), ("lang", lang))}  # fmt: skip
         if not isinstance(exact, bool | None):
             raise PlaygroundError(
                 f"`exact` must be true or false; got {type(exact).__name__}.", field="exact"
             )
-        return self.index.search(query, page=parse_page(page), exact=bool(exact), **filters)
+        # The index checks the text, the filters and the page (app/attribution/search.py).
+        return self.index.search(
+            query, repo=repo, license=license, lang=lang, page=page, exact=bool(exact)
+        )
 
     def attribute(self, text) -> list[dict]:
         """Spans of `text` found verbatim in the training data, each with its sources."""
@@ -57,40 +51,3 @@ class Search:
             f"{model_id}'s own training data is not indexed here, so this check cannot show "
             "what it may have copied from it."
         )
-
-
-def parse_page(value) -> int:
-    if value is None or value == "":
-        return 1
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise PlaygroundError(
-            f"`page` must be a whole number from 1 to {MAX_PAGE}; got {type(value).__name__}.",
-            field="page",
-        )
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not number.is_integer() or not 1 <= number <= MAX_PAGE:
-        raise PlaygroundError(
-            f"`page` must be a whole number from 1 to {MAX_PAGE}; got {str(value)[:40]!r}.",
-            field="page",
-        )
-    return int(number)
-
-
-def check_search_text(field: str, value, limit: int, *, optional: bool = False) -> str | None:
-    """Search text and filters are plain strings: an object such as {"$ne": 1} is refused."""
-    if value is None or (optional and value == ""):
-        if optional:
-            return None
-        value = ""
-    if not isinstance(value, str):
-        raise PlaygroundError(f"`{field}` must be text; got {type(value).__name__}.", field=field)
-    if len(value) > limit:
-        raise PlaygroundError(
-            f"`{field}` is {len(value):,} characters; the limit is {limit:,}.", field=field
-        )
-    if "\x00" in value:
-        raise PlaygroundError(f"`{field}` contains a NUL character.", field=field)
-    return value

@@ -57,7 +57,7 @@ class EdgeGuard:
         trusted_origins: Iterable[str] = (),
         frame_ancestors: str | None = None,
         host_allowed: Callable[[str], bool] = lambda host: True,
-        body_timeout_s: float = 30.0,
+        body_timeout_s: float,  # BODY_TIMEOUT_S; the settings table holds its default
     ):
         self.app = app
         self.max_body_bytes = max_body_bytes

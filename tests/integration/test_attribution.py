@@ -269,7 +269,7 @@ HOSTILE = [
     '"', '""', '"""', "'", "''", "AND", "OR", "NOT", "NEAR", "NEAR(def class, 2)",
     "def AND OR class", "def OR", "AND def", "*", "def*", "*def", "-", "-def", "--",
     "(((", ")))", "(def", "def)", "((def) OR", "a:b", "text:def", "text : def", "^def", "+",
-    "\\", "%", "_", "%_%", "\x00", "", "   ", "\n\t", "🙂", "Ω≈ç√", "def\x00class",
+    "\\", "%", "_", "%_%", "", "   ", "\n\t", "🙂", "Ω≈ç√",
     "'; DROP TABLE documents; --", "' OR '1'='1", '" OR 1=1 --', "$$", "E'\\n'",
     "<script>alert(1)</script>", "{}", "[]", "a & b | !c", "def <-> class", "!!", ":*",
     "q" * 1000, "def " * 200, "NEAR/3", '"def" "class"', "col1 : x*", "ab",
@@ -293,10 +293,11 @@ def test_hostile_queries_return_results_or_nothing_never_an_error(index, exact):
 
 def test_search_validation_names_field_limit_and_value(index):
     cases = [
-        ({"query": "x" * 1001}, "query", "1000"),
+        ({"query": "x" * 1001}, "query", "1,000"),
         ({"query": "x", "page": 0}, "page", "0"),
         ({"query": "x", "page_size": 500}, "page_size", "500"),
-        ({"query": None}, "query", "NoneType"),
+        ({"query": 5}, "query", "int"),
+        ({"query": "def\x00class"}, "query", "NUL"),  # no database takes it: refused, named
     ]
     for kwargs, field, value in cases:
         query = kwargs.pop("query")

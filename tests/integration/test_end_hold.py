@@ -31,7 +31,7 @@ def early_ender(model_dir, tmp_path_factory):
     config = json.loads((folder / "generation_config.json").read_text())
     config["eos_token_id"] = [config["eos_token_id"], end]
     (folder / "generation_config.json").write_text(json.dumps(config))
-    eng = WorkerEngine(WorkerConfig(str(folder), device="cpu", max_batch=2)).start()
+    eng = WorkerEngine(WorkerConfig(str(folder), device="cpu", max_batch=2), max_queue=2).start()
     yield eng
     eng.close()
 

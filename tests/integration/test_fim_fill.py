@@ -8,11 +8,9 @@ from model.prompts import split_fim
 
 @pytest.fixture(scope="module")
 def playground(engine):
-    from app.services.playground import Playground
-    from model.pool import EnginePool
-    from model.prompts import TaPrompt
+    from tests.fakes import playground_over
 
-    return Playground(EnginePool.single(engine), TaPrompt.load())
+    return playground_over(engine)
 
 
 def _fill(playground, code: str):

@@ -14,6 +14,7 @@ from transformers.generation.configuration_utils import ContinuousBatchingConfig
 from transformers.generation.continuous_batching import cache as cb_cache
 
 from app.requests import check_context
+from app.settings import Settings
 from model.batching import BatchingServer
 from model.engine import CancelToken, Delta, Done, GenerationParams, GenerationRequest
 from model.errors import PlaygroundError
@@ -104,7 +105,8 @@ def collect(engine, prompt, params=GREEDY):
 @pytest.fixture(scope="module")
 def small_cache_worker(model_dir):
     eng = WorkerEngine(
-        WorkerConfig(model_dir, device="cpu", max_batch=2, kv_cache_mb=TINY_BUDGET_MB)
+        WorkerConfig(model_dir, device="cpu", max_batch=2, kv_cache_mb=TINY_BUDGET_MB),
+        max_queue=2,
     ).start()
     yield eng
     eng.close()
@@ -156,7 +158,9 @@ def test_requests_that_fill_the_cache_together_wait_for_room(small_cache_worker,
 
 
 def test_budget_below_one_request_is_a_clear_start_error(model_dir):
-    eng = WorkerEngine(WorkerConfig(model_dir, device="cpu", kv_cache_mb=0.01))
+    eng = WorkerEngine(
+        WorkerConfig(model_dir, device="cpu", max_batch=2, kv_cache_mb=0.01), max_queue=2
+    )
     with pytest.raises(PlaygroundError) as err:
         eng.start()
     assert "KV_CACHE_MB=0.01" in err.value.message and "Raise KV_CACHE_MB" in err.value.message
@@ -183,7 +187,9 @@ def test_cache_that_transformers_refuses_is_a_start_error_not_a_dead_loop(model_
 def test_tiny_starcoder_worker_memory(model_dir):
     """Idle RSS of the default tiny-starcoder worker, most of it torch itself (~220 MB): 0.43 GB
     measured (bench/RESULTS.md, "Worker memory"); the bound leaves room for library drift."""
-    eng = WorkerEngine(WorkerConfig(model_dir, device="cpu")).start()
+    app = Settings.load([], env={})  # the default worker: MAX_BATCH slots of KV cache
+    config = WorkerConfig(model_dir, device="cpu", max_batch=app.max_batch)
+    eng = WorkerEngine(config, max_queue=app.max_queue).start()
     try:
         collect(eng, "def foo(x):")
         with open(f"/proc/{eng.worker_pid}/status") as f:

@@ -375,14 +375,12 @@ def test_attribution_is_attached_when_asked(oai, engine, indexed_docs):  # noqa:
 def test_fim_through_a_remote_model_without_fim_tokens_is_refused_clearly(live_app):
     """A playground whose ENGINE_URL serves a model without FIM tokens (SmolLM2 here) cannot
     rerank over HTTP: FIM says so and names what can, instead of sending a wrong prompt."""
-    from app.services.playground import Playground
-    from model.pool import EnginePool
-    from model.prompts import TaPrompt
     from model.remote import RemoteEngine
+    from tests.fakes import playground_over
 
     engine = RemoteEngine(live_app.url.rstrip("/"), model="smollm2-135m-instruct")
     try:
-        playground = Playground(EnginePool.single(engine), TaPrompt.load())
+        playground = playground_over(engine)
         params = GenerationParams(max_new_tokens=8)
         with pytest.raises(PlaygroundError) as err:
             list(playground.fill("def f():\n    <FILL_HERE>\n", params, CancelToken()))

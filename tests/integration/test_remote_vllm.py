@@ -26,6 +26,7 @@ from model.engine import CancelToken, Delta, GenerationParams, GenerationRequest
 from model.errors import PlaygroundError
 from model.prompts import TaPrompt
 from model.remote import RemoteEngine
+from tests.fakes import playground_over
 from tests.fakes_vllm import DATA, FakeVLLM
 from tests.integration.test_attribution_flow import _reproducing_prompt, indexed_docs  # noqa: F401
 from tests.integration.test_smollm2 import converted_smollm2
@@ -61,7 +62,11 @@ def smol(smol_vllm, tmp_path_factory):
     settings = Settings.load(["--data-dir", str(data_dir), "--rate-limit", "0"],
                              env={"ENGINE_URL": smol_vllm.url})  # fmt: skip
     engines = build_engines(settings)
-    yield settings, engines, Playground(engines, TaPrompt.load())
+    yield (
+        settings,
+        engines,
+        Playground(engines, TaPrompt.load(), fim_candidates=settings.fim_candidates),
+    )
     engines.close()
 
 
@@ -118,8 +123,7 @@ def test_chat_through_the_models_template_like_the_worker(smol, tmp_path_factory
     out = _run(playground.assist(message, [], params, CancelToken()))
     assert out.text and "<|im_end|>" not in out.text and "<|im_start|>" not in out.text
     local = LocalEngine.load(str(converted_smollm2(tmp_path_factory)["dir"]), device="cpu")
-    worker = _run(Playground(type(playground.engines).single(local), TaPrompt.load())
-                  .assist(message, [], params, CancelToken()))  # fmt: skip
+    worker = _run(playground_over(local).assist(message, [], params, CancelToken()))
     assert out.text == worker.text
 
 
@@ -232,8 +236,7 @@ def test_fim_tokens_through_the_template_match_the_worker(tiny, tiny_vllm, engin
     code = "def add(a, b):\n    <FILL_HERE>\n\nprint(add(1, 2))\n"
     params = GenerationParams(max_new_tokens=24, temperature=0)
     remote = _run(playground.fill(code, params, CancelToken()))
-    local = _run(Playground(type(playground.engines).single(engine), TaPrompt.load())
-                 .fill(code, params, CancelToken()))  # fmt: skip
+    local = _run(playground_over(engine).fill(code, params, CancelToken()))
     assert remote.text == local.text and remote.generated
     body = tiny_vllm.completions()[-1]
     assert (

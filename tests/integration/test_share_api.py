@@ -129,7 +129,9 @@ def test_missing_id_gives_a_friendly_404(http, path):
     ],
 )
 def test_bad_requests_get_400_with_a_clear_message(tmp_path, body, status, field, words):
-    st = Store(f"sqlite:///{tmp_path / 'p.db'}", limits=Limits(max_prompt_bytes=1024))
+    st = Store(
+        f"sqlite:///{tmp_path / 'p.db'}", writes_per_window=30, limits=Limits(max_prompt_bytes=1024)
+    )
     with LiveServer(share_app(st)) as server:
         r = httpx.post(f"{server.url}/api/shares", json=body)
         as_json = {"Content-Type": "application/json"}
@@ -145,7 +147,7 @@ def test_bad_requests_get_400_with_a_clear_message(tmp_path, body, status, field
 
 def test_only_json_bodies_create_shares(tmp_path):
     """A cross-site form or text/plain POST needs no CORS preflight: it must not create a share."""
-    st = Store(f"sqlite:///{tmp_path / 'p.db'}")
+    st = Store(f"sqlite:///{tmp_path / 'p.db'}", writes_per_window=30)
     body = json.dumps({"mode": "completion", "prompt": "", "output": "x = 1"})
     with LiveServer(share_app(st)) as server:
         plain = httpx.post(f"{server.url}/api/shares", content=body,
@@ -164,7 +166,7 @@ def test_only_json_bodies_create_shares(tmp_path):
 
 @pytest.mark.parametrize("depth", [17, 100_000])
 def test_deeply_nested_parameters_are_refused_with_the_limit(tmp_path, depth):
-    st = Store(f"sqlite:///{tmp_path / 'p.db'}")
+    st = Store(f"sqlite:///{tmp_path / 'p.db'}", writes_per_window=30)
     nested = '{"a":' * depth + "1" + "}" * depth
     body = '{"mode": "completion", "prompt": "", "output": "x", "parameters": ' + nested + "}"
     with LiveServer(share_app(st)) as server:

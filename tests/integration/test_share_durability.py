@@ -33,7 +33,7 @@ while True:
 def test_sigkill_mid_stream_loses_no_acknowledged_share(tmp_path):
     db = tmp_path / "playground.db"
     url = f"sqlite:///{db}"
-    Store(url).close()  # migrate once, so both writers start writing at once
+    Store(url, writes_per_window=30).close()  # migrate once, so both writers start writing at once
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     writers = {
         name: subprocess.Popen(
@@ -76,7 +76,7 @@ def test_sigkill_mid_stream_loses_no_acknowledged_share(tmp_path):
     assert len(everything) >= 80
     assert {sid for _, sid, _ in everything} <= stored
 
-    store = Store(url)
+    store = Store(url, writes_per_window=30)
     for name, sid, n in everything:
         share = store.get(sid)
         assert share.output == f"{name} share {n}\n" * 20 and share.parameters == {"n": n}

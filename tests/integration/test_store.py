@@ -129,7 +129,7 @@ def test_bad_input_is_refused_with_a_message_naming_field_limit_and_value(
         max_model_chars=50,
         max_spans=3,
     )
-    store = Store(db_url, limits=limits)
+    store = Store(db_url, writes_per_window=30, limits=limits)
     with pytest.raises(PlaygroundError) as err:
         _make(store, **kwargs)
     assert err.value.field == field and err.value.kind == "validation"
@@ -156,11 +156,11 @@ def test_write_rate_is_limited_per_client(db_url):
 
 
 def test_fresh_database_is_at_the_latest_version(db_url):
-    store = Store(db_url)
+    store = Store(db_url, writes_per_window=30)
     assert store.schema_version() == LATEST_VERSION == 3
     assert {"shares", "schema_version"} <= set(sa.inspect(store.engine).get_table_names())
     store.close()
-    again = Store(db_url)  # reopening is a no-op, not a second migration
+    again = Store(db_url, writes_per_window=30)  # reopening is a no-op, not a second migration
     with again.engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT COUNT(*) FROM schema_version").scalar() == 1
     again.close()
@@ -180,7 +180,7 @@ def test_upgrade_from_version_1_keeps_old_shares(db_url):
         )
     engine.dispose()
 
-    store = Store(db_url)
+    store = Store(db_url, writes_per_window=30)
     assert store.schema_version() == 3
     old = store.get("OldShareOldShare")
     assert old.output == "def old(): pass" and old.parameters == {"temperature": 0.2}
@@ -192,17 +192,19 @@ def test_upgrade_from_version_1_keeps_old_shares(db_url):
 
 
 def test_a_database_from_a_newer_release_is_refused(db_url):
-    Store(db_url).close()
+    Store(db_url, writes_per_window=30).close()
     engine = sa.create_engine(normalize_url(db_url))
     with engine.begin() as conn:
         conn.exec_driver_sql("UPDATE schema_version SET version = 99")
     engine.dispose()
     with pytest.raises(RuntimeError, match="schema v99, newer than this code"):
-        Store(db_url)
+        Store(db_url, writes_per_window=30)
 
 
 def test_sqlite_runs_in_wal_with_full_sync_and_a_busy_timeout(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 'sub' / 'p.db'}", busy_timeout_ms=4321)
+    store = Store(
+        f"sqlite:///{tmp_path / 'sub' / 'p.db'}", writes_per_window=30, busy_timeout_ms=4321
+    )
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL

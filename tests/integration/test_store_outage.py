@@ -19,7 +19,11 @@ def down_store():
     with socket.socket() as s:  # a free port: nothing listens there
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    store = Store(f"postgresql://postgres@127.0.0.1:{port}/playground", auto_migrate=False)
+    store = Store(
+        f"postgresql://postgres@127.0.0.1:{port}/playground",
+        writes_per_window=30,
+        auto_migrate=False,
+    )
     yield store
     store.close()
 

@@ -21,13 +21,14 @@ from model.worker_process import available_cores
 PROMPTS = ["def foo(x):", "import json\n", "class A:", "return self", "for i in", "while True:"]
 GREEDY = GenerationParams(max_new_tokens=24, temperature=0, repetition_penalty=1.2)
 MAX_BATCH = 4
+MAX_QUEUE = 4
 
 
 @pytest.fixture(scope="module")
 def worker(model_dir):
     eng = WorkerEngine(
         WorkerConfig(model_dir, device="cpu", max_batch=MAX_BATCH),
-        max_queue=4,
+        max_queue=MAX_QUEUE,
         report_queue=True,
     ).start()
     yield eng
@@ -193,7 +194,8 @@ def test_a_seeded_request_past_the_context_gets_the_same_refusal_as_the_batch(wo
 
 def test_unloadable_model_is_a_clear_start_error(tmp_path):
     with pytest.raises(PlaygroundError) as err:
-        WorkerEngine(WorkerConfig(str(tmp_path / "missing"), device="cpu")).start()
+        missing = WorkerConfig(str(tmp_path / "missing"), device="cpu", max_batch=MAX_BATCH)
+        WorkerEngine(missing, max_queue=MAX_QUEUE).start()
     assert err.value.kind == "config" and "missing" in err.value.message
 
 
@@ -227,15 +229,14 @@ def test_a_call_right_after_a_worker_death_waits_for_the_new_worker(worker):
 
 def test_device_error_fails_in_flight_then_restarts(model_dir, tmp_path, monkeypatch):
     """A CUDA error kills the batching loop (transformers stops it and fails its requests).
-    Uses a FAKE CUDA error: no GPU runs here (tests/faults.py, armed via on_loaded)."""
-    from tests.faults import FAULT_FILE_ENV
+    Uses a FAKE CUDA error: no GPU runs here (tests/faults.py's FaultyWorkerEngine)."""
+    from tests.faults import FAULT_FILE_ENV, FaultyWorkerEngine
 
     fault = tmp_path / "fault"
     fault.write_text("20")  # the 20th forward: prefill and some decode steps of both streams
     monkeypatch.setenv(FAULT_FILE_ENV, str(fault))
-    config = WorkerConfig(model_dir, device="cpu", max_batch=MAX_BATCH,
-                          on_loaded="tests.faults:fake_device_error")  # fmt: skip
-    eng = WorkerEngine(config).start()
+    config = WorkerConfig(model_dir, device="cpu", max_batch=MAX_BATCH)
+    eng = FaultyWorkerEngine(config, max_queue=MAX_QUEUE).start()
     try:
         first_pid = eng.worker_pid
         params = GenerationParams(max_new_tokens=200, temperature=0, repetition_penalty=1.0)
@@ -264,7 +265,8 @@ def test_web_process_never_imports_torch(model_dir):
         import sys
         from model.engine import CancelToken, GenerationParams, GenerationRequest
         from model.worker import WorkerConfig, WorkerEngine
-        eng = WorkerEngine(WorkerConfig({model_dir!r}, device="cpu", max_batch=2)).start()
+        config = WorkerConfig({model_dir!r}, device="cpu", max_batch=2)
+        eng = WorkerEngine(config, max_queue=2).start()
         req = GenerationRequest("def f(", GenerationParams(max_new_tokens=4, temperature=0))
         events = list(eng.stream(req, CancelToken()))
         assert events[-1].reason in ("length", "eos"), events[-1]

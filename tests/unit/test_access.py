@@ -22,7 +22,7 @@ def _app(**guard) -> TestClient:
         return PlainTextResponse(f"reached /{path}")
 
     app.add_middleware(AccessGuard, **guard)
-    app.add_middleware(EdgeGuard, max_body_bytes=10_000)  # as the server orders them
+    app.add_middleware(EdgeGuard, max_body_bytes=10_000, body_timeout_s=30.0)  # as the server
     return TestClient(app, base_url="http://127.0.0.1:7860", follow_redirects=False)
 
 

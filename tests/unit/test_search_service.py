@@ -4,7 +4,8 @@ reported, what a search finds, and the refusals that name the field."""
 import pytest
 
 from app.attribution import AttributionIndex, IndexDocument
-from app.services.search import MAX_PAGE, Search
+from app.attribution.search import MAX_PAGE
+from app.services.search import Search
 from model.engine import CancelToken, GenerationParams
 from model.errors import PlaygroundError
 from tests.fakes import FakeEngine, fake_playground

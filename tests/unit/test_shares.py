@@ -21,7 +21,7 @@ PARAMS = GenerationParams(max_new_tokens=64, stop=("#",))
 @pytest.fixture
 def shares(tmp_path):
     playground = fake_playground(FakeEngine("return a + b<|endoftext|>"))
-    store = Store(f"sqlite:///{tmp_path / 'shares.db'}")
+    store = Store(f"sqlite:///{tmp_path / 'shares.db'}", writes_per_window=30)
     yield Shares(store, PublicLinks(), playground.registry), playground
     store.close()
 

@@ -31,6 +31,25 @@ def test_every_kind_gets_its_status_on_every_edge(kind):
     with pytest.raises(gr.Error) as shown:
         endpoint()
     assert shown.value.message == exc.message  # the page shows our words, whatever the kind
+    # The HTTP edge (app/web/guard.py) answers before any route, in the share routes' shape.
+    status, body = _guard_reply(kind, exc.message, "x")
+    assert status == KINDS[kind].status
+    assert body == {"error": exc.message, "field": "x", "kind": kind}
+
+
+def _guard_reply(kind: str, message: str, field: str) -> tuple[int, dict]:
+    import asyncio
+
+    from app.web.guard import EdgeGuard
+
+    sent = []
+
+    async def send(event):
+        sent.append(event)
+
+    guard = EdgeGuard(None, max_body_bytes=1, body_timeout_s=1)
+    asyncio.run(guard._reply(send, kind, message, field))
+    return sent[0]["status"], json.loads(sent[1]["body"])
 
 
 def test_server_faults_are_5xx_and_client_mistakes_4xx():

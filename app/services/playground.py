@@ -42,8 +42,10 @@ from model.prompts import (
 )
 
 LOOP_STOPPED = "stopped: the model was repeating itself"
+FENCE = "\n```"  # a chat-tuned model closes its code with a markdown fence (completion_stops)
 # SmolLM2 given `class Stack:` and Enter opened a markdown fence at once, which ends a
 # completion: an empty output with "end of text" read as a broken tool.
+RERANK_NOTE = "no FIM tokens: temperature, top-p and penalty do not apply"
 EMPTY_ANSWER = (
     "the model ended before writing anything (at once its end token or a stop): try a prompt "
     "that ends mid-line or with a comment saying what comes next, a higher temperature, or "
@@ -64,6 +66,7 @@ class Output:
     seconds: float = 0.0
     queue_position: int | None = None  # set while the request waits for a batch slot
     model: str = ""  # the registry id of the model that wrote it
+    candidates: int = 0  # a fill by reranking: the line is the likeliest of this many
     stopped: str = ""  # why a cancelled generation stopped, in words for the user
     # With GenerationParams.logprobs: every token so far, its log-probability and alternatives.
     logprobs: tuple[TokenLogprob, ...] = ()
@@ -81,7 +84,6 @@ class Output:
         if self.done is None:
             return "Generating…"
         d = self.done
-        rate = d.generated_tokens / self.seconds if self.seconds > 0 else 0.0
         why = {
             "eos": "end of text",
             "stop": "stop sequence",
@@ -91,12 +93,25 @@ class Output:
         }.get(d.reason, d.reason)
         if d.reason in ("eos", "stop") and not self.generated.strip():
             why = EMPTY_ANSWER
+        elif d.reason == "length" and self.mode == "assistant":
+            why = "cut off at max_new_tokens: Continue writes more"
         by = f" · {self.model}" if self.model else ""
         notice = f" · {self.notice}" if self.notice else ""
+        if self.candidates and d.reason != "cancelled":
+            # Its tokens are those of every candidate and of scoring them: a rate of "1.2
+            # tokens/s" for one line made the tool look broken.
+            what = f"picked the likeliest of {self.candidates} lines, {self.seconds:.1f} s"
+            return f"{what}{by} · {RERANK_NOTE}"
+        rate = d.generated_tokens / self.seconds if self.seconds > 0 else 0.0
         return (
             f"{d.generated_tokens} tokens in {self.seconds:.1f} s ({rate:.1f} tokens/s) · "
             f"prompt {d.prompt_tokens} tokens · {why}{by}{notice}"
         )
+
+    @property
+    def cut_off(self) -> bool:
+        """Ended at the max-new-tokens limit: Continue can write more."""
+        return self.done is not None and self.done.reason == "length"
 
 
 class Playground:
@@ -150,9 +165,30 @@ class Playground:
         # not when the prompt is scored: what follows it must follow the tokens as sent.
         heal = not params.prompt_logprobs
         params = replace(params, heal=heal, stop=(*params.stop, *spec.completion_stops))
-        yield from self._run(
+        run = self._run(
             engine, spec.id, "completion", prompt, params, cancel, prefix=prompt, suffix="",
             client=client, prompt_ids=ids,
+        )  # fmt: skip
+        with closing(run):
+            for out in run:
+                if not (out.done and self._opened_fence(spec, out, text, params)):
+                    yield out
+                    continue
+                # It opened a markdown fence before any code (SmolLM2 after `class Stack:` and
+                # Enter). Asked again inside an opened fence, it writes the body; the fence is
+                # not shown. Only then: greedy fibonacci went wrong with the fence given first.
+                fenced = FENCE.lstrip("\n") + "\n" + prompt
+                fenced_ids = self._tokenize(engine, "prompt", fenced, params)
+                yield from self._run(
+                    engine, spec.id, "completion", fenced, params, cancel, prefix=prompt,
+                    suffix="", client=client, prompt_ids=fenced_ids,
+                )  # fmt: skip
+
+    @staticmethod
+    def _opened_fence(spec, out: Output, text: bool, params: GenerationParams) -> bool:
+        return (
+            text and not params.prompt_logprobs and FENCE in spec.completion_stops
+            and out.done.reason == "stop" and not out.generated.strip()
         )  # fmt: skip
 
     def fill(
@@ -179,11 +215,11 @@ class Playground:
             )  # fmt: skip
             notice = (
                 f"one line, the likeliest of {infill.candidates} candidates given the code on "
-                "both sides (no FIM tokens: temperature, top-p and penalty do not apply)"
+                f"both sides ({RERANK_NOTE})"
             )
             with closing(run):  # a consumer that stops early frees the engine at once
                 for out in run:
-                    yield replace(out, notice=notice)
+                    yield replace(out, notice=notice, candidates=infill.candidates)
             return
         model_prompt, prefix, suffix = fim_prompt(code, template, spec.id)
         ids = self._tokenize(engine, "prompt", model_prompt, params)
@@ -209,16 +245,19 @@ class Playground:
         cancel: CancelToken,
         client: str = "",
         model: str | None = None,
+        reply_so_far: str = "",
     ) -> Iterator[Output]:
-
+        """`reply_so_far`: Continue. The answer to `message` that was cut off at the token limit;
+        the model goes on writing it (the reply streamed is the whole answer)."""
         check_text("message", message, self.limits)
         # Bounded before any token is counted: 1,000 turns once took 18 s of shared CPU to fit.
         history = check_history(history, self.limits)
         spec, engine = self.engines.choose(model, "assistant")
         info = engine.info
-        budget = info.context_length - params.max_new_tokens
+        written = engine.count_tokens(reply_so_far) if reply_so_far else 0
+        budget = info.context_length - params.max_new_tokens - written
         if budget <= 0:  # no room for any prompt: say how big the message alone is
-            n = engine.count_tokens(message)
+            n = engine.count_tokens(message) + written
             check_context("message", n, params.max_new_tokens, info.context_length)
         if info.chat_template:
             # Instruct models: their own chat template; the end-of-turn token is their EOS.
@@ -227,14 +266,17 @@ class Playground:
                 info.chat_template, history, message, budget_tokens=budget,
                 count_tokens=engine.count_tokens, special=special,
             )  # fmt: skip
+            opened = built.prompt + reply_so_far
         else:
             built = assistant_prompt(
                 self.ta, history, message, budget_tokens=budget, count_tokens=engine.count_tokens
             )
             params = replace(params, stop=(*params.stop, *ASSISTANT_STOPS))
-        ids = engine.tokenize(built.prompt)  # fitted to the budget above: no check needed
+            # The ta-prompt's turns read "Assistant: text"; the space was trimmed from the reply.
+            opened = built.prompt + (" " + reply_so_far if reply_so_far else "")
+        ids = engine.tokenize(opened)  # fitted to the budget above: no check needed
         run = self._run(
-            engine, spec.id, "assistant", built.prompt, params, cancel, prefix="", suffix="",
+            engine, spec.id, "assistant", opened, params, cancel, prefix="", suffix="",
             client=client, prompt_ids=tuple(ids) if ids is not None else None,
         )  # fmt: skip
         with closing(run):
@@ -242,7 +284,7 @@ class Playground:
                 # Every frame as the final one will be (trailing whitespace held back until
                 # text follows it): a reply ending in whitespace used to stream it, then lose it
                 # in the final text, so /v1's stream and its plain answer differed.
-                reply = clean_reply(out.generated)
+                reply = clean_reply(reply_so_far + out.generated)
                 yield replace(out, text=reply, generated=reply, notice=built.notice)
 
     # -- shared -----------------------------------------------------------------------------

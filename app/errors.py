@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from model.errors import PlaygroundError
 
-__all__ = ["PlaygroundError", "user_errors"]
+__all__ = ["PlaygroundError", "errors_in_status", "status_message", "user_errors"]
 
 log = logging.getLogger(__name__)
 
@@ -68,3 +68,36 @@ def user_errors(fn: Callable | None = None, *, as_html: bool = False) -> Callabl
             raise _translate(exc, as_html) from exc
 
     return wrapper
+
+
+def status_message(exc: Exception) -> str:
+    """A refusal or a failure as the page's status line says it (Markdown), logged as
+    user_errors logs it: one line for a refusal, the traceback for a bug."""
+    import gradio as gr
+
+    err = exc if isinstance(exc, gr.Error) else _translate(exc, as_html=False)
+    # Markdown would drop "<FILL_HERE>" as an unknown tag; a quote stays a quote.
+    return f"**{err.title}:** {html.escape(err.message, quote=False)}"
+
+
+def errors_in_status(*, outputs: int, status: int) -> Callable:
+    """Wrap a page's generator handler: an error becomes its status line's text, and every
+    other output keeps what it showed. Raised, a gr.Error put a toast in a corner and a red
+    "Error" badge on each of the event's outputs (five, over the last good output), and the
+    status line said only "Error"."""
+
+    def wrap(fn: Callable) -> Callable:
+        import gradio as gr
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as exc:  # status_message logs a bug's traceback
+                frame = [gr.skip()] * outputs
+                frame[status] = status_message(exc)
+                yield tuple(frame)
+
+        return wrapper
+
+    return wrap

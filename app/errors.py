@@ -71,32 +71,45 @@ def user_errors(fn: Callable | None = None, *, as_html: bool = False) -> Callabl
 
 
 def status_message(exc: Exception) -> str:
-    """A refusal or a failure as the page's status line says it (Markdown), logged as
-    user_errors logs it: one line for a refusal, the traceback for a bug."""
+    """A refusal or a failure as a status line or a results box says it (HTML, which Markdown
+    keeps), logged as user_errors logs it: one line for a refusal, the traceback for a bug."""
     import gradio as gr
 
     err = exc if isinstance(exc, gr.Error) else _translate(exc, as_html=False)
-    # Markdown would drop "<FILL_HERE>" as an unknown tag; a quote stays a quote.
-    return f"**{err.title}:** {html.escape(err.message, quote=False)}"
+    # Escaped: "<FILL_HERE>" would vanish as an unknown tag.
+    return f"<strong>{html.escape(err.title)}:</strong> {html.escape(err.message, quote=False)}"
 
 
 def errors_in_status(*, outputs: int, status: int) -> Callable:
-    """Wrap a page's generator handler: an error becomes its status line's text, and every
-    other output keeps what it showed. Raised, a gr.Error put a toast in a corner and a red
-    "Error" badge on each of the event's outputs (five, over the last good output), and the
-    status line said only "Error"."""
+    """Wrap a page's handler (plain or generator) so an error becomes the text of one output
+    (`status`, by position) and every other output keeps what it showed. Raised, a gr.Error
+    put a toast in a corner and a red "Error" badge on each of the event's outputs (five, over
+    the last good output), and the status line said only "Error"."""
+    import gradio as gr
+
+    def in_status(exc: Exception) -> tuple:
+        frame = [gr.skip()] * outputs
+        frame[status] = status_message(exc)
+        return tuple(frame) if outputs > 1 else frame[0]
 
     def wrap(fn: Callable) -> Callable:
-        import gradio as gr
+        if inspect.isgeneratorfunction(fn):
+
+            @functools.wraps(fn)
+            def gen_wrapper(*args, **kwargs):
+                try:
+                    yield from fn(*args, **kwargs)
+                except Exception as exc:  # status_message logs a bug's traceback
+                    yield in_status(exc)
+
+            return gen_wrapper
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             try:
-                yield from fn(*args, **kwargs)
-            except Exception as exc:  # status_message logs a bug's traceback
-                frame = [gr.skip()] * outputs
-                frame[status] = status_message(exc)
-                yield tuple(frame)
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                return in_status(exc)
 
         return wrapper
 

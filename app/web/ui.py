@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from app.attribution.render import search_results_html
-from app.errors import errors_in_status, user_errors
+from app.errors import errors_in_status, status_message
 from app.render import code_view
 from app.requests import MAX_STOPS
 from app.services.shares import PARAM_NAMES
@@ -41,10 +41,16 @@ element.addEventListener('click', (ev) => {
 });
 """
 
+# Each example gives a good result with the default model, greedy (tests/integration/
+# test_model_choice.py runs them all): `import os ... def main():` and `class Stack:` ran on
+# to the token limit and cut mid-statement; CSV reading answered with broken code.
 COMPLETION_EXAMPLES = [
     ['def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'],
-    ["import os\nimport sys\n\n\ndef main():\n"],
-    ['class Stack:\n    """A last-in, first-out stack."""\n\n    def __init__(self):\n'],
+    ['def is_palindrome(s):\n    """Return True if s reads the same forwards and backwards."""\n'],
+    [
+        "def celsius_to_fahrenheit(celsius):\n"
+        '    """Convert a temperature from Celsius to Fahrenheit."""\n'
+    ],
 ]
 FIM_EXAMPLES = [
     [
@@ -58,7 +64,8 @@ FIM_EXAMPLES = [
 ]
 ASSIST_EXAMPLES = [
     ["Write a Python function that checks whether a string is a palindrome."],
-    ["How do I read a CSV file in Python?"],
+    ["Write a Python function that counts the vowels in a string."],
+    ["How do I sort a list of dictionaries by a key in Python?"],
 ]
 
 NOTE = (
@@ -134,9 +141,11 @@ def _share(mode: str, handlers: Handlers, record: gr.State, share: gr.Button):
     link = gr.Textbox(label="Share link", buttons=["copy"], visible=False, elem_id=f"{mode}-link")
     delete = gr.Markdown(visible=False, elem_id=f"{mode}-delete")
 
-    @user_errors(as_html=True)
     def do_share(rec, request: gr.Request):
-        url, delete_url = handlers.share(rec, request)
+        try:
+            url, delete_url = handlers.share(rec, request)
+        except Exception as exc:  # a refusal shows where the link would (a bug is logged)
+            return gr.Textbox(visible=False), gr.Markdown(status_message(exc), visible=True)
         note = (
             f"Private delete link (keep it, it is shown once): [{delete_url}]({delete_url})"
             if delete_url
@@ -270,7 +279,7 @@ def _search_tab(handlers: Handlers):
         run = gr.Button("Search", variant="primary", elem_id="search-run")
         results = gr.HTML("", elem_id="search-results")
 
-    @user_errors(as_html=True)
+    @errors_in_status(outputs=1, status=0)  # in the results box, not a toast and a badge
     def do_search(q, ex, rp, lic, lg, pg):
         return search_results_html(handlers.search.search(q, rp, lic, lg, pg, ex))
 
@@ -288,7 +297,10 @@ def _open_share(handlers: Handlers, tabs, code_tabs, chat_tab):
     for t in all_tabs:
         outputs += t.params
 
-    @user_errors(as_html=True)
+    # An unknown or deleted share is said in the Completion tab's status line.
+    status = next(i for i, o in enumerate(outputs) if o is code_tabs[0].status)
+
+    @errors_in_status(outputs=len(outputs), status=status)
     def load(request: gr.Request):
         share = handlers.shares.load(request.query_params.get("share"))
         if share is None:
@@ -376,7 +388,7 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
         _wire_model_defaults(model, handlers, [completion, fim, chat])
         gr.Markdown(NOTE, elem_id="license-note")
         load, outputs = _open_share(handlers, tabs, [completion, fim], chat)
-        demo.load(load, None, outputs, api_visibility="private")
+        demo.load(load, None, outputs, api_visibility="private", show_progress="hidden")
         build_api(handlers)
     return demo
 

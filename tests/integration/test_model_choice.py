@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from gradio_client import Client
@@ -269,3 +270,13 @@ def test_editors_get_smollm2s_reranked_fill_through_the_openai_api(default_app):
     out = oai.completions.create(model=SMOLLM2, prompt=prefix, suffix=suffix, max_tokens=32)
     assert out.choices[0].text == "return a + b"
     assert out.model == SMOLLM2 and out.usage.completion_tokens > 0
+
+
+def test_the_readmes_v1_fill_in_the_middle_example_fills_the_gap(default_app):
+    """The README's /v1 example, run as written against this app: it used tiny-starcoder and
+    printed garbage."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    code = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "suffix=" in b)
+    code = code.replace("http://127.0.0.1:7860/", default_app.url)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (run.returncode, run.stdout) == (0, "return a + b\n"), run.stdout + run.stderr

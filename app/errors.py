@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from model.errors import PlaygroundError
 
-__all__ = ["PlaygroundError", "user_errors"]
+__all__ = ["PlaygroundError", "errors_in_status", "status_message", "user_errors"]
 
 log = logging.getLogger(__name__)
 
@@ -68,3 +68,49 @@ def user_errors(fn: Callable | None = None, *, as_html: bool = False) -> Callabl
             raise _translate(exc, as_html) from exc
 
     return wrapper
+
+
+def status_message(exc: Exception) -> str:
+    """A refusal or a failure as a status line or a results box says it (HTML, which Markdown
+    keeps), logged as user_errors logs it: one line for a refusal, the traceback for a bug."""
+    import gradio as gr
+
+    err = exc if isinstance(exc, gr.Error) else _translate(exc, as_html=False)
+    # Escaped: "<FILL_HERE>" would vanish as an unknown tag.
+    return f"<strong>{html.escape(err.title)}:</strong> {html.escape(err.message, quote=False)}"
+
+
+def errors_in_status(*, outputs: int, status: int) -> Callable:
+    """Wrap a page's handler (plain or generator) so an error becomes the text of one output
+    (`status`, by position) and every other output keeps what it showed. Raised, a gr.Error
+    put a toast in a corner and a red "Error" badge on each of the event's outputs (five, over
+    the last good output), and the status line said only "Error"."""
+    import gradio as gr
+
+    def in_status(exc: Exception) -> tuple:
+        frame = [gr.skip()] * outputs
+        frame[status] = status_message(exc)
+        return tuple(frame) if outputs > 1 else frame[0]
+
+    def wrap(fn: Callable) -> Callable:
+        if inspect.isgeneratorfunction(fn):
+
+            @functools.wraps(fn)
+            def gen_wrapper(*args, **kwargs):
+                try:
+                    yield from fn(*args, **kwargs)
+                except Exception as exc:  # status_message logs a bug's traceback
+                    yield in_status(exc)
+
+            return gen_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                return in_status(exc)
+
+        return wrapper
+
+    return wrap

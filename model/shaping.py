@@ -19,6 +19,29 @@ class Plain:
         return ""
 
 
+class HoldLeadingSpace(Plain):
+    """Whitespace before any text is held until text follows it, and shown at the end: a
+    completion asked again (a fence opened before any code) must not have streamed the first
+    try's blank lines."""
+
+    def __init__(self) -> None:
+        self._held, self._started = "", False
+
+    def feed(self, piece: str) -> str:
+        if self._started:
+            return piece
+        self._held += piece
+        if not self._held.strip():
+            return ""
+        self._started = True
+        shown, self._held = self._held, ""
+        return shown
+
+    def finish(self) -> str:
+        shown, self._held = self._held, ""
+        return shown
+
+
 class HoldTrailingSpace(Plain):
     """Trailing whitespace is held until text follows it, and dropped at the end."""
 
@@ -36,9 +59,11 @@ class Reply(HoldTrailingSpace):
     """An assistant's reply: no leading or trailing whitespace, cut before a turn marker
     (`Human:`) even when the model's own stops did not include it."""
 
-    def __init__(self, markers: tuple[str, ...]) -> None:
+    def __init__(self, markers: tuple[str, ...], started: bool = False) -> None:
+        """`started`: the reply goes on from text already shown (Continue), so leading
+        whitespace is the model's and kept."""
         super().__init__()
-        self._started = False
+        self._started = started
         self._stops = StopMatcher(markers)
 
     def feed(self, piece: str) -> str:

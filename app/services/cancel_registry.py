@@ -34,6 +34,10 @@ class CancelRegistry:
         token.cancel()
         return True
 
+    def running(self, session: str) -> bool:
+        with self._lock:
+            return session in self._tokens
+
     def finish(self, session: str, token: CancelToken) -> None:
         with self._lock:
             if self._tokens.get(session) is token:

@@ -62,11 +62,16 @@ class Generations:
             yield from _said_if_stopped(run, tab)
 
     def assist(self, message, history: list[Turn], params, request, model=None, tab=None,
-               cancel=None):  # fmt: skip
+               cancel=None, reply_so_far=""):  # fmt: skip
         with self._cancel_scope(request, tab, cancel) as token:
             client = self.client(request)
-            run = self.playground.assist(message, history, params, token, client, model)
+            run = self.playground.assist(message, history, params, token, client, model,
+                                         reply_so_far)  # fmt: skip
             yield from _said_if_stopped(run, tab)
+
+    def running(self, request, tab: str) -> bool:
+        """Whether this tab has a generation under way (its Stop button is live)."""
+        return self.cancels.running(f"{session_key(request)}/{tab}")
 
 
 def _said_if_stopped(outputs: Iterator[Output], tab: str | None) -> Iterator[Output]:

@@ -42,11 +42,13 @@ from model.prompts import (
     middle_shaper,
     split_fim,
 )
-from model.shaping import Plain, Reply
+from model.shaping import HoldLeadingSpace, Plain, Reply
 
 LOOP_STOPPED = "stopped: the model was repeating itself"
+FENCE = "\n```"  # a chat-tuned model closes its code with a markdown fence (completion_stops)
 # SmolLM2 given `class Stack:` and Enter opened a markdown fence at once, which ends a
 # completion: an empty output with "end of text" read as a broken tool.
+RERANK_NOTE = "no FIM tokens: temperature, top-p and penalty do not apply"
 EMPTY_ANSWER = (
     "the model ended before writing anything (at once its end token or a stop): try a prompt "
     "that ends mid-line or with a comment saying what comes next, a higher temperature, or "
@@ -69,6 +71,7 @@ class Output:
     seconds: float = 0.0
     queue_position: int | None = None  # set while the request waits for a batch slot
     model: str = ""  # the registry id of the model that wrote it
+    candidates: int = 0  # a fill by reranking: the line is the likeliest of this many
     stopped: str = ""  # why a cancelled generation stopped, in words for the user
     # With GenerationParams.prompt_logprobs: the prompt's tokens (the first has no logprob).
     prompt_logprobs: tuple[TokenLogprob, ...] = ()
@@ -108,7 +111,6 @@ class Output:
         if self.done is None:
             return "Generating…"
         d = self.done
-        rate = d.generated_tokens / self.seconds if self.seconds > 0 else 0.0
         why = {
             "eos": "end of text",
             "stop": "stop sequence",
@@ -118,12 +120,25 @@ class Output:
         }.get(d.reason, d.reason)
         if d.reason in ("eos", "stop") and not self.generated.strip():
             why = EMPTY_ANSWER
+        elif d.reason == "length" and self.mode == "assistant":
+            why = "cut off at max_new_tokens: Continue writes more"
         by = f" · {self.model}" if self.model else ""
         notice = f" · {self.notice}" if self.notice else ""
+        if self.candidates and d.reason != "cancelled":
+            # Its tokens are those of every candidate and of scoring them: a rate of "1.2
+            # tokens/s" for one line made the tool look broken.
+            what = f"picked the likeliest of {self.candidates} lines, {self.seconds:.1f} s"
+            return f"{what}{by} · {RERANK_NOTE}"
+        rate = d.generated_tokens / self.seconds if self.seconds > 0 else 0.0
         return (
             f"{d.generated_tokens} tokens in {self.seconds:.1f} s ({rate:.1f} tokens/s) · "
             f"prompt {d.prompt_tokens} tokens · {why}{by}{notice}"
         )
+
+    @property
+    def cut_off(self) -> bool:
+        """Ended at the max-new-tokens limit: Continue can write more."""
+        return self.done is not None and self.done.reason == "length"
 
 
 class _Counter:
@@ -195,10 +210,30 @@ class Playground:
         # not when the prompt is scored: what follows it must follow the tokens as sent.
         heal = not params.prompt_logprobs
         params = replace(params, heal=heal, stop=(*params.stop, *spec.completion_stops))
-        yield from self._run(
+        retries = text and not params.prompt_logprobs and FENCE in spec.completion_stops
+        run = self._run(
             engine, spec.id, "completion", prompt, params, cancel, prefix=prompt, suffix="",
-            client=client, prompt_ids=ids,
+            client=client, prompt_ids=ids, shaper=HoldLeadingSpace() if retries else None,
         )  # fmt: skip
+        with closing(run):
+            for out in run:
+                if not (retries and out.done and self._opened_fence(out)):
+                    yield out
+                    continue
+                # It opened a markdown fence before any code (SmolLM2 after `class Stack:` and
+                # Enter). Asked again inside an opened fence, it writes the body; the fence is
+                # not shown. Only then: greedy fibonacci went wrong with the fence given first.
+                fenced = FENCE.lstrip("\n") + "\n" + prompt
+                fenced_ids = self._tokenize(engine, "prompt", fenced, params)
+                yield from self._run(
+                    engine, spec.id, "completion", fenced, params, cancel, prefix=prompt,
+                    suffix="", client=client, prompt_ids=fenced_ids,
+                )  # fmt: skip
+
+    @staticmethod
+    def _opened_fence(out: Output) -> bool:
+        """Ended at the fence stop before writing anything (what it held back is not shown)."""
+        return out.done.reason == "stop" and not out.generated.strip()
 
     def fill(
         self,
@@ -224,11 +259,11 @@ class Playground:
             )  # fmt: skip
             notice = (
                 f"one line, the likeliest of {infill.candidates} candidates given the code on "
-                "both sides (no FIM tokens: temperature, top-p and penalty do not apply)"
+                f"both sides ({RERANK_NOTE})"
             )
             with closing(run):  # a consumer that stops early frees the engine at once
                 for out in run:
-                    yield replace(out, notice=notice)
+                    yield replace(out, notice=notice, candidates=infill.candidates)
             return
         model_prompt, prefix, suffix = fim_prompt(code, template, spec.id)
         ids = self._tokenize(engine, "prompt", model_prompt, params)
@@ -250,8 +285,10 @@ class Playground:
         cancel: CancelToken,
         client: str = "",
         model: str | None = None,
+        reply_so_far: str = "",
     ) -> Iterator[Output]:
-
+        """`reply_so_far`: Continue. The answer to `message` that was cut off at the token limit;
+        the model goes on writing it (the reply streamed is the whole answer)."""
         check_text("message", message, self.limits)
         # Bounded before any token is counted: 1,000 turns once took 18 s of shared CPU to fit.
         history = check_history(history, self.limits)
@@ -262,9 +299,10 @@ class Playground:
         rest = params.max_new_tokens is None
         room = min(default_max_new_tokens("assistant"), info.context_length // 2)
         reserved = room if rest else params.max_new_tokens
-        budget = info.context_length - reserved
+        written = engine.count_tokens(reply_so_far) if reply_so_far else 0
+        budget = info.context_length - reserved - written
         if budget <= 0:  # no room for any prompt: say how big the message alone is
-            n = engine.count_tokens(message)
+            n = engine.count_tokens(message) + written
             check_context("message", n, reserved, info.context_length)
         # The prompt is fitted by counting it whole; the last count is of the prompt built, and
         # its ids travel with the request, so nothing tokenizes it again.
@@ -276,23 +314,26 @@ class Playground:
                 info.chat_template, history, message, budget_tokens=budget,
                 count_tokens=count, special=special, max_new_tokens=reserved,
             )  # fmt: skip
+            opened = built.prompt + reply_so_far
         else:
             built = assistant_prompt(
                 self.ta, history, message, budget_tokens=budget, count_tokens=count,
                 max_new_tokens=reserved,
             )  # fmt: skip
             params = replace(params, stop=(*params.stop, *ASSISTANT_STOPS))
-        ids = count.ids(built.prompt)  # fitted to the budget above: no check needed
+            # The ta-prompt's turns read "Assistant: text"; the space was trimmed from the reply.
+            opened = built.prompt + (" " + reply_so_far if reply_so_far else "")
+        ids = count.ids(opened)  # fitted to the budget above: no check needed
         if rest:
-            n = len(ids) if ids is not None else engine.count_tokens(built.prompt)
+            n = len(ids) if ids is not None else engine.count_tokens(opened)
             params = replace(params, max_new_tokens=max(1, info.context_length - n))
         # Trailing whitespace is held back until text follows it: a reply ending in whitespace
         # used to stream it, then lose it in the final text, so /v1's stream and its plain
-        # answer differed.
+        # answer differed. A continued answer is shown whole: what was written, then the rest.
         run = self._run(
-            engine, spec.id, "assistant", built.prompt, params, cancel, prefix="", suffix="",
-            client=client, prompt_ids=tuple(ids) if ids is not None else None,
-            shaper=Reply(ASSISTANT_STOPS),
+            engine, spec.id, "assistant", opened, params, cancel, prefix=reply_so_far,
+            suffix="", client=client, prompt_ids=tuple(ids) if ids is not None else None,
+            shaper=Reply(ASSISTANT_STOPS, started=bool(reply_so_far)),
         )  # fmt: skip
         with closing(run):
             for out in run:

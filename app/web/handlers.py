@@ -22,6 +22,7 @@ from app.services.search import Search
 from app.services.shares import PENDING, Shares, record
 from app.web.downloads import Downloads
 from model.engine import MAX_LOGPROBS
+from model.errors import PlaygroundError
 from model.prompts import Turn
 from model.registry import Registry
 
@@ -76,19 +77,38 @@ class Handlers:
             yield html, out.text, out.status, download, shared, panel, probs
 
     def ui_assist(self, message: str, chat: list, model, *param_values, request=None):
-        """Yields (chat messages, cleared input box, status, shareable record, sources)."""
+        """Yields (chat messages, cleared input box, status, shareable record, sources, the
+        Continue button: shown under an answer cut off at the token limit)."""
         params = self.params("assistant", model, param_values)
         history = recent_turns(turns_from_messages(chat), self.generate.playground.limits)
         base = [*chat, {"role": "user", "content": message}]
         run = self.generate.assist(message, history, params, request, model, tab="assistant")
+        yield from self._chat_frames(run, base, message, params)
+
+    def ui_continue(self, chat: list, model, *param_values, request=None):
+        """Continue: the last answer (cut off at the token limit) written on; yields as
+        ui_assist does, the last answer growing in place."""
+        params = self.params("assistant", model, param_values)
+        turns = turns_from_messages(chat)
+        if not turns or chat[-1]["role"] != "assistant":
+            raise PlaygroundError("There is no answer to continue yet.", field="message")
+        *earlier, last = turns
+        history = recent_turns(earlier, self.generate.playground.limits)
+        base = list(chat[:-1])  # the answer is written again, longer, in its place
+        run = self.generate.assist(last.user, history, params, request, model, tab="assistant",
+                                   reply_so_far=last.assistant)  # fmt: skip
+        yield from self._chat_frames(run, base, last.user, params)
+
+    def _chat_frames(self, run, base: list, message: str, params):
         for out in throttle(run):
             messages = [*base, {"role": "assistant", "content": out.text}]
             if out.done is None:
-                yield messages, "", out.status, PENDING, gr_skip()
+                yield messages, "", out.status, PENDING, gr_skip(), gr_update(visible=False)
                 continue
             spans = self.search.attribute_output(out)
             shared = record(out, message, params, "markdown", spans, self.schema)
-            yield messages, "", out.status, shared, self.sources_panel(spans, out.model)
+            more = gr_update(visible=out.cut_off)
+            yield messages, "", out.status, shared, self.sources_panel(spans, out.model), more
 
     def params(self, mode: str, model, values):
         """The page's control values (in the schema's order) as validated engine parameters."""
@@ -161,6 +181,12 @@ def gr_skip():
     import gradio as gr
 
     return gr.skip()
+
+
+def gr_update(**changes):
+    import gradio as gr
+
+    return gr.update(**changes)
 
 
 def _span(d: dict) -> Span:

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from app.attribution.render import search_results_html
-from app.errors import user_errors
+from app.errors import errors_in_status, status_message
 from app.parameters import Parameter, names
 from app.render import code_view
 from app.web.api import MODEL_LOCK, build_api
@@ -39,10 +39,16 @@ element.addEventListener('click', (ev) => {
 });
 """
 
+# Each example gives a good result with the default model, greedy (tests/integration/
+# test_model_choice.py runs them all): `import os ... def main():` and `class Stack:` ran on
+# to the token limit and cut mid-statement; CSV reading answered with broken code.
 COMPLETION_EXAMPLES = [
     ['def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'],
-    ["import os\nimport sys\n\n\ndef main():\n"],
-    ['class Stack:\n    """A last-in, first-out stack."""\n\n    def __init__(self):\n'],
+    ['def is_palindrome(s):\n    """Return True if s reads the same forwards and backwards."""\n'],
+    [
+        "def celsius_to_fahrenheit(celsius):\n"
+        '    """Convert a temperature from Celsius to Fahrenheit."""\n'
+    ],
 ]
 FIM_EXAMPLES = [
     [
@@ -56,7 +62,8 @@ FIM_EXAMPLES = [
 ]
 ASSIST_EXAMPLES = [
     ["Write a Python function that checks whether a string is a palindrome."],
-    ["How do I read a CSV file in Python?"],
+    ["Write a Python function that counts the vowels in a string."],
+    ["How do I sort a list of dictionaries by a key in Python?"],
 ]
 
 NOTE = (
@@ -94,23 +101,49 @@ def _control(p: Parameter, default, mode: str, context_length: int):
     return gr.Textbox("", label=p.label, placeholder=p.help, lines=lines, elem_id=elem_id)
 
 
-def _wire_stop(button, handlers: Handlers, tab: str) -> None:
-    def stop(request: gr.Request) -> None:
+def _stop_button(mode: str):
+    # Quiet and disabled until something runs: a red Stop as big as Generate read as an alarm.
+    return gr.Button("Stop", variant="secondary", interactive=False, scale=1, min_width=80,
+                     elem_id=f"{mode}-stop", elem_classes=["stop-button"])  # fmt: skip
+
+
+def _wire_run(triggers, handlers: Handlers, tab: str, stop, status, hide, run, **event):
+    """Generate (or Send, Continue): Stop comes alive and the status says so at once, the
+    generation streams with no Gradio progress overlay (the status line says what happens),
+    and Stop goes quiet again unless a newer generation in this tab still runs."""
+
+    def start():
+        return gr.Button(interactive=True), "Starting…", *[gr.update(visible=False)] * len(hide)
+
+    def settle(request: gr.Request):
+        return gr.Button(interactive=handlers.generate.running(request, tab))
+
+    for trigger in triggers:
+        trigger(start, None, [stop, status, *hide], queue=False, api_visibility="private",
+                show_progress="hidden").then(
+            run, **event, concurrency_id=MODEL_LOCK, api_visibility="private",
+            show_progress="hidden",
+        ).then(settle, None, stop, queue=False, api_visibility="private",
+               show_progress="hidden")  # fmt: skip
+
+    def do_stop(request: gr.Request) -> None:
         handlers.generate.stop(request, tab)  # the generation itself reports "stopped by you"
 
     # Queued (for the session hash) but outside the model's concurrency group, so it never waits.
-    button.click(stop, None, None, concurrency_limit=None, api_visibility="private")
+    stop.click(do_stop, None, None, concurrency_limit=None, api_visibility="private",
+               show_progress="hidden")  # fmt: skip
 
 
-def _share_row(mode: str, handlers: Handlers, record: gr.State):
-    with gr.Row():
-        share = gr.Button("Share", size="sm", elem_id=f"{mode}-share")
+def _share(mode: str, handlers: Handlers, record: gr.State, share: gr.Button):
+    """Share's link and its private delete link, below the row that holds the Share button."""
     link = gr.Textbox(label="Share link", buttons=["copy"], visible=False, elem_id=f"{mode}-link")
     delete = gr.Markdown(visible=False, elem_id=f"{mode}-delete")
 
-    @user_errors(as_html=True)
     def do_share(rec, request: gr.Request):
-        url, delete_url = handlers.share(rec, request)
+        try:
+            url, delete_url = handlers.share(rec, request)
+        except Exception as exc:  # a refusal shows where the link would (a bug is logged)
+            return gr.Textbox(visible=False), gr.Markdown(status_message(exc), visible=True)
         note = (
             f"Private delete link (keep it, it is shown once): [{delete_url}]({delete_url})"
             if delete_url
@@ -122,83 +155,103 @@ def _share_row(mode: str, handlers: Handlers, record: gr.State):
     return link, delete
 
 
+def _share_button(mode: str):
+    return gr.Button("Share", size="sm", elem_id=f"{mode}-share")
+
+
+def _side(mode: str, examples, inputs, handlers: Handlers):
+    """The side column (below the output on a phone): examples, then the parameters."""
+    with gr.Column(scale=2, min_width=300, elem_classes=["side"]):
+        gr.Examples(examples, inputs=inputs, label="Examples", elem_id=f"{mode}-examples")
+        show_probs = None
+        if mode != "assistant":
+            show_probs = gr.Checkbox(False, label="Show probabilities",
+                                     info="each token shaded by how likely the model found it",
+                                     elem_id=f"{mode}-show-probs")  # fmt: skip
+        params = _param_inputs(mode, handlers)
+    return show_probs, params
+
+
 def _code_tab(mode, label, examples, placeholder, handlers: Handlers, model):
     ui = SimpleNamespace(mode=mode)
-    with gr.Tab(label, id=mode):
-        ui.prompt = gr.Textbox(lines=12, max_lines=40, label="Code", placeholder=placeholder,
-                               elem_id=f"{mode}-prompt", elem_classes=["code-input"])  # fmt: skip
-        with gr.Row():
-            run = gr.Button("Generate", variant="primary", elem_id=f"{mode}-run")
-            stop = gr.Button("Stop", variant="stop", elem_id=f"{mode}-stop")
-        ui.view = gr.HTML(code_view("", "text"), elem_id=f"{mode}-output", elem_classes=["code-output"],
-                          js_on_load=CLICK_TO_SEARCH)  # fmt: skip
-        ui.status = gr.Markdown("", elem_id=f"{mode}-status")
-        ui.sources = gr.HTML("", elem_id=f"{mode}-sources")
-        ui.show_probs = gr.Checkbox(False, label="Show probabilities",
-                                    info="each token shaded by how likely the model found it",
-                                    elem_id=f"{mode}-show-probs")  # fmt: skip
-        ui.probs = gr.HTML("", elem_id=f"{mode}-probs")
-        with gr.Row():
-            copy = gr.Button("Copy", size="sm", elem_id=f"{mode}-copy")
-            download = gr.DownloadButton("Download", size="sm", elem_id=f"{mode}-download")
-        ui.record = gr.State(None)
-        link, delete = _share_row(mode, handlers, ui.record)
-        with gr.Accordion("Exact text", open=False, elem_id=f"{mode}-exact"):
-            ui.raw = gr.Textbox(label="Exactly what was generated", lines=6, interactive=False,
-                                elem_id=f"{mode}-raw", elem_classes=["code-input"])  # fmt: skip
-        gr.Examples(examples, inputs=[ui.prompt], elem_id=f"{mode}-examples")
-        ui.params = params = _param_inputs(mode, handlers)
+    with gr.Tab(label, id=mode), gr.Row(elem_classes=["tab-body"]):
+        with gr.Column(scale=5, min_width=300):
+            ui.prompt = gr.Textbox(lines=10, max_lines=40, label="Code", placeholder=placeholder,
+                                   elem_id=f"{mode}-prompt", elem_classes=["code-input"])  # fmt: skip
+            with gr.Row(elem_classes=["run-row"]):
+                run = gr.Button("Generate", variant="primary", scale=3, min_width=120,
+                                elem_id=f"{mode}-run")  # fmt: skip
+                stop = _stop_button(mode)
+            ui.status = gr.Markdown("", elem_id=f"{mode}-status", elem_classes=["status-line"])
+            ui.view = gr.HTML(code_view("", "text"), elem_id=f"{mode}-output",
+                              elem_classes=["code-output"], js_on_load=CLICK_TO_SEARCH)  # fmt: skip
+            ui.probs = gr.HTML("", elem_id=f"{mode}-probs")
+            ui.record = gr.State(None)
+            with gr.Row(elem_classes=["actions"]):
+                copy = gr.Button("Copy", size="sm", elem_id=f"{mode}-copy")
+                download = gr.DownloadButton("Download", size="sm", elem_id=f"{mode}-download")
+                share = _share_button(mode)
+            link, delete = _share(mode, handlers, ui.record, share)
+            ui.sources = gr.HTML("", elem_id=f"{mode}-sources")
+            # Exactly what was generated, for Copy: in the page, never shown a second time.
+            ui.raw = gr.Textbox(visible="hidden", elem_id=f"{mode}-raw")
+        ui.show_probs, ui.params = _side(mode, examples, [ui.prompt], handlers)
+        params = ui.params
 
-    @user_errors(as_html=True)
+    @errors_in_status(outputs=7, status=2)
     def generate(request: gr.Request, prompt_text, model_id, show_probs, *values):
         # `request` first: Gradio passes it only as a positional parameter before `*values`,
         # the parameters' controls in the schema's order
         yield from handlers.ui_code(mode, prompt_text, model_id, *values, request=request,
                                     show_probs=show_probs)  # fmt: skip
 
-    def clear():  # a new generation starts from a clean slate: no stale output under an error
-        hidden = gr.update(visible=False)
-        return hidden, hidden, code_view("", "text"), "", "", "", "", None
-
-    cleared = [link, delete, ui.view, ui.raw, ui.status, ui.sources, ui.probs, ui.record]
-    run.click(clear, None, cleared, queue=False, api_visibility="private").then(
-        generate, [ui.prompt, model, ui.show_probs, *params],
-        [ui.view, ui.raw, ui.status, download, ui.record, ui.sources, ui.probs],
-        concurrency_id=MODEL_LOCK, api_visibility="private",
-    )  # fmt: skip
-    _wire_stop(stop, handlers, mode)
+    _wire_run([run.click], handlers, mode, stop, ui.status, [link, delete], generate,
+              inputs=[ui.prompt, model, ui.show_probs, *params],
+              outputs=[ui.view, ui.raw, ui.status, download, ui.record, ui.sources, ui.probs])  # fmt: skip
     copy.click(None, [ui.raw], None, js="(t) => { navigator.clipboard.writeText(t); return []; }")
     return ui
 
 
 def _assist_tab(handlers: Handlers, model):
     ui = SimpleNamespace(mode="assistant")
-    with gr.Tab("Tech assistant", id="assistant"):
-        ui.chat = gr.Chatbot(label="Tech assistant", height=420, elem_id="assistant-chat",
-                             buttons=["copy"])  # fmt: skip
-        message = gr.Textbox(label="Message", lines=2, placeholder="Ask a programming question",
-                             elem_id="assistant-message")  # fmt: skip
-        with gr.Row():
-            send = gr.Button("Send", variant="primary", elem_id="assistant-run")
-            stop = gr.Button("Stop", variant="stop", elem_id="assistant-stop")
-            clear = gr.Button("Clear conversation", elem_id="assistant-clear")
-        ui.status = gr.Markdown("", elem_id="assistant-status")
-        ui.sources = gr.HTML("", elem_id="assistant-sources")
-        ui.record = gr.State(None)
-        _share_row("assistant", handlers, ui.record)
-        gr.Examples(ASSIST_EXAMPLES, inputs=[message])
-        ui.params = params = _param_inputs("assistant", handlers)
+    with gr.Tab("Tech assistant", id="assistant"), gr.Row(elem_classes=["tab-body"]):
+        with gr.Column(scale=5, min_width=300):
+            ui.chat = gr.Chatbot(label="Tech assistant", height=420, elem_id="assistant-chat",
+                                 buttons=["copy"])  # fmt: skip
+            more = gr.Button("Continue the answer", size="sm", visible=False,
+                             elem_id="assistant-continue")  # fmt: skip
+            message = gr.Textbox(label="Message", lines=2, placeholder="Ask a programming question",
+                                 elem_id="assistant-message")  # fmt: skip
+            with gr.Row(elem_classes=["run-row"]):
+                send = gr.Button("Send", variant="primary", scale=3, min_width=120,
+                                 elem_id="assistant-run")  # fmt: skip
+                stop = _stop_button("assistant")
+                clear = gr.Button("Clear", scale=1, min_width=80, elem_id="assistant-clear")
+            ui.status = gr.Markdown("", elem_id="assistant-status", elem_classes=["status-line"])
+            ui.record = gr.State(None)
+            with gr.Row(elem_classes=["actions"]):
+                share = _share_button("assistant")
+            link, delete = _share("assistant", handlers, ui.record, share)
+            ui.sources = gr.HTML("", elem_id="assistant-sources")
+        _, ui.params = _side("assistant", ASSIST_EXAMPLES, [message], handlers)
+        params = ui.params
 
-    @user_errors(as_html=True)
+    @errors_in_status(outputs=6, status=2)
     def respond(request: gr.Request, text, history, model_id, *values):
         yield from handlers.ui_assist(text, history, model_id, *values, request=request)
 
-    for trigger in (send.click, message.submit):
-        trigger(respond, [message, ui.chat, model, *params],
-                [ui.chat, message, ui.status, ui.record, ui.sources],
-                concurrency_id=MODEL_LOCK, api_visibility="private")  # fmt: skip
-    _wire_stop(stop, handlers, "assistant")
-    clear.click(lambda: ([], "", None), None, [ui.chat, ui.status, ui.record], queue=False,
+    @errors_in_status(outputs=6, status=2)
+    def go_on(request: gr.Request, history, model_id, *values):
+        yield from handlers.ui_continue(history, model_id, *values, request=request)
+
+    outputs = [ui.chat, message, ui.status, ui.record, ui.sources, more]
+    hidden = [link, delete, more]
+    _wire_run([send.click, message.submit], handlers, "assistant", stop, ui.status, hidden,
+              respond, inputs=[message, ui.chat, model, *params], outputs=outputs)  # fmt: skip
+    _wire_run([more.click], handlers, "assistant", stop, ui.status, hidden, go_on,
+              inputs=[ui.chat, model, *params], outputs=outputs)  # fmt: skip
+    clear.click(lambda: ([], "", None, gr.update(visible=False)), None,
+                [ui.chat, ui.status, ui.record, more], queue=False,
                 api_visibility="private")  # fmt: skip
     return ui
 
@@ -218,7 +271,7 @@ def _search_tab(handlers: Handlers):
         run = gr.Button("Search", variant="primary", elem_id="search-run")
         results = gr.HTML("", elem_id="search-results")
 
-    @user_errors(as_html=True)
+    @errors_in_status(outputs=1, status=0)  # in the results box, not a toast and a badge
     def do_search(q, ex, rp, lic, lg, pg):
         return search_results_html(handlers.search.search(q, rp, lic, lg, pg, ex))
 
@@ -236,7 +289,10 @@ def _open_share(handlers: Handlers, tabs, code_tabs, chat_tab):
     for t in all_tabs:
         outputs += t.params
 
-    @user_errors(as_html=True)
+    # An unknown or deleted share is said in the Completion tab's status line.
+    status = next(i for i, o in enumerate(outputs) if o is code_tabs[0].status)
+
+    @errors_in_status(outputs=len(outputs), status=status)
     def load(request: gr.Request):
         share = handlers.shares.load(request.query_params.get("share"))
         if share is None:
@@ -273,10 +329,13 @@ AUTO = ""  # the dropdown's "automatic" entry: each mode's default model
 
 def _model_picker(handlers: Handlers):
     registry = handlers.registry
-    choices = [("Automatic: the default model of each mode", AUTO), *registry.choices()]
-    with gr.Row():
-        model = gr.Dropdown(choices, value=AUTO, label="Model", scale=2, elem_id="model")
-        info = gr.Markdown(handlers.model_card(AUTO), elem_id="model-card")
+    choices = [("Automatic (each mode's default)", AUTO), *registry.choices()]
+    # Each at least 300 px wide: on a phone the card goes under the picker, not into a sliver.
+    with gr.Row(elem_classes=["model-row"]):
+        model = gr.Dropdown(choices, value=AUTO, label="Model", scale=2, min_width=300,
+                            elem_id="model")  # fmt: skip
+        with gr.Column(scale=3, min_width=300):  # a Markdown's own min_width does not wrap
+            info = gr.Markdown(handlers.model_card(AUTO), elem_id="model-card")
     model.change(handlers.model_card, model, info, queue=False, api_visibility="private")
     return model
 
@@ -316,7 +375,7 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
             "<p>Complete code, fill in the middle, or ask the tech assistant.</p></div>"
         )
         model = _model_picker(handlers)
-        with gr.Tabs() as tabs:
+        with gr.Tabs(overflow_behavior="wrap") as tabs:  # no tab hidden behind a "..." menu
             completion = _code_tab("completion", "Completion", COMPLETION_EXAMPLES,
                                    "def fibonacci(n):", handlers, model)  # fmt: skip
             fim = _code_tab("fim", "Fill-in-the-middle", FIM_EXAMPLES,
@@ -327,7 +386,7 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
         _wire_model_defaults(model, handlers, [completion, fim, chat])
         gr.Markdown(NOTE, elem_id="license-note")
         load, outputs = _open_share(handlers, tabs, [completion, fim], chat)
-        demo.load(load, None, outputs, api_visibility="private")
+        demo.load(load, None, outputs, api_visibility="private", show_progress="hidden")
         build_api(handlers)
     return demo
 

@@ -4,6 +4,7 @@ import os
 import shutil
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 pytestmark = pytest.mark.browser
 
@@ -86,8 +87,7 @@ def test_show_probabilities_shades_each_generated_token_with_its_alternatives(pa
     page.wait_for_selector("#completion-probs span.prob", state="attached")
     tokens = page.locator("#completion-probs span.prob")
     assert 0 < tokens.count() <= 12
-    page.click("#completion-exact")
-    raw = page.input_value("#completion-raw textarea")
+    raw = page.input_value("#completion-raw textarea")  # what Copy and Download give
     shown = "".join(tokens.nth(i).text_content() for i in range(tokens.count()))
     assert raw == "def fibonacci(n):" + shown  # the tokens add up to what was written
     title = tokens.first.get_attribute("title")
@@ -124,7 +124,10 @@ def test_stop_ends_a_long_generation(page, live_app):
             "(n) => document.querySelector('#completion-output').innerText.length > n",
             arg=len(prompt),
         )
-        page.click("#completion-stop")
+        try:  # Stop is disabled again once the run has ended: then that click says nothing
+            page.click("#completion-stop", timeout=3_000)
+        except PlaywrightTimeout:
+            continue
         page.wait_for_function(
             "() => /stopped by you|tokens\\/s/.test(document.querySelector('#completion-status').innerText)"
         )
@@ -140,8 +143,10 @@ def test_fim_without_marker_shows_the_error_then_fills(page):
     page.click("button[role=tab]:has-text('Fill-in-the-middle')")
     page.fill("#fim-prompt textarea", "def f():\n    pass\n")
     page.click("#fim-run")
-    toast = page.get_by_text("exactly one <FILL_HERE> marker")
-    toast.first.wait_for()
+    page.wait_for_function(  # in the status line, the marker's name intact
+        "() => document.querySelector('#fim-status').innerText.includes("
+        "'exactly one <FILL_HERE> marker')"
+    )
     page.fill("#fim-prompt textarea", "def add(a, b):\n    <FILL_HERE>\n\nprint(add(1, 2))\n")
     page.click("#fim-run")
     page.wait_for_function(
@@ -164,7 +169,7 @@ def test_assistant_replies_in_the_chat(page):
     assert "Human:" not in chat.split("How do I sort a list in Python?", 1)[1]
 
 
-def test_share_while_streaming_says_to_wait_and_a_failed_run_clears_the_old_output(page):
+def test_share_while_streaming_says_to_wait_and_a_refused_run_keeps_the_old_output(page):
     _set_param(page, "temperature", 0)
     _set_param(page, "repetition-penalty", 1)
     _set_param(page, "max-new-tokens", 400)
@@ -179,11 +184,12 @@ def test_share_while_streaming_says_to_wait_and_a_failed_run_clears_the_old_outp
         "() => document.querySelector('#completion-status').innerText.includes('tokens in')"
     )
     assert "x = [1, 2" in page.inner_text("#completion-output")
-    page.fill("#completion-prompt textarea", "   ")  # refused: the old output must not stay
+    page.fill("#completion-prompt textarea", "   ")  # refused: said in the status line
     page.click("#completion-run")
-    page.get_by_text("`prompt` is empty").filter(visible=True).first.wait_for()
-    assert "x = [1, 2" not in page.inner_text("#completion-output")
-    assert "tokens" not in page.inner_text("#completion-status")  # the old run's status is gone
+    page.get_by_text("prompt is empty").filter(visible=True).first.wait_for()
+    # The status says the refusal (not the old run's counts); the last good output stays.
+    assert "tokens" not in page.inner_text("#completion-status")
+    assert "x = [1, 2" in page.inner_text("#completion-output")
 
 
 def test_no_two_elements_share_an_id(page):

@@ -129,3 +129,42 @@ def test_family_tokens_checkpoint_path_and_default_context_are_written_once():
     for needle, home in homes.items():
         found = [str(p.relative_to(ROOT)) for p in code if needle in p.read_text(encoding="utf-8")]
         assert found == [home], needle
+
+
+def _readme_settings() -> list[tuple[str, str, str]]:
+    """(flag, env, default) of each row of the README's settings table."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Settings", 1)[1].split("\n\n| flag |", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split(" | ") for line in table.splitlines()[2:]]
+    return [(r[0].strip("|` "), r[1].strip("` "), r[2].strip()) for r in rows]
+
+
+def test_the_readmes_settings_table_says_what_help_says():
+    """Each row's flag, env var and default are those `python app.py --help` prints (the
+    README once gave a default the app did not have, and the default model three ways)."""
+    r = subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True,
+                       text=True)  # fmt: skip
+    helptext = " ".join(r.stdout.split("options:", 1)[1].split())
+    by_flag = {f"--{opt.name.replace('_', '-')}": opt for opt in OPTIONS}
+    rows = _readme_settings()
+    assert len(rows) >= 20
+    for flag, env, default in rows:
+        opt = by_flag.get(flag)
+        assert opt is not None, f"{flag} is in the README but not an option"
+        assert env == opt.env, flag
+        said = re.search(
+            rf"--{flag[2:]} \S+ ((?:(?!\[env ).)+)\[env {opt.env}; default (.*?)\](?: --|$)",
+            helptext,
+        )
+        assert said is not None, flag
+        explained, shown = said.groups()
+        if shown == "None":  # unset; the README may say what unset means, as --help does
+            assert default == "–" or re.search(r"default|Unset", explained), flag
+            continue
+        value = default.strip("`")
+        if re.fullmatch(r"\d+(\.\d+)?", value) and re.fullmatch(r"\d+(\.\d+)?", shown):
+            assert float(value) == float(shown), flag
+        elif opt.name.endswith("_dir") or "/" in shown:
+            assert shown.endswith(value.replace("data/", "/data/", 1).lstrip("/")), flag
+        else:
+            assert value == shown, flag

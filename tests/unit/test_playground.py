@@ -2,14 +2,18 @@
 the status line and the refusals a user sees."""
 
 import re
+from dataclasses import replace
 
 import pytest
 
 from app.ratelimit import RateLimited
+from app.services.playground import Playground
 from model.engine import CancelToken, ContextLength, GenerationParams, Infill
 from model.errors import PlaygroundError
+from model.pool import EnginePool
 from model.prompts import ASSISTANT_STOPS, TaPrompt, Turn
-from tests.fakes import FakeEngine, fake_playground
+from model.registry import Registry
+from tests.fakes import APP_DEFAULTS, FakeEngine, fake_playground, fake_pool
 
 STATUS = r"(\d+) tokens in \d+\.\d s \(\d+\.\d tokens/s\) · prompt (\d+) tokens · (.+)"
 
@@ -179,7 +183,15 @@ def test_a_model_without_fim_tokens_fills_one_line_by_reranking():
     assert fake.requests[0].infill == Infill(PREFIX, SUFFIX, 8)
     assert outs[-1].text == PREFIX + "return a + b" + SUFFIX
     assert outs[-1].notice.startswith("one line, the likeliest of 8 candidates")
-    assert outs[-1].status.endswith(outs[-1].notice)
+    # In words about the line, not a rate: its tokens are those of all 8 candidates and of
+    # scoring them, and "1.2 tokens/s" for one line made the tool look broken.
+    status = outs[-1].status
+    assert re.fullmatch(
+        r"picked the likeliest of 8 lines, \d+\.\d s · fake-coder · no FIM "
+        r"tokens: temperature, top-p and penalty do not apply",
+        status,
+    ), status
+    assert "tokens/s" not in status
 
 
 # -- assistant -------------------------------------------------------------------------------
@@ -359,3 +371,67 @@ def test_every_streamed_frame_is_the_start_of_the_final_text(mode):
     final = outs[-1].generated  # what the model wrote: /v1 streams its deltas
     for out in outs:
         assert final.startswith(out.generated), (out.generated, final)
+
+
+# -- a fence before any code; Continue ------------------------------------------------------
+
+
+def fenced_playground(engine) -> Playground:
+    """A fake served as a chat-tuned model is: its completions end at a closing fence."""
+    spec = replace(next(iter(fake_pool(engine).registry)), completion_stops=("\n```",))
+    pool = EnginePool(Registry([spec], data_dir="data"), lambda _: engine)
+    return Playground(pool, TaPrompt.load(), fim_candidates=APP_DEFAULTS.fim_candidates)
+
+
+def test_a_fence_opened_before_any_code_is_asked_again_inside_one():
+    # SmolLM2 after `class Stack:` and Enter opens a fence at once: the user got nothing.
+    fake = FakeEngine(lambda p: "    pass\n```" if p.startswith("```\n") else "\n```python\nx")
+    outs = run(
+        fenced_playground(fake).complete("class Stack:\n", GenerationParams(), CancelToken())
+    )
+    final = outs[-1]
+    assert final.text == "class Stack:\n    pass" and final.generated == "    pass"
+    assert final.text[slice(*final.generated_span)] == "    pass"
+    assert [r.prompt for r in fake.requests] == ["class Stack:\n", "```\nclass Stack:\n"]
+    assert all(o.text.startswith("class Stack:\n") for o in outs)  # the fence is never shown
+    assert len([o for o in outs if o.done]) == 1
+
+
+def test_code_before_the_fence_is_kept_and_not_asked_again():
+    fake = FakeEngine("    pass\n```\nmore")
+    final = run(fenced_playground(fake).complete("class A:\n", GenerationParams(), CancelToken()))[
+        -1
+    ]
+    assert final.generated == "    pass" and len(fake.requests) == 1
+    plain = FakeEngine("\n```")  # a model without the fence stop: the empty answer is explained
+    assert (
+        "before writing anything" in complete(plain, prompt="class A:\n", stop=["\n```"])[-1].status
+    )
+    assert len(plain.requests) == 1
+
+
+def test_an_answer_cut_off_says_continue_and_continue_writes_on_from_it():
+    cut = assist(FakeEngine("Use sorted(xs)."), max_new_tokens=4)[-1]
+    assert cut.text == "Use" and cut.cut_off
+    assert "cut off at max_new_tokens: Continue writes more" in cut.status
+    fake = FakeEngine(" sorted(xs).")
+    pg = fake_playground(fake)
+    outs = run(pg.assist("How do I sort?", HISTORY, GenerationParams(), CancelToken(),
+                         reply_so_far="Use"))  # fmt: skip
+    final = outs[-1]
+    assert final.text == "Use sorted(xs)." and not final.cut_off
+    assert all(o.text.startswith("Use") for o in outs[1:])  # it grows in place
+    # The model reads the cut-off answer as its own turn so far, and writes on from it.
+    assert fake.requests[0].prompt.endswith("Human: How do I sort?\n\nAssistant: Use")
+
+
+def test_continue_with_a_chat_template_appends_to_the_opened_turn():
+    template = (
+        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    fake = FakeEngine(" more.", chat_template=template, has_chat_template=True)
+    pg = fake_playground(fake)
+    final = run(pg.assist("q", [], GenerationParams(), CancelToken(), reply_so_far="Some"))[-1]
+    assert final.text == "Some more."
+    assert fake.requests[0].prompt == "<|user|>q\n<|assistant|>Some"

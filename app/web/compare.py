@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import logging
 from collections.abc import Iterator, Sequence
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import gradio as gr
@@ -248,7 +249,7 @@ def build_compare_tab(handlers: Handlers, param_inputs, model_updates, following
 
 
 def _column_ui(side: str, choices, handlers: Handlers, param_inputs):
-    col = _Col()
+    col = SimpleNamespace()
     ids = tab_of(side)
     col.model = gr.Dropdown(choices, value=AUTO, label=f"Model {side.upper()}",
                             elem_id=f"{ids}-model")  # fmt: skip
@@ -260,10 +261,6 @@ def _column_ui(side: str, choices, handlers: Handlers, param_inputs):
     col.probs = gr.HTML("", elem_id=f"{ids}-probs")
     col.record = gr.State(None)
     return col
-
-
-class _Col:
-    """One column's components."""
 
 
 def _kept(value):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import replace
+from functools import partial
 
 from pygments.lexers import get_lexer_by_name
 from pygments.util import ClassNotFound
@@ -48,12 +49,19 @@ class Handlers:
     # -- the code tabs and the chat -----------------------------------------------------------
 
     def ui_code(self, mode: str, prompt: str, model, *param_values, request=None,
-                show_probs: bool = False):  # fmt: skip
+                show_probs: bool = False, tab: str | None = None, cancel=None):  # fmt: skip
         """Yields (code view, exact text, status, download, shareable record, sources panel,
-        probabilities view)."""
+        probabilities view). `tab` (default: the mode's) and `cancel`: what stops it, as
+        Generations takes them; Compare asks the assistant one question here too, its reply
+        shown as markdown."""
         params = self.params(mode, model, param_values)
-        language = detect_language(prompt.replace("<FILL_HERE>", ""))
-        run = self.generate.complete if mode == "completion" else self.generate.fill
+        if mode == "assistant":
+            language = "markdown"
+            run = partial(self.generate.assist, prompt, [])
+        else:
+            language = detect_language(prompt.replace("<FILL_HERE>", ""))
+            run = partial(self.generate.complete if mode == "completion" else self.generate.fill,
+                          prompt)  # fmt: skip
         note = ""
         if show_probs:
             spec = self.registry.choose(model or None, mode)
@@ -62,7 +70,7 @@ class Handlers:
                         "tokens, and its line is picked from candidates by reranking.")  # fmt: skip
             else:
                 params = replace(params, logprobs=MAX_LOGPROBS)
-        for out in throttle(run(prompt, params, request, model, tab=mode)):
+        for out in throttle(run(params, request, model, tab=tab or mode, cancel=cancel)):
             if out.done is None:
                 html = self.code_html(mode, out.text, live_language(out.text, language),
                                       out.generated_span)  # fmt: skip

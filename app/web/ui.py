@@ -12,6 +12,7 @@ from app.errors import errors_in_status, status_message
 from app.parameters import Parameter, names
 from app.render import code_view
 from app.web.api import MODEL_LOCK, build_api
+from app.web.compare import build_compare_tab
 from app.web.handlers import Handlers
 from model.errors import PlaygroundError
 
@@ -73,18 +74,20 @@ NOTE = (
 )
 
 
-def _param_inputs(mode: str, handlers: Handlers) -> list:
+def _param_inputs(mode: str, handlers: Handlers, ids: str = "") -> list:
     """A tab's own parameters, one control per parameter of the request schema, in its order:
     a max-tokens limit set for a long completion must not silently cut the assistant's answers
-    short. Defaults and the context are those of the tab's model."""
+    short. Defaults and the context are those of the tab's model. `ids`: the controls' id
+    prefix where it is not the mode (Compare's columns)."""
     defaults = handlers.defaults(AUTO, mode)
     context_length = handlers.context_length(AUTO, mode)
+    ids = ids or mode
     controls = []
-    with gr.Accordion("Parameters", open=False, elem_id=f"{mode}-params"):
+    with gr.Accordion("Parameters", open=False, elem_id=f"{ids}-params"):
         page = handlers.schema.page
         for pair in (page[i : i + 2] for i in range(0, len(page), 2)):
             with gr.Row():
-                controls += [_control(p, defaults[p.name], mode, context_length) for p in pair]
+                controls += [_control(p, defaults[p.name], ids, context_length) for p in pair]
     return controls
 
 
@@ -343,29 +346,41 @@ def _model_picker(handlers: Handlers):
 def _wire_model_defaults(model, handlers: Handlers, tabs: list) -> None:
     """Picking a model brings its defaults to every tab it can serve (and its context as the
     max-tokens limit); "automatic" brings each tab's own model's."""
-    page = handlers.schema.page
-    follows = [i for i, p in enumerate(page) if p.model_default or p.context_bound]
+    follows = _following(handlers)
     outputs = [t.params[i] for t in tabs for i in follows]
     current = [t.params[i] for t in tabs for i in follows]
 
     def on_model(model_id, *values):
         updates = []
         for n, t in enumerate(tabs):
-            try:
-                defaults = handlers.defaults(model_id, t.mode)
-                context = handlers.context_length(model_id, t.mode)
-            except PlaygroundError:  # a model that cannot serve this tab: leave the tab alone
-                updates += [gr.skip()] * len(follows)
-                continue
-            for k, i in enumerate(follows):
-                p, value = page[i], values[n * len(follows) + k]
-                if p.context_bound:  # keep the user's limit, within the new context
-                    updates.append(gr.Slider(maximum=context, value=min(int(value or 1), context)))
-                else:
-                    updates.append(defaults[p.name])
+            mine = values[n * len(follows) : (n + 1) * len(follows)]
+            updates += _model_updates(handlers, model_id, t.mode, mine)
         return updates
 
     model.change(on_model, [model, *current], outputs, queue=False, api_visibility="private")
+
+
+def _following(handlers: Handlers) -> list[int]:
+    """Which of a tab's parameters follow its model: its defaults, and its context as a limit."""
+    return [i for i, p in enumerate(handlers.schema.page) if p.model_default or p.context_bound]
+
+
+def _model_updates(handlers: Handlers, model_id, mode: str, values) -> list:
+    """The following parameters' updates for `model_id` in `mode` (`values`: theirs now)."""
+    follows = _following(handlers)
+    try:
+        defaults = handlers.defaults(model_id, mode)
+        context = handlers.context_length(model_id, mode)
+    except PlaygroundError:  # a model that cannot serve this tab: leave the tab alone
+        return [gr.skip()] * len(follows)
+    updates = []
+    for i, value in zip(follows, values, strict=True):
+        p = handlers.schema.page[i]
+        if p.context_bound:  # keep the user's limit, within the new context
+            updates.append(gr.Slider(maximum=context, value=min(int(value or 1), context)))
+        else:
+            updates.append(defaults[p.name])
+    return updates
 
 
 def build_ui(handlers: Handlers) -> gr.Blocks:
@@ -382,11 +397,15 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
                             "Write code with one <FILL_HERE> where the model should fill in.",
                             handlers, model)  # fmt: skip
             chat = _assist_tab(handlers, model)
+            open_compare, compared = build_compare_tab(handlers, _param_inputs, _model_updates,
+                                                       _following)  # fmt: skip
             _search_tab(handlers)
         _wire_model_defaults(model, handlers, [completion, fim, chat])
         gr.Markdown(NOTE, elem_id="license-note")
         load, outputs = _open_share(handlers, tabs, [completion, fim], chat)
         demo.load(load, None, outputs, api_visibility="private", show_progress="hidden")
+        demo.load(open_compare, None, [tabs, *compared], api_visibility="private",
+                  show_progress="hidden")  # fmt: skip
         build_api(handlers)
     return demo
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from app.requests import MAX_NEW_TOKENS, MAX_SEED, MAX_STOPS, err, integer, number, parse_stops
+from app.validation import MAX_NEW_TOKENS, MAX_SEED, MAX_STOPS, err, integer, number, parse_stops
 from model.engine import GenerationParams, default_max_new_tokens
 from model.errors import PlaygroundError
 

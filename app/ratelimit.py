@@ -88,13 +88,15 @@ class TokenBudget:
             raise PlaygroundError(
                 f"This generation would cost {what}, more than the whole budget of {budget}: "
                 "ask for fewer new tokens or send a shorter prompt.",
-                field="max_new_tokens", kind="too_large",
-            )  # fmt: skip
+                field="max_new_tokens",
+                kind="too_large",
+            )
         now = entry[0]
         with self._lock:
             if len(self._spent) > RateLimiter.MAX_CLIENTS:
-                self._spent = {k: v for k, v in self._spent.items()
-                               if v and v[-1][0] > now - self.window_s}  # fmt: skip
+                self._spent = {
+                    k: v for k, v in self._spent.items() if v and v[-1][0] > now - self.window_s
+                }
             spent = self._spent.setdefault(client, deque())
             while spent and spent[0][0] <= now - self.window_s:
                 spent.popleft()

@@ -1,6 +1,6 @@
 """The one highlighter: code plus marked ranges -> escaped, Pygments-coloured HTML.
 
-The page's code view, the share pages (app/share_page.py) and search snippets
+The page's code view, the share pages (app/shares/page.py) and search snippets
 (app/attribution/render.py) all go through `highlight`, so escaping and mark placement are
 written once. Every character of user text passes through html.escape; tags come from code.
 """

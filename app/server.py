@@ -24,7 +24,7 @@ from app.services.playground import Playground
 from app.services.search import Search
 from app.services.shares import Shares
 from app.settings import EMBEDDED_MODEL, Settings
-from app.store import Store
+from app.shares.store import Store
 from app.web.access import AccessGuard
 from app.web.guard import SPACE_FRAME_ANCESTORS, EdgeGuard
 from app.web.handlers import Handlers
@@ -34,11 +34,11 @@ from app.web.ui import build_ui
 from compat import gradio_session
 from compat.gradio_queue import GradioRouteChecks, tune_queue
 from model.engine import Engine
+from model.engines.factory import build_engine
+from model.engines.pool import EnginePool
 from model.errors import PlaygroundError
-from model.factory import build_engine
 from model.paths import ROOT
-from model.pool import EnginePool
-from model.prompts import TaPrompt
+from model.prompts.templates import TaPrompt
 from model.registry import (
     TINY_STARCODER,
     ModelSpec,
@@ -99,13 +99,21 @@ def _remote_engines(settings: Settings, common: dict) -> EnginePool:
         return known.tokenizer_source(spec) if spec is not None else None
 
     remote = build_engine(
-        model=tokenizer, engine_url=settings.engine_url, engine_model=settings.engine_model,
-        engine_api_key=settings.engine_api_key, tokenizer_for=tokenizer_for, **common,
-    )  # fmt: skip
+        model=tokenizer,
+        engine_url=settings.engine_url,
+        engine_model=settings.engine_model,
+        engine_api_key=settings.engine_api_key,
+        tokenizer_for=tokenizer_for,
+        **common,
+    )
     match = known.match([named or "", *remote.names])
     spec = remote_spec(match, remote.info, settings.engine_url, defaults)
-    log.info("ENGINE_URL %s serves %s: %s", settings.engine_url, remote.model,
-             f"known as {match.id}" if match else "generic defaults")  # fmt: skip
+    log.info(
+        "ENGINE_URL %s serves %s: %s",
+        settings.engine_url,
+        remote.model,
+        f"known as {match.id}" if match else "generic defaults",
+    )
     return EnginePool.single(remote, data_dir=settings.data_dir, spec=spec)
 
 
@@ -144,10 +152,15 @@ def build_app(
     ta = TaPrompt.load(settings.ta_prompt)
     limits = Limits(max_prompt_bytes=settings.max_prompt_bytes)
     playground = Playground(
-        engines, ta, limits, rate_limit_per_min=settings.rate_limit,
-        fim_candidates=settings.fim_candidates, token_budget_per_min=settings.token_budget,
-        max_scored_tokens=settings.max_scored_tokens, stop_loops=settings.stop_loops == "on",
-    )  # fmt: skip
+        engines,
+        ta,
+        limits,
+        rate_limit_per_min=settings.rate_limit,
+        fim_candidates=settings.fim_candidates,
+        token_budget_per_min=settings.token_budget,
+        max_scored_tokens=settings.max_scored_tokens,
+        stop_loops=settings.stop_loops == "on",
+    )
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     store = Store(
         settings.resolved_database_url(), limits=limits, writes_per_window=settings.share_rate
@@ -172,10 +185,12 @@ def build_app(
     api = FastAPI(title="StarCoder Playground", docs_url=None, redoc_url=None)
     api.add_middleware(GradioRouteChecks, blocks=blocks)
     api.add_middleware(
-        AccessGuard, api_keys=settings.key_list(), metrics_token=settings.metrics_token,
+        AccessGuard,
+        api_keys=settings.key_list(),
+        metrics_token=settings.metrics_token,
         secure_cookie=(links.public_url or "").startswith("https://"),
         trusted_proxy_header=settings.trusted_proxy_header,
-    )  # fmt: skip
+    )
     api.add_middleware(  # added last, so it runs first: before everything else, Gradio too
         EdgeGuard,
         max_body_bytes=settings.max_body_bytes or limits.max_body_bytes,
@@ -188,9 +203,12 @@ def build_app(
     # Before Gradio: mounted at "/", it would otherwise answer every path.
     mount_openai_routes(api, handlers.generate, handlers.search, schema)
     mount_share_routes(
-        api, store, links=links, client_ip_header=settings.trusted_proxy_header,
+        api,
+        store,
+        links=links,
+        client_ip_header=settings.trusted_proxy_header,
         max_body_bytes=settings.max_body_bytes,
-    )  # fmt: skip
+    )
     css = STATIC.joinpath("style.css").read_text(encoding="utf-8") + "\n" + style_css()
     gr.mount_gradio_app(
         api,
@@ -252,9 +270,12 @@ def serve(app: FastAPI, settings: Settings, startup_check=None) -> bool:
     # Every open page holds a heartbeat stream that never ends by itself: without a deadline
     # SIGTERM (docker stop, a Space restart) waited for them forever and ended in SIGKILL.
     config = uvicorn_config(
-        app, host=settings.host, port=settings.port, log_level="info",
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
-    )  # fmt: skip
+    )
     server = uvicorn.Server(config)
     failed: list[PlaygroundError] = []
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from app.limits import Limits
 from app.links import DEFAULT_ALLOWED_HOSTS
-from model.loading import DTYPES
+from model.engines.loading import DTYPES
 from model.paths import DATA_DIR_ENV, default_data_dir
 from model.registry import TINY_STARCODER_DIR, TINY_STARCODER_MANIFEST
 
@@ -152,7 +152,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_prompt_bytes",
         "MAX_PROMPT_BYTES",
-        Limits.max_prompt_bytes,  # the limits' own default, which app/requests.py also checks
+        Limits.max_prompt_bytes,  # the limits' own default, which app/validation.py also checks
         "Largest prompt, message or history accepted, in UTF-8 bytes; shares hold the same.",
         int,
     ),

@@ -72,15 +72,19 @@ def load_corpus(manifest: str | None, limit_mb: float) -> tuple[list[IndexDocume
     if manifest and Path(manifest).is_file():
         from corpus import iter_manifest_documents
 
-        docs = [IndexDocument(d.repo, d.path, d.license, d.text, split=d.split, sha256=d.sha256)
-                for d in iter_manifest_documents(manifest)]  # fmt: skip
+        docs = [
+            IndexDocument(d.repo, d.path, d.license, d.text, split=d.split, sha256=d.sha256)
+            for d in iter_manifest_documents(manifest)
+        ]
         label = f"corpus manifest {manifest}"
     else:
         from corpus import build_corpus
 
         _, found = build_corpus()
-        docs = [IndexDocument(d.repo, d.path, d.license, d.text, split=d.split, sha256=d.sha256)
-                for d in found]  # fmt: skip
+        docs = [
+            IndexDocument(d.repo, d.path, d.license, d.text, split=d.split, sha256=d.sha256)
+            for d in found
+        ]
         label = "stdlib corpus from corpus.py (no manifest found)"
     random.Random(0).shuffle(docs)
     kept, total = [], 0
@@ -289,8 +293,13 @@ def main() -> int:
         f"| {pct(exact_ms, 99):.2f} | {statistics.mean(exact_ms):.2f} |",
     ]
     if pg_rows:
-        lines += ["", "PostgreSQL backend (same code, tsvector + pg_trgm), on a smaller corpus:", "",
-                  "| measure | result |", "|---|---|"] + [f"| {a} | {b} |" for a, b in pg_rows]  # fmt: skip
+        lines += [
+            "",
+            "PostgreSQL backend (same code, tsvector + pg_trgm), on a smaller corpus:",
+            "",
+            "| measure | result |",
+            "|---|---|",
+        ] + [f"| {a} | {b} |" for a, b in pg_rows]
     machine = (
         f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, "
         f"Python {platform.python_version()}, SQLite "

@@ -47,8 +47,9 @@ def main() -> None:
         def one_after_the_other() -> list[int]:
             counts = []
             for tab in ("bench-a", "bench-b"):
-                *_, last = handlers.ui_code("completion", PROMPT, "tiny-starcoder", *values,
-                                            request=request, tab=tab)  # fmt: skip
+                *_, last = handlers.ui_code(
+                    "completion", PROMPT, "tiny-starcoder", *values, request=request, tab=tab
+                )
                 counts.append(int(last[2].split(" tokens in")[0]))
             return counts
 

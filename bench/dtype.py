@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.web.ui import COMPLETION_EXAMPLES  # noqa: E402
-from model import loading  # noqa: E402
+from model.engines import loading  # noqa: E402
 from model.paths import default_data_dir  # noqa: E402
 from model.registry import SMOLLM2  # noqa: E402
 
@@ -46,8 +46,13 @@ def timed_generate(model, ids, new_tokens: int) -> float:
 
     with torch.inference_mode():
         t0 = time.perf_counter()
-        model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                       do_sample=False, pad_token_id=0)  # fmt: skip
+        model.generate(
+            ids,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
         return (time.perf_counter() - t0) / new_tokens
 
 
@@ -56,8 +61,9 @@ def greedy_text(model, tokenizer, prompt: str, new_tokens: int) -> list[int]:
 
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
     with torch.inference_mode():
-        out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        out = model.generate(
+            ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )
     return out[0, ids.shape[1] :].tolist()
 
 
@@ -72,9 +78,11 @@ def main(argv=None) -> int:
 
     flags = loading.cpu_flags()
     native = sorted(f for f in flags if f in loading.BF16_CPU_FLAGS)
-    print(f"CPU bf16 flags: {native or 'none'} (torch capability "
-          f"{torch.backends.cpu.get_cpu_capability()}); DTYPE=auto picks "
-          f"{loading.choose_placement('cpu').dtype}")  # fmt: skip
+    print(
+        f"CPU bf16 flags: {native or 'none'} (torch capability "
+        f"{torch.backends.cpu.get_cpu_capability()}); DTYPE=auto picks "
+        f"{loading.choose_placement('cpu').dtype}"
+    )
     models = {}
     for dtype in ("float32", "bfloat16"):
         models[dtype], tokenizer, _ = loading.load(args.model, device="cpu", dtype=dtype)
@@ -106,9 +114,11 @@ def main(argv=None) -> int:
             print(f"  same ({len(a)} tokens): {head!r}")
         else:
             at = first if first is not None else min(len(a), len(b))
-            print(f"  differ from token {at} of {len(a)}: {head!r}\n"
-                  f"    fp32: {tokenizer.decode(a[at:at + 12])!r}\n"
-                  f"    bf16: {tokenizer.decode(b[at:at + 12])!r}")  # fmt: skip
+            print(
+                f"  differ from token {at} of {len(a)}: {head!r}\n"
+                f"    fp32: {tokenizer.decode(a[at : at + 12])!r}\n"
+                f"    bf16: {tokenizer.decode(b[at : at + 12])!r}"
+            )
     return 0
 
 

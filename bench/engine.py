@@ -44,7 +44,7 @@ def bare_generate(engine, params, max_new_tokens: int) -> tuple[float, int, floa
     import torch
 
     from model.engine import GenerationRequest
-    from model.token_stream import prepare
+    from model.tokens.token_stream import prepare
 
     enc = engine.tokenizer(PROMPT, return_tensors="pt")
     request = GenerationRequest(PROMPT, params)
@@ -104,9 +104,9 @@ def main() -> None:
     from app.services.playground import Playground
     from app.settings import Settings
     from model.engine import GenerationParams
-    from model.local import LocalEngine
-    from model.pool import EnginePool
-    from model.prompts import TaPrompt
+    from model.engines.local import LocalEngine
+    from model.engines.pool import EnginePool
+    from model.prompts.templates import TaPrompt
     from model.registry import TINY_STARCODER_DIR
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -137,8 +137,10 @@ def main() -> None:
     tb, ta = statistics.median(ttft_bare), statistics.median(ttft_app)
     cold = statistics.median(cold_start(args.model) for _ in range(3))
     info = engine.info
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{info.device}/{info.dtype}, torch threads {__import__('torch').get_num_threads()}")  # fmt: skip
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{info.device}/{info.dtype}, torch threads {__import__('torch').get_num_threads()}"
+    )
     print(f"model: {info.model_id} ({info.architecture}), {args.new_tokens} new tokens, greedy")
     print(f"bare generate: {rb:.1f} tokens/s   app path: {ra:.1f} tokens/s   ratio {ra / rb:.3f}")
     print(

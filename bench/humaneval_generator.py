@@ -36,7 +36,7 @@ class Generator:
         self.max_new_tokens = max_new_tokens
         self.heal = heal
         self.device = next(model.parameters()).device
-        from model.loading import context_length
+        from model.engines.loading import context_length
 
         self.context = context_length(model.config, tokenizer)
         gen_eos = model.generation_config.eos_token_id
@@ -58,7 +58,7 @@ class Generator:
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
-        from model.healing import heal
+        from model.tokens.healing import heal
 
         ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
         processors = LogitsProcessorList()
@@ -125,7 +125,7 @@ def _strip_prefix(text: str, removed: str) -> str:
 
 def load_model(model: str, data_dir: str | Path, device: str | None):
     """(model, tokenizer, resolved name): a registry id, a local folder, or a Hub id."""
-    from model.loading import load
+    from model.engines.loading import load
     from model.registry import Registry
 
     registry = Registry.build(data_dir)

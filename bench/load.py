@@ -112,26 +112,40 @@ def serve_app_main(args) -> int:
     from app.metrics import EngineMetrics
     from app.server import build_app, serve
     from app.settings import Settings
-    from model.pool import EnginePool
+    from model.engines.pool import EnginePool
 
     if args.serve_app == "worker":
-        from model.worker import WorkerConfig, WorkerEngine
+        from model.engines.worker import WorkerConfig, WorkerEngine
 
         config = WorkerConfig(args.model, device="cpu", max_batch=args.max_batch)
         engine = WorkerEngine(config, max_queue=4 * args.max_batch).start()
     else:
-        from model.remote import RemoteEngine
+        from model.engines.remote import RemoteEngine
 
         engine = RemoteEngine(args.serve_app, tokenizer=args.model)
     metrics = EngineMetrics()
     data = tempfile.mkdtemp(prefix="bench-data-")
     settings = Settings.load(
-        ["--data-dir", data, "--port", str(args.port), "--log-level", "WARNING",
-         "--max-batch", str(args.max_batch), "--max-queue", str(4 * args.max_batch),
-         "--rate-limit", "0", "--token-budget", "0",  # every stream is from 127.0.0.1
-         "--stop-loops", "off"],  # fixed lengths: a greedy run that loops goes on
+        [
+            "--data-dir",
+            data,
+            "--port",
+            str(args.port),
+            "--log-level",
+            "WARNING",
+            "--max-batch",
+            str(args.max_batch),
+            "--max-queue",
+            str(4 * args.max_batch),
+            "--rate-limit",
+            "0",
+            "--token-budget",
+            "0",  # every stream is from 127.0.0.1
+            "--stop-loops",
+            "off",
+        ],  # fixed lengths: a greedy run that loops goes on
         env={},
-    )  # fmt: skip
+    )
     # The app lets max_batch + max_queue generations into the engine, which batches them.
     built = build_app(settings, EnginePool.single(metrics.wrap(engine), data_dir=data))
     start_http_server(args.metrics_port, addr="127.0.0.1", registry=metrics.registry)
@@ -145,7 +159,7 @@ def serve_app_main(args) -> int:
 @contextlib.contextmanager
 def direct_worker(model: str, max_batch: int):
     """A worker driven through the Engine API in this process, without the web stack."""
-    from model.worker import WorkerConfig, WorkerEngine
+    from model.engines.worker import WorkerConfig, WorkerEngine
 
     config = WorkerConfig(model, device="cpu", max_batch=max_batch, log_level="WARNING")
     worker = WorkerEngine(config, max_queue=4 * max_batch).start()
@@ -247,7 +261,7 @@ def write_results(path: Path, rows: list[dict], args, model: str, serve_cmd: str
         "which is why the levels run in turn and each ratio is taken within its round.",
         "- The peer's continuous batching drops `repetition_penalty` (transformers has no CB "
         "version of it) and fixes sampling settings at its first request; the worker honours "
-        "both per request (model/batching.py), so it does somewhat more work per token.",
+        "both per request (model/engines/batching.py), so it does somewhat more work per token.",
     ]
     errors = [e for r in rows for e in r["errors"]]
     if errors:
@@ -319,7 +333,7 @@ def main(argv=None) -> int:
         rows += bench_rounds(paths, *load, baselines=baselines)
     serve_cmd = "(skipped)"
     if not args.skip_peer:
-        from model.remote import RemoteEngine
+        from model.engines.remote import RemoteEngine
 
         context = _context_length(model)
         with transformers_serve(model, max_batch, context) as (engine_url, serve_cmd):

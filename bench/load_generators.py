@@ -26,9 +26,14 @@ PROMPTS = [
 
 
 def run_level(
-    url: str, tokens_now, streams: int, per_stream: int, max_new: int, client: str = "http",
+    url: str,
+    tokens_now,
+    streams: int,
+    per_stream: int,
+    max_new: int,
+    client: str = "http",
     temperature: float = 0.0,
-) -> dict:  # fmt: skip
+) -> dict:
     """One concurrency level against the app's /complete; `client` picks the load generator."""
     cpu_before = _process_cpu()
     if client == "http":
@@ -283,19 +288,27 @@ def bench_rounds(paths: dict, levels, total: int, rounds: int, baselines=None) -
                 runs[name][n].append(row)
                 log.info(
                     "%s round %d streams=%d tok/s=%.1f ttft p50=%.3f p95=%.3f errors=%d",
-                    name, r + 1, n, row["tok_s"], row["ttft_p50"], row["ttft_p95"],
+                    name,
+                    r + 1,
+                    n,
+                    row["tok_s"],
+                    row["ttft_p50"],
+                    row["ttft_p95"],
                     len(row["errors"]),
-                )  # fmt: skip
+                )
     rows = []
     for name in paths:
         base = runs[name][min(levels)]
         for n in levels:
             rs = runs[name][n]
             row = _row(
-                n, sum(x["requests"] for x in rs), sum(x["tokens"] for x in rs),
-                sum(x["wall_s"] for x in rs), [t for x in rs for t in x["ttfts"]],
+                n,
+                sum(x["requests"] for x in rs),
+                sum(x["tokens"] for x in rs),
+                sum(x["wall_s"] for x in rs),
+                [t for x in rs for t in x["ttfts"]],
                 [e for x in rs for e in x["errors"]],
-            )  # fmt: skip
+            )
             ratios = [x["tok_s"] / b["tok_s"] for x, b in zip(rs, base, strict=True) if b["tok_s"]]
             row.update(engine=name, rounds=len(rs), ratios=ratios)
             if name in baselines:

@@ -28,10 +28,10 @@ sys.path.insert(0, str(ROOT))
 
 from app.settings import Settings  # noqa: E402
 from model.engine import CancelToken, GenerationParams, GenerationRequest  # noqa: E402
-from model.loading import DTYPES  # noqa: E402
+from model.engines.loading import DTYPES  # noqa: E402
+from model.engines.worker import WorkerConfig, WorkerEngine  # noqa: E402
 from model.paths import default_data_dir  # noqa: E402
 from model.registry import SMOLLM2, TINY_STARCODER, Registry  # noqa: E402
-from model.worker import WorkerConfig, WorkerEngine  # noqa: E402
 
 MIB = 2**20
 PROMPT = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
@@ -51,9 +51,14 @@ def measure(model_id: str, args) -> dict:
     model = spec.id if spec.source == "package" else spec.location
     kv_mb = 10**9 if args.old_kv_sizing else args.kv_cache_mb  # clamped to max_batch contexts
     config = WorkerConfig(
-        model, device="cpu", max_batch=args.max_batch, data_dir=args.data_dir,
-        kv_cache_mb=kv_mb, log_level="WARNING", dtype=args.dtype,
-    )  # fmt: skip
+        model,
+        device="cpu",
+        max_batch=args.max_batch,
+        data_dir=args.data_dir,
+        kv_cache_mb=kv_mb,
+        log_level="WARNING",
+        dtype=args.dtype,
+    )
     start = time.perf_counter()
     engine = WorkerEngine(config, max_queue=args.max_batch).start()
     try:
@@ -66,11 +71,16 @@ def measure(model_id: str, args) -> dict:
         after = rss(engine.worker_pid)
         info = engine.info
         return dict(
-            model=f"{model_id} ({info.dtype})", sizing=_sizing(args), start_s=started, idle=idle,
+            model=f"{model_id} ({info.dtype})",
+            sizing=_sizing(args),
+            start_s=started,
+            idle=idle,
             after=after,
-            weights=info.weight_bytes, kv=info.kv_cache_bytes, context=int(info.context_length),
+            weights=info.weight_bytes,
+            kv=info.kv_cache_bytes,
+            context=int(info.context_length),
             limited_by=getattr(info.context_length, "limited_by", None),
-        )  # fmt: skip
+        )
     finally:
         engine.close()
 

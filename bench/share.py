@@ -35,7 +35,7 @@ def serve(url: str, port: int) -> None:
     import uvicorn
     from fastapi import FastAPI
 
-    from app.store import Store
+    from app.shares.store import Store
     from app.web.share_routes import mount_share_routes
 
     app = FastAPI()

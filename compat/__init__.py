@@ -4,7 +4,7 @@
 - gradio_queue.py: checks and messages on one Blocks' queue, and two routes that failed late.
 - transformers_cb.py: our per-request sampler registered for transformers' continuous batching.
 
-Each is installed explicitly at start (app/server.py, model/batching.py), checks that the library
+Each is installed explicitly at start (app/server.py, model/engines/batching.py), checks that the library
 is the version it was written for (both are pinned in requirements.txt) and has its own tests.
 """
 

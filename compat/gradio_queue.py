@@ -132,8 +132,9 @@ class GradioRouteChecks:
                 body = json.dumps({"error": problem[1], "kind": "not_found"}).encode()
                 headers = [(b"content-type", b"application/json"),
                            (b"content-length", str(len(body)).encode())]  # fmt: skip
-                await send({"type": "http.response.start", "status": problem[0],
-                            "headers": headers})  # fmt: skip
+                await send(
+                    {"type": "http.response.start", "status": problem[0], "headers": headers}
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)

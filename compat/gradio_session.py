@@ -73,10 +73,25 @@ def _filling(name: str):
 
 
 for _name in (
-    "__delitem__", "__iter__", "__len__", "__eq__", "__ne__", "__repr__", "__or__", "__ior__",
-    "__reversed__", "keys", "values", "items", "pop", "popitem", "setdefault", "update", "copy",
+    "__delitem__",
+    "__iter__",
+    "__len__",
+    "__eq__",
+    "__ne__",
+    "__repr__",
+    "__or__",
+    "__ior__",
+    "__reversed__",
+    "keys",
+    "values",
+    "items",
+    "pop",
+    "popitem",
+    "setdefault",
+    "update",
+    "copy",
     "clear",
-):  # fmt: skip
+):
     setattr(LazyConfigValues, _name, _filling(_name))
 
 _original_init = state_holder.SessionState.__init__

@@ -1,5 +1,5 @@
 """transformers' continuous batching maps generate()'s logits processors to its own per-request
-("CB") processors. Ours (model/sampling.py, RequestSamplingCB) takes the repetition penalty's
+("CB") processors. Ours (model/tokens/sampling.py, RequestSamplingCB) takes the repetition penalty's
 place, so per_request_processors=True gives each request our penalty, temperature, top-p,
 healing and draw in one processor."""
 

@@ -1,7 +1,7 @@
 """The engine interface the web layer talks to: requests in, text events out.
 
 Torch-free on purpose: app/ imports this module, and the local engine that needs torch lives in
-model/local.py.
+model/engines/local.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Literal, Protocol
 
 from model.errors import PlaygroundError
 
-# "loop": the services stopped a generation that repeated itself (model/loops.py); engines
+# "loop": the services stopped a generation that repeated itself (model/tokens/loops.py); engines
 # themselves never end with it.
 StopReason = Literal["length", "stop", "eos", "cancelled", "error", "loop"]
 MAX_LOGPROBS = 5  # alternatives per token, as OpenAI's completions API allows
@@ -66,7 +66,7 @@ def default_max_new_tokens(mode: str) -> int:
 @dataclass(frozen=True)
 class Infill:
     """A gap to fill on a model without FIM tokens: sample `candidates` middles from the code
-    before the gap and keep the likeliest given both sides (model/fim_rerank.py). Needs the
+    before the gap and keep the likeliest given both sides (model/infill/fim_rerank.py). Needs the
     model in this machine's worker; one line per gap (multi-line reranking measured too slow
     and too poor on CPU, bench/RESULTS.md)."""
 
@@ -178,12 +178,15 @@ def decode_ids(tokenizer, ids: Sequence[int]) -> str:
         size = tokenizer.get_vocab_size(with_added_tokens=True)
     else:
         size = len(tokenizer)
-    bad = next((i for i in ids if isinstance(i, bool) or not isinstance(i, int)
-                or not 0 <= i < size), None)  # fmt: skip
+    bad = next(
+        (i for i in ids if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < size), None
+    )
     if bad is not None or not ids:
         got = f"{bad!r:.20}" if bad is not None else "none"
-        raise PlaygroundError(f"`prompt` token ids must be whole numbers in [0, {size - 1}]; "
-                              f"got {got}.", field="prompt")  # fmt: skip
+        raise PlaygroundError(
+            f"`prompt` token ids must be whole numbers in [0, {size - 1}]; got {got}.",
+            field="prompt",
+        )
     return tokenizer.decode(list(ids), skip_special_tokens=False)
 
 
@@ -202,7 +205,9 @@ class ModelInfo:
     dtype: str = "float32"  # the weights' and the KV cache's
     threads: int = 0  # torch CPU threads the worker computes with; 0: not known (a remote server)
     has_chat_template: bool = False
-    chat_template: str | None = None  # Jinja source, rendered in the web process (model/chat.py)
+    chat_template: str | None = (
+        None  # Jinja source, rendered in the web process (model/prompts/chat.py)
+    )
     bos_token: str | None = None
     # Memory the worker holds for this model (bench/memory.py, logs): weights and paged KV cache.
     weight_bytes: int = 0

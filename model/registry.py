@@ -17,7 +17,7 @@ from typing import Literal
 from corpus import MANIFEST_NAME
 from model import smollm2
 from model.errors import PlaygroundError
-from model.families import FIM_PREFIX_MARKERS
+from model.prompts.families import FIM_PREFIX_MARKERS
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class ModelSpec:
     completion: bool = True
     fim: bool = False  # has FIM tokens
     # Fills a gap without FIM tokens, one line at a time, by sampling candidates and keeping
-    # the likeliest given both sides (model/infill.py): any model that runs in this process.
+    # the likeliest given both sides (model/infill/events.py): any model that runs in this process.
     fim_by_rerank: bool = True
     chat_template: bool = False  # assistant mode goes through apply_chat_template
     description: str = ""  # one paragraph for the info panel: size, license, training data
@@ -346,8 +346,11 @@ class Registry:
             folder = self.converted_dir(spec.id)
             if (folder / "tokenizer.json").is_file():
                 return str(folder)
-            log.warning("%s is not converted here: run `python -m model.smollm2` for its "
-                        "tokenizer (exact token counts, healing)", spec.id)  # fmt: skip
+            log.warning(
+                "%s is not converted here: run `python -m model.smollm2` for its "
+                "tokenizer (exact token counts, healing)",
+                spec.id,
+            )
             return None
         return spec.location
 
@@ -385,7 +388,7 @@ def remote_spec(known: ModelSpec | None, info, url: str, defaults: dict | None =
     (the StarCoder playground's: temperature 0.2, repetition penalty 1.2, no extra stops).
     What the server says wins: its context, its FIM tokens, its chat template, whether it can
     score a prompt (fill by reranking). `defaults` (ENGINE_MODEL_DEFAULTS) win over both."""
-    from model.families import detect_fim_template
+    from model.prompts.families import detect_fim_template
 
     base = known or ModelSpec(
         id=info.model_id.rstrip("/").rsplit("/", 1)[-1].lower() or info.model_id,
@@ -416,8 +419,11 @@ def parse_remote_defaults(text: str | None) -> dict:
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise PlaygroundError(f"ENGINE_MODEL_DEFAULTS must be a JSON object; {exc}.",
-                              field="engine_model_defaults", kind="config") from None  # fmt: skip
+        raise PlaygroundError(
+            f"ENGINE_MODEL_DEFAULTS must be a JSON object; {exc}.",
+            field="engine_model_defaults",
+            kind="config",
+        ) from None
     if not isinstance(data, dict):
         data = {"": data}
     out = {}
@@ -436,14 +442,17 @@ def parse_remote_defaults(text: str | None) -> dict:
                 f"ENGINE_MODEL_DEFAULTS: {key!r}={value!r} is not allowed; it takes "
                 "temperature (0-2), repetition_penalty (1-2) and completion_stops (a list of "
                 "strings).",
-                field="engine_model_defaults", kind="config",
-            )  # fmt: skip
+                field="engine_model_defaults",
+                kind="config",
+            )
         out[key] = kind(value)
     for key, low, high in (("temperature", 0, 2), ("repetition_penalty", 1, 2)):
         if key in out and not low <= out[key] <= high:
-            raise PlaygroundError(f"ENGINE_MODEL_DEFAULTS: {key} must be from {low} to {high}; "
-                                  f"got {out[key]}.", field="engine_model_defaults",
-                                  kind="config")  # fmt: skip
+            raise PlaygroundError(
+                f"ENGINE_MODEL_DEFAULTS: {key} must be from {low} to {high}; got {out[key]}.",
+                field="engine_model_defaults",
+                kind="config",
+            )
     return out
 
 

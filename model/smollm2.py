@@ -3,7 +3,7 @@
 The package ships the model only as a 4-bit GGUF file. transformers can load it (with the `gguf`
 package installed), but that dequantizes every tensor, about 25-30 s on 2 CPU cores. So the
 first use converts it into an ordinary fp32 safetensors folder, and every later load reads that
-folder in under a second through the normal `model.loading.load()` path.
+folder in under a second through the normal `model.engines.loading.load()` path.
 
 Torch-free at import time: model/registry.py (imported by app/) uses `gguf_path()` to decide
 whether the model is on offer; torch and transformers are imported inside `convert()` only.

@@ -39,7 +39,7 @@ def model_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def engine(model_dir):
-    from model.local import LocalEngine
+    from model.engines.local import LocalEngine
 
     return LocalEngine.load(model_dir, device="cpu")
 

@@ -22,10 +22,10 @@ from model.engine import (
     ModelInfo,
     Queued,
 )
+from model.engines.pool import EnginePool
 from model.errors import PlaygroundError
-from model.families import ENDOFTEXT, STARCODER_SPECIAL_TOKENS
-from model.pool import EnginePool
-from model.prompts import TaPrompt
+from model.prompts.families import ENDOFTEXT, STARCODER_SPECIAL_TOKENS
+from model.prompts.templates import TaPrompt
 from model.registry import Registry
 
 # The app's defaults, for what a test leaves out (lower layers have none of their own).

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from model.worker import WorkerEngine
+from model.engines.worker import WorkerEngine
 
 FAULT_FILE_ENV = "PLAYGROUND_TEST_FAULT_FILE"
 
@@ -32,18 +32,18 @@ def fake_device_error(model) -> None:
 
 
 def worker_main_with_device_error(conn, config) -> None:
-    """The real worker (model/worker_process.py), whose loaded model gets fake_device_error."""
-    import model.loading
-    from model.worker_process import worker_main
+    """The real worker (model/engines/worker_process.py), whose loaded model gets fake_device_error."""
+    import model.engines.loading
+    from model.engines.worker_process import worker_main
 
-    load = model.loading.load
+    load = model.engines.loading.load
 
     def load_then_arm(*args, **kwargs):
         loaded, tokenizer, info = load(*args, **kwargs)
         fake_device_error(loaded)
         return loaded, tokenizer, info
 
-    model.loading.load = load_then_arm  # worker_main imports `load` when it runs
+    model.engines.loading.load = load_then_arm  # worker_main imports `load` when it runs
     worker_main(conn, config)
 
 

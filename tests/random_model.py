@@ -15,7 +15,7 @@ def build_random_model(out: Path, *, fim: bool = True, vocab_size: int = 512) ->
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPTBigCodeForCausalLM, PreTrainedTokenizerFast
 
-    from model.families import ENDOFTEXT, STARCODER_SPECIAL_TOKENS
+    from model.prompts.families import ENDOFTEXT, STARCODER_SPECIAL_TOKENS
     from training.train import make_config
 
     specials = list(STARCODER_SPECIAL_TOKENS) if fim else [ENDOFTEXT]

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 
 from app.server import BackgroundServer
-from app.store import Store
+from app.shares.store import Store
 from app.web.share_routes import mount_share_routes
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]

@@ -9,7 +9,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from corpus import Document
-from model.families import ENDOFTEXT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+from model.prompts.families import ENDOFTEXT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from corpus import MANIFEST_NAME, Document, iter_manifest_documents
-from model import loading
-from model.families import STARCODER
+from model.engines import loading
+from model.prompts.families import STARCODER
 from model.registry import TINY_STARCODER_DIR
 from training.card import learning_curve_svg, render_card, render_results
 

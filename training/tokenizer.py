@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from model.families import ENDOFTEXT, STARCODER_SPECIAL_TOKENS
+from model.prompts.families import ENDOFTEXT, STARCODER_SPECIAL_TOKENS
 
 logger = logging.getLogger(__name__)
 

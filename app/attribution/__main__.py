@@ -125,8 +125,10 @@ def _print_stats(index: AttributionIndex, as_json: bool = False) -> None:
     print(f"  splits: {splits}  licenses: {stats.licenses or '-'}")
     print(f"  Bloom filter: {bloom / 1e6:.2f} MB ({bloom / corpus:.1%} of the corpus)")
     parts = ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in stats.sizes.items() if k != "documents")
-    print(f"  text indexes: {text_index / 1e6:.1f} MB ({text_index / corpus:.0%} of the corpus: "
-          f"{parts}); stored text {stats.sizes.get('documents', 0) / 1e6:.1f} MB")  # fmt: skip
+    print(
+        f"  text indexes: {text_index / 1e6:.1f} MB ({text_index / corpus:.0%} of the corpus: "
+        f"{parts}); stored text {stats.sizes.get('documents', 0) / 1e6:.1f} MB"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,8 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     target = str(args.index).removeprefix("sqlite:///")
     if args.command != "build" and "://" not in target and not Path(target).exists():
-        print(f"error: no index at {target}; build one with: python -m app.attribution build "
-              f"--index {target}", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: no index at {target}; build one with: python -m app.attribution build "
+            f"--index {target}",
+            file=sys.stderr,
+        )
         return 1
     try:
         index = AttributionIndex.open(args.index)
@@ -152,13 +157,21 @@ def main(argv: list[str] | None = None) -> int:
             description = args.description
             if description is None and args.manifest and not (args.folder or args.stack):
                 description = DEFAULT_DESCRIPTION
-            report = build(index, specs, show_progress=not args.no_progress,
-                           description=description)  # fmt: skip
+            report = build(
+                index, specs, show_progress=not args.no_progress, description=description
+            )
             print(report.describe())
             _print_stats(index)
         elif args.command == "search":
-            hits = index.search(args.query, repo=args.repo, license=args.license, lang=args.lang,
-                                page=args.page, page_size=args.page_size, exact=args.exact)  # fmt: skip
+            hits = index.search(
+                args.query,
+                repo=args.repo,
+                license=args.license,
+                lang=args.lang,
+                page=args.page,
+                page_size=args.page_size,
+                exact=args.exact,
+            )
             if args.json:
                 print(json.dumps([h.to_dict() for h in hits], indent=1))
             for hit in [] if args.json else hits:

@@ -52,8 +52,15 @@ def build(
                 source_label=spec.label,
                 progress=progress,
             )
-            for name in ("added", "unchanged", "duplicates", "replaced", "skipped",
-                         "bytes_added", "seconds"):  # fmt: skip
+            for name in (
+                "added",
+                "unchanged",
+                "duplicates",
+                "replaced",
+                "skipped",
+                "bytes_added",
+                "seconds",
+            ):
                 setattr(total_report, name, getattr(total_report, name) + getattr(report, name))
     finally:
         bar.close()
@@ -69,8 +76,12 @@ def sync_manifest(index: AttributionIndex, manifest_path: Path) -> BuildReport:
     remove files the manifest no longer lists, and remember which manifest that was."""
     from corpus import read_manifest
 
-    report = build(index, [manifest_source(manifest_path)], show_progress=False,
-                   description=DEFAULT_DESCRIPTION)  # fmt: skip
+    report = build(
+        index,
+        [manifest_source(manifest_path)],
+        show_progress=False,
+        description=DEFAULT_DESCRIPTION,
+    )
     keep = {(d["repo"], d["path"]) for d in read_manifest(manifest_path)["documents"]}
     index.prune(keep)
     index.set_meta("manifest_sha256", _fingerprint(manifest_path))
@@ -96,16 +107,23 @@ def ensure_default_index(
         index = AttributionIndex.open(target, schema=schema)
         if index.stats().documents:
             if has_manifest and index.get_meta("manifest_sha256") != _fingerprint(manifest_path):
-                logger.info("attribution index %s: corpus manifest %s changed; updating",
-                            index.location, manifest_path)  # fmt: skip
-                logger.info("attribution index updated: %s",
-                            sync_manifest(index, manifest_path).describe())  # fmt: skip
+                logger.info(
+                    "attribution index %s: corpus manifest %s changed; updating",
+                    index.location,
+                    manifest_path,
+                )
+                logger.info(
+                    "attribution index updated: %s", sync_manifest(index, manifest_path).describe()
+                )
             logger.info("attribution index %s: %s", index.location, index.stats().summary)
             return index
         if not is_sqlite:
             if has_manifest:
-                logger.info("attribution index %s is empty: building it from %s",
-                            index.location, manifest_path)  # fmt: skip
+                logger.info(
+                    "attribution index %s is empty: building it from %s",
+                    index.location,
+                    manifest_path,
+                )
                 sync_manifest(index, manifest_path)
                 logger.info("attribution index built: %s", index.stats().summary)
             return index
@@ -115,13 +133,16 @@ def ensure_default_index(
             "attribution index %s is missing and there is no corpus manifest at %s: "
             "verbatim spans will not be checked until one is built "
             "(python -m app.attribution build --manifest PATH --index %s)",
-            target, manifest_path, target,
-        )  # fmt: skip
+            target,
+            manifest_path,
+            target,
+        )
         return AttributionIndex.open(target)
     logger.info(
         "attribution index %s is missing: building it from %s (one-time, about a minute)",
-        target, manifest_path,
-    )  # fmt: skip
+        target,
+        manifest_path,
+    )
     final = Path(target)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f"{final.name}.building-{os.getpid()}")
@@ -134,6 +155,7 @@ def ensure_default_index(
         index.close()
     os.replace(tmp, final)
     index = AttributionIndex.open(final)
-    logger.info("attribution index %s built: %s. %s", final, report.describe(),
-                index.stats().summary)  # fmt: skip
+    logger.info(
+        "attribution index %s built: %s. %s", final, report.describe(), index.stats().summary
+    )
     return index

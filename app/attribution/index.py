@@ -167,8 +167,9 @@ class AttributionIndex:
     def prune(self, keep: set[tuple[str, str]]) -> int:
         """Delete documents whose (repo, path) is not in `keep`; returns how many. The Bloom
         filter keeps their bits, which only cost a verification lookup until the next resize."""
-        stale = [doc_id for doc_id, repo, path in self._store.locations()
-                 if (repo, path) not in keep]  # fmt: skip
+        stale = [
+            doc_id for doc_id, repo, path in self._store.locations() if (repo, path) not in keep
+        ]
         if stale:
             self._store.begin()
             try:
@@ -178,8 +179,9 @@ class AttributionIndex:
             except BaseException:
                 self._store.rollback()
                 raise
-            logger.info("attribution index %s: removed %d stale documents", self.location,
-                        len(stale))  # fmt: skip
+            logger.info(
+                "attribution index %s: removed %d stale documents", self.location, len(stale)
+            )
         return len(stale)
 
     def get_meta(self, key: str) -> str | None:

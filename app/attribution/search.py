@@ -111,8 +111,9 @@ def word_hit(row: tuple, terms: list[str]) -> Hit:
     shown = [line[:SNIPPET_LINE_CHARS] for line in lines[first : best + 2]]
     snippet = "\n".join(shown)
     highlights = tuple(m.span() for m in pattern.finditer(snippet)) if pattern else ()
-    return Hit(repo, path, license_, chunk_start + first, snippet, round(float(score), 4),
-               highlights)  # fmt: skip
+    return Hit(
+        repo, path, license_, chunk_start + first, snippet, round(float(score), 4), highlights
+    )
 
 
 def exact_hit(row: tuple, phrase: str) -> Hit:
@@ -127,5 +128,12 @@ def exact_hit(row: tuple, phrase: str) -> Hit:
     hi = min(line_end, end + SNIPPET_LINE_CHARS)
     snippet = text[lo:hi]
     start_line = text.count("\n", 0, pos) + 1
-    return Hit(repo, path, license_, start_line, snippet, round(float(score), 4),
-               ((pos - lo, min(end, hi) - lo),))  # fmt: skip
+    return Hit(
+        repo,
+        path,
+        license_,
+        start_line,
+        snippet,
+        round(float(score), 4),
+        ((pos - lo, min(end, hi) - lo),),
+    )

@@ -42,11 +42,11 @@ def manifest_source(path: str | Path) -> SourceSpec:
 
     def documents() -> Iterator[IndexDocument]:
         for d in iter_manifest_documents(path):
-            yield IndexDocument(d.repo, d.path, d.license, d.text, split=d.split,
-                                sha256=d.sha256)  # fmt: skip
+            yield IndexDocument(d.repo, d.path, d.license, d.text, split=d.split, sha256=d.sha256)
 
-    return SourceSpec(f"manifest:{path}", documents(), len(entries),
-                      sum(e.get("bytes", 0) for e in entries))  # fmt: skip
+    return SourceSpec(
+        f"manifest:{path}", documents(), len(entries), sum(e.get("bytes", 0) for e in entries)
+    )
 
 
 # -- plain folders ------------------------------------------------------------------------
@@ -216,8 +216,13 @@ def _stack_document(row: dict, where: str) -> IndexDocument | None:
         license_ = licenses
     else:
         license_ = " OR ".join(str(x) for x in (licenses or [])) or "unknown"
-    return IndexDocument(str(row["max_stars_repo_name"]), str(row["max_stars_repo_path"]),
-                         license_, text, lang=str(row["lang"] or ""))  # fmt: skip
+    return IndexDocument(
+        str(row["max_stars_repo_name"]),
+        str(row["max_stars_repo_path"]),
+        license_,
+        text,
+        lang=str(row["lang"] or ""),
+    )
 
 
 def stack_source(path: str | Path) -> SourceSpec:

@@ -160,17 +160,30 @@ class PostgresStore(SQLStore):
         (doc_id,) = conn.execute(
             "INSERT INTO documents(sha256, repo, path, license, lang, split, bytes, text) "
             "VALUES(%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-            (doc.sha256, doc.repo, doc.path, doc.license, doc.lang, doc.split, doc.nbytes,
-             doc.text),
-        ).fetchone()  # fmt: skip
+            (
+                doc.sha256,
+                doc.repo,
+                doc.path,
+                doc.license,
+                doc.lang,
+                doc.split,
+                doc.nbytes,
+                doc.text,
+            ),
+        ).fetchone()
         chunks = chunk_lines(doc.text)
         conn.execute(
             "INSERT INTO chunks(doc_id, start_line, start_char, nchars, tsv) "
             "SELECT %s, l, c, n, to_tsvector('simple', t) "
             "FROM unnest(%s::int[], %s::int[], %s::int[], %s::text[]) AS u(l, c, n, t)",
-            (doc_id, [c[0] for c in chunks], [c[1] for c in chunks], [c[2] for c in chunks],
-             [doc.text[c[1] : c[1] + c[2]] for c in chunks]),
-        )  # fmt: skip
+            (
+                doc_id,
+                [c[0] for c in chunks],
+                [c[1] for c in chunks],
+                [c[2] for c in chunks],
+                [doc.text[c[1] : c[1] + c[2]] for c in chunks],
+            ),
+        )
         segments = document_segments(doc.text)
         conn.execute(
             "INSERT INTO segments(key, doc_id, off) "

@@ -114,9 +114,17 @@ class SQLiteStore(SQLStore):
         cur = conn.execute(
             "INSERT INTO documents(sha256, repo, path, license, lang, split, bytes, text) "
             "VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
-            (doc.sha256, doc.repo, doc.path, doc.license, doc.lang, doc.split, doc.nbytes,
-             doc.text),
-        )  # fmt: skip
+            (
+                doc.sha256,
+                doc.repo,
+                doc.path,
+                doc.license,
+                doc.lang,
+                doc.split,
+                doc.nbytes,
+                doc.text,
+            ),
+        )
         doc_id = cur.lastrowid
         conn.execute("INSERT INTO tri(rowid, text) VALUES(?, ?)", (doc_id, doc.text))
         for start_line, start, n in chunk_lines(doc.text):

@@ -16,7 +16,7 @@ from app.services.cancel_registry import CancelRegistry
 from app.services.playground import Output, Playground
 from model.engine import CancelToken
 from model.errors import PlaygroundError
-from model.prompts import Turn
+from model.prompts.templates import Turn
 
 
 def session_key(request) -> str:
@@ -61,12 +61,22 @@ class Generations:
             run = self.playground.fill(prompt, params, token, self.client(request), model)
             yield from _said_if_stopped(run, tab)
 
-    def assist(self, message, history: list[Turn], params, request, model=None, tab=None,
-               cancel=None, reply_so_far=""):  # fmt: skip
+    def assist(
+        self,
+        message,
+        history: list[Turn],
+        params,
+        request,
+        model=None,
+        tab=None,
+        cancel=None,
+        reply_so_far="",
+    ):
         with self._cancel_scope(request, tab, cancel) as token:
             client = self.client(request)
-            run = self.playground.assist(message, history, params, token, client, model,
-                                         reply_so_far)  # fmt: skip
+            run = self.playground.assist(
+                message, history, params, token, client, model, reply_so_far
+            )
             yield from _said_if_stopped(run, tab)
 
     def running(self, request, tab: str) -> bool:
@@ -85,8 +95,9 @@ def _said_if_stopped(outputs: Iterator[Output], tab: str | None) -> Iterator[Out
             if tab is None and out.done is not None and out.done.reason == "cancelled":
                 raise PlaygroundError(
                     f"The generation was stopped before it finished "
-                    f"({out.stopped or 'cancelled'}).", kind="cancelled",
-                )  # fmt: skip
+                    f"({out.stopped or 'cancelled'}).",
+                    kind="cancelled",
+                )
             yield out
 
 

@@ -13,9 +13,8 @@ from functools import cached_property, partial
 
 from app.limits import Limits
 from app.ratelimit import RateLimiter, TokenBudget
-from app.requests import check_context, check_history, check_scored, check_text
 from app.services.deltas import Written
-from model.chat import chat_prompt
+from app.validation import check_context, check_history, check_scored, check_text
 from model.engine import (
     CancelToken,
     Delta,
@@ -28,10 +27,10 @@ from model.engine import (
     TokenLogprob,
     default_max_new_tokens,
 )
+from model.engines.pool import EnginePool
 from model.errors import PlaygroundError
-from model.loops import LoopGuard
-from model.pool import EnginePool
-from model.prompts import (
+from model.prompts.chat import chat_prompt
+from model.prompts.templates import (
     ASSISTANT_STOPS,
     TaPrompt,
     Turn,
@@ -42,7 +41,8 @@ from model.prompts import (
     middle_shaper,
     split_fim,
 )
-from model.shaping import HoldLeadingSpace, Plain, Reply
+from model.tokens.loops import LoopGuard
+from model.tokens.shaping import HoldLeadingSpace, Plain, Reply
 
 LOOP_STOPPED = "stopped: the model was repeating itself"
 FENCE = "\n```"  # a chat-tuned model closes its code with a markdown fence (completion_stops)
@@ -97,8 +97,11 @@ class Output:
 
     def after(self, earlier: Output) -> Output:
         """This frame standing for `earlier` too (a frame skipped is merged, never lost)."""
-        return replace(self, delta=earlier.delta + self.delta,
-                       delta_logprobs=earlier.delta_logprobs + self.delta_logprobs)  # fmt: skip
+        return replace(
+            self,
+            delta=earlier.delta + self.delta,
+            delta_logprobs=earlier.delta_logprobs + self.delta_logprobs,
+        )
 
     @property
     def generated_span(self) -> tuple[int, int]:
@@ -212,9 +215,18 @@ class Playground:
         params = replace(params, heal=heal, stop=(*params.stop, *spec.completion_stops))
         retries = text and not params.prompt_logprobs and FENCE in spec.completion_stops
         run = self._run(
-            engine, spec.id, "completion", prompt, params, cancel, prefix=prompt, suffix="",
-            client=client, prompt_ids=ids, shaper=HoldLeadingSpace() if retries else None,
-        )  # fmt: skip
+            engine,
+            spec.id,
+            "completion",
+            prompt,
+            params,
+            cancel,
+            prefix=prompt,
+            suffix="",
+            client=client,
+            prompt_ids=ids,
+            shaper=HoldLeadingSpace() if retries else None,
+        )
         with closing(run):
             for out in run:
                 if not (retries and out.done and self._opened_fence(out)):
@@ -226,9 +238,17 @@ class Playground:
                 fenced = FENCE.lstrip("\n") + "\n" + prompt
                 fenced_ids = self._tokenize(engine, "prompt", fenced, params)
                 yield from self._run(
-                    engine, spec.id, "completion", fenced, params, cancel, prefix=prompt,
-                    suffix="", client=client, prompt_ids=fenced_ids,
-                )  # fmt: skip
+                    engine,
+                    spec.id,
+                    "completion",
+                    fenced,
+                    params,
+                    cancel,
+                    prefix=prompt,
+                    suffix="",
+                    client=client,
+                    prompt_ids=fenced_ids,
+                )
 
     @staticmethod
     def _opened_fence(out: Output) -> bool:
@@ -249,14 +269,22 @@ class Playground:
         info = engine.info
         template = detect_fim_template(info.special_tokens)
         if template is None and info.fills_by_rerank:
-            # No FIM tokens: one line, reranked in the worker (model/infill.py). The worker
+            # No FIM tokens: one line, reranked in the worker (model/infill/events.py). The worker
             # reads the code nearest the gap, so no prompt is too long for the context.
             prefix, suffix = split_fim(code)
             infill = Infill(prefix, suffix, self.fim_candidates)
             run = self._run(
-                engine, spec.id, "fim", prefix, params, cancel, prefix=prefix, suffix=suffix,
-                client=client, infill=infill,
-            )  # fmt: skip
+                engine,
+                spec.id,
+                "fim",
+                prefix,
+                params,
+                cancel,
+                prefix=prefix,
+                suffix=suffix,
+                client=client,
+                infill=infill,
+            )
             notice = (
                 f"one line, the likeliest of {infill.candidates} candidates given the code on "
                 f"both sides ({RERANK_NOTE})"
@@ -273,9 +301,18 @@ class Playground:
         params = replace(params, stop=(*params.stop, *template.stop_tokens, *stops))
         # Streamed pieces are trimmed too: a newline shown and then taken back flickers.
         yield from self._run(
-            engine, spec.id, "fim", model_prompt, params, cancel, prefix=prefix, suffix=suffix,
-            client=client, prompt_ids=ids, shaper=middle_shaper(suffix),
-        )  # fmt: skip
+            engine,
+            spec.id,
+            "fim",
+            model_prompt,
+            params,
+            cancel,
+            prefix=prefix,
+            suffix=suffix,
+            client=client,
+            prompt_ids=ids,
+            shaper=middle_shaper(suffix),
+        )
 
     def assist(
         self,
@@ -311,15 +348,24 @@ class Playground:
             # Instruct models: their own chat template; the end-of-turn token is their EOS.
             special = {"bos_token": info.bos_token or "", "eos_token": info.eos_token or ""}
             built = chat_prompt(
-                info.chat_template, history, message, budget_tokens=budget,
-                count_tokens=count, special=special, max_new_tokens=reserved,
-            )  # fmt: skip
+                info.chat_template,
+                history,
+                message,
+                budget_tokens=budget,
+                count_tokens=count,
+                special=special,
+                max_new_tokens=reserved,
+            )
             opened = built.prompt + reply_so_far
         else:
             built = assistant_prompt(
-                self.ta, history, message, budget_tokens=budget, count_tokens=count,
+                self.ta,
+                history,
+                message,
+                budget_tokens=budget,
+                count_tokens=count,
                 max_new_tokens=reserved,
-            )  # fmt: skip
+            )
             params = replace(params, stop=(*params.stop, *ASSISTANT_STOPS))
             # The ta-prompt's turns read "Assistant: text"; the space was trimmed from the reply.
             opened = built.prompt + (" " + reply_so_far if reply_so_far else "")
@@ -331,10 +377,18 @@ class Playground:
         # used to stream it, then lose it in the final text, so /v1's stream and its plain
         # answer differed. A continued answer is shown whole: what was written, then the rest.
         run = self._run(
-            engine, spec.id, "assistant", opened, params, cancel, prefix=reply_so_far,
-            suffix="", client=client, prompt_ids=tuple(ids) if ids is not None else None,
+            engine,
+            spec.id,
+            "assistant",
+            opened,
+            params,
+            cancel,
+            prefix=reply_so_far,
+            suffix="",
+            client=client,
+            prompt_ids=tuple(ids) if ids is not None else None,
             shaper=Reply(ASSISTANT_STOPS, started=bool(reply_so_far)),
-        )  # fmt: skip
+        )
         with closing(run):
             for out in run:
                 yield replace(out, notice=built.notice)
@@ -361,8 +415,9 @@ class Playground:
         if text is None:
             raise PlaygroundError(
                 "A prompt of token ids needs the model's tokenizer here; send the text instead.",
-                field="prompt", kind="unsupported",
-            )  # fmt: skip
+                field="prompt",
+                kind="unsupported",
+            )
         check_text("prompt", text, self.limits)
         check_context("prompt", len(ids), params.max_new_tokens, engine.info.context_length)
         return text, tuple(ids)
@@ -383,20 +438,32 @@ class Playground:
         infill: Infill | None = None,
         shaper: Plain | None = None,
     ) -> Iterator[Output]:
-        """`shaper`: the mode's clean-up of the pieces as they stream (model/shaping.py)."""
+        """`shaper`: the mode's clean-up of the pieces as they stream (model/tokens/shaping.py)."""
         if params.logprobs is not None and (infill is not None or not engine.info.logprobs):
             where = "a fill by reranking" if infill else "a model on a remote server (ENGINE_URL)"
             raise PlaygroundError(
                 f"`logprobs` cannot be reported for {where}; ask without them.",
-                field="logprobs", kind="unsupported",
-            )  # fmt: skip
+                field="logprobs",
+                kind="unsupported",
+            )
         self.limiter.check(client)
         charge = self._charge(engine, client, model_prompt, params, prompt_ids, infill)
         try:
             yield from self._stream(
-                engine, model_id, mode, model_prompt, params, cancel, prefix, suffix, client,
-                prompt_ids, infill, charge, shaper or Plain(),
-            )  # fmt: skip
+                engine,
+                model_id,
+                mode,
+                model_prompt,
+                params,
+                cancel,
+                prefix,
+                suffix,
+                client,
+                prompt_ids,
+                infill,
+                charge,
+                shaper or Plain(),
+            )
         finally:
             charge.settle(charge.used)
 
@@ -416,8 +483,22 @@ class Playground:
         charge.per_token = infill.candidates if infill is not None else 1
         return charge
 
-    def _stream(self, engine, model_id, mode, model_prompt, params, cancel, prefix, suffix,
-                client, prompt_ids, infill, charge, shaper) -> Iterator[Output]:  # fmt: skip
+    def _stream(
+        self,
+        engine,
+        model_id,
+        mode,
+        model_prompt,
+        params,
+        cancel,
+        prefix,
+        suffix,
+        client,
+        prompt_ids,
+        infill,
+        charge,
+        shaper,
+    ) -> Iterator[Output]:
         start = time.perf_counter()
         request = GenerationRequest(
             model_prompt, params, client=client, prompt_ids=prompt_ids, infill=infill
@@ -440,9 +521,12 @@ class Playground:
                         cancel.cancel(LOOP_STOPPED)  # ends within a decode step, like Stop
                     piece = shaper.feed(event.text)
                     scored = event.prompt_logprobs or scored
-                    yield frame(delta=piece, delta_logprobs=event.logprobs,
-                                upto=written.add(piece, event.logprobs),
-                                prompt_logprobs=scored)  # fmt: skip
+                    yield frame(
+                        delta=piece,
+                        delta_logprobs=event.logprobs,
+                        upto=written.add(piece, event.logprobs),
+                        prompt_logprobs=scored,
+                    )
                 elif isinstance(event, Queued):
                     yield frame(queue_position=event.position, upto=written.add("", ()))
                 elif event.reason == "error":
@@ -451,7 +535,10 @@ class Playground:
                 else:
                     tail = shaper.finish()
                     yield frame(
-                        delta=tail, done=event, seconds=time.perf_counter() - start,
-                        stopped=cancel.reason, upto=written.add(tail, ()),
+                        delta=tail,
+                        done=event,
+                        seconds=time.perf_counter() - start,
+                        stopped=cancel.reason,
+                        upto=written.add(tail, ()),
                         prompt_logprobs=scored,
-                    )  # fmt: skip
+                    )

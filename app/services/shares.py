@@ -13,7 +13,7 @@ from urllib.parse import quote
 from app.links import PublicLinks
 from app.parameters import SCHEMA, Schema
 from app.services.playground import Output
-from app.store import SharePublic, Store
+from app.shares.store import SharePublic, Store
 from model.errors import PlaygroundError
 from model.registry import Registry
 
@@ -39,8 +39,9 @@ def create_share(store: Store, *, client_id: str, **fields: Any) -> ShareLink:
     made = store.create(client_id=client_id, **fields)
     sid = made.share.id
     delete_path = f"/s/{sid}/delete?token={quote(made.delete_token)}"
-    log.info("share %s created (mode=%s, %d output chars)", sid, made.share.mode,
-             len(made.share.output))  # fmt: skip
+    log.info(
+        "share %s created (mode=%s, %d output chars)", sid, made.share.mode, len(made.share.output)
+    )
     return ShareLink(id=sid, path=f"/s/{sid}", delete_path=delete_path, created=made.created)
 
 

@@ -83,8 +83,12 @@ class AccessGuard:
         if path == "/metrics" and self.metrics_token:
             if hmac.compare_digest(_bearer(headers), self.metrics_token):
                 return await self.app(scope, receive, send)
-            return await self._refuse(scope, receive, send, "`Authorization: Bearer "
-                                      "<METRICS_TOKEN>` is required for /metrics.")  # fmt: skip
+            return await self._refuse(
+                scope,
+                receive,
+                send,
+                "`Authorization: Bearer <METRICS_TOKEN>` is required for /metrics.",
+            )
         if not self.keys or path in _OPEN_EXACT or path.startswith(_OPEN_PREFIXES):
             return await self.app(scope, receive, send)
         cookie = cookie_parser(headers.get("cookie", "")).get(COOKIE, "")
@@ -95,13 +99,18 @@ class AccessGuard:
             and scope["method"] in ("GET", "HEAD")
             and ("text/html" in headers.get("accept", ""))
         ):  # a person opening the page: the login form, then back here
-            target = path + (f"?{scope['query_string'].decode('latin-1')}"
-                             if scope.get("query_string") else "")  # fmt: skip
+            target = path + (
+                f"?{scope['query_string'].decode('latin-1')}" if scope.get("query_string") else ""
+            )
             return await RedirectResponse(f"{LOGIN_PATH}?next={quote(target, safe='')}", 303)(
                 scope, receive, send
             )
-        await self._refuse(scope, receive, send, "A valid API key is required: send "
-                           "`Authorization: Bearer <key>`, or log in at /login.")  # fmt: skip
+        await self._refuse(
+            scope,
+            receive,
+            send,
+            "A valid API key is required: send `Authorization: Bearer <key>`, or log in at /login.",
+        )
 
     def key_valid(self, given: str) -> bool:
         # Every key compared, in constant time each: the answer's timing says nothing.
@@ -138,8 +147,9 @@ class AccessGuard:
         except ClientGone:
             return None
         form = parse_qs(body.decode("utf-8", "replace")) if body is not None else {}
-        client = client_address((scope.get("client") or ("", 0))[0], headers,
-                                self.trusted_proxy_header)  # fmt: skip
+        client = client_address(
+            (scope.get("client") or ("", 0))[0], headers, self.trusted_proxy_header
+        )
         try:
             self._logins.check(client)
         except RateLimited as exc:
@@ -148,8 +158,15 @@ class AccessGuard:
             log.info("refused: login with a wrong key from %s", client)
             return await _login_page(target, "That key is not valid.", 401)(scope, receive, send)
         response = RedirectResponse(target, 303)
-        response.set_cookie(COOKIE, self.issue_cookie(), max_age=SESSION_SECONDS, path="/",
-                            httponly=True, samesite="lax", secure=self.secure_cookie)  # fmt: skip
+        response.set_cookie(
+            COOKIE,
+            self.issue_cookie(),
+            max_age=SESSION_SECONDS,
+            path="/",
+            httponly=True,
+            samesite="lax",
+            secure=self.secure_cookie,
+        )
         await response(scope, receive, send)
 
     def _logout(self) -> Response:

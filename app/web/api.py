@@ -13,8 +13,8 @@ import gradio as gr
 
 from app.errors import user_errors
 from app.parameters import Schema
-from app.requests import parse_history
 from app.services.generate import throttle
+from app.validation import parse_history
 from app.web.handlers import Handlers
 
 MODEL_LOCK = "model"  # one concurrency group: every generation goes to the engine's queue
@@ -26,8 +26,9 @@ def generation_parameters(schema: Schema) -> list[tuple[str, Any, Any]]:
     params: list[tuple[str, Any, Any]] = [("model", str | None, None)]
     for p in schema.page:
         fixed = not p.model_default and p.mode_default is None and p.default not in (None, ())
-        params.append((p.name, p.annotation if fixed else p.annotation | None,
-                       p.default if fixed else None))  # fmt: skip
+        params.append(
+            (p.name, p.annotation if fixed else p.annotation | None, p.default if fixed else None)
+        )
     return params
 
 

@@ -22,7 +22,7 @@ from app.render import code_view
 from app.services.generate import session_key
 from app.services.shares import PENDING
 from app.services.together import Failed, together
-from app.store import SharePublic
+from app.shares.store import SharePublic
 from app.web.api import MODEL_LOCK
 from app.web.handlers import Handlers
 from model.errors import PlaygroundError
@@ -54,14 +54,21 @@ def tab_of(side: str) -> str:
     return f"compare-{side}"
 
 
-def compare_frames(handlers: Handlers, mode: str, prompt: str, columns: Sequence[tuple],
-                   request=None, show_probs: bool = False) -> Iterator[list[Column | None]]:  # fmt: skip
+def compare_frames(
+    handlers: Handlers,
+    mode: str,
+    prompt: str,
+    columns: Sequence[tuple],
+    request=None,
+    show_probs: bool = False,
+) -> Iterator[list[Column | None]]:
     """Runs one generation per column, `columns` being (model, parameter values in the schema's
     order), at once; yields [Column or None (no news)] per frame. A column that fails shows
     why in its status; the other runs on."""
     if mode not in {m for _, m in MODES}:
-        raise PlaygroundError(f"`mode` must be one of completion, fim, assistant; got {mode!r}.",
-                              field="mode")  # fmt: skip
+        raise PlaygroundError(
+            f"`mode` must be one of completion, fim, assistant; got {mode!r}.", field="mode"
+        )
     # Each column's token, held here: Stop finds it by the column's name (and a new comparison
     # supersedes it), and a page that goes away mid-run cancels both at once.
     cancels = handlers.generate.cancels
@@ -119,8 +126,9 @@ def share_pair(handlers: Handlers, records: Sequence, request) -> tuple[str, lis
         if not rec or rec == PENDING:
             raise PlaygroundError(
                 f"Column {side.upper()} has nothing to share yet: run the comparison and let "
-                "both columns finish.", field="output",
-            )  # fmt: skip
+                "both columns finish.",
+                field="output",
+            )
     links = [handlers.share(rec, request) for rec in records]
     base = links[0][0].rsplit("/s/", 1)[0]
     ids = ",".join(url.rsplit("/s/", 1)[1] for url, _ in links)
@@ -168,20 +176,33 @@ def build_compare_tab(handlers: Handlers, param_inputs, model_updates, following
     choices = [("Automatic: the mode's default model", AUTO), *handlers.registry.choices()]
     columns = []
     with gr.Tab("Compare", id="compare"):
-        gr.Markdown("One prompt, two columns: pick two models, or one model at two settings "
-                    "(each column's **Parameters**), and both stream side by side.")  # fmt: skip
+        gr.Markdown(
+            "One prompt, two columns: pick two models, or one model at two settings "
+            "(each column's **Parameters**), and both stream side by side."
+        )
         mode = gr.Radio(MODES, value="completion", label="Mode", elem_id="compare-mode")
-        prompt = gr.Textbox(lines=8, max_lines=30, label="Prompt", elem_id="compare-prompt",
-                            placeholder="Code to complete, code with one <FILL_HERE>, or a "
-                            "question for the assistant", elem_classes=["code-input"])  # fmt: skip
-        show_probs = gr.Checkbox(False, label="Show probabilities", elem_id="compare-show-probs",
-                                 info="each token shaded by how likely its model found it")  # fmt: skip
+        prompt = gr.Textbox(
+            lines=8,
+            max_lines=30,
+            label="Prompt",
+            elem_id="compare-prompt",
+            placeholder="Code to complete, code with one <FILL_HERE>, or a "
+            "question for the assistant",
+            elem_classes=["code-input"],
+        )
+        show_probs = gr.Checkbox(
+            False,
+            label="Show probabilities",
+            elem_id="compare-show-probs",
+            info="each token shaded by how likely its model found it",
+        )
         with gr.Row():
             run = gr.Button("Compare", variant="primary", elem_id="compare-run")
             stop = gr.Button("Stop", variant="stop", elem_id="compare-stop")
             share = gr.Button("Share both", size="sm", elem_id="compare-share")
-        link = gr.Textbox(label="Link to this comparison", buttons=["copy"], visible=False,
-                          elem_id="compare-link")  # fmt: skip
+        link = gr.Textbox(
+            label="Link to this comparison", buttons=["copy"], visible=False, elem_id="compare-link"
+        )
         deletes = gr.Markdown(visible=False, elem_id="compare-delete")
         with gr.Row(equal_height=False):
             for side in SIDES:
@@ -198,8 +219,13 @@ def build_compare_tab(handlers: Handlers, param_inputs, model_updates, following
         # `.input`, not `.change`: a reopened comparison sets the model, and must keep its
         # parameters rather than get the model's defaults.
         for trigger in (mode.input, col.model.input):
-            trigger(on_change, [mode, col.model, *followers], followers, queue=False,
-                    api_visibility="private")  # fmt: skip
+            trigger(
+                on_change,
+                [mode, col.model, *followers],
+                followers,
+                queue=False,
+                api_visibility="private",
+            )
 
     n = len(handlers.schema.page)
     shown = [
@@ -217,8 +243,13 @@ def build_compare_tab(handlers: Handlers, param_inputs, model_updates, following
                 if col is None:
                     out += [gr.skip()] * 5
                 else:
-                    out += [_kept(col.view), col.status, _kept(col.sources), _kept(col.probs),
-                            col.record]  # fmt: skip
+                    out += [
+                        _kept(col.view),
+                        col.status,
+                        _kept(col.sources),
+                        _kept(col.probs),
+                        col.record,
+                    ]
             yield out
 
     def clear():  # a new comparison starts from a clean slate
@@ -242,9 +273,12 @@ def build_compare_tab(handlers: Handlers, param_inputs, model_updates, following
             url, delete_urls = share_pair(handlers, records, request)
         except Exception as exc:  # a refusal shows where the link would (a bug is logged)
             return gr.Textbox(visible=False), gr.Markdown(status_message(exc), visible=True)
-        note = ("Private delete links (keep them, they are shown once): "
-                + " · ".join(f"[{u}]({u})" for u in delete_urls)
-                if delete_urls else "These exact generations were shared before.")  # fmt: skip
+        note = (
+            "Private delete links (keep them, they are shown once): "
+            + " · ".join(f"[{u}]({u})" for u in delete_urls)
+            if delete_urls
+            else "These exact generations were shared before."
+        )
         return gr.Textbox(value=url, visible=True), gr.Markdown(note, visible=True)
 
     share.click(do_share, [c.record for c in columns], [link, deletes], api_visibility="private")
@@ -254,11 +288,11 @@ def build_compare_tab(handlers: Handlers, param_inputs, model_updates, following
 def _column_ui(side: str, choices, handlers: Handlers, param_inputs):
     col = SimpleNamespace()
     ids = tab_of(side)
-    col.model = gr.Dropdown(choices, value=AUTO, label=f"Model {side.upper()}",
-                            elem_id=f"{ids}-model")  # fmt: skip
+    col.model = gr.Dropdown(
+        choices, value=AUTO, label=f"Model {side.upper()}", elem_id=f"{ids}-model"
+    )
     col.params = param_inputs("completion", handlers, ids)
-    col.view = gr.HTML(code_view("", "text"), elem_id=f"{ids}-output",
-                       elem_classes=["code-output"])  # fmt: skip
+    col.view = gr.HTML(code_view("", "text"), elem_id=f"{ids}-output", elem_classes=["code-output"])
     col.status = gr.Markdown("", elem_id=f"{ids}-status")
     col.sources = gr.HTML("", elem_id=f"{ids}-sources")
     col.probs = gr.HTML("", elem_id=f"{ids}-probs")

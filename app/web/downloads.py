@@ -50,8 +50,12 @@ class Downloads:
                 return 0
             self._last_sweep = now
         removed = 0
-        entries = [e for folder in (self.folder, *self.also_sweep) if folder.is_dir()
-                   for e in folder.iterdir()]  # fmt: skip
+        entries = [
+            e
+            for folder in (self.folder, *self.also_sweep)
+            if folder.is_dir()
+            for e in folder.iterdir()
+        ]
         for entry in entries:
             try:
                 if entry.is_dir() and now - entry.stat().st_mtime > self.keep_seconds:

@@ -76,8 +76,12 @@ class EdgeGuard:
         if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
             refusal = self._cross_site(headers)
             if refusal:
-                log.info("refused a cross-site %s to %s from %s", scope["method"], path,
-                         headers.get("origin", "")[:100])  # fmt: skip
+                log.info(
+                    "refused a cross-site %s to %s from %s",
+                    scope["method"],
+                    path,
+                    headers.get("origin", "")[:100],
+                )
                 return await self._reply(send, "forbidden", *refusal)
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body_bytes:
@@ -92,12 +96,19 @@ class EdgeGuard:
                     read_capped(receive, self.max_body_bytes), self.body_timeout_s
                 )
             except TimeoutError:
-                log.info("refused: a %s to %s whose body took over %g s", scope["method"], path,
-                         self.body_timeout_s)  # fmt: skip
+                log.info(
+                    "refused: a %s to %s whose body took over %g s",
+                    scope["method"],
+                    path,
+                    self.body_timeout_s,
+                )
                 return await self._reply(
-                    send, "timeout", f"The request body did not arrive within "
-                    f"{self.body_timeout_s:g} s (BODY_TIMEOUT_S).", "body",
-                )  # fmt: skip
+                    send,
+                    "timeout",
+                    f"The request body did not arrive within "
+                    f"{self.body_timeout_s:g} s (BODY_TIMEOUT_S).",
+                    "body",
+                )
             except ClientGone:
                 log.info("a client went away while sending its %s to %s", scope["method"], path)
                 return None
@@ -108,8 +119,11 @@ class EdgeGuard:
         async def secure_send(message):
             if message["type"] == "http.response.start":
                 present = {k.lower() for k, _ in message.get("headers", [])}
-                extra = [(k.encode(), v.encode()) for k, v in self.headers.items()
-                         if k.encode() not in present]  # fmt: skip
+                extra = [
+                    (k.encode(), v.encode())
+                    for k, v in self.headers.items()
+                    if k.encode() not in present
+                ]
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 

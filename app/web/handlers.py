@@ -17,14 +17,14 @@ from app.attribution.render import sources_html
 from app.parameters import names
 from app.probabilities import probabilities_html
 from app.render import Mark, code_view, detect_language
-from app.requests import recent_turns
 from app.services.generate import Generations, throttle
 from app.services.search import Search
 from app.services.shares import PENDING, Shares, record
+from app.validation import recent_turns
 from app.web.downloads import Downloads
 from model.engine import MAX_LOGPROBS
 from model.errors import PlaygroundError
-from model.prompts import Turn
+from model.prompts.templates import Turn
 from model.registry import Registry
 
 MODE_LABELS = {"completion": "Completion", "fim": "Fill-in-the-middle", "assistant": "Assistant"}
@@ -48,8 +48,17 @@ class Handlers:
 
     # -- the code tabs and the chat -----------------------------------------------------------
 
-    def ui_code(self, mode: str, prompt: str, model, *param_values, request=None,
-                show_probs: bool = False, tab: str | None = None, cancel=None):  # fmt: skip
+    def ui_code(
+        self,
+        mode: str,
+        prompt: str,
+        model,
+        *param_values,
+        request=None,
+        show_probs: bool = False,
+        tab: str | None = None,
+        cancel=None,
+    ):
         """Yields (code view, exact text, status, download, shareable record, sources panel,
         probabilities view). `tab` (default: the mode's) and `cancel`: what stops it, as
         Generations takes them; Compare asks the assistant one question here too, its reply
@@ -60,20 +69,24 @@ class Handlers:
             run = partial(self.generate.assist, prompt, [])
         else:
             language = detect_language(prompt.replace("<FILL_HERE>", ""))
-            run = partial(self.generate.complete if mode == "completion" else self.generate.fill,
-                          prompt)  # fmt: skip
+            run = partial(
+                self.generate.complete if mode == "completion" else self.generate.fill, prompt
+            )
         note = ""
         if show_probs:
             spec = self.registry.choose(model or None, mode)
             if mode == "fim" and spec.reranks_fim:
-                note = (f"Probabilities are not shown for {spec.id}'s fills: it has no FIM "
-                        "tokens, and its line is picked from candidates by reranking.")  # fmt: skip
+                note = (
+                    f"Probabilities are not shown for {spec.id}'s fills: it has no FIM "
+                    "tokens, and its line is picked from candidates by reranking."
+                )
             else:
                 params = replace(params, logprobs=MAX_LOGPROBS)
         for out in throttle(run(params, request, model, tab=tab or mode, cancel=cancel)):
             if out.done is None:
-                html = self.code_html(mode, out.text, live_language(out.text, language),
-                                      out.generated_span)  # fmt: skip
+                html = self.code_html(
+                    mode, out.text, live_language(out.text, language), out.generated_span
+                )
                 yield html, out.text, out.status, None, PENDING, gr_skip(), gr_skip()
                 continue
             spans = self.search.attribute_output(out)
@@ -103,8 +116,9 @@ class Handlers:
         *earlier, last = turns
         history = recent_turns(earlier, self.generate.playground.limits)
         base = list(chat[:-1])  # the answer is written again, longer, in its place
-        run = self.generate.assist(last.user, history, params, request, model, tab="assistant",
-                                   reply_so_far=last.assistant)  # fmt: skip
+        run = self.generate.assist(
+            last.user, history, params, request, model, tab="assistant", reply_so_far=last.assistant
+        )
         yield from self._chat_frames(run, base, last.user, params)
 
     def _chat_frames(self, run, base: list, message: str, params):

@@ -16,14 +16,14 @@ from fastapi.responses import JSONResponse, Response
 
 from app.metrics import runs_on
 from app.parameters import SCHEMA, Schema
-from app.requests import integer
 from app.services.generate import Generations
 from app.services.search import Search
+from app.validation import integer
 from app.web.openai_responses import respond
 from app.web.openai_shapes import error
 from model.engine import MAX_LOGPROBS, CancelToken
 from model.errors import PlaygroundError
-from model.prompts import Turn
+from model.prompts.templates import Turn
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,9 @@ _EVERY_ROUTE = {"model", "n", "stream", "stream_options", "user", "attribution"}
 MAX_CHOICES = 16  # prompts x n in one request; each is a generation in the shared queue
 
 
-def mount_openai_routes(app: FastAPI, generate: Generations, search: Search,
-                        schema: Schema = SCHEMA):  # fmt: skip
+def mount_openai_routes(
+    app: FastAPI, generate: Generations, search: Search, schema: Schema = SCHEMA
+):
     """The routes; API keys are checked in front of them, as of every route (app/web/access.py)."""
     registry = generate.playground.registry
 
@@ -56,8 +57,11 @@ def mount_openai_routes(app: FastAPI, generate: Generations, search: Search,
         if body.get("attribution") is not True:
             return None
         if choices > 1:
-            raise PlaygroundError("`attribution` is for one choice; ask for it with one prompt "
-                                  "and `n` 1.", field="attribution", kind="unsupported")  # fmt: skip
+            raise PlaygroundError(
+                "`attribution` is for one choice; ask for it with one prompt and `n` 1.",
+                field="attribution",
+                kind="unsupported",
+            )
         return search.attribute_output
 
     def describe(spec, loaded: dict) -> dict:
@@ -92,22 +96,28 @@ def mount_openai_routes(app: FastAPI, generate: Generations, search: Search,
             if top is not None and body.get("echo") is True:
                 params = replace(params, prompt_logprobs=True)  # the echoed prompt's, too
             if mode == "fim" and not (isinstance(suffix, str) and all(map(_is_text, prompts))):
-                raise PlaygroundError("`suffix` takes text, with a `prompt` of text.",
-                                      field="suffix")  # fmt: skip
+                raise PlaygroundError(
+                    "`suffix` takes text, with a `prompt` of text.", field="suffix"
+                )
             cancels = [CancelToken() for _ in range(len(prompts) * n)]
             runs = [
-                _named(generate.fill(f"{prompt}<FILL_HERE>{suffix}", params, request, model,
-                                     cancel=token), fields)
-                if mode == "fim" else _named(generate.complete(prompt, params, request, model,
-                                                               cancel=token), fields)
+                _named(
+                    generate.fill(
+                        f"{prompt}<FILL_HERE>{suffix}", params, request, model, cancel=token
+                    ),
+                    fields,
+                )
+                if mode == "fim"
+                else _named(generate.complete(prompt, params, request, model, cancel=token), fields)
                 for (prompt, token) in zip(
                     [p for p in prompts for _ in range(n)], cancels, strict=True
                 )
-            ]  # fmt: skip
+            ]
             echo, kind = body.get("echo") is True, "text_completion"
             stream = body.get("stream") is True
-            return await respond(request, runs, cancels, stream, kind, echo,
-                                 attribution(body, len(runs)))  # fmt: skip
+            return await respond(
+                request, runs, cancels, stream, kind, echo, attribution(body, len(runs))
+            )
         except PlaygroundError as exc:
             return error(exc)
 
@@ -120,12 +130,16 @@ def mount_openai_routes(app: FastAPI, generate: Generations, search: Search,
             params, fields = _params(body, spec, "assistant", schema, _chat_logprobs(body))
             n = _n(body)  # at most MAX_CHOICES
             cancels = [CancelToken() for _ in range(n)]
-            runs = [_named(generate.assist(message, history, params, request, model,
-                                           cancel=token), fields)
-                    for token in cancels]  # fmt: skip
+            runs = [
+                _named(
+                    generate.assist(message, history, params, request, model, cancel=token), fields
+                )
+                for token in cancels
+            ]
             stream = body.get("stream") is True
-            return await respond(request, runs, cancels, stream, "chat.completion", False,
-                                 attribution(body, n))  # fmt: skip
+            return await respond(
+                request, runs, cancels, stream, "chat.completion", False, attribution(body, n)
+            )
         except PlaygroundError as exc:
             return error(exc)
 
@@ -151,16 +165,18 @@ async def _json_object(request: Request, route: str, schema: Schema) -> dict[str
         )
     for name, off in _NOT_YET.items():
         if body.get(name) not in off:
-            raise PlaygroundError(f"`{name}` is not supported here yet.", field=name,
-                                  kind="unsupported")  # fmt: skip
+            raise PlaygroundError(
+                f"`{name}` is not supported here yet.", field=name, kind="unsupported"
+            )
     known = _ROUTE_FIELDS[route] | _EVERY_ROUTE | _NOT_YET.keys() | set(_v1_names(schema))
     for name in body:
         if name not in known:
             raise PlaygroundError(
                 f"`{str(name)[:40]}` is not a field of {route} here; it takes: "
                 f"{', '.join(sorted(known - _NOT_YET.keys()))}.",
-                field=str(name)[:40], kind="unsupported",
-            )  # fmt: skip
+                field=str(name)[:40],
+                kind="unsupported",
+            )
     if isinstance(body.get("user"), str):
         log.info("%s for user %r", route, body["user"][:64])
     return body
@@ -188,9 +204,9 @@ def _prompts(prompt) -> list[str | list[int]]:
         return prompt
     got = type(prompt).__name__ if not isinstance(prompt, list) else "a list of other items"
     raise PlaygroundError(
-        "`prompt` must be a string, a list of token ids, or a non-empty list of those; "
-        f"got {got}.", field="prompt",
-    )  # fmt: skip
+        f"`prompt` must be a string, a list of token ids, or a non-empty list of those; got {got}.",
+        field="prompt",
+    )
 
 
 def _n(body: dict) -> int:
@@ -198,15 +214,17 @@ def _n(body: dict) -> int:
     if n is None:
         return 1
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
-        raise PlaygroundError(f"`n` must be a whole number in [1, {MAX_CHOICES}]; got {n!r:.20}.",
-                              field="n")  # fmt: skip
+        raise PlaygroundError(
+            f"`n` must be a whole number in [1, {MAX_CHOICES}]; got {n!r:.20}.", field="n"
+        )
     return n
 
 
 def _check_choices(count: int, given: str) -> None:
     if count > MAX_CHOICES:
-        raise PlaygroundError(f"A request makes at most {MAX_CHOICES} choices; got {count} "
-                              f"({given}).", field="n")  # fmt: skip
+        raise PlaygroundError(
+            f"A request makes at most {MAX_CHOICES} choices; got {count} ({given}).", field="n"
+        )
 
 
 def _model(body: dict, registry, mode: str) -> str:
@@ -242,8 +260,9 @@ def _params(body: dict, spec, mode: str, schema: Schema, logprobs=None):
         if p.kind in ("int", "float", "seed") and (
             isinstance(value, bool) or not isinstance(value, int | float)
         ):
-            raise PlaygroundError(f"`{given}` must be a number; got {type(value).__name__}.",
-                                  field=given)  # fmt: skip
+            raise PlaygroundError(
+                f"`{given}` must be a number; got {type(value).__name__}.", field=given
+            )
         values[p.name] = [value] if p.kind == "stops" and isinstance(value, str) else value
     # Left out, a chat reply gets what the context leaves (vLLM's default): resolved once the
     # prompt is built (GenerationParams.max_new_tokens None).
@@ -274,15 +293,18 @@ def _completion_logprobs(body: dict, mode: str):
     with `echo`, the prompt's tokens are scored too (as evaluation harnesses ask)."""
     top = body.get("logprobs")
     if top is not None and (isinstance(top, bool) or not isinstance(top, int)):
-        raise PlaygroundError(f"`logprobs` must be a whole number in [0, {MAX_LOGPROBS}]; got "
-                              f"{top!r:.20}.", field="logprobs")  # fmt: skip
+        raise PlaygroundError(
+            f"`logprobs` must be a whole number in [0, {MAX_LOGPROBS}]; got {top!r:.20}.",
+            field="logprobs",
+        )
     if top is not None:
         integer("logprobs", top, 0, MAX_LOGPROBS)
     if top is not None and body.get("echo") is True and mode == "fim":
         raise PlaygroundError(
             "`echo` with `logprobs` scores a prompt, not a fill: leave out `suffix` or `echo`.",
-            field="echo", kind="unsupported",
-        )  # fmt: skip
+            field="echo",
+            kind="unsupported",
+        )
     return top
 
 
@@ -290,8 +312,9 @@ def _chat_logprobs(body: dict):
     """Chat's `logprobs: true` and `top_logprobs` (alternatives per token)."""
     asked = body.get("logprobs")
     if asked not in (None, True, False):
-        raise PlaygroundError(f"`logprobs` must be true or false; got {type(asked).__name__}.",
-                              field="logprobs")  # fmt: skip
+        raise PlaygroundError(
+            f"`logprobs` must be true or false; got {type(asked).__name__}.", field="logprobs"
+        )
     if asked is not True:
         if body.get("top_logprobs") is not None:
             raise PlaygroundError("`top_logprobs` needs `logprobs: true`.", field="top_logprobs")
@@ -316,31 +339,36 @@ def _text(content, i: int) -> str:
             if kind != "text" or not isinstance(part.get("text"), str):
                 raise PlaygroundError(
                     f"`messages[{i}].content[{j}]` must be a text part; got {str(kind)[:20]!r} "
-                    "(these models read text only).", field="messages",
-                )  # fmt: skip
+                    "(these models read text only).",
+                    field="messages",
+                )
         return "".join(part["text"] for part in content)
-    raise PlaygroundError(f"`messages[{i}]` must be {{role, content}} with text content.",
-                          field="messages")  # fmt: skip
+    raise PlaygroundError(
+        f"`messages[{i}]` must be {{role, content}} with text content.", field="messages"
+    )
 
 
 def _conversation(messages) -> tuple[str, list[Turn]]:
     """OpenAI messages as (the last user message, earlier [user, assistant] turns). System
     messages are put before the first user message: the ta-prompt has no system role."""
     if not isinstance(messages, list) or not messages:
-        raise PlaygroundError("`messages` must be a non-empty list of {role, content}.",
-                              field="messages")  # fmt: skip
+        raise PlaygroundError(
+            "`messages` must be a non-empty list of {role, content}.", field="messages"
+        )
     system, turns, pending = [], [], None
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
-            raise PlaygroundError(f"`messages[{i}]` must be {{role, content}} with text content.",
-                                  field="messages")  # fmt: skip
+            raise PlaygroundError(
+                f"`messages[{i}]` must be {{role, content}} with text content.", field="messages"
+            )
         role, content = m.get("role"), _text(m.get("content"), i)
         if role in ("system", "developer"):  # "developer": OpenAI's newer name for system
             system.append(content)
         elif role == "user":
             if pending is not None:
-                raise PlaygroundError(f"`messages[{i}]`: two user messages in a row.",
-                                      field="messages")  # fmt: skip
+                raise PlaygroundError(
+                    f"`messages[{i}]`: two user messages in a row.", field="messages"
+                )
             pending = content
         elif role == "assistant" and pending is not None:
             turns.append(Turn(pending, content))

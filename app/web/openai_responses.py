@@ -31,9 +31,15 @@ Attribute = Callable[[Output], list]
 _PRODUCERS = ThreadPoolExecutor(max_workers=256, thread_name_prefix="v1-stream")
 
 
-async def respond(request: Request, runs: Sequence[Iterator[Output]],
-                  cancels: Sequence[CancelToken], stream: bool, kind: str, echo: bool,
-                  attribute: Attribute | None) -> Response:  # fmt: skip
+async def respond(
+    request: Request,
+    runs: Sequence[Iterator[Output]],
+    cancels: Sequence[CancelToken],
+    stream: bool,
+    kind: str,
+    echo: bool,
+    attribute: Attribute | None,
+) -> Response:
     """`runs`: the choices' generations, in order, each stopped by its token in `cancels` (when
     the client goes away, streamed or not). `echo`: each completion's text starts with its
     prompt (Output.prefix: the text, also of a prompt sent as token ids). `attribute`: for one
@@ -44,9 +50,9 @@ async def respond(request: Request, runs: Sequence[Iterator[Output]],
     try:  # a refusal raises here: an HTTP error, before any event; the other choices stop
         firsts = [await pump.next() for pump in pumps]
         if not stream:
-            finals = await _unless_gone(request, asyncio.gather(
-                *(_last(p, f) for p, f in zip(pumps, firsts, strict=True))
-            ))  # fmt: skip
+            finals = await _unless_gone(
+                request, asyncio.gather(*(_last(p, f) for p, f in zip(pumps, firsts, strict=True)))
+            )
     except BaseException as exc:
         for pump in pumps:
             pump.stop()
@@ -61,9 +67,10 @@ async def respond(request: Request, runs: Sequence[Iterator[Output]],
         return JSONResponse(body)
     choices = [ChoiceStream(i, rid, created, kind, echo) for i in range(len(pumps))]
     return StreamingResponse(
-        _events(pumps, firsts, choices, attribute), media_type="text/event-stream",
+        _events(pumps, firsts, choices, attribute),
+        media_type="text/event-stream",
         headers={"Cache-Control": "no-store"},
-    )  # fmt: skip
+    )
 
 
 async def _events(pumps, firsts, choices: list[ChoiceStream], attribute) -> AsyncIterator[str]:

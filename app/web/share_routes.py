@@ -24,11 +24,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from app import share_page
 from app.links import PublicLinks
 from app.ratelimit import client_address
 from app.services.shares import create_share
-from app.store import MAX_JSON_DEPTH, Store
+from app.shares import page as share_page
+from app.shares.store import MAX_JSON_DEPTH, Store
 from app.web.openai_shapes import error as error_response
 from model.errors import PlaygroundError
 

@@ -106,8 +106,15 @@ def _control(p: Parameter, default, mode: str, context_length: int):
 
 def _stop_button(mode: str):
     # Quiet and disabled until something runs: a red Stop as big as Generate read as an alarm.
-    return gr.Button("Stop", variant="secondary", interactive=False, scale=1, min_width=80,
-                     elem_id=f"{mode}-stop", elem_classes=["stop-button"])  # fmt: skip
+    return gr.Button(
+        "Stop",
+        variant="secondary",
+        interactive=False,
+        scale=1,
+        min_width=80,
+        elem_id=f"{mode}-stop",
+        elem_classes=["stop-button"],
+    )
 
 
 def _wire_run(triggers, handlers: Handlers, tab: str, stop, status, hide, run, **event):
@@ -122,19 +129,33 @@ def _wire_run(triggers, handlers: Handlers, tab: str, stop, status, hide, run, *
         return gr.Button(interactive=handlers.generate.running(request, tab))
 
     for trigger in triggers:
-        trigger(start, None, [stop, status, *hide], queue=False, api_visibility="private",
-                show_progress="hidden").then(
-            run, **event, concurrency_id=MODEL_LOCK, api_visibility="private",
+        trigger(
+            start,
+            None,
+            [stop, status, *hide],
+            queue=False,
+            api_visibility="private",
             show_progress="hidden",
-        ).then(settle, None, stop, queue=False, api_visibility="private",
-               show_progress="hidden")  # fmt: skip
+        ).then(
+            run,
+            **event,
+            concurrency_id=MODEL_LOCK,
+            api_visibility="private",
+            show_progress="hidden",
+        ).then(settle, None, stop, queue=False, api_visibility="private", show_progress="hidden")
 
     def do_stop(request: gr.Request) -> None:
         handlers.generate.stop(request, tab)  # the generation itself reports "stopped by you"
 
     # Queued (for the session hash) but outside the model's concurrency group, so it never waits.
-    stop.click(do_stop, None, None, concurrency_limit=None, api_visibility="private",
-               show_progress="hidden")  # fmt: skip
+    stop.click(
+        do_stop,
+        None,
+        None,
+        concurrency_limit=None,
+        api_visibility="private",
+        show_progress="hidden",
+    )
 
 
 def _share(mode: str, handlers: Handlers, record: gr.State, share: gr.Button):
@@ -168,9 +189,12 @@ def _side(mode: str, examples, inputs, handlers: Handlers):
         gr.Examples(examples, inputs=inputs, label="Examples", elem_id=f"{mode}-examples")
         show_probs = None
         if mode != "assistant":
-            show_probs = gr.Checkbox(False, label="Show probabilities",
-                                     info="each token shaded by how likely the model found it",
-                                     elem_id=f"{mode}-show-probs")  # fmt: skip
+            show_probs = gr.Checkbox(
+                False,
+                label="Show probabilities",
+                info="each token shaded by how likely the model found it",
+                elem_id=f"{mode}-show-probs",
+            )
         params = _param_inputs(mode, handlers)
     return show_probs, params
 
@@ -179,15 +203,26 @@ def _code_tab(mode, label, examples, placeholder, handlers: Handlers, model):
     ui = SimpleNamespace(mode=mode)
     with gr.Tab(label, id=mode), gr.Row(elem_classes=["tab-body"]):
         with gr.Column(scale=5, min_width=300):
-            ui.prompt = gr.Textbox(lines=10, max_lines=40, label="Code", placeholder=placeholder,
-                                   elem_id=f"{mode}-prompt", elem_classes=["code-input"])  # fmt: skip
+            ui.prompt = gr.Textbox(
+                lines=10,
+                max_lines=40,
+                label="Code",
+                placeholder=placeholder,
+                elem_id=f"{mode}-prompt",
+                elem_classes=["code-input"],
+            )
             with gr.Row(elem_classes=["run-row"]):
-                run = gr.Button("Generate", variant="primary", scale=3, min_width=120,
-                                elem_id=f"{mode}-run")  # fmt: skip
+                run = gr.Button(
+                    "Generate", variant="primary", scale=3, min_width=120, elem_id=f"{mode}-run"
+                )
                 stop = _stop_button(mode)
             ui.status = gr.Markdown("", elem_id=f"{mode}-status", elem_classes=["status-line"])
-            ui.view = gr.HTML(code_view("", "text"), elem_id=f"{mode}-output",
-                              elem_classes=["code-output"], js_on_load=CLICK_TO_SEARCH)  # fmt: skip
+            ui.view = gr.HTML(
+                code_view("", "text"),
+                elem_id=f"{mode}-output",
+                elem_classes=["code-output"],
+                js_on_load=CLICK_TO_SEARCH,
+            )
             ui.probs = gr.HTML("", elem_id=f"{mode}-probs")
             ui.record = gr.State(None)
             with gr.Row(elem_classes=["actions"]):
@@ -205,12 +240,21 @@ def _code_tab(mode, label, examples, placeholder, handlers: Handlers, model):
     def generate(request: gr.Request, prompt_text, model_id, show_probs, *values):
         # `request` first: Gradio passes it only as a positional parameter before `*values`,
         # the parameters' controls in the schema's order
-        yield from handlers.ui_code(mode, prompt_text, model_id, *values, request=request,
-                                    show_probs=show_probs)  # fmt: skip
+        yield from handlers.ui_code(
+            mode, prompt_text, model_id, *values, request=request, show_probs=show_probs
+        )
 
-    _wire_run([run.click], handlers, mode, stop, ui.status, [link, delete], generate,
-              inputs=[ui.prompt, model, ui.show_probs, *params],
-              outputs=[ui.view, ui.raw, ui.status, download, ui.record, ui.sources, ui.probs])  # fmt: skip
+    _wire_run(
+        [run.click],
+        handlers,
+        mode,
+        stop,
+        ui.status,
+        [link, delete],
+        generate,
+        inputs=[ui.prompt, model, ui.show_probs, *params],
+        outputs=[ui.view, ui.raw, ui.status, download, ui.record, ui.sources, ui.probs],
+    )
     copy.click(None, [ui.raw], None, js="(t) => { navigator.clipboard.writeText(t); return []; }")
     return ui
 
@@ -219,15 +263,22 @@ def _assist_tab(handlers: Handlers, model):
     ui = SimpleNamespace(mode="assistant")
     with gr.Tab("Tech assistant", id="assistant"), gr.Row(elem_classes=["tab-body"]):
         with gr.Column(scale=5, min_width=300):
-            ui.chat = gr.Chatbot(label="Tech assistant", height=420, elem_id="assistant-chat",
-                                 buttons=["copy"])  # fmt: skip
-            more = gr.Button("Continue the answer", size="sm", visible=False,
-                             elem_id="assistant-continue")  # fmt: skip
-            message = gr.Textbox(label="Message", lines=2, placeholder="Ask a programming question",
-                                 elem_id="assistant-message")  # fmt: skip
+            ui.chat = gr.Chatbot(
+                label="Tech assistant", height=420, elem_id="assistant-chat", buttons=["copy"]
+            )
+            more = gr.Button(
+                "Continue the answer", size="sm", visible=False, elem_id="assistant-continue"
+            )
+            message = gr.Textbox(
+                label="Message",
+                lines=2,
+                placeholder="Ask a programming question",
+                elem_id="assistant-message",
+            )
             with gr.Row(elem_classes=["run-row"]):
-                send = gr.Button("Send", variant="primary", scale=3, min_width=120,
-                                 elem_id="assistant-run")  # fmt: skip
+                send = gr.Button(
+                    "Send", variant="primary", scale=3, min_width=120, elem_id="assistant-run"
+                )
                 stop = _stop_button("assistant")
                 clear = gr.Button("Clear", scale=1, min_width=80, elem_id="assistant-clear")
             ui.status = gr.Markdown("", elem_id="assistant-status", elem_classes=["status-line"])
@@ -249,13 +300,35 @@ def _assist_tab(handlers: Handlers, model):
 
     outputs = [ui.chat, message, ui.status, ui.record, ui.sources, more]
     hidden = [link, delete, more]
-    _wire_run([send.click, message.submit], handlers, "assistant", stop, ui.status, hidden,
-              respond, inputs=[message, ui.chat, model, *params], outputs=outputs)  # fmt: skip
-    _wire_run([more.click], handlers, "assistant", stop, ui.status, hidden, go_on,
-              inputs=[ui.chat, model, *params], outputs=outputs)  # fmt: skip
-    clear.click(lambda: ([], "", None, gr.update(visible=False)), None,
-                [ui.chat, ui.status, ui.record, more], queue=False,
-                api_visibility="private")  # fmt: skip
+    _wire_run(
+        [send.click, message.submit],
+        handlers,
+        "assistant",
+        stop,
+        ui.status,
+        hidden,
+        respond,
+        inputs=[message, ui.chat, model, *params],
+        outputs=outputs,
+    )
+    _wire_run(
+        [more.click],
+        handlers,
+        "assistant",
+        stop,
+        ui.status,
+        hidden,
+        go_on,
+        inputs=[ui.chat, model, *params],
+        outputs=outputs,
+    )
+    clear.click(
+        lambda: ([], "", None, gr.update(visible=False)),
+        None,
+        [ui.chat, ui.status, ui.record, more],
+        queue=False,
+        api_visibility="private",
+    )
     return ui
 
 
@@ -263,8 +336,12 @@ def _search_tab(handlers: Handlers):
     with gr.Tab("Search training data", id="search"):
         gr.Markdown(handlers.search.summary(), elem_id="index-summary")
         with gr.Row():
-            query = gr.Textbox(label="Search", placeholder="words, or an exact phrase", scale=4,
-                               elem_id="search-query")  # fmt: skip
+            query = gr.Textbox(
+                label="Search",
+                placeholder="words, or an exact phrase",
+                scale=4,
+                elem_id="search-query",
+            )
             exact = gr.Checkbox(label="Exact phrase", elem_id="search-exact")
         with gr.Row():
             repo = gr.Textbox(label="Repository", placeholder="any", elem_id="search-repo")
@@ -313,8 +390,11 @@ def _open_share(handlers: Handlers, tabs, code_tabs, chat_tab):
             if t.mode != share.mode:
                 values += [gr.skip()] * 4
                 continue
-            span = (share.fim.middle_start, share.fim.middle_end) if share.fim else (
-                len(share.prompt), len(share.output))  # fmt: skip
+            span = (
+                (share.fim.middle_start, share.fim.middle_end)
+                if share.fim
+                else (len(share.prompt), len(share.output))
+            )
             html = handlers.code_html(t.mode, share.output, form["language"], span)
             values += [share.prompt, html, share.output, note]
         for t in all_tabs:
@@ -335,8 +415,9 @@ def _model_picker(handlers: Handlers):
     choices = [("Automatic (each mode's default)", AUTO), *registry.choices()]
     # Each at least 300 px wide: on a phone the card goes under the picker, not into a sliver.
     with gr.Row(elem_classes=["model-row"]):
-        model = gr.Dropdown(choices, value=AUTO, label="Model", scale=2, min_width=300,
-                            elem_id="model")  # fmt: skip
+        model = gr.Dropdown(
+            choices, value=AUTO, label="Model", scale=2, min_width=300, elem_id="model"
+        )
         with gr.Column(scale=3, min_width=300):  # a Markdown's own min_width does not wrap
             info = gr.Markdown(handlers.model_card(AUTO), elem_id="model-card")
     model.change(handlers.model_card, model, info, queue=False, api_visibility="private")
@@ -391,21 +472,34 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
         )
         model = _model_picker(handlers)
         with gr.Tabs(overflow_behavior="wrap") as tabs:  # no tab hidden behind a "..." menu
-            completion = _code_tab("completion", "Completion", COMPLETION_EXAMPLES,
-                                   "def fibonacci(n):", handlers, model)  # fmt: skip
-            fim = _code_tab("fim", "Fill-in-the-middle", FIM_EXAMPLES,
-                            "Write code with one <FILL_HERE> where the model should fill in.",
-                            handlers, model)  # fmt: skip
+            completion = _code_tab(
+                "completion",
+                "Completion",
+                COMPLETION_EXAMPLES,
+                "def fibonacci(n):",
+                handlers,
+                model,
+            )
+            fim = _code_tab(
+                "fim",
+                "Fill-in-the-middle",
+                FIM_EXAMPLES,
+                "Write code with one <FILL_HERE> where the model should fill in.",
+                handlers,
+                model,
+            )
             chat = _assist_tab(handlers, model)
-            open_compare, compared = build_compare_tab(handlers, _param_inputs, _model_updates,
-                                                       _following)  # fmt: skip
+            open_compare, compared = build_compare_tab(
+                handlers, _param_inputs, _model_updates, _following
+            )
             _search_tab(handlers)
         _wire_model_defaults(model, handlers, [completion, fim, chat])
         gr.Markdown(NOTE, elem_id="license-note")
         load, outputs = _open_share(handlers, tabs, [completion, fim], chat)
         demo.load(load, None, outputs, api_visibility="private", show_progress="hidden")
-        demo.load(open_compare, None, [tabs, *compared], api_visibility="private",
-                  show_progress="hidden")  # fmt: skip
+        demo.load(
+            open_compare, None, [tabs, *compared], api_visibility="private", show_progress="hidden"
+        )
         build_api(handlers)
     return demo
 

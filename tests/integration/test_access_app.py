@@ -62,8 +62,9 @@ def test_every_route_that_spends_or_writes_needs_a_key(guarded):
     for method, path, kw in _routes(base):
         refused = httpx.request(method, base + path, timeout=30, **kw)
         assert refused.status_code == 401, (path, refused.status_code, refused.text[:200])
-        wrong = httpx.request(method, base + path, timeout=30, headers={
-            "Authorization": "Bearer nope"}, **kw)  # fmt: skip
+        wrong = httpx.request(
+            method, base + path, timeout=30, headers={"Authorization": "Bearer nope"}, **kw
+        )
         assert wrong.status_code == 401, path
         ok = httpx.request(method, base + path, timeout=30, headers=AUTH, **kw)
         expected = (400,) if path.endswith("queue/join") else (200, 201)  # data for no event
@@ -108,15 +109,18 @@ def test_a_person_logs_in_once_and_the_page_and_its_queue_work(guarded):
             "/gradio_api/call/complete",
             json={"data": ["def f(x):\n", None, 2, 0, None, None, None, None]},
         )
-        assert posted.status_code == 200, posted.text  # fmt: skip
+        assert posted.status_code == 200, posted.text
         events = session.get(f"/gradio_api/call/complete/{posted.json()['event_id']}").text
         assert "event: complete" in events
 
 
 def test_links_ignore_a_host_with_userinfo_and_rebinding_is_refused(guarded):
     base = guarded.url
-    forged = httpx.post(base + "api/shares", json=_share_body(),
-                        headers={**AUTH, "Host": "localhost:1@evil.example"})  # fmt: skip
+    forged = httpx.post(
+        base + "api/shares",
+        json=_share_body(),
+        headers={**AUTH, "Host": "localhost:1@evil.example"},
+    )
     assert forged.status_code == 201, forged.text
     assert "evil.example" not in forged.text and forged.json()["url"].startswith("/s/")
     # DNS rebinding: a page on evil.example whose name now points here is "same origin".
@@ -125,8 +129,10 @@ def test_links_ignore_a_host_with_userinfo_and_rebinding_is_refused(guarded):
     assert r.status_code == 403 and "ALLOWED_HOSTS" in r.json()["error"]
     port = urlsplit(base).port
     same = {"Host": f"127.0.0.1:{port}", "Origin": f"http://127.0.0.1:{port}"}
-    assert httpx.post(base + "api/shares", json=_share_body(),
-                      headers={**AUTH, **same}).status_code == 201  # fmt: skip
+    assert (
+        httpx.post(base + "api/shares", json=_share_body(), headers={**AUTH, **same}).status_code
+        == 201
+    )
 
 
 def test_only_the_trusted_proxy_header_names_the_client(guarded):
@@ -136,9 +142,15 @@ def test_only_the_trusted_proxy_header_names_the_client(guarded):
     body = {"model": "tiny-starcoder", "prompt": "x = 1\n" * 60, "max_tokens": 8,
             "temperature": 0}  # fmt: skip
     one = {**AUTH, "x-real-ip": "203.0.113.7"}
-    codes = [httpx.post(guarded.url + "v1/completions", json=body, timeout=120,
-                        headers={**one, "x-forwarded-for": f"198.51.100.{i}"}).status_code
-             for i in range(5)]  # fmt: skip
+    codes = [
+        httpx.post(
+            guarded.url + "v1/completions",
+            json=body,
+            timeout=120,
+            headers={**one, "x-forwarded-for": f"198.51.100.{i}"},
+        ).status_code
+        for i in range(5)
+    ]
     assert codes[:3] == [200] * 3 and codes[4] == 429, codes
     other = {**AUTH, "x-real-ip": "203.0.113.8"}
     fresh = httpx.post(guarded.url + "v1/completions", json=body, headers=other, timeout=120)
@@ -168,8 +180,9 @@ def test_a_scored_prompt_is_capped(guarded):
     assert ok.status_code == 200 and ok.json()["choices"][0]["logprobs"]["tokens"]
 
 
-@pytest.mark.parametrize("field, value", [("response_format", {"type": "json_object"}),
-                                          ("tool_choice", "auto")])  # fmt: skip
+@pytest.mark.parametrize(
+    "field, value", [("response_format", {"type": "json_object"}), ("tool_choice", "auto")]
+)
 def test_fields_we_would_ignore_are_refused_by_name(guarded, field, value):
     body = {"model": "tiny-starcoder", "max_tokens": 2, field: value,
             "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
@@ -216,8 +229,10 @@ def test_a_non_streamed_request_stops_when_its_client_goes(guarded, caplog):
 def test_a_trickled_body_is_refused_and_a_dropped_upload_is_one_line(guarded, caplog):
     host, port = urlsplit(guarded.url).hostname, urlsplit(guarded.url).port
     with socket.create_connection((host, port), timeout=10) as sock:
-        sock.sendall(b"POST /api/shares HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
-                     b"application/json\r\nContent-Length: 1000\r\n\r\n{")  # fmt: skip
+        sock.sendall(
+            b"POST /api/shares HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+            b"application/json\r\nContent-Length: 1000\r\n\r\n{"
+        )
         start = time.monotonic()
         reply = ""
         while "}" not in reply.partition("\r\n\r\n")[2] and time.monotonic() - start < 10:

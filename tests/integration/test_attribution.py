@@ -38,8 +38,16 @@ def corpus_documents() -> list[Document]:
         if not path.is_file():
             continue
         text = path.read_text(encoding="utf-8")
-        docs.append(Document(STDLIB_REPO, rel, STDLIB_LICENSE, sha256_text(text), text,
-                             split_for(STDLIB_REPO, rel, 3.0)))  # fmt: skip
+        docs.append(
+            Document(
+                STDLIB_REPO,
+                rel,
+                STDLIB_LICENSE,
+                sha256_text(text),
+                text,
+                split_for(STDLIB_REPO, rel, 3.0),
+            )
+        )
     return docs
 
 
@@ -158,10 +166,15 @@ def test_verbatim_snippet_is_found_with_repo_path_lines_license(index, corpus):
         "end": end,
         "text": span.text,
         "sources": [
-            {"repo": "cpython-stdlib", "path": "textwrap.py", "license": "PSF-2.0",
-             "start_line": src.start_line, "end_line": src.end_line}
+            {
+                "repo": "cpython-stdlib",
+                "path": "textwrap.py",
+                "license": "PSF-2.0",
+                "start_line": src.start_line,
+                "end_line": src.end_line,
+            }
         ],
-    }  # fmt: skip
+    }
 
 
 def test_fresh_text_gets_no_spans(index):

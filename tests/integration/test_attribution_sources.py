@@ -124,9 +124,12 @@ def test_folder_and_stack_files_index_correctly(backend, tmp_path, request):
         spans = index.attribute("// mine\n" + tokenizer + "\n")
         assert len(spans) == 1 and spans[0].text == tokenizer
         assert spans[0].sources[0].to_dict() == {
-            "repo": "calc/lang", "path": "src/tok.js", "license": "BSD-3-Clause",
-            "start_line": 2, "end_line": 2 + tokenizer.count("\n"),
-        }  # fmt: skip
+            "repo": "calc/lang",
+            "path": "src/tok.js",
+            "license": "BSD-3-Clause",
+            "start_line": 2,
+            "end_line": 2 + tokenizer.count("\n"),
+        }
         orbit = index.attribute(ORBIT[ORBIT.index("def ") :])[0].sources[0]
         assert (orbit.repo, orbit.path, orbit.license) == ("orbits", "sim/orbit.py", "GPL-3.0")
 
@@ -192,8 +195,12 @@ def test_cli_build_search_attribute_stats(tmp_path):
     def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "app.attribution", *args],
-            cwd=ROOT, input=stdin, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            cwd=ROOT,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     built = cli("build", "--manifest", str(manifest), "--index", str(index))
     assert built.returncode == 0, built.stderr
@@ -245,10 +252,12 @@ def test_cli_defaults_come_from_the_apps_settings(tmp_path, monkeypatch, capsys)
 def test_rendering_escapes_and_marks_spans(tmp_path):
     index = AttributionIndex.open(tmp_path / "r.sqlite")
     index.add_documents(
-        [__import__("app.attribution", fromlist=["IndexDocument"]).IndexDocument(
-            "evil/<repo>", "a&b.py", "MIT <x>", "x = '<script>alert(1)</script>' " * 8
-        )]
-    )  # fmt: skip
+        [
+            __import__("app.attribution", fromlist=["IndexDocument"]).IndexDocument(
+                "evil/<repo>", "a&b.py", "MIT <x>", "x = '<script>alert(1)</script>' " * 8
+            )
+        ]
+    )
     text = "<b>hi</b>\n" + "x = '<script>alert(1)</script>' " * 4 + "& done"
     spans = index.attribute(text)
     assert len(spans) == 1

@@ -175,8 +175,9 @@ def test_share_while_streaming_says_to_wait_and_a_refused_run_keeps_the_old_outp
     _set_param(page, "max-new-tokens", 400)
     page.fill("#completion-prompt textarea", "x = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,")
     page.click("#completion-run")
-    page.wait_for_function("() => document.querySelector('#completion-status')"
-                           ".innerText.includes('Generating')")  # fmt: skip
+    page.wait_for_function(
+        "() => document.querySelector('#completion-status').innerText.includes('Generating')"
+    )
     page.click("#completion-share")
     page.get_by_text("still running").filter(visible=True).first.wait_for()
     page.click("#completion-stop")  # stopped, or finished meanwhile: either way it ends

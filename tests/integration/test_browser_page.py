@@ -54,8 +54,9 @@ def test_a_refusal_is_one_message_in_the_status_line_over_the_last_good_output(p
     good = page.inner_text("#completion-output")
     page.fill("#completion-prompt textarea", "   ")
     page.click("#completion-run")
-    page.wait_for_function("() => document.querySelector('#completion-status')"
-                           ".innerText.includes('is empty')")  # fmt: skip
+    page.wait_for_function(
+        "() => document.querySelector('#completion-status').innerText.includes('is empty')"
+    )
     status = page.inner_text("#completion-status")
     assert status.startswith("Invalid input:") and "prompt is empty" in status, status
     page.wait_for_timeout(500)  # an error badge or a toast would have come with the message
@@ -72,8 +73,12 @@ def test_the_layout_works_on_a_phone_and_a_wide_screen(browser, live_app, size):
         width, height = size
         tabs = page.locator("button[role=tab]").filter(visible=True)
         labels = [tabs.nth(i).inner_text() for i in range(tabs.count())]
-        assert labels == ["Completion", "Fill-in-the-middle", "Tech assistant",
-                          "Search training data"], labels  # fmt: skip
+        assert labels == [
+            "Completion",
+            "Fill-in-the-middle",
+            "Tech assistant",
+            "Search training data",
+        ], labels
         assert page.locator("button[aria-label='More tabs']").filter(visible=True).count() == 0
         for tab in tabs.all():  # each tab lies within the screen's width
             box = tab.bounding_box()

@@ -1,4 +1,4 @@
-"""kill -9 of a model worker mid-stream, through the whole app (bench/chaos.py's scenario).
+"""kill -9 of a model worker mid-stream, through the whole app (checks/chaos.py's scenario).
 
 tests/integration/test_worker.py kills the worker under a bare WorkerEngine. Here the streams are the app's
 own (HTTP + SSE on `/gradio_api/call/complete`, as any API client sees them), so the failure has
@@ -9,7 +9,7 @@ must be 200 again and the next request must succeed.
 
 from __future__ import annotations
 
-from bench.chaos import TINY, scenario_kill
+from checks.chaos import TINY, scenario_kill
 
 
 def test_worker_killed_mid_stream_fails_streams_clearly_and_the_app_recovers():

@@ -34,7 +34,7 @@ def test_gradio_patches_refuse_an_upgrade(monkeypatch):
 
 
 def test_installing_registers_our_sampler_for_batching():
-    from model.sampling import RequestSamplingCB
+    from model.tokens.sampling import RequestSamplingCB
 
     assert transformers.__version__ == transformers_cb.WRITTEN_FOR
     transformers_cb.install(RequestSamplingCB)

@@ -8,8 +8,20 @@ from tests.conftest import _serve
 
 
 def test_torch_threads_and_dtype_are_honoured_and_reported(attribution_index, tmp_path_factory):
-    serve = _serve(["--model", "tiny-starcoder", "--torch-threads", "1", "--dtype", "bfloat16",
-                    "--rate-limit", "0"], attribution_index, tmp_path_factory)  # fmt: skip
+    serve = _serve(
+        [
+            "--model",
+            "tiny-starcoder",
+            "--torch-threads",
+            "1",
+            "--dtype",
+            "bfloat16",
+            "--rate-limit",
+            "0",
+        ],
+        attribution_index,
+        tmp_path_factory,
+    )
     app = next(serve)
     try:
         # The model starts with its first request; it is written by the bf16 model.

@@ -3,7 +3,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from model.decoding import REPLACEMENT, IncrementalDecoder
+from model.tokens.decoding import REPLACEMENT, IncrementalDecoder
 
 TRICKY = [
     "héllo wörld ñ",
@@ -38,7 +38,7 @@ def test_special_tokens_are_not_shown(tokenizer):
 
 
 def _stream(tokenizer, stops=()):
-    from model.token_stream import Prepared, TokenStream
+    from model.tokens.token_stream import Prepared, TokenStream
 
     prepared = Prepared([], eos_ids=[tokenizer.eos_token_id], text_stops=stops, healing=None)
     return TokenStream(tokenizer, prepared)

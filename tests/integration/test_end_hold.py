@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from model.engine import CancelToken, Delta, Done, GenerationParams, GenerationRequest
-from model.worker import WorkerConfig, WorkerEngine
+from model.engines.worker import WorkerConfig, WorkerEngine
 
 PROMPT = "import os\n"
 END = " os"

@@ -137,14 +137,14 @@ def test_bench_fim_runs_tiny_starcoder_on_three_tasks(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny(model_dir):
-    from model.loading import load
+    from model.engines.loading import load
 
     model, tokenizer, _info = load(model_dir, device="cpu")
     return model, tokenizer
 
 
 def test_rerank_samples_k_middles_and_keeps_the_one_that_best_explains_the_suffix(tiny, problems):
-    from model.fim_rerank import RerankFiller, RerankSettings
+    from model.infill.fim_rerank import RerankFiller, RerankSettings
 
     filler = RerankFiller(*tiny, RerankSettings(k=4, max_new_tokens=24, seed=1))
     task = problem_tasks(problems[0], "single")[3]
@@ -161,21 +161,22 @@ def test_rerank_samples_k_middles_and_keeps_the_one_that_best_explains_the_suffi
 
 
 def test_rerank_multi_line_middles_end_where_the_suffix_starts(tiny, problems):
-    from model.fim_rerank import RerankFiller, RerankSettings, cut_middle
+    from model.infill.fim_rerank import RerankFiller, RerankSettings, cut_middle
 
     filler = RerankFiller(*tiny, RerankSettings(k=2, max_new_tokens=32))
     task = problem_tasks(problems[0], "multi")[0]
     first_suffix_line = "\n            if idx != idx2:"
     for c in filler(task.prefix, task.suffix, single_line=False).candidates:
         assert first_suffix_line not in c.text
-    assert cut_middle("a\n    b\n            if idx != idx2:\n", single_line=False,
-                      stops=(first_suffix_line,)) == ("a\n    b", True)  # fmt: skip
+    assert cut_middle(
+        "a\n    b\n            if idx != idx2:\n", single_line=False, stops=(first_suffix_line,)
+    ) == ("a\n    b", True)
     assert cut_middle("\n\n    x = 1\n    y", single_line=True, stops=()) == ("    x = 1", True)
     assert cut_middle("    x = 1", single_line=True, stops=()) == ("    x = 1", False)
 
 
 def test_shorter_middles_let_the_score_choose_where_a_middle_ends():
-    from model.fim_rerank import shorter_middles
+    from model.infill.fim_rerank import shorter_middles
 
     # Single-line, code after the gap: the middle may or may not have re-written it.
     assert shorter_middles("r ** 2", " ** 2\n", single_line=True) == ["r"]

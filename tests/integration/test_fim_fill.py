@@ -3,7 +3,7 @@
 
 import pytest
 
-from model.prompts import split_fim
+from model.prompts.templates import split_fim
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.healing import PrefixStripper, TokenHealer, heal, needs_healing
+from model.tokens.healing import PrefixStripper, TokenHealer, heal, needs_healing
 from tests.integration.test_smollm2 import _healed_greedy, converted_smollm2
 
 HEADER = 'def add(a, b):\n    """Return the sum of a and b."""\n'
@@ -33,7 +33,7 @@ def smol_tok(smol_dir):
 
 @pytest.fixture(scope="module")
 def smol_engine(smol_dir):
-    from model.local import LocalEngine
+    from model.engines.local import LocalEngine
 
     return LocalEngine.load(str(smol_dir), device="cpu")
 
@@ -164,13 +164,14 @@ def test_sampling_with_top_p_still_rebuilds_the_removed_text(engine):
 
 
 @pytest.mark.parametrize("which", ["tiny", "smol"])
-def test_the_web_processs_tokenizer_plans_the_same_healing(which, tiny_tok, smol_tok, model_dir,
-                                                          smol_dir):  # fmt: skip
+def test_the_web_processs_tokenizer_plans_the_same_healing(
+    which, tiny_tok, smol_tok, model_dir, smol_dir
+):
     # A remote engine heals with the `tokenizers` library's tokenizer (no transformers, no
     # torch in the web process): same bytes per token, same back-off, same allowed tokens.
     from tokenizers import Tokenizer
 
-    from model.heal_plan import HealPlanner
+    from model.tokens.heal_plan import HealPlanner
 
     tok, folder = (tiny_tok, model_dir) if which == "tiny" else (smol_tok, smol_dir)
     web = HealPlanner(Tokenizer.from_file(f"{folder}/tokenizer.json"))

@@ -15,9 +15,9 @@ import pytest
 from gradio_client.exceptions import AppError
 
 from app.limits import Limits
-from app.requests import MAX_HISTORY_TURNS, check_history, parse_history
+from app.validation import MAX_HISTORY_TURNS, check_history, parse_history
 from model.errors import PlaygroundError
-from model.prompts import Turn
+from model.prompts.templates import Turn
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,10 @@ def test_a_history_at_the_limits_is_answered(client, live_app):
     history = _history(MAX_HISTORY_TURNS, _limit(live_app) - 1000)
     start = time.perf_counter()
     reply = client.predict(ASK, history, api_name="/assist", **SHORT)
-    print(f"\n/assist with {MAX_HISTORY_TURNS} turns, {_limit(live_app) - 1000:,} bytes: "
-          f"{time.perf_counter() - start:.2f} s")  # fmt: skip
+    print(
+        f"\n/assist with {MAX_HISTORY_TURNS} turns, {_limit(live_app) - 1000:,} bytes: "
+        f"{time.perf_counter() - start:.2f} s"
+    )
     assert isinstance(reply, str)
 
 
@@ -132,15 +134,17 @@ def test_health_and_page_while_four_largest_histories_are_fitted(client, live_ap
         xs = sorted(xs)
         return f"n={len(xs)} median {xs[len(xs) // 2] * 1000:.0f} ms, max {xs[-1] * 1000:.0f} ms"
 
-    print(f"\n4 x /assist ({MAX_HISTORY_TURNS} turns, {_limit(live_app) - 1000:,} bytes each): "
-          f"{wall:.2f} s wall\n/healthz idle: {ms(idle)}\n/healthz under load: {ms(health)}"
-          f"\nGET / under load: {ms(page)}")  # fmt: skip
+    print(
+        f"\n4 x /assist ({MAX_HISTORY_TURNS} turns, {_limit(live_app) - 1000:,} bytes each): "
+        f"{wall:.2f} s wall\n/healthz idle: {ms(idle)}\n/healthz under load: {ms(health)}"
+        f"\nGET / under load: {ms(page)}"
+    )
 
 
 def test_a_long_browser_chat_keeps_working_with_its_newest_turns():
     from app.limits import Limits
-    from app.requests import MAX_HISTORY_TURNS, check_history, recent_turns
-    from model.prompts import Turn
+    from app.validation import MAX_HISTORY_TURNS, check_history, recent_turns
+    from model.prompts.templates import Turn
 
     chat = [Turn(f"question {i}", "answer " + "x" * 1000) for i in range(300)]
     kept = recent_turns(chat, Limits())

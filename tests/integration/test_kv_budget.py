@@ -13,26 +13,44 @@ from transformers import GPTBigCodeConfig, LlamaConfig
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 from transformers.generation.continuous_batching import cache as cb_cache
 
-from app.requests import check_context
 from app.settings import Settings
-from model.batching import BatchingServer
+from app.validation import check_context
 from model.engine import CancelToken, Delta, Done, GenerationParams, GenerationRequest
+from model.engines.batching import BatchingServer
+from model.engines.kv_budget import (
+    DEFAULT_CAP_MIB,
+    DEFAULT_SHARE,
+    MIB,
+    kv_bytes_per_token,
+    plan_kv_cache,
+)
+from model.engines.worker import WorkerConfig, WorkerEngine
 from model.errors import PlaygroundError
-from model.kv_budget import DEFAULT_CAP_MIB, DEFAULT_SHARE, MIB, kv_bytes_per_token, plan_kv_cache
-from model.worker import WorkerConfig, WorkerEngine
 
 GIB = 2**30
 # SmolLM2-135M: 30 layers, 3 KV heads of 64, 8192 context, fp32 on CPU.
 SMOLLM2 = LlamaConfig(
-    num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, hidden_size=576,
-    intermediate_size=1536, vocab_size=49152, max_position_embeddings=8192,
-    bos_token_id=1, eos_token_id=2,
-)  # fmt: skip
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    hidden_size=576,
+    intermediate_size=1536,
+    vocab_size=49152,
+    max_position_embeddings=8192,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 # StarCoder-15B: 40 layers, multi-query (one KV head of 128), bf16 on a GPU.
 STARCODER = GPTBigCodeConfig(
-    n_layer=40, n_head=48, n_embd=6144, multi_query=True, vocab_size=49152, n_positions=8192,
-    bos_token_id=0, eos_token_id=0,
-)  # fmt: skip
+    n_layer=40,
+    n_head=48,
+    n_embd=6144,
+    multi_query=True,
+    vocab_size=49152,
+    n_positions=8192,
+    bos_token_id=0,
+    eos_token_id=0,
+)
 TINY_BYTES_PER_TOKEN = 4 * 1 * 48 * 2 * 4  # tiny-starcoder: 4 layers, 1 KV head of 48, fp32
 # Five 32-token blocks: one spare per request leaves 128 tokens for prompt + max_new_tokens.
 TINY_BUDGET_MB = 5 * 32 * TINY_BYTES_PER_TOKEN / MIB
@@ -73,9 +91,13 @@ def test_blocks_and_per_request_limit_from_mib():
 @pytest.mark.parametrize("available", [GIB, 2 * GIB, 7 * GIB, 64 * GIB])
 def test_default_budget_stays_within_budget_and_what_transformers_allows(config, dtype, available):
     plan = plan_kv_cache(
-        config, dtype.itemsize, max_batch=8, context_length=8192, kv_cache_mb=None,
+        config,
+        dtype.itemsize,
+        max_batch=8,
+        context_length=8192,
+        kv_cache_mb=None,
         available=available,
-    )  # fmt: skip
+    )
     one_context = (8192 // 32 + 1) * 32 * plan.bytes_per_token
     assert plan.cache_bytes <= DEFAULT_SHARE * available
     assert plan.cache_bytes <= max(DEFAULT_CAP_MIB * MIB, one_context)
@@ -86,13 +108,22 @@ def test_default_budget_stays_within_budget_and_what_transformers_allows(config,
     # activations) exceeds 0.6 of the available memory on CPU: the default never gets there.
     block = 32 * plan.bytes_per_token
     cb = ContinuousBatchingConfig(
-        page_size=32, num_blocks=plan.num_blocks, max_batch_tokens=256, max_memory_percent=0.6,
-        max_requests_per_batch=8, max_blocks_per_request=0,
-    )  # fmt: skip
+        page_size=32,
+        num_blocks=plan.num_blocks,
+        max_batch_tokens=256,
+        max_memory_percent=0.6,
+        max_requests_per_batch=8,
+        max_blocks_per_request=0,
+    )
     handler = cb_cache.PagedAttentionMemoryHandler(
-        config=config, cb_config=cb, dtype=dtype, bytes_per_sector=block, tokens_per_sector=32,
-        bytes_per_block=block, attn_types=["full_attention"],
-    )  # fmt: skip
+        config=config,
+        cb_config=cb,
+        dtype=dtype,
+        bytes_per_sector=block,
+        tokens_per_sector=32,
+        bytes_per_block=block,
+        attn_types=["full_attention"],
+    )
     assert handler.compute_memory_footprint(256, plan.num_blocks) <= 0.6 * available
 
 
@@ -143,9 +174,11 @@ def test_requests_that_fill_the_cache_together_wait_for_room(small_cache_worker,
     prompts = ["def foo(x):", "class A:"]
     results: dict[str, tuple] = {}
     threads = [
-        threading.Thread(target=lambda p=p: results.__setitem__(p, collect(small_cache_worker, p, params)))
+        threading.Thread(
+            target=lambda p=p: results.__setitem__(p, collect(small_cache_worker, p, params))
+        )
         for p in prompts
-    ]  # fmt: skip
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -170,7 +203,7 @@ def test_budget_below_one_request_is_a_clear_start_error(model_dir):
 def test_cache_that_transformers_refuses_is_a_start_error_not_a_dead_loop(model_dir, monkeypatch):
     """The issue's MemoryError, raised where the cache is built: now at start, where the worker
     reports it, instead of in the batching loop, whose death restarted the worker for ever."""
-    from model.loading import load
+    from model.engines.loading import load
 
     model, tokenizer, info = load(model_dir, device="cpu")
     # transformers' view of memory on the issue's VM, shrunk to 64 KB total.

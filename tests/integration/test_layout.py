@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_web_layer_never_imports_torch():
     code = (
-        "import sys; import app.server, app.web.ui, app.web.handlers, app.store, app.attribution; "
+        "import sys; import app.server, app.web.ui, app.web.handlers, app.shares.store, app.attribution; "
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -62,8 +62,14 @@ def test_dockerfile_passes_hadolint_and_keeps_its_promises():
     r = subprocess.run([hadolint, "Dockerfile"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and not r.stdout.strip(), r.stdout + r.stderr
     docker = (ROOT / "Dockerfile").read_text()
-    for needle in ("EXPOSE 7860", "HEALTHCHECK", "HOST=0.0.0.0", 'VOLUME ["/app/data"]',
-                   "ARG BASE_IMAGE", "USER 1000"):  # fmt: skip
+    for needle in (
+        "EXPOSE 7860",
+        "HEALTHCHECK",
+        "HOST=0.0.0.0",
+        'VOLUME ["/app/data"]',
+        "ARG BASE_IMAGE",
+        "USER 1000",
+    ):
         assert needle in docker
 
 
@@ -87,9 +93,11 @@ def test_flags_beat_env_vars_beat_defaults():
 
 
 def test_app_turns_gradio_analytics_off_by_default():
-    code = "import os; os.environ.pop('GRADIO_ANALYTICS_ENABLED', None); import app; " \
-           "import runpy; runpy.run_path('app.py', run_name='not_main'); " \
-           "print(os.environ['GRADIO_ANALYTICS_ENABLED'])"  # fmt: skip
+    code = (
+        "import os; os.environ.pop('GRADIO_ANALYTICS_ENABLED', None); import app; "
+        "import runpy; runpy.run_path('app.py', run_name='not_main'); "
+        "print(os.environ['GRADIO_ANALYTICS_ENABLED'])"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.stdout.strip() == "False", r.stderr
 
@@ -115,12 +123,12 @@ def test_the_runtime_never_imports_the_training_toolchain():
 
 
 def test_family_tokens_checkpoint_path_and_default_context_are_written_once():
-    """One definition each, imported everywhere else: FIM tokens in model/families.py, the
+    """One definition each, imported everywhere else: FIM tokens in model/prompts/families.py, the
     embedded checkpoint and the default context in model/registry.py."""
     homes = {
-        '"<fim_prefix>"': "model/families.py",
-        '"<fim-prefix>"': "model/families.py",
-        '"<｜fim▁begin｜>"': "model/families.py",
+        '"<fim_prefix>"': "model/prompts/families.py",
+        '"<fim-prefix>"': "model/prompts/families.py",
+        '"<｜fim▁begin｜>"': "model/prompts/families.py",
         '"checkpoints"': "model/registry.py",
         "DEFAULT_CONTEXT = ": "model/registry.py",
     }
@@ -142,8 +150,9 @@ def _readme_settings() -> list[tuple[str, str, str]]:
 def test_the_readmes_settings_table_says_what_help_says():
     """Each row's flag, env var and default are those `python app.py --help` prints (the
     README once gave a default the app did not have, and the default model three ways)."""
-    r = subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True,
-                       text=True)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
     helptext = " ".join(r.stdout.split("options:", 1)[1].split())
     by_flag = {f"--{opt.name.replace('_', '-')}": opt for opt in OPTIONS}
     rows = _readme_settings()

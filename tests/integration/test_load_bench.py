@@ -35,8 +35,14 @@ def test_the_lean_client_reuses_its_connection_and_reports_refusals(live_app):
         first = c._rw
         with pytest.raises(HttpError, match=r"HTTP 400.*`prompt` must be a string"):
             await c.json("POST", "v1/completions", {"prompt": 5})
-        events = [data async for _, data in c.events("POST", "v1/completions", {
-            "prompt": "def add(a, b):\n", "max_tokens": 4, "temperature": 0, "stream": True})]  # fmt: skip
+        events = [
+            data
+            async for _, data in c.events(
+                "POST",
+                "v1/completions",
+                {"prompt": "def add(a, b):\n", "max_tokens": 4, "temperature": 0, "stream": True},
+            )
+        ]
         reused = c._rw is first
         await c.close()
         return models, events, reused

@@ -2,7 +2,7 @@
 
 import pytest
 
-from model import loading
+from model.engines import loading
 from model.errors import PlaygroundError
 from model.registry import TINY_STARCODER_DIR
 from tests.random_model import build_random_model

@@ -125,7 +125,7 @@ def test_a_fill_by_reranking_stops_between_two_steps_when_cancelled(engine):
 def test_a_written_special_token_adds_nothing_to_the_names_a_typed_one_keeps_its_own(engine):
     """Log-probability token names add up to the text: the text skips special tokens (a
     `<fim_middle>` drawn at temperature 1 once showed in the names but not in the text)."""
-    from model.logprobs import Namer
+    from model.tokens.logprobs import Namer
 
     namer = Namer(engine.tokenizer)
     special = engine.tokenizer.convert_tokens_to_ids("<fim_middle>")
@@ -143,7 +143,7 @@ def test_a_scored_prompt_comes_first_and_its_tokens_spell_the_prompt(engine):
     assert "".join(t.token for t in scored) == prompt
     assert scored[0].logprob is None and all(t.logprob <= 0 and len(t.top) == 1 for t in scored[1:])
     # Chunked over a growing cache, the scores are the one-pass forward's.
-    from model.logprobs import score_prompt
+    from model.tokens.logprobs import score_prompt
 
     ids = engine.tokenize(prompt)
     whole = score_prompt(engine.model, engine.namer, ids, 1, chunk=len(ids))

@@ -40,8 +40,9 @@ def test_completion_and_its_stream_agree(oai):
 
 def test_suffix_fills_in_the_middle(oai):
     prefix, suffix = "def add(a, b):\n    ", "\n\n\nprint(add(1, 2))\n"
-    out = oai.completions.create(model="tiny-starcoder", prompt=prefix, suffix=suffix,
-                                 max_tokens=16, **GREEDY)  # fmt: skip
+    out = oai.completions.create(
+        model="tiny-starcoder", prompt=prefix, suffix=suffix, max_tokens=16, **GREEDY
+    )
     middle = out.choices[0].text
     assert middle and "<fim_" not in middle and "<|endoftext|>" not in middle
 
@@ -49,13 +50,17 @@ def test_suffix_fills_in_the_middle(oai):
 def test_chat_answers_and_streams(oai):
     messages = [{"role": "system", "content": "Answer briefly."},
                 {"role": "user", "content": "How do I reverse a list in Python?"}]  # fmt: skip
-    reply = oai.chat.completions.create(model="tiny-starcoder", messages=messages,
-                                        max_tokens=24, **GREEDY)  # fmt: skip
+    reply = oai.chat.completions.create(
+        model="tiny-starcoder", messages=messages, max_tokens=24, **GREEDY
+    )
     assert reply.choices[0].message.role == "assistant"
     text = reply.choices[0].message.content
     assert "Human:" not in text and "-----" not in text
-    chunks = list(oai.chat.completions.create(model="tiny-starcoder", messages=messages,
-                                              max_tokens=24, stream=True, **GREEDY))  # fmt: skip
+    chunks = list(
+        oai.chat.completions.create(
+            model="tiny-starcoder", messages=messages, max_tokens=24, stream=True, **GREEDY
+        )
+    )
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert streamed.strip() == text.strip()
 
@@ -87,17 +92,29 @@ def test_chat_takes_text_parts_the_newer_token_limit_and_the_developer_role(oai)
     messages = [{"role": "developer", "content": "Answer briefly."},
                 {"role": "user", "content": [{"type": "text", "text": "How do I reverse "},
                                              {"type": "text", "text": "a list in Python?"}]}]  # fmt: skip
-    reply = oai.chat.completions.create(model="tiny-starcoder", messages=messages,
-                                        max_completion_tokens=3, **GREEDY)  # fmt: skip
+    reply = oai.chat.completions.create(
+        model="tiny-starcoder", messages=messages, max_completion_tokens=3, **GREEDY
+    )
     assert reply.usage.completion_tokens <= 3 and reply.choices[0].finish_reason == "length"
-    same = oai.chat.completions.create(model="tiny-starcoder", max_tokens=3, **GREEDY, messages=[
-        {"role": "system", "content": "Answer briefly."},
-        {"role": "user", "content": "How do I reverse a list in Python?"}])  # fmt: skip
+    same = oai.chat.completions.create(
+        model="tiny-starcoder",
+        max_tokens=3,
+        **GREEDY,
+        messages=[
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": "How do I reverse a list in Python?"},
+        ],
+    )
     assert same.choices[0].message.content == reply.choices[0].message.content
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
     with pytest.raises(openai.BadRequestError) as err:
-        oai.chat.completions.create(model="tiny-starcoder", max_tokens=3, messages=[
-            {"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}])  # fmt: skip
+        oai.chat.completions.create(
+            model="tiny-starcoder",
+            max_tokens=3,
+            messages=[
+                {"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}
+            ],
+        )
     assert "`messages[0].content[1]` must be a text part; got 'image_url'" in str(err.value)
 
 
@@ -131,8 +148,16 @@ def test_bad_requests_get_openai_errors_with_precise_messages(oai, kwargs, error
     with pytest.raises(error) as err:
         oai.completions.create(**request)
     assert needle in err.value.body["message"]
-    assert err.value.body["param"] in ("temperature", "max_tokens", "model", "prompt",
-                                       "logprobs", "echo", "frequency_penalty", "stop")  # fmt: skip
+    assert err.value.body["param"] in (
+        "temperature",
+        "max_tokens",
+        "model",
+        "prompt",
+        "logprobs",
+        "echo",
+        "frequency_penalty",
+        "stop",
+    )
 
 
 def test_completion_logprobs_add_up_to_the_text_and_rank_the_greedy_pick_first(oai):
@@ -177,10 +202,17 @@ def test_echo_with_logprobs_scores_the_prompt_as_generation_scored_those_tokens(
     """What evaluation harnesses ask (lm-eval's loglikelihood: echo, logprobs, max_tokens 1):
     text written greedily and then sent back as a prompt gets the same log-probabilities."""
     prompt = "def fibonacci(n):"
-    wrote = oai.completions.create(model="tiny-starcoder", prompt=prompt, max_tokens=8,
-                                   logprobs=1, **GREEDY).choices[0]  # fmt: skip
-    scored = oai.completions.create(model="tiny-starcoder", prompt=prompt + wrote.text,
-                                    max_tokens=1, logprobs=2, echo=True, **GREEDY).choices[0]  # fmt: skip
+    wrote = oai.completions.create(
+        model="tiny-starcoder", prompt=prompt, max_tokens=8, logprobs=1, **GREEDY
+    ).choices[0]
+    scored = oai.completions.create(
+        model="tiny-starcoder",
+        prompt=prompt + wrote.text,
+        max_tokens=1,
+        logprobs=2,
+        echo=True,
+        **GREEDY,
+    ).choices[0]
     lp = scored.logprobs
     assert scored.text.startswith(prompt + wrote.text)
     assert "".join(lp.tokens) == scored.text
@@ -195,9 +227,17 @@ def test_echo_with_logprobs_scores_the_prompt_as_generation_scored_those_tokens(
     assert lp.tokens[-1 - 4 : -1] == wrote.logprobs.tokens[n - 4 :]
     again, first = lp.token_logprobs[-1 - 4 : -1], wrote.logprobs.token_logprobs[n - 4 :]
     assert max(abs(a - b) for a, b in zip(again, first, strict=True)) < 1e-3
-    streamed = list(oai.completions.create(model="tiny-starcoder", prompt=prompt + wrote.text,
-                                           max_tokens=1, logprobs=2, echo=True, stream=True,
-                                           **GREEDY))  # fmt: skip
+    streamed = list(
+        oai.completions.create(
+            model="tiny-starcoder",
+            prompt=prompt + wrote.text,
+            max_tokens=1,
+            logprobs=2,
+            echo=True,
+            stream=True,
+            **GREEDY,
+        )
+    )
     tokens = [t for c in streamed if c.choices[0].logprobs for t in c.choices[0].logprobs.tokens]
     assert tokens == lp.tokens
     assert streamed[0].choices[0].text == prompt + wrote.text  # the echo, scored, comes first
@@ -235,8 +275,19 @@ def test_a_harness_loglikelihood_request_matches_the_models_own_forward(oai, eng
     context, continuation = "def add(a, b):\n    return a", " + b"
     ctx, ids = engine.tokenize(context), engine.tokenize(context + continuation)
     assert ids[: len(ctx)] == ctx
-    out = oai.completions.create(model="tiny-starcoder", prompt=ids, temperature=0, max_tokens=1,
-                                 logprobs=1, seed=1234, echo=True).choices[0].logprobs  # fmt: skip
+    out = (
+        oai.completions.create(
+            model="tiny-starcoder",
+            prompt=ids,
+            temperature=0,
+            max_tokens=1,
+            logprobs=1,
+            seed=1234,
+            echo=True,
+        )
+        .choices[0]
+        .logprobs
+    )
     assert len(out.token_logprobs) == len(ids) + 1  # the prompt's, and the one token written
     with torch.inference_mode():
         rows = engine.model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
@@ -247,8 +298,14 @@ def test_a_harness_loglikelihood_request_matches_the_models_own_forward(oai, eng
 def test_every_token_written_has_an_entry_the_end_token_too(oai):
     ended = 0
     for seed in range(8):
-        choice = oai.completions.create(model="tiny-starcoder", prompt="x = ", max_tokens=40,
-                                        temperature=1.0, logprobs=0, seed=seed)  # fmt: skip
+        choice = oai.completions.create(
+            model="tiny-starcoder",
+            prompt="x = ",
+            max_tokens=40,
+            temperature=1.0,
+            logprobs=0,
+            seed=seed,
+        )
         lp, written = choice.choices[0].logprobs, choice.usage.completion_tokens
         assert len(lp.tokens) == written and "".join(lp.tokens) == choice.choices[0].text
         ended += choice.choices[0].finish_reason == "stop"  # no stops sent: the end token
@@ -273,8 +330,13 @@ def test_several_prompts_and_n_give_one_choice_each_in_order(oai, live_app):
     assert len(with_usage) == 1 and with_usage[0].usage.total_tokens == sum(
         a.usage.total_tokens for a in alone
     )  # once, for all choices, on the last to finish
-    chat = oai.chat.completions.create(model="tiny-starcoder", n=2, max_tokens=6, temperature=1.0,
-                                       messages=[{"role": "user", "content": "Sort a list?"}])  # fmt: skip
+    chat = oai.chat.completions.create(
+        model="tiny-starcoder",
+        n=2,
+        max_tokens=6,
+        temperature=1.0,
+        messages=[{"role": "user", "content": "Sort a list?"}],
+    )
     assert [c.index for c in chat.choices] == [0, 1] and all(
         c.message.content for c in chat.choices
     )
@@ -305,24 +367,32 @@ def test_choices_are_bounded_and_one_refusal_refuses_the_request(oai, live_app, 
 
 def test_chat_logprobs_come_in_chats_shape(oai):
     messages = [{"role": "user", "content": "How do I reverse a list in Python?"}]
-    reply = oai.chat.completions.create(model="tiny-starcoder", messages=messages, max_tokens=8,
-                                        logprobs=True, top_logprobs=2, **GREEDY)  # fmt: skip
+    reply = oai.chat.completions.create(
+        model="tiny-starcoder",
+        messages=messages,
+        max_tokens=8,
+        logprobs=True,
+        top_logprobs=2,
+        **GREEDY,
+    )
     content = reply.choices[0].logprobs.content
     assert 0 < len(content) <= 8
     for item in content:
         assert item.logprob <= 0 and bytes(item.bytes).decode("utf-8", "replace") == item.token
         assert len(item.top_logprobs) == 2 and item.top_logprobs[0].logprob >= item.logprob - 1e-4
     with pytest.raises(openai.BadRequestError) as err:
-        oai.chat.completions.create(model="tiny-starcoder", messages=messages, max_tokens=4,
-                                    logprobs=True, top_logprobs=9)  # fmt: skip
+        oai.chat.completions.create(
+            model="tiny-starcoder", messages=messages, max_tokens=4, logprobs=True, top_logprobs=9
+        )
     assert "`top_logprobs` must be a whole number in [0, 5]; got 9" in err.value.body["message"]
 
 
 def test_api_keys_are_required_when_configured(attribution_index, tmp_path_factory):
     from tests.conftest import _serve
 
-    serve = _serve(["--model", "tiny-starcoder", "--api-keys", "k1,k2"], attribution_index,
-                   tmp_path_factory)  # fmt: skip
+    serve = _serve(
+        ["--model", "tiny-starcoder", "--api-keys", "k1,k2"], attribution_index, tmp_path_factory
+    )
     app = next(serve)
     try:
         url = app.url + "v1"
@@ -338,10 +408,13 @@ def test_api_keys_are_required_when_configured(attribution_index, tmp_path_facto
 
 def test_another_playground_can_use_this_one_as_its_engine(live_app):
     """A second playground's RemoteEngine (ENGINE_URL) streams from our own /v1."""
-    from model.remote import RemoteEngine
+    from model.engines.remote import RemoteEngine
 
-    engine = RemoteEngine(live_app.url.rstrip("/"), model="tiny-starcoder",
-                          tokenizer=str(live_app.handlers.registry.get("tiny-starcoder").location))  # fmt: skip
+    engine = RemoteEngine(
+        live_app.url.rstrip("/"),
+        model="tiny-starcoder",
+        tokenizer=str(live_app.handlers.registry.get("tiny-starcoder").location),
+    )
     try:
         params = GenerationParams(max_new_tokens=12, temperature=0, repetition_penalty=1.0)
         events = list(engine.stream(GenerationRequest("def f(x):\n", params), CancelToken()))
@@ -350,8 +423,9 @@ def test_another_playground_can_use_this_one_as_its_engine(live_app):
         # Its health check is one our /v1 takes: a whitespace prompt made it unhealthy for ever.
         assert engine.health() == (True, "ok")
         # min_tokens and ignore_eos travel to the server (vLLM's names): the length is fixed.
-        fixed = GenerationParams(max_new_tokens=24, temperature=0, repetition_penalty=1.0,
-                                 min_tokens=24, ignore_eos=True)  # fmt: skip
+        fixed = GenerationParams(
+            max_new_tokens=24, temperature=0, repetition_penalty=1.0, min_tokens=24, ignore_eos=True
+        )
         sent = engine._body(GenerationRequest("x", fixed), (), (), stream=False)
         assert sent["min_tokens"] == 24 and sent["ignore_eos"] is True
         events = list(engine.stream(GenerationRequest("def f(x):\n", fixed), CancelToken()))
@@ -365,8 +439,9 @@ def test_attribution_is_attached_when_asked(oai, engine, indexed_docs):  # noqa:
     request = {"model": "tiny-starcoder", "prompt": prompt, "max_tokens": 6, "temperature": 0}
     plain = oai.completions.create(**request, extra_body={"repetition_penalty": 1.0})
     assert "attribution" not in (plain.model_extra or {})
-    asked = oai.completions.create(**request, extra_body={"repetition_penalty": 1.0,
-                                                          "attribution": True})  # fmt: skip
+    asked = oai.completions.create(
+        **request, extra_body={"repetition_penalty": 1.0, "attribution": True}
+    )
     spans = asked.model_extra["attribution"]
     assert spans and any(doc.path == src["path"] for span in spans for src in span["sources"])
     assert asked.choices[0].text == plain.choices[0].text
@@ -375,7 +450,7 @@ def test_attribution_is_attached_when_asked(oai, engine, indexed_docs):  # noqa:
 def test_fim_through_a_remote_model_without_fim_tokens_is_refused_clearly(live_app):
     """A playground whose ENGINE_URL serves a model without FIM tokens (SmolLM2 here) cannot
     rerank over HTTP: FIM says so and names what can, instead of sending a wrong prompt."""
-    from model.remote import RemoteEngine
+    from model.engines.remote import RemoteEngine
     from tests.fakes import playground_over
 
     engine = RemoteEngine(live_app.url.rstrip("/"), model="smollm2-135m-instruct")

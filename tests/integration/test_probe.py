@@ -1,6 +1,6 @@
-"""The hostile black-box probe (bench/probe.py) against the real app: every route, garbage in.
+"""The hostile black-box probe (checks/probe.py) against the real app: every route, garbage in.
 
-The same script runs by hand (`python -m bench.probe --url ... --data-dir ...`) and makes the
+The same script runs by hand (`python -m checks.probe --url ... --data-dir ...`) and makes the
 table in bench/RESULTS.md; here it must find no 5xx, no traceback or internal error text, no file
 outside the data folder and no unescaped injected markup.
 """
@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.probe import run_probe
+from checks.probe import run_probe
 
 
 def test_hostile_probe_finds_nothing(live_app, capfd, caplog):
     data_dir = Path(live_app.data_dir).resolve()
     assert (data_dir / "downloads").is_dir(), data_dir
     report = run_probe(live_app.url, str(data_dir), max_seconds=150)
-    text = "\n\n".join([report.summary_table(), report.route_table(),
-                        "Failing cases:\n" + report.failing_text()])  # fmt: skip
+    text = "\n\n".join(
+        [report.summary_table(), report.route_table(), "Failing cases:\n" + report.failing_text()]
+    )
     print(text)
     assert report.cases_tried >= 60, text
     assert len(report.routes()) >= 15, text  # every route, not 60 variations of one

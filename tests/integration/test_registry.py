@@ -128,7 +128,7 @@ def test_registry_is_torch_free():
 
 
 def test_both_embedded_models_load_offline_through_the_registry(tmp_path_factory):
-    from model.local import LocalEngine
+    from model.engines.local import LocalEngine
 
     conv = converted_smollm2(tmp_path_factory)
     reg = Registry.build(conv["data_dir"])

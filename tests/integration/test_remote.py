@@ -20,10 +20,10 @@ import httpx
 import pytest
 
 from model.engine import CancelToken, Delta, Done, GenerationParams, GenerationRequest
+from model.engines.remote import RemoteEngine
 from model.errors import PlaygroundError
-from model.families import detect_fim_template
-from model.prompts import fim_prompt
-from model.remote import RemoteEngine
+from model.prompts.families import detect_fim_template
+from model.prompts.templates import fim_prompt
 from tests.fakes_vllm import send_json
 
 GREEDY = GenerationParams(max_new_tokens=16, temperature=0)  # repetition_penalty 1.2

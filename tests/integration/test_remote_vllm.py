@@ -23,9 +23,9 @@ from app.server import BackgroundServer, build_app, build_engines
 from app.services.playground import Playground
 from app.settings import Settings
 from model.engine import CancelToken, Delta, GenerationParams, GenerationRequest
+from model.engines.remote import RemoteEngine
 from model.errors import PlaygroundError
-from model.prompts import TaPrompt
-from model.remote import RemoteEngine
+from model.prompts.templates import TaPrompt
 from tests.fakes import playground_over
 from tests.fakes_vllm import DATA, FakeVLLM
 from tests.integration.test_attribution_flow import _reproducing_prompt, indexed_docs  # noqa: F401
@@ -59,8 +59,9 @@ def smol(smol_vllm, tmp_path_factory):
     """The app's engines and services with ENGINE_URL on (fake) vLLM serving SmolLM2, and
     DATA_DIR holding the converted SmolLM2 (its tokenizer is found there by the served name)."""
     data_dir = converted_smollm2(tmp_path_factory)["data_dir"]
-    settings = Settings.load(["--data-dir", str(data_dir), "--rate-limit", "0"],
-                             env={"ENGINE_URL": smol_vllm.url})  # fmt: skip
+    settings = Settings.load(
+        ["--data-dir", str(data_dir), "--rate-limit", "0"], env={"ENGINE_URL": smol_vllm.url}
+    )
     engines = build_engines(settings)
     yield (
         settings,
@@ -76,8 +77,9 @@ def _run(outputs):
 
 def _params(playground, mode, **kw) -> GenerationParams:
     spec = playground.registry.choose(None, mode)
-    base = GenerationParams(temperature=spec.temperature,
-                            repetition_penalty=spec.repetition_penalty)  # fmt: skip
+    base = GenerationParams(
+        temperature=spec.temperature, repetition_penalty=spec.repetition_penalty
+    )
     return replace(base, **kw)
 
 
@@ -99,7 +101,7 @@ def test_the_app_starts_and_the_model_keeps_its_own_defaults(smol):
 
 
 def test_completion_is_healed_and_stops_at_the_fence_like_the_worker(smol, tmp_path_factory):
-    from model.local import LocalEngine
+    from model.engines.local import LocalEngine
 
     _, _, playground = smol
     params = _params(playground, "completion", max_new_tokens=64)
@@ -115,7 +117,7 @@ def test_completion_is_healed_and_stops_at_the_fence_like_the_worker(smol, tmp_p
 
 
 def test_chat_through_the_models_template_like_the_worker(smol, tmp_path_factory):
-    from model.local import LocalEngine
+    from model.engines.local import LocalEngine
 
     _, _, playground = smol
     params = _params(playground, "assistant", max_new_tokens=48)
@@ -131,8 +133,11 @@ def test_the_servers_context_is_checked_before_sending(smol, smol_vllm):
     _, _, playground = smol
     sent = len(smol_vllm.completions())
     with pytest.raises(PlaygroundError) as err:
-        _run(playground.complete("x = 1\n" * 420, _params(playground, "completion",
-                                                           max_new_tokens=16), CancelToken()))  # fmt: skip
+        _run(
+            playground.complete(
+                "x = 1\n" * 420, _params(playground, "completion", max_new_tokens=16), CancelToken()
+            )
+        )
     assert err.value.field == "prompt"
     assert "`prompt` tokens + `max_new_tokens` must be <= 2048" in err.value.message
     assert "Given: 2100 `prompt` tokens and 16 `max_new_tokens`" in err.value.message
@@ -144,8 +149,11 @@ def test_vllms_error_bodies_become_the_projects_messages(smol_vllm, smol):
     source = engines.registry.choose(None, "completion").id
     # An engine told a larger context than vLLM serves sends the prompt; vLLM's 400 is then
     # worded as our own refusal, with vLLM's limit.
-    big = RemoteEngine(smol_vllm.url, context_length=8192,
-                       tokenizer=str(engines.registry.data_dir / "models" / source))  # fmt: skip
+    big = RemoteEngine(
+        smol_vllm.url,
+        context_length=8192,
+        tokenizer=str(engines.registry.data_dir / "models" / source),
+    )
     request = GenerationRequest("x = 1\n" * 420, GenerationParams(max_new_tokens=16))
     with pytest.raises(PlaygroundError) as err:
         list(big.stream(request, CancelToken()))
@@ -252,12 +260,18 @@ def test_attribution_and_shares_as_with_the_worker(tiny, indexed_docs):  # noqa:
     _, engine = playground.engines.choose(None, "completion")
     prompt, doc = _reproducing_prompt(engine, indexed_docs)
     client = Client(tiny.url, verbose=False, download_files=False)
-    out = client.predict(prompt=prompt, max_new_tokens=48, temperature=0, repetition_penalty=1,
-                         api_name="/complete")  # fmt: skip
+    out = client.predict(
+        prompt=prompt, max_new_tokens=48, temperature=0, repetition_penalty=1, api_name="/complete"
+    )
     spans = client.predict(text=out, api_name="/attribute")
     assert any(s["sources"][0]["path"] == doc.path for s in spans if s["sources"])
-    link = client.predict(mode="completion", prompt=prompt, output=out,
-                          parameters={"temperature": 0}, model="tiny-starcoder",
-                          api_name="/share")  # fmt: skip
+    link = client.predict(
+        mode="completion",
+        prompt=prompt,
+        output=out,
+        parameters={"temperature": 0},
+        model="tiny-starcoder",
+        api_name="/share",
+    )
     page = httpx.get(link if link.startswith("http") else tiny.url.rstrip("/") + link, timeout=30)
     assert page.status_code == 200 and "tiny-starcoder" in page.text

@@ -1,4 +1,4 @@
-"""The batch's per-request sampler (model/sampling.py) against generate()'s own processors."""
+"""The batch's per-request sampler (model/tokens/sampling.py) against generate()'s own processors."""
 
 from types import SimpleNamespace
 
@@ -10,14 +10,16 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from model.sampling import RequestSamplingCB, nucleus_sample
+from model.tokens.sampling import RequestSamplingCB, nucleus_sample
 
 
 def _request(rid, prompt, generated=(), **kwargs):
     state = SimpleNamespace(
-        request_id=rid, initial_tokens=list(prompt), generated_tokens=list(generated),
+        request_id=rid,
+        initial_tokens=list(prompt),
+        generated_tokens=list(generated),
         logit_processor_kwargs=kwargs,
-    )  # fmt: skip
+    )
     return SimpleNamespace(state=state)
 
 
@@ -112,7 +114,7 @@ def test_healing_holds_the_first_tokens_in_the_batch(model_dir):
     sampled, in a batch beside an unconstrained row; once rebuilt, the row is free."""
     from transformers import AutoTokenizer
 
-    from model.healing import heal
+    from model.tokens.healing import heal
 
     tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     healing = heal(tok, tok("def f(x):\n    ")["input_ids"])
@@ -136,7 +138,13 @@ def test_healing_holds_the_first_tokens_in_the_batch(model_dir):
         assert torch.equal(got[2], scores[2])
     # Rebuilt by the very tokens healing backed off: from then on the row is free.
     original = tok("def f(x):\n    ")["input_ids"]
-    rebuilt = _request("g", prompt, original[len(prompt) :], repetition_penalty=1.0,
-                       temperature=0.0, healing=healing.processor)  # fmt: skip
+    rebuilt = _request(
+        "g",
+        prompt,
+        original[len(prompt) :],
+        repetition_penalty=1.0,
+        temperature=0.0,
+        healing=healing.processor,
+    )
     scores = torch.randn(1, len(vocab))
     assert torch.equal(_step(cb, [rebuilt], scores), scores)

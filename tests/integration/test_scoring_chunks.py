@@ -7,7 +7,7 @@ import contextlib
 import torch
 
 from model.engine import CancelToken
-from model.logprobs import score_prompt
+from model.tokens.logprobs import score_prompt
 
 
 def test_scoring_holds_the_model_per_chunk_and_gives_the_same_numbers(engine):
@@ -40,5 +40,7 @@ def test_a_cancelled_scoring_stops_between_chunks(engine):
         cancel.cancel()  # the client went away during the first chunk
 
     with torch.inference_mode():
-        assert score_prompt(engine.model, engine.namer, ids, 0, chunk=64, hold=hold,
-                            cancel=cancel) is None  # fmt: skip
+        assert (
+            score_prompt(engine.model, engine.namer, ids, 0, chunk=64, hold=hold, cancel=cancel)
+            is None
+        )

@@ -51,8 +51,11 @@ def _generate_fn_index(base: str) -> int:
 @pytest.mark.parametrize("style", ["absolute", "traversal", "empty"])
 def test_a_session_id_that_is_a_path_is_refused(live_app, tmp_path, style):
     marker = tmp_path / f"probe-{uuid.uuid4().hex[:8]}"
-    session = {"absolute": str(marker), "traversal": "../" * 12 + str(marker).lstrip("/"),
-               "empty": ""}[style]  # fmt: skip
+    session = {
+        "absolute": str(marker),
+        "traversal": "../" * 12 + str(marker).lstrip("/"),
+        "empty": "",
+    }[style]
     body = {"data": ["def f(x):\n", "", False, 4, 0, 0.9, 1.0, "", ""], "event_data": None,
             "fn_index": _generate_fn_index(live_app.url), "session_hash": session}  # fmt: skip
     r = httpx.post(f"{live_app.url}gradio_api/queue/join", json=body)
@@ -67,8 +70,9 @@ def test_a_value_a_page_control_refuses_is_named_with_the_control(live_app):
     body = {"data": ["def f(x):\n", "", False, -1, 0, 0.9, 1.0, "", ""], "event_data": None,
             "fn_index": _generate_fn_index(base), "session_hash": session}  # fmt: skip
     assert httpx.post(f"{base}gradio_api/queue/join", json=body).status_code == 200
-    with httpx.stream("GET", f"{base}gradio_api/queue/data", params={"session_hash": session},
-                      timeout=60) as stream:  # fmt: skip
+    with httpx.stream(
+        "GET", f"{base}gradio_api/queue/data", params={"session_hash": session}, timeout=60
+    ) as stream:
         events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data:")]
     done = [e for e in events if e.get("msg") == "process_completed"][-1]
     assert not done["success"]
@@ -80,8 +84,9 @@ def test_downloads_are_written_under_the_data_folder_in_server_named_folders(liv
     body = {"data": ["def f(x):\n", "", False, 4, 0, 0.9, 1.0, "", ""], "event_data": None,
             "fn_index": _generate_fn_index(base), "session_hash": session}  # fmt: skip
     assert httpx.post(f"{base}gradio_api/queue/join", json=body).status_code == 200
-    with httpx.stream("GET", f"{base}gradio_api/queue/data", params={"session_hash": session},
-                      timeout=60) as stream:  # fmt: skip
+    with httpx.stream(
+        "GET", f"{base}gradio_api/queue/data", params={"session_hash": session}, timeout=60
+    ) as stream:
         events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data:")]
     finished = [e for e in events if e.get("msg") == "process_completed"]
     assert finished and finished[-1]["success"], events[-1]
@@ -173,8 +178,13 @@ def test_expected_user_errors_log_one_line_without_a_traceback(live_app, caplog)
 )
 def test_shares_made_through_the_api_reopen_in_the_playground(live_app, parameters):
     client = Client(live_app.url, verbose=False, download_files=False)
-    url = client.predict(mode="completion", prompt="def f(", output="def f(x):\n    return x\n",
-                         parameters=parameters, api_name="/share")  # fmt: skip
+    url = client.predict(
+        mode="completion",
+        prompt="def f(",
+        output="def f(x):\n    return x\n",
+        parameters=parameters,
+        api_name="/share",
+    )
     share_id = url.rsplit("/", 1)[-1]
     form = live_app.handlers.shares.form(live_app.store.get(share_id))
     expected_temperature = (parameters or {}).get("temperature", 0.2)
@@ -200,8 +210,9 @@ def test_cross_site_posts_are_refused(live_app):
     body = {"mode": "completion", "prompt": "", "output": f"y = {uuid.uuid4().hex}"}
     evil = {"Origin": "https://evil.example"}
     share = httpx.post(f"{live_app.url}api/shares", json=body, headers=evil)
-    call = httpx.post(f"{live_app.url}gradio_api/call/complete", json={"data": _complete("x")},
-                      headers=evil)  # fmt: skip
+    call = httpx.post(
+        f"{live_app.url}gradio_api/call/complete", json={"data": _complete("x")}, headers=evil
+    )
     assert share.status_code == call.status_code == 403
     assert "`Origin`" in share.json()["error"]
     same = {"Origin": live_app.url.rstrip("/")}
@@ -223,8 +234,9 @@ def test_share_pages_keep_their_stricter_policy(live_app):
     assert csp.startswith("default-src 'none'") and "script-src" not in csp
 
 
-@pytest.mark.parametrize("method, path", [("GET", "gradio_api/dev/reload"),
-                                          ("POST", "gradio_api/upload")])  # fmt: skip
+@pytest.mark.parametrize(
+    "method, path", [("GET", "gradio_api/dev/reload"), ("POST", "gradio_api/upload")]
+)
 def test_development_and_upload_routes_are_closed(live_app, method, path):
     files = {"files": ("a.txt", b"x" * 1000)} if method == "POST" else None
     r = httpx.request(method, f"{live_app.url}{path}", files=files, timeout=5)
@@ -251,8 +263,9 @@ def test_oversized_bodies_are_refused_before_they_are_read(live_app):
         for _ in range(64):
             yield b"y" * 2**20
 
-    r = httpx.post(f"{live_app.url}api/shares", content=chunks(),
-                   headers={"Content-Type": "application/json"})  # fmt: skip
+    r = httpx.post(
+        f"{live_app.url}api/shares", content=chunks(), headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 413 and r.json()["field"] == "body"
 
 
@@ -318,7 +331,11 @@ def test_a_forwarded_for_header_from_loopback_changes_no_address(strict_app):
     30 (a limit of 4 here)."""
     refused = 0
     for i in range(8):
-        _, event, payload = _call(strict_app.url, "complete", _complete(f"z = {i}"),
-                                  headers={"X-Forwarded-For": f"198.51.100.{i}"})  # fmt: skip
+        _, event, payload = _call(
+            strict_app.url,
+            "complete",
+            _complete(f"z = {i}"),
+            headers={"X-Forwarded-For": f"198.51.100.{i}"},
+        )
         refused += event == "error" and "Too many generations" in payload
     assert refused >= 4

@@ -22,8 +22,9 @@ def test_eight_concurrent_api_calls_from_one_client_all_return_their_text(live_a
 
 
 def _request(session: str):
-    return SimpleNamespace(session_hash=session, client=SimpleNamespace(host="127.0.0.1"),
-                           headers={}, request=None)  # fmt: skip
+    return SimpleNamespace(
+        session_hash=session, client=SimpleNamespace(host="127.0.0.1"), headers={}, request=None
+    )
 
 
 def test_a_chat_does_not_stop_the_completion_running_in_another_tab(live_app):

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from app.store import Limits, Store
+from app.shares.store import Limits, Store
 from tests import share_helpers
 from tests.markup import XSS, Page, assert_inert
 from tests.share_helpers import LiveServer, share_app
@@ -150,11 +150,15 @@ def test_only_json_bodies_create_shares(tmp_path):
     st = Store(f"sqlite:///{tmp_path / 'p.db'}", writes_per_window=30)
     body = json.dumps({"mode": "completion", "prompt": "", "output": "x = 1"})
     with LiveServer(share_app(st)) as server:
-        plain = httpx.post(f"{server.url}/api/shares", content=body,
-                           headers={"Content-Type": "text/plain"})  # fmt: skip
+        plain = httpx.post(
+            f"{server.url}/api/shares", content=body, headers={"Content-Type": "text/plain"}
+        )
         form = httpx.post(f"{server.url}/api/shares", data={"mode": "completion"})
-        ok = httpx.post(f"{server.url}/api/shares", content=body,
-                        headers={"Content-Type": "application/json; charset=utf-8"})  # fmt: skip
+        ok = httpx.post(
+            f"{server.url}/api/shares",
+            content=body,
+            headers={"Content-Type": "application/json; charset=utf-8"},
+        )
     with st.engine.connect() as conn:
         count = conn.exec_driver_sql("SELECT COUNT(*) FROM shares").scalar()
     st.close()
@@ -170,8 +174,9 @@ def test_deeply_nested_parameters_are_refused_with_the_limit(tmp_path, depth):
     nested = '{"a":' * depth + "1" + "}" * depth
     body = '{"mode": "completion", "prompt": "", "output": "x", "parameters": ' + nested + "}"
     with LiveServer(share_app(st)) as server:
-        r = httpx.post(f"{server.url}/api/shares", content=body,
-                       headers={"Content-Type": "application/json"})  # fmt: skip
+        r = httpx.post(
+            f"{server.url}/api/shares", content=body, headers={"Content-Type": "application/json"}
+        )
     st.close()
     assert r.status_code == 400, r.text
     assert "16 levels" in r.json()["error"] and r.json()["field"] in ("parameters", "body")

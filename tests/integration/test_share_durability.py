@@ -11,14 +11,14 @@ import threading
 import time
 from pathlib import Path
 
-from app.store import Store
+from app.shares.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 
 # Writes shares forever; prints "<id> <n>" only after Store.create has returned (= committed).
 WRITER = """
 import sys
-from app.store import Store
+from app.shares.store import Store
 store = Store(sys.argv[1], writes_per_window=10**9)
 name = sys.argv[2]
 n = 0

@@ -31,9 +31,14 @@ def test_share_endpoint_returns_a_link_whose_page_shows_the_generation(client, l
     assert status == 200
     assert "&lt;b&gt;not bold&lt;/b&gt;" in body and "<b>not bold</b>" not in body
     assert "tiny-starcoder" in body
-    again = client.predict(mode="completion", prompt="def add(a, b):\n", output=output,
-                           parameters={"temperature": 0.2}, model="tiny-starcoder",
-                           api_name="/share")  # fmt: skip
+    again = client.predict(
+        mode="completion",
+        prompt="def add(a, b):\n",
+        output=output,
+        parameters={"temperature": 0.2},
+        model="tiny-starcoder",
+        api_name="/share",
+    )
     assert again != url and again.startswith(live_app.url.rstrip("/") + "/s/")  # its own link
 
 

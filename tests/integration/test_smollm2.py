@@ -51,7 +51,7 @@ def smollm2_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_engine(smollm2_dir):
-    from model.local import LocalEngine
+    from model.engines.local import LocalEngine
 
     return LocalEngine.load(str(smollm2_dir), device="cpu")
 
@@ -73,7 +73,7 @@ def test_gguf_is_found_without_importing_the_package():
 def test_converted_model_matches_gguf_logits_exactly(tmp_path_factory):
     import torch
 
-    from model.loading import load
+    from model.engines.loading import load
 
     conv = converted_smollm2(tmp_path_factory)
     model, tokenizer, info = load(str(conv["dir"]), device="cpu")
@@ -122,7 +122,7 @@ def test_chat_template_renders_turns_without_leaking_them(smollm2_engine):
 
 def test_greedy_completion_passes_a_doctest(smollm2_engine):
     """A new user's first completion should be working code: run it, in a subprocess."""
-    from model.healing import heal
+    from model.tokens.healing import heal
 
     prompt = (
         'def add(a, b):\n    """Return the sum of a and b.\n\n    >>> add(2, 3)\n    5\n    """\n'

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from app.store import (
+from app.shares.store import (
     LATEST_VERSION,
     Limits,
     RateLimited,

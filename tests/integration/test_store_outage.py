@@ -1,6 +1,6 @@
 """A share database that is down (PostgreSQL restarting, say) is a clear "try again", never a
 500: with PostgreSQL restarted under load, every write and page view during the outage was a 500
-(bench/chaos.py). Real psycopg against a loopback port where no server listens."""
+(checks/chaos.py). Real psycopg against a loopback port where no server listens."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import socket
 import httpx
 import pytest
 
-from app.store import Store
+from app.shares.store import Store
 from model.errors import PlaygroundError
 from tests.share_helpers import LiveServer, share_app
 
@@ -42,8 +42,9 @@ def test_reads_and_writes_say_the_store_is_unavailable(down_store):
 def test_pages_and_the_api_answer_503_with_a_message(down_store):
     with LiveServer(share_app(down_store)) as server:
         page = httpx.get(f"{server.url}/s/AbCdEfGhIjKlMnOp")
-        api = httpx.post(f"{server.url}/api/shares",
-                         json={"mode": "completion", "prompt": "", "output": "x = 1"})  # fmt: skip
+        api = httpx.post(
+            f"{server.url}/api/shares", json={"mode": "completion", "prompt": "", "output": "x = 1"}
+        )
     assert page.status_code == 503 and "Try again in a minute" in page.text
     assert page.headers["retry-after"] == "30"
     assert api.status_code == 503 and "unavailable" in api.json()["error"]

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from model.families import STARCODER, STARCODER_SPECIAL_TOKENS
+from model.prompts.families import STARCODER, STARCODER_SPECIAL_TOKENS
 from model.registry import TINY_STARCODER_DIR as CKPT
 
 TRICKY = [

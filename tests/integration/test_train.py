@@ -11,7 +11,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from corpus import Document
-from model.families import STARCODER_SPECIAL_TOKENS
+from model.prompts.families import STARCODER_SPECIAL_TOKENS
 from training.data import StreamBuilder, split_pieces, token_byte_lengths, windows
 from training.tokenizer import new_tokenizer
 from training.train import lr_at, parse_args, train

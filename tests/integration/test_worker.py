@@ -13,10 +13,10 @@ import time
 import pytest
 
 from model.engine import CancelToken, Delta, Done, GenerationParams, GenerationRequest, Queued
+from model.engines.loading import choose_placement
+from model.engines.worker import WorkerConfig, WorkerEngine
+from model.engines.worker_process import available_cores
 from model.errors import PlaygroundError
-from model.loading import choose_placement
-from model.worker import WorkerConfig, WorkerEngine
-from model.worker_process import available_cores
 
 PROMPTS = ["def foo(x):", "import json\n", "class A:", "return self", "for i in", "while True:"]
 GREEDY = GenerationParams(max_new_tokens=24, temperature=0, repetition_penalty=1.2)
@@ -94,7 +94,7 @@ def test_healed_prompts_batch_and_equal_generate(worker, engine):
     """A completion prompt ending in indentation is token-healed (tiny-starcoder merges
     "\n" + spaces): in the batch, beside other requests, it gives generate()'s healed text,
     and a sampled healed request still streams."""
-    from model.batching import batchable
+    from model.engines.batching import batchable
 
     healed = GenerationParams(max_new_tokens=16, temperature=0, repetition_penalty=1.2, heal=True)
     prompt = "def f(x):\n    "
@@ -264,7 +264,7 @@ def test_web_process_never_imports_torch(model_dir):
         f"""
         import sys
         from model.engine import CancelToken, GenerationParams, GenerationRequest
-        from model.worker import WorkerConfig, WorkerEngine
+        from model.engines.worker import WorkerConfig, WorkerEngine
         config = WorkerConfig({model_dir!r}, device="cpu", max_batch=2)
         eng = WorkerEngine(config, max_queue=2).start()
         req = GenerationRequest("def f(", GenerationParams(max_new_tokens=4, temperature=0))

@@ -12,7 +12,7 @@ from app.links import PublicLinks
 from app.services.generate import Generations
 from app.services.search import Search
 from app.services.shares import Shares
-from app.store import Store
+from app.shares.store import Store
 from app.web.compare import compare_frames, open_pair, share_pair, stop_compare
 from app.web.handlers import Handlers
 from model.engine import Delta
@@ -23,8 +23,11 @@ PROMPT = "def f(n):\n"
 
 
 def request(session="s1"):
-    return SimpleNamespace(session_hash=session, client=SimpleNamespace(host="10.0.0.1"),
-                           headers={"host": "localhost:7860"})  # fmt: skip
+    return SimpleNamespace(
+        session_hash=session,
+        client=SimpleNamespace(host="10.0.0.1"),
+        headers={"host": "localhost:7860"},
+    )
 
 
 def make_handlers(*fakes, store=None):
@@ -171,8 +174,11 @@ def store(tmp_path):
 
 
 def test_one_link_saves_both_columns_and_reopens_them(store):
-    h = make_handlers(FakeEngine("    return 1\n", model_id="x/alpha"),
-                      FakeEngine("    return 2\n", model_id="x/beta"), store=store)  # fmt: skip
+    h = make_handlers(
+        FakeEngine("    return 1\n", model_id="x/alpha"),
+        FakeEngine("    return 2\n", model_id="x/beta"),
+        store=store,
+    )
     columns = [("alpha", defaults(h, temperature=0)), ("beta", defaults(h, max_new_tokens=9))]
     a, b = last(compare_frames(h, "completion", PROMPT, columns, request()))
     with pytest.raises(PlaygroundError, match="Column B has nothing to share yet"):

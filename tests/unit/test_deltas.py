@@ -13,8 +13,8 @@ from starlette.testclient import TestClient
 from app.server import build_app
 from app.services.generate import throttle
 from app.settings import Settings
-from model.prompts import ASSISTANT_STOPS, clean_reply, middle_shaper, trim_fim_middle
-from model.shaping import Reply
+from model.prompts.templates import ASSISTANT_STOPS, clean_reply, middle_shaper, trim_fim_middle
+from model.tokens.shaping import Reply
 from tests.fakes import FakeEngine, fake_pool
 
 REPLIES = [
@@ -48,8 +48,17 @@ def _streamed(response, chat: bool) -> str:
 @pytest.fixture(scope="module")
 def built_app(tmp_path_factory):
     engine = FakeEngine("")
-    settings = Settings.load(["--data-dir", str(tmp_path_factory.mktemp("data")),
-                              "--rate-limit", "0", "--stop-loops", "off"], env={})  # fmt: skip
+    settings = Settings.load(
+        [
+            "--data-dir",
+            str(tmp_path_factory.mktemp("data")),
+            "--rate-limit",
+            "0",
+            "--stop-loops",
+            "off",
+        ],
+        env={},
+    )
     return build_app(settings, fake_pool(engine), None), engine
 
 

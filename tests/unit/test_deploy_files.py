@@ -1,5 +1,5 @@
 """deploy/: the settings file every replica and the proxy read names real settings, and the proxy
-config gets every variable it uses, in compose and in the drill (bench/scale_drill.py)."""
+config gets every variable it uses, in compose and in the drill (checks/scale_drill.py)."""
 
 import re
 import shutil
@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from app.settings import OPTIONS
-from bench.scale_drill_topology import deploy_env
+from checks.scale_drill_topology import deploy_env
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROXY_VARS = set(re.findall(r"\$\{(\w+)\}", (DEPLOY / "haproxy.cfg").read_text()))
@@ -41,6 +41,11 @@ def test_compose_replicas_share_the_engine_the_database_and_the_index():
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
 def test_haproxy_accepts_the_config_with_these_settings():
     env = {**deploy_env(), "PROXY_BIND": "127.0.0.1:8080", "APP1": "app1:7860", "APP2": "app2:7860"}
-    out = subprocess.run([shutil.which("haproxy"), "-c", "-f", str(DEPLOY / "haproxy.cfg")], env=env,
-                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    out = subprocess.run(
+        [shutil.which("haproxy"), "-c", "-f", str(DEPLOY / "haproxy.cfg")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stdout + out.stderr

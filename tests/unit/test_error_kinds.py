@@ -20,8 +20,12 @@ def test_every_kind_gets_its_status_on_every_edge(kind):
     v1 = openai_error(exc)
     assert v1.status_code == KINDS[kind].status
     body = json.loads(v1.body)["error"]
-    assert body == {"message": exc.message, "type": KINDS[kind].openai_type, "param": "x",
-                    "code": kind}  # fmt: skip
+    assert body == {
+        "message": exc.message,
+        "type": KINDS[kind].openai_type,
+        "param": "x",
+        "code": kind,
+    }
     import gradio as gr
 
     @user_errors
@@ -55,7 +59,12 @@ def _guard_reply(kind: str, message: str, field: str) -> tuple[int, dict]:
 def test_server_faults_are_5xx_and_client_mistakes_4xx():
     # share_routes used to answer config/engine/oom with 400; /v1 had no `forbidden`.
     assert {k for k, v in KINDS.items() if v.status >= 500} == {
-        "cancelled", "busy", "config", "engine", "oom"}  # fmt: skip
+        "cancelled",
+        "busy",
+        "config",
+        "engine",
+        "oom",
+    }
     assert KINDS["forbidden"].status == 403 and KINDS["unauthorized"].status == 401
 
 

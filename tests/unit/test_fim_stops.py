@@ -1,10 +1,15 @@
-"""Where a fill-in-the-middle ends: the stop rule (model/prompts.py). Playground.fill using it on
+"""Where a fill-in-the-middle ends: the stop rule (model/prompts/templates.py). Playground.fill using it on
 the real tiny-starcoder: tests/integration/test_fim_fill.py."""
 
 import pytest
 
-from model.prompts import fim_gap_is_single_line, fim_stop_sequences, split_fim, trim_fim_middle
-from model.stops import StopMatcher
+from model.prompts.templates import (
+    fim_gap_is_single_line,
+    fim_stop_sequences,
+    split_fim,
+    trim_fim_middle,
+)
+from model.tokens.stops import StopMatcher
 
 
 def _middle(generated: str, prefix: str, suffix: str, **kw) -> str:

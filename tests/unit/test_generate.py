@@ -17,8 +17,9 @@ PARAMS = GenerationParams()
 
 def request(session="s1", host="10.0.0.1", headers=None):
     """What Gradio hands a handler: the session hash, the socket peer and the headers."""
-    return SimpleNamespace(session_hash=session, client=SimpleNamespace(host=host),
-                           headers=headers or {})  # fmt: skip
+    return SimpleNamespace(
+        session_hash=session, client=SimpleNamespace(host=host), headers=headers or {}
+    )
 
 
 def generations(reply="abcdef", **kwargs):
@@ -106,8 +107,9 @@ def test_an_api_call_stopped_or_failed_frees_the_engine_at_once():
         engine = FakeEngine("x" * 100)
         generations = Generations(fake_playground(engine))
         token = CancelToken()
-        run = generations.complete("def f():", GenerationParams(max_new_tokens=90), None,
-                                   cancel=token)  # fmt: skip
+        run = generations.complete(
+            "def f():", GenerationParams(max_new_tokens=90), None, cancel=token
+        )
         next(run)
         token.cancel("the client went away")
         # Held, as the /v1 producer holds the error it hands on (its traceback keeps every
@@ -117,8 +119,11 @@ def test_an_api_call_stopped_or_failed_frees_the_engine_at_once():
         assert engine.open_streams == 0 and stopped.value
         failing = FakeEngine("x" * 10, error="The model worker stopped.", error_after=3)
         with pytest.raises(PlaygroundError, match="worker stopped") as failed:
-            list(Generations(fake_playground(failing)).complete(
-                "def f():", GenerationParams(max_new_tokens=9), None))  # fmt: skip
+            list(
+                Generations(fake_playground(failing)).complete(
+                    "def f():", GenerationParams(max_new_tokens=9), None
+                )
+            )
         assert failing.open_streams == 0 and failed.value
     finally:
         gc.enable()

@@ -28,10 +28,13 @@ def test_model_and_training_never_import_the_app_not_even_inside_a_function():
 def test_the_model_layer_loads_without_the_app():
     """app.settings imports model.registry; model.smollm2 importing app.settings back made a
     circle. The data folder now comes from model/paths.py."""
-    imports = "model.paths, model.registry, model.smollm2, model.pool, model.factory, model.worker"
+    imports = "model.paths, model.registry, model.smollm2, model.engines.pool, model.engines.factory, model.engines.worker"
     r = subprocess.run(
         [sys.executable, "-c", f"import sys, {imports}; print(*sys.modules)"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "model.smollm2" in r.stdout.split()
     assert [m for m in r.stdout.split() if m.split(".")[0] == "app"] == []

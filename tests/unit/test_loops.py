@@ -1,4 +1,4 @@
-"""Runs that stop when they loop (model/loops.py, applied by the services to every engine)."""
+"""Runs that stop when they loop (model/tokens/loops.py, applied by the services to every engine)."""
 
 import inspect
 import json.decoder
@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from model.engine import CancelToken, GenerationParams
-from model.loops import LoopGuard
+from model.tokens.loops import LoopGuard
 from tests.fakes import FakeEngine, fake_playground
 
 LADDER = "def is_prime(n):\n" + "".join(

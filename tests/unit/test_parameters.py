@@ -26,8 +26,15 @@ class TopKParams(GenerationParams):
     top_k: int = 0
 
 
-TOP_K = Parameter("top_k", "int", "Top-k", "sample among this many likeliest tokens; 0: all",
-                  lo=0, hi=200, default=0)  # fmt: skip
+TOP_K = Parameter(
+    "top_k",
+    "int",
+    "Top-k",
+    "sample among this many likeliest tokens; 0: all",
+    lo=0,
+    hi=200,
+    default=0,
+)
 
 
 def _app(tmp_path, schema):
@@ -95,8 +102,10 @@ def test_v1_refusals_name_the_field_as_the_caller_sent_it(tmp_path):
         r = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 0})
         assert r.json()["error"]["message"] == "`max_tokens` must be in [1, 8192]; got 0."
         assert r.json()["error"]["param"] == "max_tokens"
-        r = client.post("/v1/chat/completions", json={
-            "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": "9"})  # fmt: skip
+        r = client.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": "9"},
+        )
         assert r.json()["error"]["message"] == "`max_completion_tokens` must be a number; got str."
         # An overflow found deep in the services is in the caller's words too.
         r = client.post("/v1/completions", json={"prompt": "x" * 5000, "max_tokens": 8})

@@ -9,9 +9,9 @@ import pytest
 from app.ratelimit import RateLimited
 from app.services.playground import Playground
 from model.engine import CancelToken, ContextLength, GenerationParams, Infill
+from model.engines.pool import EnginePool
 from model.errors import PlaygroundError
-from model.pool import EnginePool
-from model.prompts import ASSISTANT_STOPS, TaPrompt, Turn
+from model.prompts.templates import ASSISTANT_STOPS, TaPrompt, Turn
 from model.registry import Registry
 from tests.fakes import APP_DEFAULTS, FakeEngine, fake_playground, fake_pool
 
@@ -416,8 +416,9 @@ def test_an_answer_cut_off_says_continue_and_continue_writes_on_from_it():
     assert "cut off at max_new_tokens: Continue writes more" in cut.status
     fake = FakeEngine(" sorted(xs).")
     pg = fake_playground(fake)
-    outs = run(pg.assist("How do I sort?", HISTORY, GenerationParams(), CancelToken(),
-                         reply_so_far="Use"))  # fmt: skip
+    outs = run(
+        pg.assist("How do I sort?", HISTORY, GenerationParams(), CancelToken(), reply_so_far="Use")
+    )
     final = outs[-1]
     assert final.text == "Use sorted(xs)." and not final.cut_off
     assert all(o.text.startswith("Use") for o in outs[1:])  # it grows in place

@@ -3,10 +3,10 @@
 import pytest
 from tokenizers import Tokenizer
 
-from model.chat import chat_prompt
 from model.errors import PlaygroundError
-from model.families import STARCODER_SPECIAL_TOKENS, detect_fim_template
-from model.prompts import (
+from model.prompts.chat import chat_prompt
+from model.prompts.families import STARCODER_SPECIAL_TOKENS, detect_fim_template
+from model.prompts.templates import (
     FILL_MARKER,
     MAX_EXACT_COUNTS,
     TaPrompt,
@@ -262,7 +262,13 @@ def test_chat_prompt_drops_the_oldest_turns_and_keeps_the_template_intact():
 def test_a_chat_message_too_long_for_any_history_is_refused_with_both_numbers():
     count = CountingTokenizer()
     with pytest.raises(PlaygroundError) as err:
-        chat_prompt(CHATML, _history(3), "sort " * 400, budget_tokens=100, count_tokens=count,
-                    max_new_tokens=28)  # fmt: skip
+        chat_prompt(
+            CHATML,
+            _history(3),
+            "sort " * 400,
+            budget_tokens=100,
+            count_tokens=count,
+            max_new_tokens=28,
+        )
     assert str(err.value).startswith("`message` tokens + `max_new_tokens` must be <= 128 ")
     assert "and 28 `max_new_tokens`" in str(err.value)

@@ -71,12 +71,23 @@ def test_a_generation_bigger_than_the_whole_budget_is_told_so():
         TokenBudget(0).charge("a", 10**6, 10**6)  # 0: no budget
 
 
-@pytest.mark.parametrize("host, expected", [
-    ("localhost:7860", ("localhost", 7860)), ("[::1]:80", ("[::1]", 80)),
-    ("LocalHost", ("localhost", None)), ("localhost:1@evil.example", None),
-    ("user@localhost", None), ("localhost:99999", None), ("localhost:0", None),
-    ("localhost:", None), ("a b", None), ("", None), (None, None),
-    ("localhost/evil", None)])  # fmt: skip
+@pytest.mark.parametrize(
+    "host, expected",
+    [
+        ("localhost:7860", ("localhost", 7860)),
+        ("[::1]:80", ("[::1]", 80)),
+        ("LocalHost", ("localhost", None)),
+        ("localhost:1@evil.example", None),
+        ("user@localhost", None),
+        ("localhost:99999", None),
+        ("localhost:0", None),
+        ("localhost:", None),
+        ("a b", None),
+        ("", None),
+        (None, None),
+        ("localhost/evil", None),
+    ],
+)
 def test_a_host_header_is_parsed_as_an_authority_without_userinfo(host, expected):
     from app.links import parse_authority
 

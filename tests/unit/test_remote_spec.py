@@ -8,7 +8,7 @@ import pytest
 
 from model.engine import ModelInfo
 from model.errors import PlaygroundError
-from model.families import STARCODER_SPECIAL_TOKENS
+from model.prompts.families import STARCODER_SPECIAL_TOKENS
 from model.registry import (
     SMOLLM2,
     TINY_STARCODER,
@@ -24,8 +24,15 @@ URL = "http://vllm:8000"
 
 def info(model_id: str, *, scores: bool = True, fim: bool = False, ctx: int = 2048) -> ModelInfo:
     specials = frozenset(STARCODER_SPECIAL_TOKENS) if fim else frozenset({"<|im_end|>"})
-    return ModelInfo(model_id, ctx, specials, None, fills_by_rerank=scores, logprobs=scores,
-                     has_chat_template=not fim)  # fmt: skip
+    return ModelInfo(
+        model_id,
+        ctx,
+        specials,
+        None,
+        fills_by_rerank=scores,
+        logprobs=scores,
+        has_chat_template=not fim,
+    )
 
 
 @pytest.fixture

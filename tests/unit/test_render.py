@@ -54,8 +54,8 @@ MISGUESSED = [  # what Pygments' own guess called these: teratermmacro, scdoc, p
 
 @pytest.mark.parametrize("code", MISGUESSED)
 def test_python_is_never_misnamed_in_the_view_downloads_or_share_pages(code):
-    from app.share_page import pick_lexer
-    from app.store import SharePublic
+    from app.shares.page import pick_lexer
+    from app.shares.store import SharePublic
     from app.web.handlers import extension
 
     assert detect_language(code) == "python"

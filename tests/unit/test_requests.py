@@ -5,7 +5,7 @@ import math
 import pytest
 
 from app.parameters import parse_params
-from app.requests import Limits, check_context, check_text
+from app.validation import Limits, check_context, check_text
 from model.errors import PlaygroundError
 
 

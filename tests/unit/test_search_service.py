@@ -56,13 +56,19 @@ def test_search_finds_the_file_and_filters_by_license(search):
         ({"query": "x", "repo": {"$ne": 1}}, "repo", "`repo` must be text; got dict."),
         ({"query": "a\x00b"}, "query", "`query` contains a NUL character."),
         ({"query": "x" * 1001}, "query", "`query` is 1,001 characters; the limit is 1,000."),
-        ({"query": "x", "page": "two"}, "page",
-         f"`page` must be a whole number from 1 to {MAX_PAGE}; got 'two'."),
-        ({"query": "x", "page": True}, "page",
-         f"`page` must be a whole number from 1 to {MAX_PAGE}; got bool."),
+        (
+            {"query": "x", "page": "two"},
+            "page",
+            f"`page` must be a whole number from 1 to {MAX_PAGE}; got 'two'.",
+        ),
+        (
+            {"query": "x", "page": True},
+            "page",
+            f"`page` must be a whole number from 1 to {MAX_PAGE}; got bool.",
+        ),
         ({"query": "x", "exact": "yes"}, "exact", "`exact` must be true or false; got str."),
     ],
-)  # fmt: skip
+)
 def test_bad_search_input_is_refused_naming_the_field(search, kwargs, field, message):
     with pytest.raises(PlaygroundError) as err:
         search.search(**kwargs)

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.share_page import render_delete_confirm, render_not_found, render_share
-from app.store import FimSplit, SharePublic
+from app.shares.page import render_delete_confirm, render_not_found, render_share
+from app.shares.store import FimSplit, SharePublic
 from tests.markup import XSS, Page, assert_inert
 
 

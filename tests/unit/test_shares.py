@@ -7,8 +7,8 @@ import pytest
 
 from app.links import PublicLinks
 from app.services.shares import PENDING, Shares, record
-from app.share_page import render_share
-from app.store import SharePublic, Store
+from app.shares.page import render_share
+from app.shares.store import SharePublic, Store
 from model.engine import CancelToken, GenerationParams
 from model.errors import PlaygroundError
 from tests.fakes import FakeEngine, fake_playground
@@ -39,7 +39,11 @@ def test_a_shared_fill_reopens_with_its_middle_marked(shares):
     assert delete.startswith(f"http://localhost:7860/s/{share_id}/delete?token=")
     share = service.load(share_id)
     assert (share.mode, share.model, share.prompt, share.output) == (
-        "fim", "fake-coder", CODE, out.text)  # fmt: skip
+        "fim",
+        "fake-coder",
+        CODE,
+        out.text,
+    )
     assert share.parameters["language"] == "python" and share.parameters["stop"] == ["#"]
     page = Page(render_share(share))
     assert "".join(page.generated) == "return a + b"  # what a reader sees marked
@@ -95,10 +99,16 @@ def test_a_share_with_odd_parameters_reopens_with_the_models_defaults():
     registry = fake_playground(FakeEngine()).registry
     stored = {"temperature": "hot", "max_new_tokens": 64, "stop": ["#", "\nclass"], "seed": 7,
               "top_p": 5, "language": ["not", "text"]}  # fmt: skip
-    share = SharePublic("AbCdEfGhIjKlMnOp", datetime.now(UTC), "completion", "gone-model",
-                        stored, "p", "p x")  # fmt: skip
+    share = SharePublic(
+        "AbCdEfGhIjKlMnOp", datetime.now(UTC), "completion", "gone-model", stored, "p", "p x"
+    )
     form = Shares(None, PublicLinks(), registry).form(share)
     assert form == {
-        "max_new_tokens": 64, "temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.2,
-        "seed": "7", "stop": "#\n\nclass", "language": "python",
-    }  # fmt: skip
+        "max_new_tokens": 64,
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "repetition_penalty": 1.2,
+        "seed": "7",
+        "stop": "#\n\nclass",
+        "language": "python",
+    }

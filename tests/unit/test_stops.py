@@ -1,4 +1,4 @@
-from model.stops import StopMatcher
+from model.tokens.stops import StopMatcher
 
 
 def test_text_before_a_stop_is_emitted_and_the_stop_is_cut():

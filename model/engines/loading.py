@@ -1,0 +1,175 @@
+"""Load a causal LM and its tokenizer: device, dtype, pad token, gated models, offline paths."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from model.engine import ModelInfo
+from model.errors import PlaygroundError
+from model.registry import CONTEXT_KEYS, DEFAULT_CONTEXT
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: str  # "cuda" or "cpu"
+    dtype: str  # "bfloat16", "float16" or "float32"
+    device_map: str | None  # "auto" only when the model spans several GPUs
+
+
+DTYPES = ("auto", "float32", "bfloat16")  # the DTYPE setting's choices
+# /proc/cpuinfo flags of CPUs that compute bf16 natively: AMX tiles (Sapphire Rapids on) or
+# AVX512-BF16 (Cooper Lake, Zen 4). Without them torch emulates bf16 matmuls through fp32.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo is not there, e.g. macOS)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_bf16(flags: frozenset[str] | None = None) -> bool:
+    flags = cpu_flags() if flags is None else flags
+    return any(f in flags for f in BF16_CPU_FLAGS)
+
+
+def choose_placement(device: str | None = None, dtype: str = "auto") -> Placement:
+    """CUDA: bf16 where supported else fp16, sharded only across several GPUs. CPU: bf16 where
+    the CPU has AMX or AVX512-BF16, else fp32. `dtype` other than auto (DTYPE) is taken as is."""
+    import torch
+
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if dtype == "auto":
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        device_map = "auto" if torch.cuda.device_count() > 1 else None
+        return Placement(device, dtype, device_map)
+    if dtype == "auto":
+        # Without native bf16, torch converts every bf16 matmul to fp32 and back: slower than
+        # fp32 itself (bench/RESULTS.md, "bf16 on CPU").
+        dtype = "bfloat16" if cpu_has_bf16() else "float32"
+    return Placement("cpu", dtype, None)
+
+
+def is_local(model_id: str) -> bool:
+    return Path(model_id).expanduser().is_dir()
+
+
+def load(
+    model_id: str, *, device: str | None = None, hf_token: str | None = None, dtype: str = "auto"
+):
+    """Return (model, tokenizer, ModelInfo). A local folder never touches the network.
+
+    `dtype` (DTYPE) is the weights' and so the KV cache's: the paged cache takes the model's."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = is_local(model_id)
+    source = str(Path(model_id).expanduser()) if local else model_id
+    common = {"local_files_only": local, "token": None if local else hf_token}
+    placement = choose_placement(device, dtype)
+    log.info("loading %s on %s (%s)", source, placement.device, placement.dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=getattr(torch, placement.dtype),
+            device_map=placement.device_map,
+            **common,
+        )
+    except OSError as exc:
+        raise PlaygroundError(
+            f"Could not load `MODEL_ID` {model_id!r}: it is not a local model folder, and the "
+            f"Hugging Face Hub could not provide it ({exc.__class__.__name__}). Gated models "
+            "need HF_TOKEN; offline machines need a local folder.",
+            field="model",
+            kind="config",
+        ) from exc
+    if placement.device_map is None:
+        model.to(placement.device)
+    model.eval()
+    if placement.device == "cpu":
+        column_major_linears(model)
+        release_checkpoint(model)
+        # Softmax over a low-temperature row underflows into denormals, which x86 handles
+        # ~10x slower: 8 x 8,192 logits took 196 us, 56 us flushed to zero. They are far
+        # below any probability that can be drawn.
+        torch.set_flush_denormal(True)
+    if tokenizer.pad_token is None:
+        # Generation with padding needs a pad id; EOS is the conventional stand-in.
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    template = getattr(tokenizer, "chat_template", None)
+    template = template if isinstance(template, str) else None
+    info = ModelInfo(
+        model_id=model_id,
+        context_length=context_length(model.config, tokenizer),
+        special_tokens=frozenset(tokenizer.all_special_tokens)
+        | frozenset(t.content for t in tokenizer.added_tokens_decoder.values()),
+        eos_token=tokenizer.eos_token,
+        architecture=(model.config.architectures or [type(model).__name__])[0],
+        device=placement.device,
+        dtype=placement.dtype,
+        has_chat_template=template is not None,
+        chat_template=template,
+        bos_token=tokenizer.bos_token,
+        fills_by_rerank=True,  # in process: model/infill/events.py can sample and score here
+        logprobs=True,
+    )
+    return model, tokenizer, info
+
+
+def column_major_linears(model) -> None:
+    """Store every Linear weight transposed in memory (same values, same shape).
+
+    On CPU, F.linear with a row-major [out, in] weight takes a slow GEMM path for the few rows a
+    decode step has: at 8 rows the tiny model's output projection took 0.91 ms, 0.36 ms with the
+    transposed layout, and SmolLM2's MLP 0.44 vs 0.21 ms (bench/RESULTS.md). Tied embeddings
+    share the parameter and index it the same either way.
+    """
+    import torch
+
+    done: set[int] = set()
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, torch.nn.Linear) and id(weight) not in done:
+            done.add(id(weight))
+            weight.data = weight.data.t().contiguous().t()
+
+
+def release_checkpoint(model) -> None:
+    """Copy every tensor that still lives in the checkpoint file's memory map into our memory.
+
+    On CPU transformers hands out views of the mmapped safetensors file, and one view (a 2 KB
+    norm weight) keeps the whole mapping, read once while loading, in our RSS: SmolLM2's
+    worker held its 0.54 GB of weights twice, once as the transposed copies column_major_linears
+    made and once as file pages (bench/RESULTS.md, "Worker memory"). The copies are small: the
+    Linear weights were copied already.
+    """
+    import torch
+
+    copied = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    for t in (*model.parameters(), *model.buffers()):  # a tied tensor comes once
+        if id(t) not in copied:
+            t.data = t.data.clone()
+
+
+def context_length(config, tokenizer) -> int:
+    for attr in CONTEXT_KEYS:
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and 0 < limit < 10**7 else DEFAULT_CONTEXT

@@ -72,7 +72,7 @@ def test_the_layout_works_on_a_phone_and_a_wide_screen(browser, live_app, size):
         width, height = size
         tabs = page.locator("button[role=tab]").filter(visible=True)
         labels = [tabs.nth(i).inner_text() for i in range(tabs.count())]
-        assert labels == ["Completion", "Fill-in-the-middle", "Tech assistant",
+        assert labels == ["Completion", "Fill-in-the-middle", "Tech assistant", "Compare",
                           "Search training data"], labels  # fmt: skip
         assert page.locator("button[aria-label='More tabs']").filter(visible=True).count() == 0
         for tab in tabs.all():  # each tab lies within the screen's width

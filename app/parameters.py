@@ -120,8 +120,7 @@ _PARSERS: dict[str, Callable[[Parameter, Any], Any]] = {
 PARAMETERS: tuple[Parameter, ...] = (
     Parameter(
         "max_new_tokens", "int", "Max new tokens",
-        "the most tokens the model writes; prompt + new tokens must fit the model's context "
-        "(a `/v1` chat without it: what the context leaves, as vLLM)",
+        "the most tokens the model writes; prompt + new tokens must fit the model's context",
         lo=1, hi=MAX_NEW_TOKENS, mode_default=default_max_new_tokens,
         aliases=("max_completion_tokens", "max_tokens"), v1_default=16, context_bound=True,
     ),
@@ -268,7 +267,10 @@ def _default_text(p: Parameter) -> str:
         common = by_mode["completion"]
         odd = ", ".join(f"{m}: {v}" for m, v in by_mode.items() if v != common)
         text = f"{common}" + (f" ({odd})" if odd else "")
-        return text + (f"; `/v1`: {p.v1_default}" if p.v1_default is not None else "")
+        if p.v1_default is not None:  # vLLM's: a chat left without a limit gets the rest
+            rest = " (chat: what the context leaves)" if p.context_bound else ""
+            text += f"; `/v1`: {p.v1_default}{rest}"
+        return text
     if p.default is None:
         return "none"
     if p.default == ():

@@ -77,6 +77,7 @@ def test_the_layout_works_on_a_phone_and_a_wide_screen(browser, live_app, size):
             "Completion",
             "Fill-in-the-middle",
             "Tech assistant",
+            "Compare",
             "Search training data",
         ], labels
         assert page.locator("button[aria-label='More tabs']").filter(visible=True).count() == 0

@@ -79,19 +79,37 @@ def test_closing_the_stream_early_frees_the_model(engine):
     assert _run(engine, "x = ")[1].reason in ("length", "eos")  # the model is free again
 
 
-def test_an_exception_inside_generation_becomes_an_error_event(engine):
-    # Positions past the model's context make the real model fail inside generate().
-    # A counting list keeps the model generating (no early end-of-text) past that limit.
+def test_an_exception_inside_generation_becomes_an_error_event(engine, monkeypatch):
+    """A forward that fails mid-generation (a bug, a device error) ends the request with an
+    error event, and the engine serves the next one."""
+    calls = {"n": 0}
+    forward = engine.model.forward
+
+    def failing_forward(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # after the prompt and a token: inside the generation loop
+            raise RuntimeError("index out of range in self")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "forward", failing_forward)
+    _, done, _ = _run(engine, "x = [1, 2, 3", GenerationParams(max_new_tokens=50, temperature=0))
+    assert done.reason == "error" and done.error_kind == "engine"
+    assert "Generation failed inside the model" in done.error
+    assert not _generate_threads()
+    monkeypatch.undo()
+    assert _run(engine, "y = ")[1].reason in ("length", "eos")
+
+
+def test_a_request_past_the_context_is_refused_before_the_model_runs(engine):
+    """Positions past the context used to fail inside generate(): the check comes first now,
+    in the words of every other overflow."""
     n = engine.info.context_length
     prompt = "x = [" + ", ".join(str(i) for i in range(1, 2000))
     while engine.count_tokens(prompt) > n - 2:
         prompt = prompt[: int(len(prompt) * 0.95)]
-    params = GenerationParams(max_new_tokens=50, temperature=0)
-    _, done, _ = _run(engine, prompt, params)
-    assert done.reason == "error" and done.error_kind == "engine"
-    assert "Generation failed inside the model" in done.error
-    assert not _generate_threads()
-    assert _run(engine, "y = ")[1].reason in ("length", "eos")
+    _, done, _ = _run(engine, prompt, GenerationParams(max_new_tokens=50, temperature=0))
+    assert done.reason == "error" and done.error_kind == "validation"
+    assert done.error.startswith(f"`prompt` tokens + `max_new_tokens` must be <= {n} ")
 
 
 class _CancelAfter(CancelToken):

@@ -140,6 +140,9 @@ def main(argv=None) -> int:
         "--editor", type=int, default=40, help="editor-sized tasks (bench/fim_editor.py)"
     )
     p.add_argument("--humaneval", type=int, default=30, help="HumanEval single-line tasks, spread")
+    p.add_argument("--humaneval-longer-than", type=int, default=None, metavar="TOKENS",
+                   help="instead: every HumanEval task whose prefix is over TOKENS tokens (the "
+                        "only ones a smaller max_context can change)")  # fmt: skip
     p.add_argument("--config", action="append", default=None, metavar="NAME:FIELD=V,...")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--json", default=None, metavar="OUT")
@@ -165,6 +168,9 @@ def main(argv=None) -> int:
         if args.humaneval
         else [],
     }
+    if args.humaneval_longer_than is not None:
+        sets["humaneval"] = [t for t in build_tasks(read_problems(), "single")
+                             if len(tokenizer(t.prefix)["input_ids"]) > args.humaneval_longer_than]  # fmt: skip
     load_before = os.getloadavg()[0]
     report = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"),
               "packages": versions(), "threads": args.threads, "json": args.json,

@@ -11,7 +11,7 @@ core, OMP_WAIT_POLICY=PASSIVE as the worker sets it), so a busy machine slows ea
 latency is reported as each config's p50 over the baseline's, besides the seconds.
 
 Candidate filters are scored from the same fills: keeping only the candidates that fit the
-suffix (model/fim_filters.py) before the pick is the same as scoring only those, since each
+suffix (bench/fim_filters.py) before the pick is the same as scoring only those, since each
 candidate's score is its own. `pick` rows: `joint` (as shipped), `fit` (filter, then joint).
 """
 
@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.fim import in_thread  # noqa: E402 - the path above makes `bench` importable
 from bench.fim_editor import build_editor_tasks, versions  # noqa: E402
+from bench.fim_filters import keep_fitting  # noqa: E402
 from bench.fim_tasks import (  # noqa: E402
     build_tasks,
     edit_similarity,
@@ -40,7 +41,6 @@ from bench.fim_tasks import (  # noqa: E402
     read_problems,
     spread,
 )
-from model.fim_filters import keep_fitting  # noqa: E402
 
 PICKS = ("joint", "fit")
 

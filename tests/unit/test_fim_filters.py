@@ -1,10 +1,10 @@
-"""Which single-line fill candidates fit the code after the gap (model/fim_filters.py): a line
+"""Which single-line fill candidates fit the code after the gap (bench/fim_filters.py): a line
 that opens a block or a bracket needs the next line to continue it, and a deeper next line
 needs a line that opens something."""
 
 import pytest
 
-from model.fim_filters import fits_suffix, keep_fitting, opens
+from bench.fim_filters import fits_suffix, keep_fitting, opens
 
 BODY = "\n        x = 1\n"  # the next line indented deeper than a gap at 4 spaces
 SAME = "\n    x = 1\n"  # the next line at the gap's own indentation

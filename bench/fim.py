@@ -5,11 +5,14 @@
     python bench/fim.py --model smollm2-135m-instruct --method app --k 8 --limit 30
     python bench/fim.py --model smollm2-135m-instruct --method app --engine-url http://vllm:8000
     python bench/fim.py --model PATH --variant multi --json out.json
+    python bench/fim.py --model smollm2-135m-instruct --method app --tasks both --limit 30
 
 Tasks (bench/fim_tasks.py): each non-blank line of each canonical solution masked in turn
 (single, 1,033 tasks) or each block of 2-5 lines (multi); `--limit N` takes N tasks spread
-evenly over them. Methods: `fim` prompts the model's own FIM tokens (model/prompts.py) and
-decodes greedily, ending a middle at the stops the app uses (model/prompts.py
+evenly over them. `--tasks editor` (or `both`, printed side by side): single-line gaps in the
+installed gradio, transformers and sqlalchemy sources with 3,000 characters before and 1,500
+after (bench/fim_editor.py; exact match and edit similarity, no tests to run). Methods:
+`fim` prompts the model's own FIM tokens (model/prompts.py) and decodes greedily, ending a middle at the stops the app uses (model/prompts.py
 `fim_stop_sequences`; a single-line task ends at the line's end) unless `--no-stops`; `rerank`
 samples K middles from the prefix and keeps the likeliest given both sides, log p(middle) +
 log p(suffix | middle) (model/fim_rerank.py; every pick rule and an oracle are reported), for

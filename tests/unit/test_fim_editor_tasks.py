@@ -102,3 +102,12 @@ def test_the_installed_packages_give_editor_sized_tasks():
     for t in tasks:
         assert is_gap_line(t.target) and "\n" not in t.target
         assert len(t.prefix) > PREFIX_CHARS // 2 and len(t.suffix) > SUFFIX_CHARS // 2
+
+
+def test_edit_similarity_is_one_minus_the_edit_distance_over_the_longer_text():
+    from bench.fim_tasks import edit_similarity
+
+    assert edit_similarity("  return  x", "return x") == 1.0  # whitespace-normalised
+    assert edit_similarity("kitten", "sitting") == pytest.approx(1 - 3 / 7)
+    assert edit_similarity("", "x = 1") == 0.0
+    assert edit_similarity("", "") == 1.0

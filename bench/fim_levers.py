@@ -140,6 +140,7 @@ def main(argv=None) -> int:
         "--editor", type=int, default=40, help="editor-sized tasks (bench/fim_editor.py)"
     )
     p.add_argument("--humaneval", type=int, default=30, help="HumanEval single-line tasks, spread")
+    p.add_argument("--editor-from", type=int, default=0, help="skip the first editor tasks")
     p.add_argument("--humaneval-longer-than", type=int, default=None, metavar="TOKENS",
                    help="instead: every HumanEval task whose prefix is over TOKENS tokens (the "
                         "only ones a smaller max_context can change)")  # fmt: skip
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
     filler_for = {name: RerankFiller(model, tokenizer, dataclasses.replace(shipped, **fields))
                   for name, fields in configs}  # fmt: skip
     sets = {
-        "editor": build_editor_tasks(args.editor) if args.editor else [],
+        "editor": build_editor_tasks(args.editor)[args.editor_from :] if args.editor else [],
         "humaneval": spread(build_tasks(read_problems(), "single"), args.humaneval)
         if args.humaneval
         else [],

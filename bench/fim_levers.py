@@ -1,10 +1,10 @@
 """Quality levers of the rerank fill, side by side on the same tasks (issue 24 item 5).
 
     python bench/fim_levers.py --editor 40 --humaneval 30 \\
-        --config base:k=8 --config ctx512:k=8,max_context=512 --config k16:k=16,max_context=512
+        --config shipped:k=8 --config c2048:k=8,max_context=2048 --config k12:k=12
 
 Each config is the app's fill settings (model/rerank.py `infill_settings`: ramble 1.25, the
-2,048-token context, 48 new tokens) with some fields replaced; the first config is the
+MAX_CONTEXT_TOKENS context, 48 new tokens) with some fields replaced; the first config is the
 baseline the others are compared with. Every task runs every config in turn (the order
 rotates from task to task), in one process on the app's thread count during a fill (every
 core, OMP_WAIT_POLICY=PASSIVE as the worker sets it), so a busy machine slows each alike;

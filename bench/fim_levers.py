@@ -26,9 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault(
-    "OMP_WAIT_POLICY", "PASSIVE"
-)  # as the worker (model/engines/worker_process.py)
+# As the worker (model/engines/worker_process.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 

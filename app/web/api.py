@@ -12,10 +12,12 @@ from typing import Any
 import gradio as gr
 
 from app.errors import user_errors
-from app.parameters import Schema
+from app.parameters import Schema, names
 from app.services.generate import throttle
+from app.services.together import Failed, together
 from app.validation import parse_history
 from app.web.handlers import Handlers
+from model.errors import PlaygroundError
 
 MODEL_LOCK = "model"  # one concurrency group: every generation goes to the engine's queue
 
@@ -112,6 +114,29 @@ def build_api(handlers: Handlers) -> None:
         return handlers.share(shared, request)[0]
 
     @user_errors
+    def compare(
+        prompt: str,
+        mode: str = "completion",
+        model_a: str | None = None,
+        model_b: str | None = None,
+        parameters_a: dict | None = None,
+        parameters_b: dict | None = None,
+        request: gr.Request = None,
+    ) -> Iterator[list[str]]:
+        """The Compare tab's run: `prompt` in `mode` (completion, fim or assistant: one
+        question) on two models, or one model at two settings, at once; streams [text A,
+        text B]. `parameters_a`/`_b`: generation parameters by name; left out, the defaults."""
+        columns = [("a", model_a, parameters_a), ("b", model_b, parameters_b)]
+        runs = [_column_run(handlers, mode, prompt, *column, request) for column in columns]
+        texts = ["", ""]
+        for batch in together(runs):
+            for i, out in batch.items():
+                if isinstance(out, Failed):  # one column's refusal fails the call, named
+                    raise _in_column(columns[i][0], out.error)
+                texts[i] = out.text
+            yield list(texts)
+
+    @user_errors
     def attribute(text: str) -> list[dict]:
         """Spans of `text` found verbatim in the training data, each with its sources."""
         return handlers.search.attribute(text)
@@ -129,6 +154,44 @@ def build_api(handlers: Handlers) -> None:
         hits = handlers.search.search(query, repo, license, lang, page, exact)
         return [h.to_dict() for h in hits]
 
+    gr.api(compare, api_name="compare", concurrency_id=MODEL_LOCK)
     gr.api(share, api_name="share", concurrency_limit=None)
     gr.api(attribute, api_name="attribute", concurrency_limit=4)
     gr.api(search, api_name="search", concurrency_limit=4)
+
+
+def _column_run(handlers: Handlers, mode: str, prompt: str, side: str, model, given, request):
+    """One column of /compare: its parameters checked by name against the schema's."""
+    if mode not in ("completion", "fim", "assistant"):
+        raise PlaygroundError(
+            f"`mode` must be one of completion, fim, assistant; got {str(mode)[:40]!r}.",
+            field="mode",
+        )
+    field = f"parameters_{side}"
+    if given is not None and not isinstance(given, dict):
+        raise PlaygroundError(f"`{field}` must be an object of parameters by name.", field=field)
+    known = names(handlers.schema.page)
+    for name in given or {}:
+        if name not in known:
+            raise PlaygroundError(
+                f"`{field}.{str(name)[:40]}` is not a generation parameter; they are: "
+                f"{', '.join(known)}.",
+                field=field,
+            )
+    spec = handlers.registry.choose(model or None, mode)
+    fields = {name: f"{field}.{name}" for name in known}
+    params = handlers.schema.resolve(given or {}, spec, mode, fields)
+    generate = handlers.generate
+    if mode == "assistant":
+        return generate.assist(prompt, [], params, request, model)
+    run = generate.complete if mode == "completion" else generate.fill
+    return run(prompt, params, request, model)
+
+
+def _in_column(side: str, exc: Exception) -> Exception:
+    if not isinstance(exc, PlaygroundError):
+        return exc
+    said = exc.renamed({})  # a copy: the same kind and details
+    said.message = f"Column {side.upper()}: {exc.message}"
+    said.args = (said.message,)
+    return said

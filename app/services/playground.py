@@ -6,7 +6,7 @@ ui.py and the API endpoints both call these; nothing here knows about Gradio.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import cached_property, partial
@@ -447,66 +447,49 @@ class Playground:
                 kind="unsupported",
             )
         self.limiter.check(client)
-        charge = self._charge(engine, client, model_prompt, params, prompt_ids, infill)
+        request = GenerationRequest(
+            model_prompt, params, client=client, prompt_ids=prompt_ids, infill=infill
+        )
+        charge = self._charge(engine, request)
+        written = Written()
+        frame = partial(Output, mode, prefix, suffix, model=model_id, written=written)
         try:
             yield from self._stream(
-                engine,
-                model_id,
-                mode,
-                model_prompt,
-                params,
-                cancel,
-                prefix,
-                suffix,
-                client,
-                prompt_ids,
-                infill,
-                charge,
-                shaper or Plain(),
+                engine, request, cancel, charge, shaper or Plain(), written, frame
             )
         finally:
             charge.settle(charge.used)
 
-    def _charge(self, engine, client, model_prompt, params, prompt_ids, infill):
+    def _charge(self, engine: Engine, request: GenerationRequest):
         """Reserve the generation's cost in the client's token budget (see TokenBudget)."""
-        info = engine.info
+        info, infill, new = engine.info, request.infill, request.params.max_new_tokens
         if infill is not None:  # the worker reads the code nearest the gap: at most a context
-            prompt = min(engine.count_tokens(model_prompt), info.context_length)
-            new = infill.candidates * params.max_new_tokens
+            prompt = min(engine.count_tokens(request.prompt), info.context_length)
+            new *= infill.candidates
+        elif request.prompt_ids is not None:
+            prompt = len(request.prompt_ids)
         else:
-            prompt = (
-                len(prompt_ids) if prompt_ids is not None else engine.count_tokens(model_prompt)
-            )
-            new = params.max_new_tokens
-        charge = self.budget.charge(client, prompt, new)
+            prompt = engine.count_tokens(request.prompt)
+        charge = self.budget.charge(request.client, prompt, new)
         charge.used = prompt  # the prompt is read whatever happens next
         charge.per_token = infill.candidates if infill is not None else 1
         return charge
 
     def _stream(
         self,
-        engine,
-        model_id,
-        mode,
-        model_prompt,
-        params,
-        cancel,
-        prefix,
-        suffix,
-        client,
-        prompt_ids,
-        infill,
+        engine: Engine,
+        request: GenerationRequest,
+        cancel: CancelToken,
         charge,
-        shaper,
+        shaper: Plain,
+        written: Written,
+        frame: Callable[..., Output],
     ) -> Iterator[Output]:
+        """The engine's events as Outputs: `frame` makes one of this generation (its mode, the
+        text around what is written, its model), `written` holds its text so far."""
         start = time.perf_counter()
-        request = GenerationRequest(
-            model_prompt, params, client=client, prompt_ids=prompt_ids, infill=infill
-        )
-        written = Written()
-        frame = partial(Output, mode, prefix, suffix, model=model_id, written=written)
         scored: tuple[TokenLogprob, ...] = ()
-        loops = LoopGuard() if self.stop_loops and infill is None else None
+        loops = LoopGuard() if self.stop_loops and request.infill is None else None
         # Closed on every way out (an error event raises here): the engine frees the request's
         # slot in its generator's `finally`, which a suspended generator never reaches.
         events = engine.stream(request, cancel)

@@ -6,6 +6,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
+def insert_document(mark: str) -> str:
+    """The documents row both stores write, with the driver's bound-parameter `mark`; its
+    values are `document_row(doc)`'s."""
+    columns = "sha256, repo, path, license, lang, split, bytes, text"
+    return f"INSERT INTO documents({columns}) VALUES({', '.join([mark] * 8)})"
+
+
+def document_row(doc) -> tuple:
+    """An IndexDocument's values for `insert_document`, in its column order."""
+    return (doc.sha256, doc.repo, doc.path, doc.license, doc.lang, doc.split, doc.nbytes,
+            doc.text)  # fmt: skip
+
+
 def filter_clauses(mark: str) -> dict[str, str]:
     """Column filters shared by both searches, with the driver's bound-parameter `mark`;
     values are bound, never formatted in."""

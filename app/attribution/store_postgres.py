@@ -13,7 +13,13 @@ import psycopg
 from model.errors import PlaygroundError
 
 from .core import IndexDocument, chunk_lines, document_segments
-from .store_common import SQLStore, bucket_segments, ranked_chunks
+from .store_common import (
+    SQLStore,
+    bucket_segments,
+    document_row,
+    insert_document,
+    ranked_chunks,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -158,18 +164,7 @@ class PostgresStore(SQLStore):
     def add_document(self, doc: IndexDocument) -> list[int]:
         conn = self._conn()
         (doc_id,) = conn.execute(
-            "INSERT INTO documents(sha256, repo, path, license, lang, split, bytes, text) "
-            "VALUES(%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-            (
-                doc.sha256,
-                doc.repo,
-                doc.path,
-                doc.license,
-                doc.lang,
-                doc.split,
-                doc.nbytes,
-                doc.text,
-            ),
+            insert_document("%s") + " RETURNING id", document_row(doc)
         ).fetchone()
         chunks = chunk_lines(doc.text)
         conn.execute(

@@ -10,7 +10,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .core import IndexDocument, chunk_lines, document_segments
-from .store_common import SQLStore, bucket_segments, ranked_chunks
+from .store_common import (
+    SQLStore,
+    bucket_segments,
+    document_row,
+    insert_document,
+    ranked_chunks,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -111,20 +117,7 @@ class SQLiteStore(SQLStore):
     def add_document(self, doc: IndexDocument) -> list[int]:
         """Insert one document with its chunks, trigram row and segments; return segment keys."""
         conn = self._conn()
-        cur = conn.execute(
-            "INSERT INTO documents(sha256, repo, path, license, lang, split, bytes, text) "
-            "VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                doc.sha256,
-                doc.repo,
-                doc.path,
-                doc.license,
-                doc.lang,
-                doc.split,
-                doc.nbytes,
-                doc.text,
-            ),
-        )
+        cur = conn.execute(insert_document("?"), document_row(doc))
         doc_id = cur.lastrowid
         conn.execute("INSERT INTO tri(rowid, text) VALUES(?, ?)", (doc_id, doc.text))
         for start_line, start, n in chunk_lines(doc.text):

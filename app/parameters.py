@@ -16,7 +16,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from app.validation import MAX_NEW_TOKENS, MAX_SEED, MAX_STOPS, err, integer, number, parse_stops
+from app.validation import (
+    MAX_NEW_TOKENS,
+    MAX_SEED,
+    MAX_STOPS,
+    MODES,
+    err,
+    integer,
+    number,
+    parse_stops,
+)
 from model.engine import GenerationParams, default_max_new_tokens
 from model.errors import PlaygroundError
 
@@ -174,9 +183,6 @@ class Schema:
     def v1(self) -> tuple[Parameter, ...]:
         return tuple(p for p in self.parameters if p.v1)
 
-    def __getitem__(self, name: str) -> Parameter:
-        return next(p for p in self.parameters if p.name == name)
-
     def defaults(self, spec, mode: str) -> dict[str, Any]:
         """Every parameter's value when left out, for `spec` (None: the engine's base values)."""
         return {p.name: p.default_for(spec, mode) for p in self.parameters}
@@ -263,7 +269,7 @@ def _default_text(p: Parameter) -> str:
     if p.model_default:
         return "the model's"
     if p.mode_default is not None:
-        by_mode = {mode: p.mode_default(mode) for mode in ("completion", "fim", "assistant")}
+        by_mode = {mode: p.mode_default(mode) for mode in MODES}
         common = by_mode["completion"]
         odd = ", ".join(f"{m}: {v}" for m, v in by_mode.items() if v != common)
         text = f"{common}" + (f" ({odd})" if odd else "")
@@ -271,9 +277,7 @@ def _default_text(p: Parameter) -> str:
             rest = " (chat: what the context leaves)" if p.context_bound else ""
             text += f"; `/v1`: {p.v1_default}{rest}"
         return text
-    if p.default is None:
-        return "none"
-    if p.default == ():
+    if p.default in (None, ()):
         return "none"
     return f"{p.default}".lower() if isinstance(p.default, bool) else f"{p.default:g}"
 

@@ -21,6 +21,16 @@ def err(field: str, msg: str) -> PlaygroundError:
     return PlaygroundError(f"`{field}` {msg}", field=field)
 
 
+MODES = ("completion", "fim", "assistant")
+
+
+def check_mode(mode) -> str:
+    """One of the playground's modes: the share store, /compare and the Compare tab ask."""
+    if mode not in MODES:
+        raise err("mode", f"must be one of {', '.join(MODES)}; got {str(mode)[:40]!r}.")
+    return mode
+
+
 def check_text(field: str, value, limits: Limits, *, allow_empty: bool = False) -> str:
     if not isinstance(value, str):
         raise err(field, f"must be text; got {type(value).__name__}.")

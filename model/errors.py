@@ -49,15 +49,20 @@ class PlaygroundError(Exception):
     def renamed(self, names: dict[str, str]) -> PlaygroundError:
         """This error in the caller's words: each `name` in `names` becomes the caller's name
         for it (`/v1` says `max_tokens` where the page says `max_new_tokens`)."""
-        # The same class and details (a rate limit's retry time), without calling __init__.
-        renamed = type(self).__new__(type(self))
-        renamed.__dict__.update(self.__dict__)
+        message = self.message
         for ours, theirs in names.items():
             if ours != theirs:
-                renamed.message = renamed.message.replace(f"`{ours}`", f"`{theirs}`")
-        renamed.args = (renamed.message,)
-        renamed.field = names.get(self.field, self.field) if self.field else self.field
-        return renamed
+                message = message.replace(f"`{ours}`", f"`{theirs}`")
+        field = names.get(self.field, self.field) if self.field else self.field
+        return self.reworded(message, field)
+
+    def reworded(self, message: str, field: str | None) -> PlaygroundError:
+        """A copy saying `message` about `field`: the same class and details (a rate limit's
+        retry time), without calling __init__."""
+        copy = type(self).__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.message, copy.field, copy.args = message, field, (message,)
+        return copy
 
     @property
     def status(self) -> int:

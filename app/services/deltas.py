@@ -2,8 +2,8 @@
 
 The services pass each piece on (Output.delta); `/v1` streams them as they are, and only an
 edge that needs the whole text (a Gradio component, a share, the final JSON body) joins it.
-A mode's clean-up runs on the pieces as they come (model/tokens/shaping.py), so the streamed text and
-the final text are the same.
+A mode's clean-up runs on the pieces as they come (model/tokens/shaping.py), so the streamed
+text and the final text are the same.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from app.limits import Limits
 from app.ratelimit import RateLimited, RateLimiter
 from app.shares.migrations import LATEST_VERSION, MIGRATIONS, migrate, read_version, write_tx
-from app.shares.validation import MAX_JSON_DEPTH, MODES, validate
+from app.shares.validation import MAX_JSON_DEPTH, validate
+from app.validation import MODES
 from model.errors import PlaygroundError
 
 # Re-exported: callers and tests import the store's whole surface from here.

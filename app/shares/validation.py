@@ -7,18 +7,14 @@ import json
 from typing import Any
 
 from app.limits import Limits
+from app.validation import check_mode
 from model.errors import PlaygroundError
 
-MODES = ("completion", "fim", "assistant")
 MAX_JSON_DEPTH = 16  # shares hold flat parameters and shallow spans; deeper is not a share
 
 
 def validate(lim: Limits, mode, prompt, output, parameters, model, fim, spans) -> dict[str, Any]:
-    if mode not in MODES:
-        raise PlaygroundError(
-            f"`mode` must be one of {', '.join(MODES)}. Given: {str(mode)[:40]!r}.",
-            field="mode",
-        )
+    check_mode(mode)
     _check_text("prompt", prompt, lim.max_prompt_bytes)
     _check_text("output", output, lim.max_output_bytes)
     if not prompt and not output:

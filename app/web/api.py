@@ -15,7 +15,7 @@ from app.errors import user_errors
 from app.parameters import Schema, names
 from app.services.generate import throttle
 from app.services.together import Failed, together
-from app.validation import parse_history
+from app.validation import check_mode, parse_history
 from app.web.handlers import Handlers
 from model.errors import PlaygroundError
 
@@ -162,11 +162,7 @@ def build_api(handlers: Handlers) -> None:
 
 def _column_run(handlers: Handlers, mode: str, prompt: str, side: str, model, given, request):
     """One column of /compare: its parameters checked by name against the schema's."""
-    if mode not in ("completion", "fim", "assistant"):
-        raise PlaygroundError(
-            f"`mode` must be one of completion, fim, assistant; got {str(mode)[:40]!r}.",
-            field="mode",
-        )
+    check_mode(mode)
     field = f"parameters_{side}"
     if given is not None and not isinstance(given, dict):
         raise PlaygroundError(f"`{field}` must be an object of parameters by name.", field=field)
@@ -191,7 +187,4 @@ def _column_run(handlers: Handlers, mode: str, prompt: str, side: str, model, gi
 def _in_column(side: str, exc: Exception) -> Exception:
     if not isinstance(exc, PlaygroundError):
         return exc
-    said = exc.renamed({})  # a copy: the same kind and details
-    said.message = f"Column {side.upper()}: {exc.message}"
-    said.args = (said.message,)
-    return said
+    return exc.reworded(f"Column {side.upper()}: {exc.message}", exc.field)

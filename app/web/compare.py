@@ -23,6 +23,7 @@ from app.services.generate import session_key
 from app.services.shares import PENDING
 from app.services.together import Failed, together
 from app.shares.store import SharePublic
+from app.validation import check_mode
 from app.web.api import MODEL_LOCK
 from app.web.handlers import Handlers
 from model.errors import PlaygroundError
@@ -65,10 +66,7 @@ def compare_frames(
     """Runs one generation per column, `columns` being (model, parameter values in the schema's
     order), at once; yields [Column or None (no news)] per frame. A column that fails shows
     why in its status; the other runs on."""
-    if mode not in {m for _, m in MODES}:
-        raise PlaygroundError(
-            f"`mode` must be one of completion, fim, assistant; got {mode!r}.", field="mode"
-        )
+    check_mode(mode)
     # Each column's token, held here: Stop finds it by the column's name (and a new comparison
     # supersedes it), and a page that goes away mid-run cancels both at once.
     cancels = handlers.generate.cancels

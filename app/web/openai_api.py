@@ -18,7 +18,7 @@ from app.metrics import runs_on
 from app.parameters import SCHEMA, Schema
 from app.services.generate import Generations
 from app.services.search import Search
-from app.validation import integer
+from app.validation import MODES, integer
 from app.web.openai_responses import respond
 from app.web.openai_shapes import error
 from model.engine import MAX_LOGPROBS, CancelToken
@@ -51,6 +51,7 @@ def mount_openai_routes(
 ):
     """The routes; API keys are checked in front of them, as of every route (app/web/access.py)."""
     registry = generate.playground.registry
+    takes = _fields(schema)
 
     def attribution(body: dict, choices: int):
         """`attribution: true` asks for the verbatim training-data spans of what was written."""
@@ -67,7 +68,7 @@ def mount_openai_routes(
     def describe(spec, loaded: dict) -> dict:
         model = {"id": spec.id, "object": "model", "created": 0,
                  "owned_by": "starcoder-playground", "max_model_len": spec.context_length,
-                 "modes": [m for m in ("completion", "fim", "assistant") if spec.supports(m)]}  # fmt: skip
+                 "modes": [m for m in MODES if spec.supports(m)]}  # fmt: skip
         if spec.id in loaded:  # a started model also says what it runs on
             model["engine"] = runs_on(loaded[spec.id].info)
         return model
@@ -85,7 +86,7 @@ def mount_openai_routes(
 
     async def completions(request: Request) -> Response:
         try:
-            body = await _json_object(request, "/v1/completions", schema)
+            body = await _json_object(request, "/v1/completions", takes["/v1/completions"])
             prompts, n = _prompts(body.get("prompt")), _n(body)
             _check_choices(len(prompts) * n, f"{len(prompts)} prompts x `n` {n}")
             suffix = body.get("suffix")
@@ -123,7 +124,8 @@ def mount_openai_routes(
 
     async def chat(request: Request) -> Response:
         try:
-            body = await _json_object(request, "/v1/chat/completions", schema)
+            route = "/v1/chat/completions"
+            body = await _json_object(request, route, takes[route])
             message, history = _conversation(body.get("messages"))
             model = _model(body, registry, "assistant")
             spec = registry.choose(model, "assistant")
@@ -152,7 +154,8 @@ def mount_openai_routes(
 # -- requests -------------------------------------------------------------------------------
 
 
-async def _json_object(request: Request, route: str, schema: Schema) -> dict[str, Any]:
+async def _json_object(request: Request, route: str, takes: frozenset[str]) -> dict[str, Any]:
+    """The body, refusing any field the route does not take (`takes`) by name."""
     try:
         body = json.loads(await request.body())
     except (ValueError, UnicodeDecodeError):
@@ -168,12 +171,11 @@ async def _json_object(request: Request, route: str, schema: Schema) -> dict[str
             raise PlaygroundError(
                 f"`{name}` is not supported here yet.", field=name, kind="unsupported"
             )
-    known = _ROUTE_FIELDS[route] | _EVERY_ROUTE | _NOT_YET.keys() | set(_v1_names(schema))
     for name in body:
-        if name not in known:
+        if name not in takes and name not in _NOT_YET:
             raise PlaygroundError(
                 f"`{str(name)[:40]}` is not a field of {route} here; it takes: "
-                f"{', '.join(sorted(known - _NOT_YET.keys()))}.",
+                f"{', '.join(sorted(takes))}.",
                 field=str(name)[:40],
                 kind="unsupported",
             )
@@ -182,9 +184,10 @@ async def _json_object(request: Request, route: str, schema: Schema) -> dict[str
     return body
 
 
-def _v1_names(schema: Schema):
-    for p in schema.v1:
-        yield from p.aliases or (p.name,)
+def _fields(schema: Schema) -> dict[str, frozenset[str]]:
+    """The fields each route takes: its own, every route's, and the schema's by /v1 name."""
+    names = {name for p in schema.v1 for name in p.aliases or (p.name,)}
+    return {route: frozenset(own | _EVERY_ROUTE | names) for route, own in _ROUTE_FIELDS.items()}
 
 
 def _is_text(prompt) -> bool:

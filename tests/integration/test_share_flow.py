@@ -18,27 +18,15 @@ def _get(url: str) -> tuple[int, str]:
 
 def test_share_endpoint_returns_a_link_whose_page_shows_the_generation(client, live_app):
     output = "def add(a, b):\n    return a + b  # <b>not bold</b>\n"
-    url = client.predict(
-        mode="completion",
-        prompt="def add(a, b):\n",
-        output=output,
-        parameters={"temperature": 0.2},
-        model="tiny-starcoder",
-        api_name="/share",
-    )
+    share = {"mode": "completion", "prompt": "def add(a, b):\n", "output": output,
+             "parameters": {"temperature": 0.2}, "model": "tiny-starcoder"}  # fmt: skip
+    url = client.predict(**share, api_name="/share")
     assert url.startswith(live_app.url.rstrip("/") + "/s/")
     status, body = _get(url)
     assert status == 200
     assert "&lt;b&gt;not bold&lt;/b&gt;" in body and "<b>not bold</b>" not in body
     assert "tiny-starcoder" in body
-    again = client.predict(
-        mode="completion",
-        prompt="def add(a, b):\n",
-        output=output,
-        parameters={"temperature": 0.2},
-        model="tiny-starcoder",
-        api_name="/share",
-    )
+    again = client.predict(**share, api_name="/share")
     assert again != url and again.startswith(live_app.url.rstrip("/") + "/s/")  # its own link
 
 

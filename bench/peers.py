@@ -219,9 +219,10 @@ def main(argv=None) -> int:
     p.add_argument("--bare-threads", default="1,2")
     p.add_argument(
         "--app-threads",
-        default="1,2,2s",
+        default="1,2",
         help="TORCH_THREADS per app arm; 's': with spinning OpenMP waits "
-        "(OMP_WAIT_POLICY=ACTIVE, the worker's default is PASSIVE)",
+        "(OMP_WAIT_POLICY=ACTIVE, the worker's default is PASSIVE). A spinning worker burns "
+        "most of a core while idle, which slows every other arm of the run: not a default",
     )
     p.add_argument("--vllm-bind", default="auto,0-1")
     p.add_argument("--vllm-python", default="/work/vllm-venv/bin/python")

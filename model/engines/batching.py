@@ -50,6 +50,7 @@ from model.engine import (
 )
 from model.engines.kv_budget import KvPlan, no_room, plan_for_model
 from model.engines.local import LocalEngine
+from model.engines.packing import weight_bytes
 from model.errors import PlaygroundError
 from model.tokens.logprobs import Namer
 from model.tokens.sampling import RequestSamplingCB
@@ -179,7 +180,7 @@ class BatchingServer:
         cache = getattr(self.manager.batch_processor, "cache", None)
         self.info = replace(
             self.info,
-            weight_bytes=sum(t.nbytes for t in (*model.parameters(), *model.buffers())),
+            weight_bytes=weight_bytes(model),
             kv_cache_bytes=getattr(getattr(cache, "cache_tensor", None), "nbytes", 0),
         )
         self.manager.start()

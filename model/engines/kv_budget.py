@@ -23,8 +23,11 @@ CPU_PAGE = 32  # tokens per cache page on CPU: small pages waste little on short
 # Default budget: this share of the memory transformers counts as available (it refuses a
 # cache whose working set exceeds 0.6 of it on CPU, and that set is up to ~2.2x the cache for
 # multi-query models), and at most DEFAULT_CAP_MIB on CPU, or one full context if larger.
+# 448 MiB: SmolLM2 holds 10,194 tokens (one full 8,192-token context and more). It was 512;
+# the packed output layer (model/engines/packing.py) keeps a 108 MiB copy of the embedding,
+# and 64 MiB of that came from here to keep the SmolLM2 worker within 1.5 GiB idle.
 DEFAULT_SHARE = 0.2
-DEFAULT_CAP_MIB = 512
+DEFAULT_CAP_MIB = 448
 
 
 @dataclass(frozen=True)

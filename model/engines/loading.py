@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +76,8 @@ def load(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from model.engines.packing import pack_linears
+
     local = is_local(model_id)
     source = str(Path(model_id).expanduser()) if local else model_id
     common = {"local_files_only": local, "token": None if local else hf_token}
@@ -100,8 +103,17 @@ def load(
         model.to(placement.device)
     model.eval()
     if placement.device == "cpu":
-        column_major_linears(model)
+        # Packed for oneDNN where it can (model/engines/packing.py), else the layout plain BLAS
+        # handles best; either way the plain checkpoint copies go.
+        if not pack_linears(model):
+            column_major_linears(model)
         release_checkpoint(model)
+        # Grouped-query attention straight on the KV heads: transformers otherwise copies
+        # them to every query head (repeat_kv) whenever there is a mask, which continuous
+        # batching always has; torch's CPU flash kernel takes the groups as they are. 8
+        # SmolLM2 streams: 6 ms of 92 per step were those copies (bench/RESULTS.md). Read by
+        # transformers at each call; CUDA's kernels fall back to math with a mask, so CPU only.
+        os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
         # Softmax over a low-temperature row underflows into denormals, which x86 handles
         # ~10x slower: 8 x 8,192 logits took 196 us, 56 us flushed to zero. They are far
         # below any probability that can be drawn.

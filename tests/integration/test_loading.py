@@ -112,17 +112,28 @@ def test_unknown_model_is_a_clear_error(tmp_path, monkeypatch):
     assert "Could not load `MODEL_ID`" in err.value.message and err.value.field == "model"
 
 
-def test_cpu_layout_keeps_the_models_outputs():
-    """load() stores Linear weights transposed on CPU for speed: the logits and the greedy text
-    are those of the model as transformers loads it, and tied embeddings stay tied."""
+@pytest.mark.parametrize("packed", [True, False], ids=["onednn", "column-major"])
+def test_cpu_layout_keeps_the_models_outputs(packed, monkeypatch):
+    """load() packs Linear weights for oneDNN on CPU (or, where it cannot, stores them
+    transposed) for speed: the logits and the greedy text are those of the model as
+    transformers loads it, and the input embedding a tied output layer reads stays whole."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from model.engines import packing
+
+    if not packed:
+        monkeypatch.setattr(packing, "can_pack", lambda model: False)
     folder = str(TINY_STARCODER_DIR)
     model, tokenizer, _ = loading.load(folder, device="cpu")
     plain = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    assert not model.lm_head.weight.is_contiguous()  # the layout did change
-    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if packed:  # the layout did change: no plain Linear is left
+        assert not linears and isinstance(model.lm_head, packing.PackedLinear)
+    else:
+        assert not model.lm_head.weight.is_contiguous()  # the transposed layout
+        assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    torch.testing.assert_close(model.transformer.wte.weight, plain.transformer.wte.weight)
     ids = tokenizer("def fibonacci(n):\n", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, plain(ids).logits, atol=1e-4, rtol=0)

@@ -88,10 +88,13 @@ def _start(name, cmd, env, port, model, logdir: Path) -> Server:
 
 
 def start_app(name, port, model_id, threads, dtype, data_dir, logdir, env=None) -> Server:
-    """`model_id` a registry id (SmolLM2's is converted into data_dir/models, as vLLM reads)."""
+    """`model_id` a registry id (SmolLM2's is converted into data_dir/models, as vLLM reads);
+    `threads` None: the worker's default thread policy."""
     cmd = [sys.executable, "app.py", "--model", model_id, "--port", str(port),
            "--data-dir", data_dir, "--rate-limit", "0", "--dtype", dtype,
-           "--torch-threads", str(threads), "--log-level", "WARNING"]  # fmt: skip
+           "--log-level", "WARNING"]  # fmt: skip
+    if threads is not None:  # None: TORCH_THREADS' default, auto
+        cmd += ["--torch-threads", str(threads)]
     env = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", **(env or {})}
     return _start(name, cmd, env, port, model_id, logdir)
 

@@ -159,31 +159,38 @@ class Bare:
                 pass
 
         ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"]
-        out: list[float] = []
-
-        def run():  # a fresh thread, as the worker's generate runs (OpenMP placement differs)
-            torch.set_num_threads(threads)
-            with torch.inference_mode():
-                t0 = time.perf_counter()
-                self.model.generate(
-                    ids,
-                    max_new_tokens=tokens,
-                    min_new_tokens=tokens,
-                    do_sample=False,
-                    streamer=Clock(),
-                    pad_token_id=self.tokenizer.pad_token_id,
-                )
-                out.append(t0)
-
-        t = threading.Thread(target=run)
-        t.start()
-        t.join()
-        t0 = out[0]
+        # In this (the main) thread, the only one that computes here: a second thread's OpenMP
+        # team makes libgomp sleep between ops, which halved 2-thread speed (threads.py).
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            self.model.generate(
+                ids,
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=False,
+                streamer=Clock(),
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
         # marks[0] is the prompt, marks[1] the first new token
         return {"tok_s": tokens / (marks[-1] - t0), "ttft": [marks[1] - t0]}
 
 
 # -- bandwidth --------------------------------------------------------------------------------
+
+
+def bytes_read_per_step(model) -> int:
+    """Weights a decode step reads: every layer's (oneDNN's packed copies where packed), not
+    the input embedding, of which it reads one row per token."""
+    from model.engines.packing import weight_bytes
+
+    embedding = model.get_input_embeddings().weight
+    tied = any(
+        getattr(m, "weight", None) is embedding
+        for m in model.modules()
+        if m is not model.get_input_embeddings()
+    )
+    return weight_bytes(model) - (0 if tied else embedding.nbytes)
 
 
 def memory_bandwidth_gbs(threads: int) -> float:
@@ -219,8 +226,8 @@ def main(argv=None) -> int:
     p.add_argument("--bare-threads", default="1,2")
     p.add_argument(
         "--app-threads",
-        default="1,2",
-        help="TORCH_THREADS per app arm; 's': with spinning OpenMP waits "
+        default="auto,1,2",
+        help="TORCH_THREADS per app arm ('auto': the default); 's': with spinning OpenMP waits "
         "(OMP_WAIT_POLICY=ACTIVE, the worker's default is PASSIVE). A spinning worker burns "
         "most of a core while idle, which slows every other arm of the run: not a default",
     )
@@ -257,8 +264,9 @@ def main(argv=None) -> int:
         port += 1
     try:
         for arm in [t for t in args.app_threads.split(",") if t]:
-            n, spin = int(arm.rstrip("s")), arm.endswith("s")
-            name = f"app threads={n}" + (" spinning" if spin else "")
+            spin = arm.endswith("s")
+            n = None if arm == "auto" else int(arm.rstrip("s"))
+            name = f"app threads={arm.rstrip('s')}" + (" spinning" if spin else "")
             app = servers.start_app(
                 name,
                 port,
@@ -348,7 +356,7 @@ def report(args, results, health, ready, rss_idle, idle_cpu, bare) -> None:
             f"| {s.name} | {rss_idle[s.name]:,.0f} | {s.rss_mib():,.0f} "
             f"| {idle_cpu[s.name]:.2f} | {hs} |"
         )
-    weight_bytes = sum(t.nbytes for t in bare.model.parameters())
+    weight_bytes = bytes_read_per_step(bare.model)
     bw = max(memory_bandwidth_gbs(n) for n in (1, os.cpu_count() or 1))
     bound = bw * 1e9 / weight_bytes
     print(

@@ -22,3 +22,17 @@ def install(cb_processor: type) -> None:
 
 def installed(cb_processor: type) -> bool:
     return cblp.CLASSIC_TO_CB_PROCESSORS_MAP.get(RepetitionPenaltyLogitsProcessor) is cb_processor
+
+
+def before_each_step(manager, hook) -> None:
+    """Calls `hook()` on the manager's own thread before each pass of its generation loop
+    (start() not yet called): the thread the batch computes on, whose OpenMP team only it can
+    size (model/engines/threads.py). Wraps the loop body, a private method of 5.24's manager."""
+    require("transformers", transformers.__version__, WRITTEN_FOR, __name__)
+    body = manager._generation_loop_body
+
+    def step(*args, **kwargs):
+        hook()
+        return body(*args, **kwargs)
+
+    manager._generation_loop_body = step

@@ -51,6 +51,7 @@ from model.engine import (
 from model.engines.kv_budget import KvPlan, no_room, plan_for_model
 from model.engines.local import LocalEngine
 from model.engines.packing import weight_bytes
+from model.engines.threads import ComputeThreads
 from model.errors import PlaygroundError
 from model.tokens.logprobs import Namer
 from model.tokens.sampling import RequestSamplingCB
@@ -125,6 +126,7 @@ class BatchingServer:
         max_batch: int,
         kv_cache_mb: float | None = None,
         on_fatal: Callable[[], None] | None = None,
+        threads: ComputeThreads | None = None,
     ):
         transformers_cb.install(RequestSamplingCB)  # our sampler in transformers' batching
         self.plan = plan_for_model(model, info, max_batch, kv_cache_mb)
@@ -183,6 +185,10 @@ class BatchingServer:
             weight_bytes=weight_bytes(model),
             kv_cache_bytes=getattr(getattr(cache, "cache_tensor", None), "nbytes", 0),
         )
+        if threads is not None and model.device.type == "cpu":
+            # The batch's thread sizes its own OpenMP team, before every step ("auto" follows
+            # the other processes' load; model/engines/threads.py).
+            transformers_cb.before_each_step(self.manager, threads.apply_here)
         self.manager.start()
         threading.Thread(target=self._route, name="cb-router", daemon=True).start()
 

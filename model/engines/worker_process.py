@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from model.engine import Done
+from model.engines.threads import ComputeThreads, wait_policy
 from model.errors import PlaygroundError
 
 
@@ -63,12 +64,11 @@ def worker_main(conn, config: WorkerConfig) -> None:
     # Dying with it would look like a crash and trigger a pointless restart during shutdown.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # OpenMP threads that wait at a barrier sleep instead of spinning for up to ~ms: on a
-    # small machine whose cores the web process and other work also want, spinning threads
-    # steal the core the straggler needs. SmolLM2 at 2 threads on the busy 2-core machine:
-    # 0.7-3.3 tok/s spinning, 3.8-10.7 sleeping (bench/RESULTS.md). Read by libgomp when
-    # torch loads, so before that (torch is imported below); the environment can override it.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Spin or sleep between ops (model/engines/threads.py): read by libgomp when torch loads,
+    # so before that (torch is imported below); the environment can override it.
+    policy = wait_policy(config.torch_threads)
+    if policy is not None:
+        os.environ.setdefault("OMP_WAIT_POLICY", policy)
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s worker %(name)s: %(message)s",
@@ -91,12 +91,15 @@ def worker_main(conn, config: WorkerConfig) -> None:
     from model.engines.batching import BatchingServer
     from model.engines.loading import load
 
+    _main_thread_computes_alone()
+
     try:
         source = _resolve(config)
         model, tokenizer, info = load(
             source, device=config.device, hf_token=config.hf_token, dtype=config.dtype
         )
-        info = replace(info, threads=_set_threads(config.torch_threads))
+        compute = ComputeThreads(config.torch_threads)
+        info = replace(info, threads=compute.count)
         server = BatchingServer(
             model,
             tokenizer,
@@ -105,6 +108,7 @@ def worker_main(conn, config: WorkerConfig) -> None:
             max_batch=config.max_batch,
             kv_cache_mb=config.kv_cache_mb,
             on_fatal=exit_for_restart,
+            threads=compute,
         )
         info = server.info  # with the per-request limit the cache allows, and memory figures
     except PlaygroundError as exc:  # a known reason (e.g. no such model): no traceback needed
@@ -158,25 +162,9 @@ def worker_main(conn, config: WorkerConfig) -> None:
         server.close()
 
 
-def available_cores() -> int:
-    """Cores this process may run on (a container's or taskset's limit, not the host's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def _set_threads(threads: int | None) -> int:
-    """Sets torch's CPU threads (TORCH_THREADS, default every available core); returns them.
-
-    One thread per core. The web process and other workers share these cores, and threads
-    that outnumber the free cores wait for each other at every parallel region: sleeping
-    there (OMP_WAIT_POLICY=PASSIVE, set in worker_main) keeps that cheap; on a machine busy
-    with other work TORCH_THREADS=1 is still the safe choice (bench/RESULTS.md).
-    """
+def _main_thread_computes_alone() -> None:
+    """This thread loads the model and reads commands: it computes with one thread, so that
+    the only OpenMP team with several is the batch's (model/engines/threads.py)."""
     import torch
 
-    threads = threads or available_cores()
-    torch.set_num_threads(threads)
-    logging.getLogger(__name__).info("torch uses %d CPU thread(s)", threads)
-    return torch.get_num_threads()
+    torch.set_num_threads(1)

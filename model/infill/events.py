@@ -7,9 +7,7 @@ caller holds the model: LocalEngine's lock, or the batch paused in the worker).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from collections.abc import Iterator
 
 import torch
@@ -21,33 +19,17 @@ from model.infill.rerank import fill_events, infill_settings
 log = logging.getLogger(__name__)
 
 
-@contextlib.contextmanager
-def _every_core(model):
-    """A fill runs alone (the batch is paused), so on a CPU it may use every core. The worker
-    otherwise keeps few threads, so that spinning ones do not starve the web process
-    (model/engines/worker_process.py); during a fill the web process only waits."""
-    before = torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if next(model.parameters()).device.type != "cpu" or (cores or 1) <= before:
-        yield
-        return
-    torch.set_num_threads(cores)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def infill_events(
     model, tokenizer, request: GenerationRequest, cancel: CancelToken
 ) -> Iterator[Event]:
     spec, p = request.infill, request.params
     settings = infill_settings(request)
     try:
-        with _every_core(model):
-            fill = RerankFiller(model, tokenizer, settings)(
-                spec.prefix, spec.suffix, single_line=True, cancel=cancel
-            )
+        # On the caller's threads: in the worker, as many as the batch's team uses now
+        # (model/engines/threads.py), which is every core unless other processes are busy.
+        fill = RerankFiller(model, tokenizer, settings)(
+            spec.prefix, spec.suffix, single_line=True, cancel=cancel
+        )
     except Cancelled:
         yield Done("cancelled")
         return

@@ -14,8 +14,8 @@ import pytest
 
 from model.engine import CancelToken, Delta, Done, GenerationParams, GenerationRequest, Queued
 from model.engines.loading import choose_placement
+from model.engines.threads import available_cores
 from model.engines.worker import WorkerConfig, WorkerEngine
-from model.engines.worker_process import available_cores
 from model.errors import PlaygroundError
 
 PROMPTS = ["def foo(x):", "import json\n", "class A:", "return self", "for i in", "while True:"]

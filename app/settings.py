@@ -81,8 +81,9 @@ OPTIONS: tuple[Option, ...] = (
         "torch_threads",
         "TORCH_THREADS",
         None,
-        "CPU threads each model's worker computes with (default: all cores this process may "
-        "use). Fewer leaves cores to the web process and to other models' workers.",
+        "CPU threads each model's worker computes with (default: auto, every core this process "
+        "may use that other processes leave free, re-measured every second). A fixed count "
+        "leaves the rest to the web process and other work.",
         int,
     ),
     Option(

@@ -7,7 +7,7 @@ Each config is the app's fill settings (model/infill/rerank.py `infill_settings`
 MAX_CONTEXT_TOKENS context, 48 new tokens) with some fields replaced; the first config is the
 baseline the others are compared with. Every task runs every config in turn (the order
 rotates from task to task), in one process on the app's thread count during a fill (every
-core, OMP_WAIT_POLICY=PASSIVE as the worker sets it), so a busy machine slows each alike;
+core, threads sleeping between ops: OMP_WAIT_POLICY=PASSIVE), so a busy machine slows each alike;
 latency is reported as each config's p50 over the baseline's, besides the seconds.
 
 Candidate filters are scored from the same fills: keeping only the candidates that fit the
@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-# As the worker (model/engines/worker_process.py).
+# Sleeping threads: a busy machine slows every config alike (spinning ones do not).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

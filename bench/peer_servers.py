@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +27,12 @@ class Server:
     def rss_mib(self) -> float:
         """Resident memory of the server and every process it started (workers, engine core)."""
         return sum(_rss_kib(pid) for pid in _tree(self.proc.pid)) / 1024
+
+    def pause(self, paused: bool) -> None:
+        """SIGSTOP (or SIGCONT) the server's whole process group: a stopped server takes no
+        CPU at all, not even the idle polling that disturbs a spinning OpenMP team."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGSTOP if paused else signal.SIGCONT)
 
     def cpu_seconds(self) -> float:
         """CPU time used so far by the whole tree (user + system), to show idle spinning."""

@@ -32,8 +32,9 @@ class WorkerConfig:
     device: str | None = None
     hf_token: str | None = None
     log_level: str = "INFO"
-    # CPU threads for torch in the worker (TORCH_THREADS); None: every core this process may
-    # run on. ModelInfo.threads reports what the worker runs with.
+    # CPU threads for torch in the worker (TORCH_THREADS); None: auto, the cores other
+    # processes leave free (model/engines/threads.py). ModelInfo.threads reports the count
+    # the worker started with.
     torch_threads: int | None = None
     # Weights' and KV cache's dtype (DTYPE): auto, float32 or bfloat16 (model/engines/loading.py).
     dtype: str = "auto"

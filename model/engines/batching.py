@@ -19,7 +19,8 @@ One-at-a-time path (LocalEngine on the same model, serialised by its lock):
   - requests with a `seed`: the batch samples from torch's one global RNG, so "same seed,
     same output" only holds for a request that runs alone. The batch pauses while it runs.
   - fills by reranking (Infill, model/infill/events.py): a batch of candidates of their own, with
-    their own KV cache, then one scoring forward; about a second on a CPU.
+    their own KV cache, then one scoring forward; about a second on a CPU. They run on the
+    batch's own thread between two of its steps (its OpenMP team; model/engines/threads.py).
   - requests that score their prompt (GenerationParams.prompt_logprobs): the batch's cache
     keeps no prompt logits.
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import queue
 import threading
 import warnings
 from collections import deque
@@ -53,6 +55,7 @@ from model.engines.local import LocalEngine
 from model.engines.packing import weight_bytes
 from model.engines.threads import ComputeThreads
 from model.errors import PlaygroundError
+from model.infill.events import failed
 from model.tokens.logprobs import Namer
 from model.tokens.sampling import RequestSamplingCB
 from model.tokens.token_stream import TokenStream, overflow, prepare
@@ -185,10 +188,11 @@ class BatchingServer:
             weight_bytes=weight_bytes(model),
             kv_cache_bytes=getattr(getattr(cache, "cache_tensor", None), "nbytes", 0),
         )
-        if threads is not None and model.device.type == "cpu":
-            # The batch's thread sizes its own OpenMP team, before every step ("auto" follows
-            # the other processes' load; model/engines/threads.py).
-            transformers_cb.before_each_step(self.manager, threads.apply_here)
+        # The batch's thread sizes its own OpenMP team before every step ("auto" follows the
+        # other processes' load; model/engines/threads.py), then runs what waits for it.
+        self._threads = threads if model.device.type == "cpu" else None
+        self._between_steps: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        transformers_cb.before_each_step(self.manager, self._before_step)
         self.manager.start()
         threading.Thread(target=self._route, name="cb-router", daemon=True).start()
 
@@ -201,9 +205,17 @@ class BatchingServer:
             token = CancelToken()
             with self._lock:
                 self._cancels[rid] = token
-            threading.Thread(
-                target=self._run_alone, args=(rid, request, token), daemon=True
-            ).start()
+            if request.infill is not None:
+                # A fill runs on the batch's own thread, between two of its steps: the batch
+                # waits, as it must, and the fill computes with the batch's OpenMP team. In a
+                # thread of its own it got a second team, and libgomp, with more threads than
+                # cores, slept between ops: fills took ~1.5x as long (bench/RESULTS.md).
+                self._between_steps.put(lambda: self._run_alone(rid, request, token))
+                transformers_cb.wake(self.manager)
+            else:
+                threading.Thread(
+                    target=self._run_alone, args=(rid, request, token), daemon=True
+                ).start()
 
     def emit(self, rid: str, event: Event) -> None:
         self.send([(rid, event)])
@@ -236,21 +248,38 @@ class BatchingServer:
 
     def _run_alone(self, rid: str, request: GenerationRequest, token: CancelToken) -> None:
         try:
-            if request.params.seed is None and request.infill is None:
+            if request.infill is not None:  # on the batch's thread (submit): it is paused
+                self._emit_all(rid, self.local.stream(request, token))
+            elif request.params.seed is None:
                 # A scored prompt pauses the batch one chunk at a time, and the batch takes a
                 # step between chunks: scoring 8,000 tokens used to stop every other stream of
                 # the model for minutes.
-                for event in self.local.stream(request, token, hold=self.manager.pause):
-                    self.emit(rid, event)
-                return
-            # The batches sample from the same global torch RNG: pause them, or the seed would
-            # not pin the output. Seeded requests are rare (the user asked for one explicitly).
-            with self.manager.pause():
-                for event in self.local.stream(request, token):
-                    self.emit(rid, event)
+                self._emit_all(rid, self.local.stream(request, token, hold=self.manager.pause))
+            else:
+                # The batches sample from the same global torch RNG: pause them, or the seed
+                # would not pin the output. Seeded requests are rare (the user asked for one).
+                with self.manager.pause():
+                    self._emit_all(rid, self.local.stream(request, token))
+        except Exception as exc:  # on the batch's thread an escaped error would end the batch
+            self.emit(rid, failed(exc))
         finally:
             with self._lock:
                 self._cancels.pop(rid, None)
+
+    def _emit_all(self, rid: str, events) -> None:
+        for event in events:
+            self.emit(rid, event)
+
+    def _before_step(self) -> None:
+        """On the batch's thread, before each of its steps (and every 0.1 s when idle)."""
+        if self._threads is not None:
+            self._threads.apply_here()
+        while True:
+            try:
+                job = self._between_steps.get_nowait()
+            except queue.Empty:
+                return
+            job()
 
     # -- batched ----------------------------------------------------------------------------
 

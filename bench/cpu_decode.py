@@ -1,0 +1,138 @@
+"""Where a CPU decode step's time goes, side by side in one run (not a test):
+
+1. `linear`: SmolLM2's weight shapes through `F.linear` on the plain and the transposed
+   (column-major) weight, and through oneDNN's packed inner product (model/engines/packing.py),
+   at 1, 8, 64 and 256 rows, per torch thread count. Many copies of each weight, so that
+   nothing stays in the cache, as in a model.
+2. `threads`: one SmolLM2 decode step (1 row, the model as the worker loads it) at 1 and 2
+   threads, computed in the main thread and in a second Python thread whose process already
+   has an OpenMP team of 2 (model/engines/threads.py: two teams make libgomp sleep between
+   ops), in interleaved rounds.
+
+    python bench/cpu_decode.py [linear|threads|both] [--rounds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from model.paths import default_data_dir  # noqa: E402
+from model.registry import SMOLLM2  # noqa: E402
+
+# SmolLM2-135M: attention q/o, k/v, MLP gate/up, down; the tied output layer
+SHAPES = [(576, 576), (192, 576), (1536, 576), (576, 1536), (49152, 576)]
+
+
+def timed(fn, n: int) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n * 1e3
+
+
+def linear(threads: list[int], rounds: int) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    print("| weight | rows | threads | plain ms | column-major ms | packed ms | plain / packed |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for out_f, in_f in SHAPES:
+        copies = 1 if out_f > 10_000 else 30
+        plain = [torch.randn(out_f, in_f) for _ in range(copies)]
+        column = [w.t().contiguous().t() for w in plain]
+        packed = [torch.ops.mkldnn._reorder_linear_weight(w, None) for w in plain]
+        for rows in (1, 8, 64, 256):
+            x = torch.randn(rows, in_f)
+            for n in threads:
+                torch.set_num_threads(n)
+                arms = {
+                    "plain": lambda x=x, ws=plain: [F.linear(x, w) for w in ws],
+                    "column": lambda x=x, ws=column: [F.linear(x, w) for w in ws],
+                    "packed": lambda x=x, ws=packed: [
+                        torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "") for p in ws
+                    ],
+                }
+                ms = {k: [] for k in arms}
+                for _ in range(rounds):  # interleaved
+                    for k, fn in arms.items():
+                        ms[k].append(timed(fn, 5) / copies)
+                m = {k: statistics.median(v) for k, v in ms.items()}
+                print(
+                    f"| {out_f} x {in_f} | {rows} | {n} | {m['plain']:.3f} | {m['column']:.3f} "
+                    f"| {m['packed']:.3f} | {m['plain'] / m['packed']:.2f} |"
+                )
+
+
+def threads_step(rounds: int) -> None:
+    import torch
+
+    from model.engines.loading import load
+    from model.smollm2 import ensure_converted
+
+    folder = ensure_converted(default_data_dir() / "models" / SMOLLM2)
+    torch.set_num_threads(2)  # the load runs a team of 2 in this (the main) thread
+    model, tokenizer, _ = load(str(folder), device="cpu")
+    ids = tokenizer("def fibonacci(n):\n    ", return_tensors="pt")["input_ids"]
+
+    def step_ms(n: int) -> float:
+        torch.set_num_threads(n)
+        with torch.inference_mode():
+            out = model(ids, use_cache=True)
+            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            times = []
+            for _ in range(16):
+                start = time.perf_counter()
+                out = model(token, past_key_values=cache, use_cache=True)
+                times.append(time.perf_counter() - start)
+                cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        return statistics.median(times) * 1e3
+
+    def in_thread(n: int) -> float:
+        got = []
+        t = threading.Thread(target=lambda: got.append(step_ms(n)))
+        t.start()
+        t.join()
+        return got[0]
+
+    arms = {
+        "main thread, 1 thread": lambda: step_ms(1),
+        "main thread, 2 threads": lambda: step_ms(2),
+        "second thread, 1 thread": lambda: in_thread(1),
+        "second thread, 2 threads (two teams)": lambda: in_thread(2),
+    }
+    ms = {k: [] for k in arms}
+    for _ in range(rounds):
+        for k, fn in arms.items():
+            ms[k].append(fn())
+    print("\n| SmolLM2 decode step, 1 row | ms (median of rounds) | rounds |")
+    print("|---|---:|---|")
+    for k, v in ms.items():
+        print(f"| {k} | {statistics.median(v):.1f} | {' '.join(f'{x:.0f}' for x in v)} |")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python bench/cpu_decode.py", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("part", nargs="?", default="both", choices=("linear", "threads", "both"))
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--threads", default="1,2", help="linear: torch thread counts")
+    args = p.parse_args(argv)
+    if args.part in ("linear", "both"):
+        linear([int(t) for t in args.threads.split(",")], args.rounds)
+    if args.part in ("threads", "both"):
+        threads_step(args.rounds)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

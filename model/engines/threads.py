@@ -51,8 +51,10 @@ def free_cores(cores: int, others_busy: float) -> int:
 class CpuLoad:
     """Cores other processes kept busy since the last reading (Linux /proc; elsewhere 0)."""
 
-    def __init__(self, stat: str = "/proc/stat", own: str = "/proc/self/stat"):
-        self._stat, self._own = stat, own
+    def __init__(
+        self, stat: str = "/proc/stat", own: str = "/proc/self/stat", clock=time.monotonic
+    ):
+        self._stat, self._own, self._clock = stat, own, clock
         self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._last = self._read()
 
@@ -67,7 +69,7 @@ class CpuLoad:
         idle = cpu[3] + (cpu[4] if len(cpu) > 4 else 0)  # idle + iowait
         # utime, stime of this process (every thread): fields 14 and 15, 12 and 13 after ")"
         own = int(fields[11]) + int(fields[12])
-        return time.monotonic(), (sum(cpu[:8]) - idle) / self._tick, own / self._tick
+        return self._clock(), (sum(cpu[:8]) - idle) / self._tick, own / self._tick
 
     def others_busy(self) -> float:
         now = self._read()
@@ -81,13 +83,22 @@ class CpuLoad:
 class ComputeThreads:
     """The team size of the thread that runs the model: TORCH_THREADS, or "auto" (None)."""
 
-    def __init__(self, setting: int | None, cores: int | None = None, load: CpuLoad | None = None):
+    def __init__(
+        self,
+        setting: int | None,
+        cores: int | None = None,
+        load: CpuLoad | None = None,
+        clock=time.monotonic,
+        set_threads=None,
+    ):
         self.setting = setting
         self.cores = cores or available_cores()
         self.count = setting or self.cores
         self._load = (load or CpuLoad()) if setting is None else None
         self._next = 0.0
         self._applied = 0
+        self._clock = clock
+        self._set_threads = set_threads  # None: torch.set_num_threads (imported when first used)
 
     @property
     def auto(self) -> bool:
@@ -99,7 +110,7 @@ class ComputeThreads:
     def apply_here(self) -> None:
         """Called by the computing thread before each step: sizes this thread's team (cheap
         between re-measurements)."""
-        now = time.monotonic()
+        now = self._clock()
         if self._load is not None and now >= self._next:
             self._next = now + CHECK_SECONDS
             count = free_cores(self.cores, self._load.others_busy())
@@ -107,7 +118,9 @@ class ComputeThreads:
                 log.info("other processes' load: torch now uses %d CPU thread(s)", count)
                 self.count = count
         if self._applied != self.count:
-            import torch
+            if self._set_threads is None:
+                import torch
 
-            torch.set_num_threads(self.count)
+                self._set_threads = torch.set_num_threads
+            self._set_threads(self.count)
             self._applied = self.count

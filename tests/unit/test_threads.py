@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from model.engines import threads
 from model.engines.threads import ComputeThreads, CpuLoad, free_cores, wait_policy
 
 
@@ -29,11 +28,10 @@ def write_stat(tmp_path, busy: int, idle: int, own: int):
     (tmp_path / "own").write_text("42 (python (x) y) " + " ".join(fields))
 
 
-def test_cpu_load_counts_only_other_processes(tmp_path, monkeypatch):
+def test_cpu_load_counts_only_other_processes(tmp_path):
     clock = iter([100.0, 101.0, 102.0])
-    monkeypatch.setattr(threads.time, "monotonic", lambda: next(clock))
     write_stat(tmp_path, busy=1000, idle=1000, own=500)
-    load = CpuLoad(str(tmp_path / "stat"), str(tmp_path / "own"))
+    load = CpuLoad(str(tmp_path / "stat"), str(tmp_path / "own"), clock=lambda: next(clock))
     tick = load._tick
     # In one second: 2 cores' worth of busy time, 0.5 of it ours -> others kept 1.5 busy.
     write_stat(tmp_path, busy=1000 + 2 * tick, idle=1000, own=500 + tick // 2)
@@ -55,14 +53,16 @@ class FakeLoad:
         return self.values.pop(0)
 
 
-def test_auto_follows_the_load_and_sizes_the_calling_thread(monkeypatch):
-    import torch
-
+def test_auto_follows_the_load_and_sizes_the_calling_thread():
     set_to = []
-    monkeypatch.setattr(torch, "set_num_threads", set_to.append)
     clock = [0.0]
-    monkeypatch.setattr(threads.time, "monotonic", lambda: clock[0])
-    policy = ComputeThreads(None, cores=2, load=FakeLoad([0.1, 1.2, 0.2]))
+    policy = ComputeThreads(
+        None,
+        cores=2,
+        load=FakeLoad([0.1, 1.2, 0.2]),
+        clock=lambda: clock[0],
+        set_threads=set_to.append,
+    )
     policy.apply_here()
     assert policy.count == 2 and set_to == [2]
     clock[0] = 0.5  # between measurements: nothing re-read, nothing re-set
@@ -77,12 +77,9 @@ def test_auto_follows_the_load_and_sizes_the_calling_thread(monkeypatch):
     assert policy.count == 2 and set_to == [2, 1, 2]
 
 
-def test_a_fixed_count_never_measures(monkeypatch):
-    import torch
-
+def test_a_fixed_count_never_measures():
     set_to = []
-    monkeypatch.setattr(torch, "set_num_threads", set_to.append)
-    policy = ComputeThreads(3, cores=8, load=FakeLoad([]))  # popping would raise
+    policy = ComputeThreads(3, cores=8, load=FakeLoad([]), set_threads=set_to.append)  # no pop
     policy.apply_here()
     policy.apply_here()
     assert policy.count == 3 and set_to == [3] and policy.describe() == "3"

@@ -34,7 +34,6 @@ class PackedLinear(torch.nn.Module):
         self.out_features = linear.out_features
         weight = linear.weight.detach()
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None)
-        self.dtype = weight.dtype
         self.bias = linear.bias  # a Parameter or None, used as is
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

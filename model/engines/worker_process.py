@@ -100,6 +100,7 @@ def worker_main(conn, config: WorkerConfig) -> None:
             source, device=config.device, hf_token=config.hf_token, dtype=config.dtype
         )
         compute = ComputeThreads(config.torch_threads)
+        logging.getLogger(__name__).info("torch computes with %s CPU thread(s)", compute.describe())
         info = replace(info, threads=compute.count)
         server = BatchingServer(
             model,

@@ -228,9 +228,8 @@ def main(argv=None) -> int:
     p.add_argument(
         "--app-threads",
         default="auto,1,2",
-        help="TORCH_THREADS per app arm ('auto': the default); 's': with spinning OpenMP waits "
-        "(OMP_WAIT_POLICY=ACTIVE; the worker's auto spins, a fixed count above 1 sleeps). A spinning worker burns "
-        "most of a core while idle, which slows every other arm of the run: not a default",
+        help="TORCH_THREADS per app arm ('auto': the app's default); a trailing 's': with "
+        "OMP_WAIT_POLICY=ACTIVE (a fixed count above 1 otherwise sleeps between ops)",
     )
     p.add_argument("--vllm-bind", default="auto,0-1")
     p.add_argument("--vllm-python", default="/work/vllm-venv/bin/python")
@@ -292,7 +291,8 @@ def main(argv=None) -> int:
 def alone(arm, servers_up: list):
     """Every server but `arm` stopped (SIGSTOP) while it is measured, as if it ran alone on
     the machine: idle servers' polling woke often enough to stall the app's spinning threads
-    (auto: 10.8 tok/s at one stream with four idle servers beside it, 15-16 alone)."""
+    (auto: 10.8 / 53.7 tok/s at 1 / 8 streams beside four idle servers, 14.3 / 71.5 with them
+    stopped; bench/RESULTS.md)."""
     others = [s for s in servers_up if s is not arm]
     for s in others:
         s.pause(True)

@@ -42,7 +42,7 @@ from model.prompts.templates import (
     split_fim,
 )
 from model.tokens.loops import LoopGuard
-from model.tokens.shaping import HoldLeadingSpace, Plain, Reply
+from model.tokens.shaping import Plain, Reply
 
 LOOP_STOPPED = "stopped: the model was repeating itself"
 FENCE = "\n```"  # a chat-tuned model closes its code with a markdown fence (completion_stops)
@@ -225,7 +225,6 @@ class Playground:
             suffix="",
             client=client,
             prompt_ids=ids,
-            shaper=HoldLeadingSpace() if retries else None,
         )
         with closing(run):
             for out in run:
@@ -235,7 +234,11 @@ class Playground:
                 # It opened a markdown fence before any code (SmolLM2 after `class Stack:` and
                 # Enter). Asked again inside an opened fence, it writes the body; the fence is
                 # not shown. Only then: greedy fibonacci went wrong with the fence given first.
-                fenced = FENCE.lstrip("\n") + "\n" + prompt
+                # Whitespace it wrote before the fence was shown at once (holding it cost every
+                # completion that starts with a newline its first token's latency), so the
+                # second try goes on after it, into the same text.
+                shown = out.generated
+                fenced = FENCE.lstrip("\n") + "\n" + prompt + shown
                 fenced_ids = self._tokenize(engine, "prompt", fenced, params)
                 yield from self._run(
                     engine,
@@ -248,11 +251,12 @@ class Playground:
                     suffix="",
                     client=client,
                     prompt_ids=fenced_ids,
+                    written=out.written,
                 )
 
     @staticmethod
     def _opened_fence(out: Output) -> bool:
-        """Ended at the fence stop before writing anything (what it held back is not shown)."""
+        """Ended at the fence stop before writing anything but whitespace."""
         return out.done.reason == "stop" and not out.generated.strip()
 
     def fill(
@@ -437,8 +441,10 @@ class Playground:
         prompt_ids: tuple[int, ...] | None = None,
         infill: Infill | None = None,
         shaper: Plain | None = None,
+        written: Written | None = None,
     ) -> Iterator[Output]:
-        """`shaper`: the mode's clean-up of the pieces as they stream (model/tokens/shaping.py)."""
+        """`shaper`: the mode's clean-up of the pieces as they stream (model/tokens/shaping.py);
+        `written`: text already shown that this generation goes on from (a second try)."""
         if params.logprobs is not None and (infill is not None or not engine.info.logprobs):
             where = "a fill by reranking" if infill else "a model on a remote server (ENGINE_URL)"
             raise PlaygroundError(
@@ -451,7 +457,7 @@ class Playground:
             model_prompt, params, client=client, prompt_ids=prompt_ids, infill=infill
         )
         charge = self._charge(engine, request)
-        written = Written()
+        written = written or Written()
         frame = partial(Output, mode, prefix, suffix, model=model_id, written=written)
         try:
             yield from self._stream(

@@ -19,29 +19,6 @@ class Plain:
         return ""
 
 
-class HoldLeadingSpace(Plain):
-    """Whitespace before any text is held until text follows it, and shown at the end: a
-    completion asked again (a fence opened before any code) must not have streamed the first
-    try's blank lines."""
-
-    def __init__(self) -> None:
-        self._held, self._started = "", False
-
-    def feed(self, piece: str) -> str:
-        if self._started:
-            return piece
-        self._held += piece
-        if not self._held.strip():
-            return ""
-        self._started = True
-        shown, self._held = self._held, ""
-        return shown
-
-    def finish(self) -> str:
-        shown, self._held = self._held, ""
-        return shown
-
-
 class HoldTrailingSpace(Plain):
     """Trailing whitespace is held until text follows it, and dropped at the end."""
 

@@ -397,6 +397,23 @@ def test_a_fence_opened_before_any_code_is_asked_again_inside_one():
     assert len([o for o in outs if o.done]) == 1
 
 
+def test_whitespace_before_the_fence_is_shown_at_once_and_the_second_try_goes_on_after_it():
+    # A completion's first token is often a newline and an indent: it streams at once (holding
+    # it cost every such completion a decode step). If the fence follows it, the second try
+    # continues after what was shown, so the shown text is never taken back.
+    fake = FakeEngine(lambda p: "    pass\n```" if p.startswith("```\n") else "\n\n```python")
+    outs = run(
+        fenced_playground(fake).complete("class Stack:\n", GenerationParams(), CancelToken())
+    )
+    assert [r.prompt for r in fake.requests] == ["class Stack:\n", "```\nclass Stack:\n\n"]
+    assert outs[0].delta == "\n"  # the first piece, not held for what follows
+    final = outs[-1]
+    assert final.generated == "\n    pass" and final.text == "class Stack:\n\n    pass"
+    assert all(final.generated.startswith(o.generated) for o in outs)
+    assert "".join(o.delta for o in outs) == final.generated  # what /v1 streams adds up
+    assert len([o for o in outs if o.done]) == 1
+
+
 def test_code_before_the_fence_is_kept_and_not_asked_again():
     fake = FakeEngine("    pass\n```\nmore")
     final = run(fenced_playground(fake).complete("class A:\n", GenerationParams(), CancelToken()))[

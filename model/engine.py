@@ -35,6 +35,10 @@ class GenerationParams:
     # Token healing (completion mode): back off a trailing whitespace token and let the model
     # re-create it, so "def f():\n" gets a body. Engines that cannot heal ignore it.
     heal: bool = False
+    # Show a newline that starts the text at once, although a stop that begins with one may
+    # follow it (model/tokens/stops.py). Set by the playground where it asks again after a
+    # completion that ended at once; not an API field.
+    show_first_newline: bool = False
     # Report each token's log-probability and this many alternatives (0 to MAX_LOGPROBS);
     # None: none. Only engines whose ModelInfo.logprobs is set can.
     logprobs: int | None = None

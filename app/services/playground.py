@@ -212,8 +212,18 @@ class Playground:
         # Token healing: a prompt ending in whitespace (a header and Enter) still gets a body;
         # not when the prompt is scored: what follows it must follow the tokens as sent.
         heal = not params.prompt_logprobs
-        params = replace(params, heal=heal, stop=(*params.stop, *spec.completion_stops))
         retries = text and not params.prompt_logprobs and FENCE in spec.completion_stops
+        # A first newline is shown at once where only our fence stop could take it back (it
+        # asks again then, after the newline); a caller's own stop that begins with one keeps
+        # its meaning. Not after a prompt that ends a line: there a newline is a blank line,
+        # and asked again after one SmolLM2 wrote `class Stack:`'s methods at the top level.
+        first = (
+            retries
+            and not prompt.endswith("\n")
+            and not any(s.startswith("\n") for s in params.stop)
+        )
+        stop = (*params.stop, *spec.completion_stops)
+        params = replace(params, heal=heal, stop=stop, show_first_newline=first)
         run = self._run(
             engine,
             spec.id,

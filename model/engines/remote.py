@@ -147,7 +147,7 @@ class RemoteEngine:
                 raise self._overflow(n_prompt, p.max_new_tokens)
         specials = [s for s in p.stop if s in self._info.special_tokens]
         texts = tuple(s for s in p.stop if s not in self._info.special_tokens)
-        matcher = StopMatcher(texts)
+        matcher = StopMatcher(texts, show_first_newline=p.show_first_newline and not p.min_tokens)
         generated, reason, server_stopped = 0, "length", False
         top = p.logprobs or 0
         echo = p.prompt_logprobs and p.logprobs is not None

@@ -45,6 +45,7 @@ class Prepared:
     text_stops: tuple[str, ...]  # stop sequences matched on the decoded text
     healing: Healing | None
     hold: EndHold | None = None  # with min_tokens or ignore_eos
+    show_first_newline: bool = False  # GenerationParams.show_first_newline
 
 
 def model_eos_ids(model, tokenizer) -> list[int]:
@@ -87,7 +88,7 @@ def prepare(
         asked = set(split_stops(tokenizer, info, (), p.stop)[0])
         ignored = tuple(i for i in base_eos if i not in asked) if p.ignore_eos else ()
         hold = EndHold(p.min_tokens, tuple(eos_ids), ignored)
-    return Prepared(ids, eos_ids, text_stops, healing, hold)
+    return Prepared(ids, eos_ids, text_stops, healing, hold, p.show_first_newline)
 
 
 def overflow(prepared: Prepared, request: GenerationRequest, context: int) -> Done | None:
@@ -109,7 +110,10 @@ class TokenStream:
     def __init__(self, tokenizer, prepared: Prepared):
         self._eos = set(prepared.eos_ids)
         self._decoder = IncrementalDecoder(tokenizer)
-        self._matcher = StopMatcher(prepared.text_stops)
+        # Stops are looked for only once min_tokens are written: the text they first see does
+        # not start the output then.
+        first = prepared.show_first_newline and prepared.hold is None
+        self._matcher = StopMatcher(prepared.text_stops, show_first_newline=first)
         h = prepared.healing
         self._strip: Callable[[str], str] = h.stripper().feed if h is not None else str
         # The same, for the names of the tokens (log-probabilities): they add up to the text.

@@ -414,6 +414,18 @@ def test_whitespace_before_the_fence_is_shown_at_once_and_the_second_try_goes_on
     assert len([o for o in outs if o.done]) == 1
 
 
+def test_only_the_fence_stop_lets_a_first_newline_through_at_once():
+    fake = FakeEngine("    pass")
+    pg = fenced_playground(fake)
+    run(pg.complete("def f():", GenerationParams(), CancelToken()))
+    run(pg.complete("def f():", GenerationParams(stop=("\n\n",)), CancelToken()))
+    run(pg.complete("class A:\n", GenerationParams(), CancelToken()))
+    run(pg.fill("def f(<FILL_HERE>):", GenerationParams(), CancelToken()))
+    # A caller's stop that begins with a newline keeps the OpenAI meaning: nothing before it.
+    # After a prompt that ends a line, a first newline is a blank line: held as before.
+    assert [r.params.show_first_newline for r in fake.requests] == [True, False, False, False]
+
+
 def test_code_before_the_fence_is_kept_and_not_asked_again():
     fake = FakeEngine("    pass\n```\nmore")
     final = run(fenced_playground(fake).complete("class A:\n", GenerationParams(), CancelToken()))[

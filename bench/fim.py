@@ -84,9 +84,9 @@ def in_thread(fn, *args, **kwargs):
 # --- a run ----------------------------------------------------------------------------------
 
 
-def run_task(task: Task, problem: dict | None, fill, timeout: float) -> Row:
-    """One task's row; `problem` None (an editor task) has no tests to run: passed is False."""
-    got: Middle = in_thread(fill, task)
+def judge(task: Task, problem: dict | None, got: Middle, timeout: float) -> Row:
+    """A filled task's row: its tests run (a subprocess each). `problem` None (an editor task)
+    has no tests to run: passed is False."""
     verdicts: dict[str, tuple[bool, str]] = {}
 
     def verdict(middle: str) -> tuple[bool, str]:
@@ -120,18 +120,20 @@ def run_task(task: Task, problem: dict | None, fill, timeout: float) -> Row:
     )
 
 
-def run_logged(task: Task, problem: dict | None, fill, timeout: float, i: int, tasks) -> Row:
-    row = run_task(task, problem, fill, timeout)
-    log.info(
-        "%s %s %s (%.2f s) · %d/%d",
-        row.task_id,
-        "EXACT" if row.exact else "miss",
-        row.result,
-        row.seconds,
-        i + 1,
-        len(tasks),
-    )
-    return row
+def run_set(tasks: Sequence[Task], problems: dict, fill, timeout: float) -> list[Row]:
+    """Every fill first, then every task's tests: a test run on the same cores would slow the
+    next fill (the worker's automatic thread count counts other processes' load)."""
+    filled = []
+    for i, task in enumerate(tasks):
+        got: Middle = in_thread(fill, task)
+        exact = exact_match(got.text, task.target)
+        verdict = "EXACT" if exact else "miss"
+        log.info("%s %s (%.2f s) · %d/%d", task.task_id, verdict, got.seconds, i + 1, len(tasks))
+        filled.append(got)
+    return [
+        judge(task, problems.get(task.problem_id), got, timeout)
+        for task, got in zip(tasks, filled, strict=True)
+    ]
 
 
 # --- CLI ------------------------------------------------------------------------------------
@@ -269,10 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         load_before = os.getloadavg()
         started = time.perf_counter()
-        rows = [
-            run_logged(task, problems.get(task.problem_id), fill, args.timeout, i, tasks)
-            for i, task in enumerate(tasks)
-        ]
+        rows = run_set(tasks, problems, fill, args.timeout)
         all_rows += rows
         summaries[set_name] = {
             "model": name,

@@ -208,6 +208,9 @@ class ModelInfo:
     device: str = "cpu"
     dtype: str = "float32"  # the weights' and the KV cache's
     threads: int = 0  # torch CPU threads the worker computes with; 0: not known (a remote server)
+    # "auto": `threads` is where it starts, re-sized each second to the cores other
+    # processes leave free (TORCH_THREADS unset); "fixed": TORCH_THREADS; "": not known.
+    threads_policy: str = ""
     has_chat_template: bool = False
     chat_template: str | None = (
         None  # Jinja source, rendered in the web process (model/prompts/chat.py)

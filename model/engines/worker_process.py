@@ -101,7 +101,8 @@ def worker_main(conn, config: WorkerConfig) -> None:
         )
         compute = ComputeThreads(config.torch_threads)
         logging.getLogger(__name__).info("torch computes with %s CPU thread(s)", compute.describe())
-        info = replace(info, threads=compute.count)
+        policy = "auto" if compute.auto else "fixed"
+        info = replace(info, threads=compute.count, threads_policy=policy)
         server = BatchingServer(
             model,
             tokenizer,

@@ -303,6 +303,7 @@ def test_metrics_and_healthz(worker):
         "device": "cpu",
         "dtype": choose_placement("cpu").dtype,
         "threads": available_cores(),
+        "threads_policy": "auto",  # re-sized to the cores other processes leave free
     }
     health = {"status": "ok", "models": ["tiny"], "engines": {"tiny": runs_on}}
     assert http.get("/healthz").json() == health

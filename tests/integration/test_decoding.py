@@ -60,3 +60,23 @@ def test_the_token_stream_ends_at_eos_and_shows_what_came_before(tokenizer):
     shown = "".join(stream.push(i) for i in [*ids, tokenizer.eos_token_id, *ids])
     assert shown + stream.finish() == "héllo wörld"
     assert (stream.reason, stream.generated) == ("eos", len(ids) + 1)
+
+
+def test_a_first_newline_streams_at_once_where_the_request_allows_it(tokenizer):
+    from model.tokens.token_stream import EndHold, Prepared, TokenStream
+
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    fence = tokenizer("```python", add_special_tokens=False)["input_ids"]
+    eos = [tokenizer.eos_token_id]
+
+    def first_pieces(hold=None, show=True):
+        prepared = Prepared([], eos, ("\n```",), None, hold, show_first_newline=show)
+        stream = TokenStream(tokenizer, prepared)
+        return [stream.push(i) for i in [*newline, *fence]], stream.reason
+
+    assert first_pieces() == (["\n", *[""] * len(fence)], "stop")  # then the fence stops it
+    assert first_pieces(show=False) == ([""] * (1 + len(fence)), "stop")
+    # With min_tokens the stops start late, so what they first see need not start the text:
+    # the newline is held as without the setting.
+    held = first_pieces(hold=EndHold(1, tuple(eos), ()))
+    assert held == ([""] * (1 + len(fence)), "stop")

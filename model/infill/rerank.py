@@ -146,10 +146,12 @@ def infill_settings(request: GenerationRequest) -> RerankSettings:
         max_new_tokens=min(p.max_new_tokens, MAX_LINE_TOKENS),
         seed=p.seed if p.seed is not None else 0,  # same code, same fill
         max_context=MAX_CONTEXT_TOKENS,
-        # Rows past 1.25x the longest ended one are dropped (the filler's default waits to 2x):
-        # on 150 HumanEval lines 147 fills were the same, 50 exact against 51, and the p50
-        # fell from 2.01 to 1.66 s (bench/RESULTS.md).
-        ramble=1.25,
+        # Rows still going 2 tokens past the longest ended one are dropped (the filler's
+        # default waits to 2x). In process, 2 threads, interleaved (bench/RESULTS.md, issue 24
+        # part 3): 1.25x against 1.0x on 100 editor-sized gaps 18 against 16 exact, p50 2.85
+        # against 2.35 s; on 150 HumanEval lines 52 against 51, p50 1.80 against 1.46 s; 1.1x
+        # 17/100 at 2.58 s. 1.0 is the one inside the editor budget of 2.5 s.
+        ramble=1.0,
     )
 
 

@@ -3,6 +3,7 @@
 - gradio_session.py: Gradio's per-session config snapshot built lazily (SessionState.__init__).
 - gradio_queue.py: checks and messages on one Blocks' queue, and two routes that failed late.
 - transformers_cb.py: our per-request sampler registered for transformers' continuous batching.
+- transformers_cache.py: a fill's key/value cache layers written in place (RoomyLayer).
 
 Each is installed explicitly at start (app/server.py, model/engines/batching.py), checks that the library
 is the version it was written for (both are pinned in requirements.txt) and has its own tests.

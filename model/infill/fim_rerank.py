@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
+from compat.transformers_cache import give_room
 from model.infill.rerank import (  # the model-free half, shared with model/engines/remote_fill.py
     Candidate,
     Fill,
@@ -142,6 +143,7 @@ class RerankFiller:
         out = self.model(
             input_ids=torch.tensor([ids], device=self.device), use_cache=True, logits_to_keep=1
         )
+        give_room(out.cache)  # each row's steps written in place, not the cache copied per step
         return out.cache, out.logits[:, -1].float()
 
     def _sample(self, cache, last, healing, *, single_line: bool, stops: Sequence[str]):

@@ -39,3 +39,33 @@ def test_installing_registers_our_sampler_for_batching():
     assert transformers.__version__ == transformers_cb.WRITTEN_FOR
     transformers_cb.install(RequestSamplingCB)
     assert transformers_cb.installed(RequestSamplingCB)
+
+
+def test_a_roomy_cache_layer_holds_what_a_dynamic_one_does():
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    from compat import transformers_cache
+    from compat.transformers_cache import RoomyLayer
+
+    assert transformers.__version__ == transformers_cache.WRITTEN_FOR
+    torch.manual_seed(0)
+    prefix = [torch.randn(1, 3, 5, 4) for _ in range(2)]
+    steps = [[torch.randn(4, 3, 1, 4) for _ in range(2)] for _ in range(3)]
+    plain, roomy = DynamicLayer(), DynamicLayer()
+    for layer in (plain, roomy):
+        layer.update(*prefix)
+    roomy.__class__ = RoomyLayer
+    outs = []
+    for layer in (plain, roomy):
+        layer.batch_repeat_interleave(4)
+        for k, v in steps[:2]:
+            layer.update(k, v)
+        layer.batch_select_indices(torch.tensor([0, 2]))
+        outs.append(layer.update(steps[2][0][:2], steps[2][1][:2]))
+    (plain_k, plain_v), (roomy_k, roomy_v) = outs
+    assert torch.equal(plain_k, roomy_k) and torch.equal(plain_v, roomy_v)
+    assert roomy.get_seq_length() == plain.get_seq_length() == 8 and roomy_k.shape[0] == 2
+    buffer = roomy._k
+    roomy.update(*[t[:2] for t in steps[0]])  # a step writes into the room, not a new buffer
+    assert roomy._k is buffer and roomy.get_seq_length() == 9

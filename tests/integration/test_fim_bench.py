@@ -160,6 +160,23 @@ def test_rerank_samples_k_middles_and_keeps_the_one_that_best_explains_the_suffi
     assert [c.text for c in again.candidates] == texts  # seeded: the same draw every time
 
 
+def test_a_fill_with_room_to_grow_is_the_fill_dynamiccache_gives(tiny, problems, monkeypatch):
+    # compat/transformers_cache.py writes each step in place instead of concatenating: the
+    # candidates and their scores must not change.
+    import model.infill.fim_rerank as fim_rerank
+    from model.infill.fim_rerank import RerankFiller, RerankSettings
+
+    filler = RerankFiller(*tiny, RerankSettings(k=4, max_new_tokens=24, seed=3))
+    task = problem_tasks(problems[2], "single")[0]
+    roomy = filler(task.prefix, task.suffix, single_line=True).candidates
+    monkeypatch.setattr(fim_rerank, "give_room", lambda cache: None)
+    plain = filler(task.prefix, task.suffix, single_line=True).candidates
+    assert [c.text for c in roomy] == [c.text for c in plain] and len(plain) > 1
+    for a, b in zip(roomy, plain, strict=True):
+        assert a.suffix_logprob == pytest.approx(b.suffix_logprob, abs=1e-3)
+        assert a.middle_logprob == pytest.approx(b.middle_logprob, abs=1e-3)
+
+
 def test_rerank_multi_line_middles_end_where_the_suffix_starts(tiny, problems):
     from model.infill.fim_rerank import RerankFiller, RerankSettings, cut_middle
 

@@ -5,8 +5,9 @@
 - transformers_cb.py: our per-request sampler registered for transformers' continuous batching.
 - transformers_cache.py: a fill's key/value cache layers written in place (RoomyLayer).
 
-Each is installed explicitly at start (app/server.py, model/engines/batching.py), checks that the library
-is the version it was written for (both are pinned in requirements.txt) and has its own tests.
+Each is installed explicitly (at start in app/server.py and model/engines/batching.py; the cache
+layers on each fill's cache in model/infill/fim_rerank.py), checks that the library is the version
+it was written for (both are pinned in requirements.txt) and has its own tests.
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ BUSY_MESSAGE = (
     "Please try again in a minute."
 )
 
+QUEUE_POLL_S = 0.02  # how often an idle Gradio queue looks for a new event (Gradio: 0.001)
+PROGRESS_POLL_S = 0.5  # how often it looks for progress to send (Gradio: 0.01)
+
 
 def tune_queue(blocks: gr.Blocks) -> None:
     require("gradio", gr.__version__, WRITTEN_FOR, __name__)
@@ -38,6 +41,19 @@ def tune_queue(blocks: gr.Blocks) -> None:
     # /metrics), so nothing reads the summary; gradio's own knob
     # (GRADIO_ANALYTICS_CACHE_FREQUENCY) is read before we could set it, hence the attribute.
     queue.ANAYLTICS_CACHE_FREQUENCY = sys.maxsize
+    # With nothing to start, Gradio's queue looks for work every 1 ms and for progress every
+    # 10 ms (50 and 100 ms on Windows): about 870 wake-ups a second of the web process, idle or
+    # not. On a small CPU each one takes a core from the worker's spinning OpenMP team
+    # (model/engines/threads.py) in the middle of a step, so the served path paid for it in
+    # every token: 0.69 s of web-process CPU per 192 streamed tokens, 0.20 s at these values
+    # (bench/RESULTS.md, part 4). A page event now waits at most QUEUE_POLL_S to start; the
+    # app reports no progress through Gradio.
+    if not hasattr(queue, "sleep_when_free") or not hasattr(
+        queue, "progress_update_sleep_when_free"
+    ):
+        raise RuntimeError(f"gradio {gr.__version__}: the queue's poll intervals changed")
+    queue.sleep_when_free = QUEUE_POLL_S
+    queue.progress_update_sleep_when_free = PROGRESS_POLL_S
     push = queue.push
 
     async def checked_push(body, *args, **kwargs):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -230,12 +230,27 @@ class CancelToken:
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._watchers: list[Callable[[], None]] = []
         self.reason = ""  # why, in words for the user; the first cancel() sets it
 
     def cancel(self, reason: str = "stopped by you") -> None:
-        if not self._event.is_set():
-            self.reason = reason
-        self._event.set()
+        with self._lock:
+            if not self._event.is_set():
+                self.reason = reason
+            self._event.set()
+            watchers, self._watchers = self._watchers, []
+        for watcher in watchers:
+            watcher()
+
+    def on_cancel(self, watcher: Callable[[], None]) -> None:
+        """Calls `watcher()` once, when the token is cancelled (now, if it already is), so that
+        whoever waits for the engine can be woken instead of polling the flag."""
+        with self._lock:
+            if not self._event.is_set():
+                self._watchers.append(watcher)
+                return
+        watcher()
 
     @property
     def cancelled(self) -> bool:

@@ -33,7 +33,8 @@ from model.tokens.local_tokenizer import LocalTokenizer
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.02  # how often a waiting stream looks at its CancelToken
+POLL_S = 0.02  # how often a stream waiting for a slot looks at its CancelToken
+_WAKE = object()  # put in a stream's queue when its CancelToken is cancelled
 
 
 @dataclass(eq=False)
@@ -209,21 +210,23 @@ class WorkerEngine:
                     yield Queued(position)
             if not w.send(("gen", rid, request)):
                 log.warning("worker pipe closed while sending %s", rid)
+            # Stop wakes the wait below: polling the token every 20 ms woke the web process
+            # 50 times a second per stream, each time taking a core from the worker's team.
+            cancel.on_cancel(lambda: q.put(_WAKE))
             sent_cancel = False
             while True:
                 if cancel.cancelled and not sent_cancel:
                     sent_cancel = True
                     w.send(("cancel", rid))  # the worker drops it at its next decode step
-                try:
-                    event = q.get(timeout=POLL_S)
-                except queue.Empty:
-                    continue
+                event = q.get()
                 if isinstance(event, Delta):
                     event, pending = _coalesce(event, q)
                     if pending is not None:  # a Done right behind the text
                         if not sent_cancel:
                             yield event
                         event = pending
+                if event is _WAKE:
+                    continue
                 if isinstance(event, Done):
                     done = True
                     if sent_cancel and event.reason != "error":

@@ -33,6 +33,39 @@ def test_gradio_patches_refuse_an_upgrade(monkeypatch):
         gradio_queue.tune_queue(blocks)
 
 
+def test_an_idle_gradio_queue_does_not_wake_the_web_process_every_millisecond(monkeypatch):
+    # Each wake-up of the web process takes a core from the worker's spinning threads; Gradio's
+    # own queue polled every 1 ms (about 870 wake-ups a second on an idle app).
+    import asyncio
+
+    with gr.Blocks() as blocks:
+        gr.Markdown("x")
+    blocks.queue()
+    gradio_queue.tune_queue(blocks)
+    queue = blocks._queue
+    queue.active_jobs = [None]
+    naps = []
+    real_sleep = asyncio.sleep
+
+    async def counted(delay, *args, **kwargs):
+        naps.append(delay)
+        return await real_sleep(delay, *args, **kwargs)
+
+    async def idle_for(seconds):
+        loops = [queue.start_processing(), queue.start_progress_updates()]
+        tasks = [asyncio.ensure_future(loop) for loop in loops]
+        await real_sleep(seconds)
+        queue.stopped = True
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    monkeypatch.setattr(asyncio, "sleep", counted)
+    asyncio.run(idle_for(0.5))
+    # 0.5 s at 20 ms and 500 ms: 25 + 1 naps, and a few at the edges; Gradio's own: hundreds.
+    assert 0 < len(naps) <= 30, len(naps)
+
+
 def test_installing_registers_our_sampler_for_batching():
     from model.tokens.sampling import RequestSamplingCB
 

@@ -47,6 +47,23 @@ def test_cancel_error_queue_and_a_reply_from_the_prompt():
     assert events(FakeEngine(str.upper), prompt="hi")[:2] == [Delta("H"), Delta("I")]
 
 
+def test_a_cancel_token_wakes_its_watchers_once():
+    # WorkerEngine.stream waits on its queue instead of polling the flag: Stop must wake it.
+    import threading
+
+    cancel, calls = CancelToken(), []
+    cancel.on_cancel(lambda: calls.append(threading.current_thread().name))
+    assert calls == []
+    stopper = threading.Thread(target=cancel.cancel, args=("too long",), name="stopper")
+    stopper.start()
+    stopper.join()
+    assert calls == ["stopper"] and cancel.reason == "too long"
+    cancel.cancel("again")  # a second Stop wakes no one twice and keeps the first reason
+    assert calls == ["stopper"] and cancel.reason == "too long"
+    cancel.on_cancel(lambda: calls.append("late"))  # already cancelled: called at once
+    assert calls == ["stopper", "late"]
+
+
 def test_a_pool_of_fakes_offers_each_as_a_model():
     a, b = FakeEngine(model_id="fake/a"), FakeEngine(model_id="fake/b", special_tokens=frozenset())
     pool = fake_pool(a, b)

@@ -247,15 +247,21 @@ class Playground:
                 # Whitespace it wrote before the fence was shown at once (holding it cost every
                 # completion that starts with a newline its first token's latency), so the
                 # second try goes on after it, into the same text.
-                shown = out.generated
+                # Both tries are one completion: `max_new_tokens` bounds them together, and the
+                # usage counts the first try's tokens too.
+                shown, spent = out.generated, out.done.generated_tokens
                 fenced = FENCE.lstrip("\n") + "\n" + prompt + shown
                 fenced_ids = self._tokenize(engine, "prompt", fenced, params)
-                yield from self._run(
+                left = max(1, params.max_new_tokens - spent)
+                again = replace(
+                    params, max_new_tokens=left, min_tokens=min(params.min_tokens, left)
+                )
+                second = self._run(
                     engine,
                     spec.id,
                     "completion",
                     fenced,
-                    params,
+                    again,
                     cancel,
                     prefix=prompt,
                     suffix="",
@@ -263,6 +269,12 @@ class Playground:
                     prompt_ids=fenced_ids,
                     written=out.written,
                 )
+                with closing(second):
+                    for later in second:
+                        if later.done:
+                            total = later.done.generated_tokens + spent
+                            later = replace(later, done=replace(later.done, generated_tokens=total))
+                        yield later
 
     @staticmethod
     def _opened_fence(out: Output) -> bool:

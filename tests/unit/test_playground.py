@@ -414,6 +414,18 @@ def test_whitespace_before_the_fence_is_shown_at_once_and_the_second_try_goes_on
     assert len([o for o in outs if o.done]) == 1
 
 
+def test_the_two_tries_share_one_token_limit_and_one_usage():
+    # The first try's newline was shown and its tokens spent: `max_tokens` bounds the whole
+    # completion, and its usage counts both tries (the fake counts a character as a token).
+    fake = FakeEngine(lambda p: "    pass\n```" if p.startswith("```\n") else "\n\n```python")
+    params = GenerationParams(max_new_tokens=6)
+    outs = run(fenced_playground(fake).complete("class Stack:\n", params, CancelToken()))
+    assert [r.params.max_new_tokens for r in fake.requests] == [6, 5]
+    final = outs[-1]
+    assert final.generated == "\n    p" and final.done.reason == "length"
+    assert final.done.generated_tokens == 6
+
+
 def test_only_the_fence_stop_lets_a_first_newline_through_at_once():
     fake = FakeEngine("    pass")
     pg = fenced_playground(fake)

@@ -496,10 +496,13 @@ def build_ui(handlers: Handlers) -> gr.Blocks:
         _wire_model_defaults(model, handlers, [completion, fim, chat])
         gr.Markdown(NOTE, elem_id="license-note")
         load, outputs = _open_share(handlers, tabs, [completion, fim], chat)
-        demo.load(load, None, outputs, api_visibility="private", show_progress="hidden")
-        demo.load(
-            open_compare, None, [tabs, *compared], api_visibility="private", show_progress="hidden"
-        )
+        # Outside Gradio's queue: they run as the page opens instead of at the queue's next
+        # look (compat/gradio_queue.py, up to 20 ms later). Until the share's answer came, a
+        # parameter the user had already changed was set back when it came, even when there
+        # was no share to open.
+        page_opens = dict(api_visibility="private", show_progress="hidden", queue=False)
+        demo.load(load, None, outputs, **page_opens)
+        demo.load(open_compare, None, [tabs, *compared], **page_opens)
         build_api(handlers)
     return demo
 

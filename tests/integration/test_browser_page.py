@@ -149,3 +149,32 @@ def test_continue_writes_on_from_an_answer_cut_off_at_the_token_limit(page):
     longer = bubbles.last.inner_text()
     assert longer.startswith(first.rstrip()) and len(longer) > len(first), (first, longer)
     assert bubbles.count() == 1  # the same answer, longer; not a second one
+
+
+@pytest.fixture(scope="module")
+def slow_queue_app(attribution_index, tmp_path_factory):
+    """The real app with Gradio's queue looking for new events only once a second."""
+    from compat import gradio_queue
+    from tests.conftest import _serve
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(gradio_queue, "QUEUE_POLL_S", 1.0)
+    try:
+        argv = ["--model", "tiny-starcoder", "--rate-limit", "0", "--stop-loops", "off"]
+        yield from _serve(argv, attribution_index, tmp_path_factory)
+    finally:
+        patch.undo()
+
+
+def test_a_parameter_changed_as_the_page_opens_is_kept(browser, slow_queue_app):  # noqa: F811
+    # The page asks for a shared generation as it opens. That answer set every parameter
+    # back to its default when it came after the user's change, even with no share to open.
+    ctx, page = _open(browser, slow_queue_app, WIDE)
+    try:
+        _set_param(page, "max-new-tokens", 5)
+        page.fill("#completion-prompt textarea", "def add(a, b):")
+        page.click("#completion-run")
+        page.wait_for_function(DONE, arg="#completion-status")
+        assert page.inner_text("#completion-status").startswith("5 tokens")
+    finally:
+        ctx.close()

@@ -57,8 +57,15 @@ def _set_param(page, name: str, value, tab: str = "completion") -> None:
     box = page.locator(f"#{tab}-{name} input[type=number]")
     if not box.is_visible():
         page.click(f"#{tab}-params")  # open the tab's accordion
-    box.fill(str(value))
-    box.press("Enter")
+    # A slider drawn a moment ago can still take its first value after Playwright's fill (in
+    # about 1 of 3 runs right after the accordion opened): fill again until the value stays.
+    for _ in range(5):
+        box.fill(str(value))
+        box.press("Enter")
+        page.wait_for_timeout(50)
+        if box.input_value() == str(value):
+            return
+    raise AssertionError(f"#{tab}-{name} kept {box.input_value()!r}, not {value!r}")
 
 
 def test_completion_streams_into_the_code_view(page):

@@ -27,12 +27,14 @@ BUSY_MESSAGE = (
 
 QUEUE_POLL_S = 0.02  # how often an idle Gradio queue looks for a new event (Gradio: 0.001)
 PROGRESS_POLL_S = 0.5  # how often it looks for progress to send (Gradio: 0.01)
+# What tune_queue relies on in Gradio's Queue: checked at once, so an upgrade fails at start.
+_QUEUE_INTERNALS = ("push", "max_size", "sleep_when_free", "progress_update_sleep_when_free")
 
 
 def tune_queue(blocks: gr.Blocks) -> None:
     require("gradio", gr.__version__, WRITTEN_FOR, __name__)
     queue = getattr(blocks, "_queue", None)
-    if queue is None or not hasattr(queue, "push") or not hasattr(queue, "max_size"):
+    if queue is None or not all(hasattr(queue, name) for name in _QUEUE_INTERNALS):
         raise RuntimeError(
             f"gradio {gr.__version__}: Blocks._queue changed; see compat/gradio_queue.py"
         )
@@ -48,10 +50,6 @@ def tune_queue(blocks: gr.Blocks) -> None:
     # every token: 0.69 s of web-process CPU per 192 streamed tokens, 0.20 s at these values
     # (bench/RESULTS.md, part 4). A page event now waits at most QUEUE_POLL_S to start; the
     # app reports no progress through Gradio.
-    if not hasattr(queue, "sleep_when_free") or not hasattr(
-        queue, "progress_update_sleep_when_free"
-    ):
-        raise RuntimeError(f"gradio {gr.__version__}: the queue's poll intervals changed")
     queue.sleep_when_free = QUEUE_POLL_S
     queue.progress_update_sleep_when_free = PROGRESS_POLL_S
     push = queue.push

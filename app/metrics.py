@@ -224,12 +224,15 @@ def add_ops_routes(
 def runs_on(info: ModelInfo) -> dict:
     """What a model runs on, for /healthz and /v1/models: device, dtype (weights and KV cache)
     and, for a model in this machine's worker, its torch CPU threads (TORCH_THREADS) and
-    whether that count is fixed or follows the other processes' load ("auto")."""
+    whether that count is fixed or follows the other processes' load ("auto"), and what computes
+    its linear layers on a CPU ("kernel", "onednn", "plain")."""
     facts = {"device": info.device, "dtype": info.dtype}
     if info.threads:
         facts["threads"] = info.threads
     if info.threads_policy:
         facts["threads_policy"] = info.threads_policy
+    if info.linear:
+        facts["linear"] = info.linear
     return facts
 
 

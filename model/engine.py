@@ -211,6 +211,9 @@ class ModelInfo:
     # "auto": `threads` is where it starts, re-sized each second to the cores other
     # processes leave free (TORCH_THREADS unset); "fixed": TORCH_THREADS; "": not known.
     threads_policy: str = ""
+    # What computes the linear layers on CPU (model/engines/packing.py): "kernel" (kernel.c),
+    # "onednn", or "plain" (torch's BLAS); "": not known (a GPU or a remote server).
+    linear: str = ""
     has_chat_template: bool = False
     chat_template: str | None = (
         None  # Jinja source, rendered in the web process (model/prompts/chat.py)

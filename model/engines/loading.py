@@ -76,7 +76,7 @@ def load(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from model.engines.packing import pack_linears
+    from model.engines.packing import pack_linears, packed_backend
 
     local = is_local(model_id)
     source = str(Path(model_id).expanduser()) if local else model_id
@@ -102,11 +102,15 @@ def load(
     if placement.device_map is None:
         model.to(placement.device)
     model.eval()
+    linear = ""
     if placement.device == "cpu":
-        # Packed for oneDNN where it can (model/engines/packing.py), else the layout plain BLAS
-        # handles best; either way the plain checkpoint copies go.
-        if not pack_linears(model):
+        # Packed for kernel.c or oneDNN where it can (model/engines/packing.py), else the layout
+        # plain BLAS handles best; either way the plain checkpoint copies go.
+        if pack_linears(model):
+            linear = packed_backend(model)
+        else:
             column_major_linears(model)
+            linear = "plain"
         release_checkpoint(model)
         # Grouped-query attention straight on the KV heads: transformers otherwise copies
         # them to every query head (repeat_kv) whenever there is a mask, which continuous
@@ -137,6 +141,7 @@ def load(
         has_chat_template=template is not None,
         chat_template=template,
         bos_token=tokenizer.bos_token,
+        linear=linear,
         fills_by_rerank=True,  # in process: model/infill/events.py can sample and score here
         logprobs=True,
     )

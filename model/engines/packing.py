@@ -1,10 +1,13 @@
-"""Linear layers with their weights packed once for oneDNN, on CPU (imports torch).
+"""Linear layers with their weights packed once, on CPU (imports torch): for kernel.c where it
+runs (fp32, AVX2 + FMA, a C compiler; model/engines/kernel.py), else for oneDNN.
 
 A decode step is a handful of rows times every weight matrix. With a plain weight, each
 `F.linear` call has BLAS re-pack the weight into its kernel's layout first, which reads it twice
 per call; oneDNN's inner product takes a weight reordered into that layout once, at load. On the
 2-core AVX2 machine of bench/RESULTS.md ("Packed weights"), at 8 rows: SmolLM2's MLP projection
 0.51 -> 0.30 ms, its 49,152-row output layer 31 -> 8.3 ms; at 1 row about the same as plain.
+kernel.c then read the weights 1.1-2.8x faster than oneDNN at 1-32 rows and about as fast at
+hundreds (bench/RESULTS.md, "Engine speed on CPU, part 5").
 
 Each packed layer drops its plain weight, so memory stays about the same, except where the
 weight is shared (a tied output layer reads the input embedding, which a lookup needs in plain
@@ -17,6 +20,8 @@ import logging
 
 import torch
 
+from model.engines import kernel
+
 log = logging.getLogger(__name__)
 
 # dtypes oneDNN's CPU inner product takes; bf16 only where the CPU computes it natively
@@ -25,18 +30,30 @@ PACKED_DTYPES = (torch.float32, torch.bfloat16)
 
 
 class PackedLinear(torch.nn.Module):
-    """`nn.Linear`'s forward over a oneDNN-packed weight (same values, same results up to the
-    order of the additions)."""
+    """`nn.Linear`'s forward over a packed weight (same values, same results up to the order of
+    the additions): kernel.c's layout when `use_kernel` and it runs here, else oneDNN's."""
 
-    def __init__(self, linear: torch.nn.Linear):
+    def __init__(self, linear: torch.nn.Linear, use_kernel: bool = True):
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
-        weight = linear.weight.detach()
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None)
+        weight = linear.weight.detach().contiguous()
+        self._lib = kernel.library() if use_kernel and kernel.fits(weight) else None
+        if self._lib is not None:
+            self.packed = kernel.pack(weight)
+            bias = linear.bias
+            self._bias = None if bias is None else bias.detach().float().contiguous()
+        else:
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
         self.bias = linear.bias  # a Parameter or None, used as is
 
+    @property
+    def backend(self) -> str:
+        return "kernel" if self._lib is not None else "onednn"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._lib is not None:
+            return kernel.linear(self._lib, x, self.packed, self._bias, self.out_features)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     @property
@@ -44,7 +61,7 @@ class PackedLinear(torch.nn.Module):
         return self.packed.numel() * self.packed.element_size()
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, packed"
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.backend}"
 
 
 def can_pack(model) -> bool:
@@ -56,11 +73,12 @@ def can_pack(model) -> bool:
     )
 
 
-def pack_linears(model) -> int:
+def pack_linears(model, use_kernel: bool = True) -> int:
     """Replace every `nn.Linear` of `model` by a PackedLinear; returns how many were packed.
+    `use_kernel=False` keeps oneDNN everywhere (bench/cpu_decode.py compares the two).
 
-    Checked on the first layer: if oneDNN refuses it or disagrees with `F.linear`, nothing is
-    replaced and the model runs as loaded."""
+    Checked on the first layer: if the packed layer fails or disagrees with `F.linear`, nothing
+    is replaced and the model runs as loaded."""
     targets = [
         (parent, name, child)
         for parent in model.modules()
@@ -72,18 +90,25 @@ def pack_linears(model) -> int:
     first = targets[0][2]
     try:
         probe = torch.randn(3, first.in_features, dtype=first.weight.dtype)
-        packed = PackedLinear(first)
+        packed = PackedLinear(first, use_kernel)
         with torch.inference_mode():
             same = torch.allclose(packed(probe).float(), first(probe).float(), rtol=1e-2, atol=1e-2)
     except RuntimeError as exc:  # a torch built without the op for this CPU or dtype
-        log.warning("oneDNN cannot pack this model's linear layers (%s): left as loaded", exc)
+        log.warning("cannot pack this model's linear layers (%s): left as loaded", exc)
         return 0
     if not same:
-        log.warning("oneDNN's packed linear disagrees with F.linear here: left as loaded")
+        log.warning("the %s linear disagrees with F.linear here: left as loaded", packed.backend)
         return 0
     for parent, name, child in targets:
-        setattr(parent, name, PackedLinear(child))
+        setattr(parent, name, PackedLinear(child, use_kernel))
     return len(targets)
+
+
+def packed_backend(model) -> str:
+    """What computes the model's packed layers: "kernel", "onednn", or both ("kernel+onednn":
+    kernel.c takes only the fp32 weights whose inputs are a multiple of 8)."""
+    found = {m.backend for m in model.modules() if isinstance(m, PackedLinear)}
+    return "+".join(sorted(found, reverse=True)) or "plain"
 
 
 def weight_bytes(model) -> int:

@@ -26,6 +26,11 @@ import time
 log = logging.getLogger(__name__)
 
 CHECK_SECONDS = 1.0  # how often "auto" re-measures the other processes' load
+# A window this much longer than CHECK_SECONDS was not watched: the idle batch thread checks
+# every 0.1 s, so only a stopped process (SIGSTOP, a suspended laptop) or a step of seconds
+# makes one. Its busy time is whatever ran while we could not, e.g. another server's burst, and
+# acting on it ran the next request's first second on one thread (bench/RESULTS.md, part 5).
+STALE_FACTOR = 2.0
 
 
 def available_cores() -> int:
@@ -71,13 +76,18 @@ class CpuLoad:
         own = int(fields[11]) + int(fields[12])
         return self._clock(), (sum(cpu[:8]) - idle) / self._tick, own / self._tick
 
-    def others_busy(self) -> float:
+    def others_busy(self, max_window: float | None = None) -> float | None:
+        """Cores the other processes kept busy since the last call; None when that was longer
+        ago than `max_window` seconds (no reading: the caller keeps what it had)."""
         now = self._read()
         last, self._last = self._last, now
         if now is None or last is None or now[0] <= last[0]:
             return 0.0
+        window = now[0] - last[0]
+        if max_window is not None and window > max_window:
+            return None
         busy, own = now[1] - last[1], now[2] - last[2]
-        return max(0.0, (busy - own) / (now[0] - last[0]))
+        return max(0.0, (busy - own) / window)
 
 
 class ComputeThreads:
@@ -113,7 +123,8 @@ class ComputeThreads:
         now = self._clock()
         if self._load is not None and now >= self._next:
             self._next = now + CHECK_SECONDS
-            count = free_cores(self.cores, self._load.others_busy())
+            others = self._load.others_busy(STALE_FACTOR * CHECK_SECONDS)
+            count = self.count if others is None else free_cores(self.cores, others)
             if count != self.count:
                 log.info("other processes' load: torch now uses %d CPU thread(s)", count)
                 self.count = count

@@ -28,7 +28,8 @@ def test_torch_threads_and_dtype_are_honoured_and_reported(attribution_index, tm
         body = {"model": "tiny-starcoder", "prompt": "def f(", "max_tokens": 8, "temperature": 0}
         done = httpx.post(app.url + "v1/completions", json=body, timeout=120).json()
         assert done["usage"]["completion_tokens"] == 8 and done["choices"][0]["text"]
-        runs_on = {"device": "cpu", "dtype": "bfloat16", "threads": 1, "threads_policy": "fixed"}
+        runs_on = {"device": "cpu", "dtype": "bfloat16", "threads": 1, "threads_policy": "fixed",
+                   "linear": _bf16_linear()}  # fmt: skip
         health = httpx.get(app.url + "healthz", timeout=60).json()
         assert health["engines"] == {"tiny-starcoder": runs_on}
         models = httpx.get(app.url + "v1/models", timeout=60).json()["data"]
@@ -37,3 +38,16 @@ def test_torch_threads_and_dtype_are_honoured_and_reported(attribution_index, tm
         assert all("engine" not in m for m in models if m["id"] != "tiny-starcoder")
     finally:
         serve.close()
+
+
+def _bf16_linear() -> str:
+    """What computes bf16 linears on this CPU: oneDNN packs them only where the CPU converts
+    bf16 natively (avx_ne_convert or AVX-512 BW/VL/DQ); elsewhere torch's plain BLAS."""
+    import torch
+
+    from model.engines.packing import PackedLinear
+
+    try:
+        return PackedLinear(torch.nn.Linear(64, 8).to(torch.bfloat16)).backend
+    except RuntimeError:
+        return "plain"

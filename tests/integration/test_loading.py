@@ -112,16 +112,22 @@ def test_unknown_model_is_a_clear_error(tmp_path, monkeypatch):
     assert "Could not load `MODEL_ID`" in err.value.message and err.value.field == "model"
 
 
-@pytest.mark.parametrize("packed", [True, False], ids=["onednn", "column-major"])
-def test_cpu_layout_keeps_the_models_outputs(packed, monkeypatch):
-    """load() packs Linear weights for oneDNN on CPU (or, where it cannot, stores them
-    transposed) for speed: the logits and the greedy text are those of the model as
-    transformers loads it, and the input embedding a tied output layer reads stays whole."""
+@pytest.mark.parametrize("layout", ["kernel", "onednn", "column-major"])
+def test_cpu_layout_keeps_the_models_outputs(layout, monkeypatch):
+    """load() packs Linear weights for kernel.c (or oneDNN where kernel.c cannot run) on CPU,
+    or, where neither can, stores them transposed, for speed: the logits and the greedy text
+    are those of the model as transformers loads it, and the input embedding a tied output
+    layer reads stays whole."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from model.engines import packing
+    from model.engines import kernel, packing
 
+    packed = layout != "column-major"
+    if layout == "kernel" and kernel.library() is None:
+        pytest.skip("kernel.c does not run here (needs x86-64 AVX2 + FMA and a C compiler)")
+    if layout == "onednn":
+        monkeypatch.setattr(kernel, "library", lambda: None)
     if not packed:
         monkeypatch.setattr(packing, "can_pack", lambda model: False)
     folder = str(TINY_STARCODER_DIR)
@@ -130,6 +136,9 @@ def test_cpu_layout_keeps_the_models_outputs(packed, monkeypatch):
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     if packed:  # the layout did change: no plain Linear is left
         assert not linears and isinstance(model.lm_head, packing.PackedLinear)
+        assert {m.backend for m in model.modules() if isinstance(m, packing.PackedLinear)} == {
+            layout
+        }
     else:
         assert not model.lm_head.weight.is_contiguous()  # the transposed layout
         assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from model.engine import CancelToken, Delta, Done, GenerationParams, GenerationRequest, Queued
+from model.engines import kernel
 from model.engines.loading import choose_placement
 from model.engines.threads import available_cores
 from model.engines.worker import WorkerConfig, WorkerEngine
@@ -299,11 +300,14 @@ def test_metrics_and_healthz(worker):
     add_ops_routes(api, lambda: {"tiny": engine}, metrics)
     http = TestClient(api)
     # By default the worker computes with every core and the dtype the CPU is fast in.
+    fp32 = choose_placement("cpu").dtype == "float32"
     runs_on = {
         "device": "cpu",
         "dtype": choose_placement("cpu").dtype,
         "threads": available_cores(),
         "threads_policy": "auto",  # re-sized to the cores other processes leave free
+        # kernel.c for fp32 where it builds (x86-64 AVX2 + FMA, a C compiler), else oneDNN
+        "linear": "kernel" if fp32 and kernel.library() is not None else "onednn",
     }
     health = {"status": "ok", "models": ["tiny"], "engines": {"tiny": runs_on}}
     assert http.get("/healthz").json() == health

@@ -40,6 +40,21 @@ def test_cpu_load_counts_only_other_processes(tmp_path):
     assert load.others_busy() == pytest.approx(0.0, abs=0.02)  # all of it was ours
 
 
+def test_a_window_the_process_did_not_watch_is_no_reading(tmp_path):
+    """A stopped worker (SIGSTOP, a suspended laptop) resumes with a window that holds another
+    process's burst: that must not drop the next request to one thread."""
+    clock = iter([100.0, 101.0, 110.0, 111.0])
+    write_stat(tmp_path, busy=1000, idle=1000, own=500)
+    load = CpuLoad(str(tmp_path / "stat"), str(tmp_path / "own"), clock=lambda: next(clock))
+    tick = load._tick
+    write_stat(tmp_path, busy=1000 + tick, idle=1000 + tick, own=500)
+    assert load.others_busy(2.0) == pytest.approx(1.0, abs=0.02)
+    write_stat(tmp_path, busy=1000 + 19 * tick, idle=1000 + tick, own=500)  # 9 s, 2 cores busy
+    assert load.others_busy(2.0) is None
+    write_stat(tmp_path, busy=1000 + 19 * tick, idle=1000 + 3 * tick, own=500)  # then idle
+    assert load.others_busy(2.0) == pytest.approx(0.0, abs=0.02)
+
+
 def test_cpu_load_without_proc_reads_as_idle(tmp_path):
     load = CpuLoad(str(tmp_path / "missing"), str(tmp_path / "missing"))
     assert load.others_busy() == 0.0
@@ -49,7 +64,7 @@ class FakeLoad:
     def __init__(self, values):
         self.values = list(values)
 
-    def others_busy(self):
+    def others_busy(self, max_window=None):
         return self.values.pop(0)
 
 
@@ -75,6 +90,21 @@ def test_auto_follows_the_load_and_sizes_the_calling_thread():
     clock[0] = 2.2  # and gave it back
     policy.apply_here()
     assert policy.count == 2 and set_to == [2, 1, 2]
+
+
+def test_auto_keeps_its_count_without_a_reading():
+    set_to, clock = [], [0.0]
+    policy = ComputeThreads(
+        None, cores=2, load=FakeLoad([None, 1.5, None]), clock=lambda: clock[0],
+        set_threads=set_to.append,
+    )  # fmt: skip
+    policy.apply_here()
+    assert policy.count == 2 and set_to == [2]
+    clock[0] = 1.1
+    policy.apply_here()
+    clock[0] = 2.2  # the process was stopped: no reading, so still one thread, not two
+    policy.apply_here()
+    assert policy.count == 1 and set_to == [2, 1]
 
 
 def test_a_fixed_count_never_measures():

@@ -1,0 +1,177 @@
+"""The fp32 CPU linear kernel of kernel.c: built with the machine's C compiler, loaded with ctypes.
+
+Decoding reads every weight once per step for a handful of rows, so its speed is the speed at
+which the linear layers stream their weights. On the 2-core AVX2 machine of bench/RESULTS.md
+("Engine speed on CPU, part 5") oneDNN's packed inner product read them at 10-20 GB/s at 1-8
+rows; kernel.c reads them at 23-31 GB/s, about what the machine streams, and is level with
+oneDNN at hundreds of rows (a prefill).
+
+Where it runs: Linux or any system with a C compiler (`CC`, else cc or gcc) and an x86-64 CPU
+with AVX2 and FMA, with torch on libgomp (its CPU wheels). Elsewhere, or if the build fails,
+`library()` is None and model/engines/packing.py keeps oneDNN. The library is built once per
+source and compiler flags, into model/engines/build/ when that is writable (the Docker image
+builds it there), else the user's cache; a build takes about a second.
+
+    lib = library()            # None where it cannot run
+    packed = pack(weight)      # the layout kernel.c reads, same bytes as the weight (+ padding)
+    y = linear(x, packed, bias, out_features)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernel.c")
+FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
+CPU_FLAGS = ("avx2", "fma")
+BLOCK_ROWS, LANES = 4, 8  # kernel.c's layout: output rows per block, inputs per register
+
+_lock = threading.Lock()
+_loaded: dict[str, ctypes.CDLL | None] = {}
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _dirs() -> list[Path]:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return [SOURCE.with_name("build"), cache / "starcoder-playground"]
+
+
+def _torch_on_libgomp() -> bool:
+    """kernel.c's `omp parallel` must land on torch's own team: one libgomp in the process."""
+    try:
+        with open("/proc/self/maps") as f:
+            gomps = {line.split()[-1] for line in f if "libgomp" in line}
+    except OSError:
+        return False
+    return len(gomps) == 1
+
+
+def library() -> ctypes.CDLL | None:
+    """The built and loaded kernel, or None where it cannot run here (logged once)."""
+    with _lock:
+        if "lib" not in _loaded:
+            _loaded["lib"] = _build_and_load()
+        return _loaded["lib"]
+
+
+def _build_and_load() -> ctypes.CDLL | None:
+    from model.engines.loading import cpu_flags
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    if not all(f in cpu_flags() for f in CPU_FLAGS):
+        log.info("CPU linear kernel off: the CPU lacks %s", "/".join(CPU_FLAGS))
+        return None
+    if not _torch_on_libgomp():
+        log.info("CPU linear kernel off: torch is not on libgomp here")
+        return None
+    tag = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    name = f"kernel-{tag}.so"
+    for d in _dirs():
+        if (d / name).is_file():
+            return _load(d / name)
+    cc = _compiler()
+    if cc is None:
+        log.warning("CPU linear kernel off: no C compiler (set CC); oneDNN computes instead")
+        return None
+    for d in _dirs():
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=d) as tmp:
+                built = Path(tmp) / name
+                subprocess.run(
+                    [cc, *FLAGS, str(SOURCE), "-o", str(built)],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
+                os.replace(built, d / name)  # atomic: a second process sees all or nothing
+            return _load(d / name)
+        except OSError:
+            continue  # not writable: the next place
+        except (subprocess.SubprocessError, subprocess.CalledProcessError) as exc:
+            detail = getattr(exc, "stderr", "") or exc
+            log.warning("CPU linear kernel off: the build failed: %s", str(detail)[-500:])
+            return None
+    return None
+
+
+def _load(path: Path) -> ctypes.CDLL | None:
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        log.warning("CPU linear kernel off: %s", exc)
+        return None
+    if not _torch_on_libgomp():  # the loader found another libgomp: a second thread team
+        log.warning("CPU linear kernel off: it did not share torch's libgomp")
+        return None
+    lib.linear_f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
+    lib.linear_f32.restype = None
+    log.info("CPU linear kernel: %s", path)
+    return lib
+
+
+def fits(weight: torch.Tensor) -> bool:
+    """Whether kernel.c can take this weight: fp32 on CPU, inputs a multiple of 8."""
+    return (
+        weight.dtype == torch.float32
+        and weight.device.type == "cpu"
+        and weight.dim() == 2
+        and weight.shape[1] % LANES == 0
+    )
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """The weight [out, in] in kernel.c's layout (a new tensor; the caller may drop the plain)."""
+    out, inp = weight.shape
+    blocks = -(-out // BLOCK_ROWS)
+    padded = weight.new_zeros(blocks * BLOCK_ROWS, inp)
+    padded[:out] = weight
+    view = padded.view(blocks, BLOCK_ROWS, inp // LANES, LANES)
+    return view.permute(0, 2, 1, 3).contiguous()
+
+
+def linear(
+    lib: ctypes.CDLL, x: torch.Tensor, packed: torch.Tensor, bias, out_features: int
+) -> torch.Tensor:
+    """x [..., in] times the packed weight (+ bias), like F.linear; no autograd (inference)."""
+    inp = x.shape[-1]
+    rows = x.reshape(-1, inp)
+    if rows.dtype != torch.float32 or not rows.is_contiguous():
+        rows = rows.float().contiguous()
+    y = torch.empty(rows.shape[0], out_features, dtype=torch.float32)
+    lib.linear_f32(
+        rows.data_ptr(),
+        packed.data_ptr(),
+        None if bias is None else bias.data_ptr(),
+        y.data_ptr(),
+        rows.shape[0],
+        inp,
+        out_features,
+    )
+    return y.view(*x.shape[:-1], out_features)
+
+
+if __name__ == "__main__":  # the Docker image builds the library at image build time
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    raise SystemExit(0 if library() is not None else 1)

@@ -1,0 +1,67 @@
+"""kernel.c, the CPU linear layer decoding runs on (model/engines/kernel.py), against F.linear;
+and the oneDNN fallback where it cannot be built."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.engines import kernel
+from model.engines.packing import PackedLinear
+
+needs_kernel = pytest.mark.skipif(
+    kernel.library() is None, reason="kernel.c needs x86-64 with AVX2 + FMA and a C compiler"
+)
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 7, 8, 65, 300])
+@pytest.mark.parametrize(("out", "inp"), [(1, 8), (5, 64), (50, 64), (192, 576), (7, 1536)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_kernel_computes_what_f_linear_does(rows, out, inp, bias):
+    """Every row count a step can have (decode 1-8, prefill chunks, a ragged last tile) and
+    output counts that are not a multiple of the 4-row block."""
+    gen = torch.Generator().manual_seed(rows * 1000 + out)
+    linear = torch.nn.Linear(inp, out, bias=bias)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(out, inp, generator=gen))
+    x = torch.randn(rows, inp, generator=gen)
+    packed = PackedLinear(linear)
+    assert packed.backend == "kernel"
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x), linear(x), atol=2e-4 * inp**0.5, rtol=1e-4)
+
+
+@needs_kernel
+def test_kernel_keeps_the_leading_dimensions_and_reads_strided_input():
+    linear = torch.nn.Linear(64, 24)
+    x = torch.randn(2, 5, 128)[..., ::2]  # [batch, time, features], not contiguous
+    with torch.inference_mode():
+        got = PackedLinear(linear)(x)
+        assert got.shape == (2, 5, 24)
+        torch.testing.assert_close(got, linear(x), atol=1e-4, rtol=1e-4)
+
+
+def test_without_a_compiler_the_layer_falls_back_to_onednn(monkeypatch, tmp_path):
+    """A machine with no C compiler (a slim image) still runs, on oneDNN's packed layer."""
+    monkeypatch.setattr(kernel, "_loaded", {})
+    monkeypatch.setattr(kernel, "_dirs", lambda: [tmp_path])
+    monkeypatch.setattr(kernel, "_compiler", lambda: None)
+    linear = torch.nn.Linear(64, 24)
+    packed = PackedLinear(linear)
+    assert kernel.library() is None and packed.backend == "onednn"
+    x = torch.randn(3, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x), linear(x), atol=1e-4, rtol=1e-4)
+
+
+@needs_kernel
+def test_the_build_goes_to_the_first_writable_place(monkeypatch, tmp_path):
+    """The package's build/ folder may not be writable (an installed copy): the user's cache
+    then. (A file where the folder should be fails for root too, as read-only would not.)"""
+    locked = tmp_path / "build"
+    locked.write_text("not a folder")
+    monkeypatch.setattr(kernel, "_loaded", {})
+    monkeypatch.setattr(kernel, "_dirs", lambda: [locked, tmp_path / "cache"])
+    assert kernel.library() is not None
+    assert [p.name[:7] for p in (tmp_path / "cache").iterdir()] == ["kernel-"]

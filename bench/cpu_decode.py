@@ -1,9 +1,10 @@
 """Where a CPU decode step's time goes, side by side in one run (not a test):
 
 1. `linear`: SmolLM2's weight shapes through `F.linear` on the plain and the transposed
-   (column-major) weight, and through oneDNN's packed inner product (model/engines/packing.py),
-   at 1, 8, 64 and 256 rows, per torch thread count. Many copies of each weight, so that
-   nothing stays in the cache, as in a model.
+   (column-major) weight, through oneDNN's packed inner product, and through kernel.c on its
+   packed layout (model/engines/packing.py, kernel.py; where it builds), at 1, 8, 64 and 256
+   rows, per torch thread count, with the rate each reads the weights at. Many copies of each
+   weight, so that nothing stays in the cache, as in a model.
 2. `threads`: one SmolLM2 decode step (1 row, the model as the worker loads it) at 1 and 2
    threads, computed in the main thread and in a second Python thread whose process already
    has an OpenMP team of 2 (model/engines/threads.py: two teams make libgomp sleep between
@@ -43,13 +44,20 @@ def linear(threads: list[int], rounds: int) -> None:
     import torch
     import torch.nn.functional as F
 
-    print("| weight | rows | threads | plain ms | column-major ms | packed ms | plain / packed |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    from model.engines import kernel
+
+    lib = kernel.library()
+    print(
+        "| weight | rows | threads | plain ms | column-major ms | oneDNN ms | kernel.c ms "
+        "| oneDNN GB/s | kernel.c GB/s | oneDNN / kernel.c |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for out_f, in_f in SHAPES:
         copies = 1 if out_f > 10_000 else 30
         plain = [torch.randn(out_f, in_f) for _ in range(copies)]
         column = [w.t().contiguous().t() for w in plain]
         packed = [torch.ops.mkldnn._reorder_linear_weight(w, None) for w in plain]
+        ours = [kernel.pack(w) for w in plain] if lib is not None else []
         for rows in (1, 8, 64, 256):
             x = torch.randn(rows, in_f)
             for n in threads:
@@ -61,14 +69,21 @@ def linear(threads: list[int], rounds: int) -> None:
                         torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "") for p in ws
                     ],
                 }
+                if ours:
+                    arms["kernel"] = lambda x=x, ws=ours, o=out_f: [
+                        kernel.linear(lib, x, p, None, o) for p in ws
+                    ]
                 ms = {k: [] for k in arms}
                 for _ in range(rounds):  # interleaved
                     for k, fn in arms.items():
                         ms[k].append(timed(fn, 5) / copies)
                 m = {k: statistics.median(v) for k, v in ms.items()}
+                k = m.get("kernel", float("nan"))
+                gb = out_f * in_f * 4 / 1e6  # MB per call / ms = GB/s
                 print(
                     f"| {out_f} x {in_f} | {rows} | {n} | {m['plain']:.3f} | {m['column']:.3f} "
-                    f"| {m['packed']:.3f} | {m['plain'] / m['packed']:.2f} |"
+                    f"| {m['packed']:.3f} | {k:.3f} | {gb / m['packed']:.1f} | {gb / k:.1f} "
+                    f"| {m['packed'] / k:.2f} |"
                 )
 
 

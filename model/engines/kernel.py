@@ -145,9 +145,11 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
     """The weight [out, in] in kernel.c's layout (a new tensor; the caller may drop the plain)."""
     out, inp = weight.shape
     blocks = -(-out // BLOCK_ROWS)
-    padded = weight.new_zeros(blocks * BLOCK_ROWS, inp)
-    padded[:out] = weight
-    view = padded.view(blocks, BLOCK_ROWS, inp // LANES, LANES)
+    if out % BLOCK_ROWS:  # padded with zero rows (a copy; the models here need none)
+        padded = weight.new_zeros(blocks * BLOCK_ROWS, inp)
+        padded[:out] = weight
+        weight = padded
+    view = weight.reshape(blocks, BLOCK_ROWS, inp // LANES, LANES)
     return view.permute(0, 2, 1, 3).contiguous()
 
 

@@ -39,7 +39,7 @@ COPY --chown=1000:1000 . .
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && (python3 -m model.engines.kernel || echo "CPU linear kernel not built: oneDNN instead") \
-    && apt-get purge -y --auto-remove gcc libc6-dev \
+    && apt-get purge -y --auto-remove gcc libc6-dev && apt-get clean \
     && rm -rf /var/lib/apt/lists/* \
     && mkdir -p /app/data && chown 1000:1000 /app/data
 USER 1000

@@ -57,7 +57,7 @@ def linear(threads: list[int], rounds: int) -> None:
         plain = [torch.randn(out_f, in_f) for _ in range(copies)]
         column = [w.t().contiguous().t() for w in plain]
         packed = [torch.ops.mkldnn._reorder_linear_weight(w, None) for w in plain]
-        ours = [kernel.pack(w) for w in plain] if lib is not None else []
+        ours = [kernel.linear(lib, kernel.pack(w), None, out_f) for w in plain] if lib else []
         for rows in (1, 8, 64, 256):
             x = torch.randn(rows, in_f)
             for n in threads:
@@ -70,9 +70,7 @@ def linear(threads: list[int], rounds: int) -> None:
                     ],
                 }
                 if ours:
-                    arms["kernel"] = lambda x=x, ws=ours, o=out_f: [
-                        kernel.linear(lib, x, p, None, o) for p in ws
-                    ]
+                    arms["kernel"] = lambda x=x, fs=ours: [f(x) for f in fs]
                 ms = {k: [] for k in arms}
                 for _ in range(rounds):  # interleaved
                     for k, fn in arms.items():

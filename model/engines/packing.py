@@ -43,6 +43,7 @@ class PackedLinear(torch.nn.Module):
             self.packed = kernel.pack(weight)
             bias = linear.bias
             self._bias = None if bias is None else bias.detach().float().contiguous()
+            self._kernel = kernel.linear(self._lib, self.packed, self._bias, self.out_features)
         else:
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
         self.bias = linear.bias  # a Parameter or None, used as is
@@ -53,7 +54,7 @@ class PackedLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._lib is not None:
-            return kernel.linear(self._lib, x, self.packed, self._bias, self.out_features)
+            return self._kernel(x)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     @property

@@ -2,8 +2,8 @@
  * OpenMP team (libgomp is loaded once, by torch; this library links the same soname).
  *
  * Why: a decode step multiplies 1-8 rows by every weight, so it is bound by reading the
- * weights. oneDNN's inner product read them at 10-20 GB/s here, this at 23-31 of the ~30 the
- * machine streams (bench/RESULTS.md, "Engine speed on CPU, part 5").
+ * weights. At one row oneDNN's inner product read them at 12-22 GB/s here, this at 20-28 of the
+ * ~30 the machine streams (bench/RESULTS.md, "Engine speed on CPU, part 5").
  *
  * Layout (packed by model/engines/kernel.py): the output rows in blocks of 4, and within a block,
  * for every 8 inputs, the 4 rows' 8 weights side by side, so a block is read as one stream:

@@ -2,12 +2,12 @@
 
 Decoding reads every weight once per step for a handful of rows, so its speed is the speed at
 which the linear layers stream their weights. On the 2-core AVX2 machine of bench/RESULTS.md
-("Engine speed on CPU, part 5") oneDNN's packed inner product read them at 10-20 GB/s at 1-8
-rows; kernel.c reads them at 23-31 GB/s, about what the machine streams, and is level with
+("Engine speed on CPU, part 5") oneDNN's packed inner product read them at 12-22 GB/s at one
+row and kernel.c at 20-28 (the machine streams ~30), 1.2-1.5x faster at 8 rows, and level with
 oneDNN at hundreds of rows (a prefill).
 
-Where it runs: Linux or any system with a C compiler (`CC`, else cc or gcc) and an x86-64 CPU
-with AVX2 and FMA, with torch on libgomp (its CPU wheels). Elsewhere, or if the build fails,
+Where it runs: Linux on an x86-64 CPU with AVX2 and FMA, with a C compiler (`CC`, else cc or
+gcc) and torch on libgomp (its CPU wheels). Elsewhere, or if the build fails,
 `library()` is None and model/engines/packing.py keeps oneDNN. The library is built once per
 source and compiler flags, into model/engines/build/ when that is writable (the Docker image
 builds it there), else the user's cache; a build takes about a second.

@@ -52,8 +52,14 @@ def _compiler() -> str | None:
 
 
 def _dirs() -> list[Path]:
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return [SOURCE.with_name("build"), cache / "starcoder-playground"]
+    """Where the library may be: the package's build/ (the Docker image's), else the user's cache
+    (none for a user without a home, such as a container's arbitrary uid without HOME)."""
+    dirs = [SOURCE.with_name("build")]
+    try:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    except (RuntimeError, KeyError):
+        return dirs
+    return [*dirs, cache / "starcoder-playground"]
 
 
 def _torch_on_libgomp() -> bool:

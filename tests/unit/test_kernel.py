@@ -65,3 +65,14 @@ def test_the_build_goes_to_the_first_writable_place(monkeypatch, tmp_path):
     monkeypatch.setattr(kernel, "_dirs", lambda: [locked, tmp_path / "cache"])
     assert kernel.library() is not None
     assert [p.name[:7] for p in (tmp_path / "cache").iterdir()] == ["kernel-"]
+
+
+def test_a_user_without_a_home_still_finds_the_package_build(monkeypatch):
+    """A container's arbitrary uid without HOME: Path.home() raises; only build/ is looked in."""
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(kernel.Path, "home", staticmethod(no_home))
+    assert kernel._dirs() == [kernel.SOURCE.with_name("build")]

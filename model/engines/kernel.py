@@ -171,6 +171,8 @@ def linear(lib: ctypes.CDLL, packed: torch.Tensor, bias, out_features: int):
     f32 = torch.float32
 
     def call(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1:] != (inp,):  # as F.linear refuses it: the kernel trusts the sizes it gets
+            raise RuntimeError(f"linear: input of shape {tuple(x.shape)}, weight takes {inp}")
         if x.dtype != f32 or not x.is_contiguous():
             x = x.to(f32).contiguous()
         y = torch.empty((*x.shape[:-1], out_features), dtype=f32)

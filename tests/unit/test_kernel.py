@@ -33,6 +33,13 @@ def test_kernel_computes_what_f_linear_does(rows, out, inp, bias):
 
 
 @needs_kernel
+def test_an_input_of_the_wrong_width_is_refused_not_read_past():
+    packed = PackedLinear(torch.nn.Linear(64, 24))
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="weight takes 64"):
+        packed(torch.randn(3, 48))  # 144 values: read as 2 rows of 64, written as 3 of 24
+
+
+@needs_kernel
 def test_kernel_keeps_the_leading_dimensions_and_reads_strided_input():
     linear = torch.nn.Linear(64, 24)
     x = torch.randn(2, 5, 128)[..., ::2]  # [batch, time, features], not contiguous

@@ -193,8 +193,10 @@ def add_ops_routes(
     metrics: EngineMetrics,
     *,
     cache_s: float = 2.0,
+    page_problem: Callable[[], str | None] = lambda: None,
 ) -> None:
-    """Mount GET /metrics and GET /healthz (503 with a reason when the engine cannot generate).
+    """Mount GET /metrics and GET /healthz (503 with a reason when the engine cannot generate,
+    or when `page_problem` names one: the page's own event queue has stopped).
 
     The health answer is cached for `cache_s` so a tight probe loop cannot load the model."""
     cache: dict = {"at": -1e9, "ok": False, "detail": ""}
@@ -206,6 +208,9 @@ def add_ops_routes(
             if time.monotonic() - cache["at"] > cache_s:
                 cache["ok"], cache["detail"] = probe_all(engines())
                 cache["at"] = time.monotonic()
+                problem = page_problem()
+                if problem:
+                    cache["ok"], cache["detail"] = False, problem
             ok, detail = cache["ok"], cache["detail"]
         loaded = engines()
         body = {"status": "ok" if ok else "unavailable", "models": sorted(loaded),

@@ -32,7 +32,7 @@ from app.web.openai_api import mount_openai_routes
 from app.web.share_routes import mount_share_routes
 from app.web.ui import build_ui
 from compat import gradio_session
-from compat.gradio_queue import GradioRouteChecks, tune_queue
+from compat.gradio_queue import GradioRouteChecks, queue_stopped, tune_queue
 from model.engine import Engine
 from model.engines.factory import build_engine
 from model.engines.pool import EnginePool
@@ -199,7 +199,8 @@ def build_app(
         body_timeout_s=settings.body_timeout,
         frame_ancestors=SPACE_FRAME_ANCESTORS if settings.space_id else None,
     )
-    add_ops_routes(api, engines.loaded, metrics)  # /healthz and /metrics, before Gradio takes "/"
+    # /healthz and /metrics, before Gradio takes "/"
+    add_ops_routes(api, engines.loaded, metrics, page_problem=lambda: _page_problem(blocks))
     # Before Gradio: mounted at "/", it would otherwise answer every path.
     mount_openai_routes(api, handlers.generate, handlers.search, schema)
     mount_share_routes(
@@ -231,6 +232,12 @@ def uvicorn_config(app: FastAPI, **kwargs) -> uvicorn.Config:
     # loopback, so any local client could pose as any address and escape its rate limits. The
     # app reads the one header an operator trusts itself (TRUSTED_PROXY_HEADER), or the peer.
     return uvicorn.Config(app, proxy_headers=False, **kwargs)
+
+
+def _page_problem(blocks) -> str | None:
+    if queue_stopped(blocks):
+        return "the page's event queue has stopped: page events and API calls are refused"
+    return None
 
 
 class BackgroundServer:

@@ -28,7 +28,19 @@ BUSY_MESSAGE = (
 QUEUE_POLL_S = 0.02  # how often an idle Gradio queue looks for a new event (Gradio: 0.001)
 PROGRESS_POLL_S = 0.5  # how often it looks for progress to send (Gradio: 0.01)
 # What tune_queue relies on in Gradio's Queue: checked at once, so an upgrade fails at start.
-_QUEUE_INTERNALS = ("push", "max_size", "sleep_when_free", "progress_update_sleep_when_free")
+_QUEUE_INTERNALS = (
+    "push", "max_size", "sleep_when_free", "progress_update_sleep_when_free", "stopped",
+)  # fmt: skip
+
+
+def queue_stopped(blocks: gr.Blocks) -> bool:
+    """Whether the Blocks' queue has stopped starting events. Gradio stops it for good when its
+    processing loop ends for any reason, and then refuses every page event and API call with 503
+    ("Queue is stopped.") while the rest of the server answers: /healthz reports it, so a
+    supervisor or a proxy can take the replica out. (Seen once in CI: a test's process-wide
+    patch of asyncio.sleep raised inside the session app's loop.)"""
+    queue = getattr(blocks, "_queue", None)
+    return bool(queue is not None and queue.stopped)
 
 
 def tune_queue(blocks: gr.Blocks) -> None:

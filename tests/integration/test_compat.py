@@ -48,7 +48,10 @@ def test_an_idle_gradio_queue_does_not_wake_the_web_process_every_millisecond(mo
     real_sleep = asyncio.sleep
 
     async def counted(delay, *args, **kwargs):
-        if asyncio.get_running_loop() is ours[0]:  # not another test's server in this process
+        # asyncio.sleep is patched for the whole process: another test's server (the session's
+        # live app) sleeps through here too, from its own loop, and before `ours` is set. An
+        # IndexError here once ended that server's Gradio queue for the rest of the run.
+        if ours and asyncio.get_running_loop() is ours[0]:
             naps.append(delay)
         return await real_sleep(delay, *args, **kwargs)
 

@@ -38,22 +38,23 @@ class PackedLinear(torch.nn.Module):
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         weight = linear.weight.detach().contiguous()
-        self._lib = kernel.library() if use_kernel and kernel.fits(weight) else None
-        if self._lib is not None:
+        lib = kernel.library() if use_kernel and kernel.fits(weight) else None
+        self._kernel = None  # kernel.c's call for this layer, which holds its weight and bias
+        if lib is not None:
             self.packed = kernel.pack(weight)
             bias = linear.bias
-            self._bias = None if bias is None else bias.detach().float().contiguous()
-            self._kernel = kernel.linear(self._lib, self.packed, self._bias, self.out_features)
+            bias = None if bias is None else bias.detach().float().contiguous()
+            self._kernel = kernel.linear(lib, self.packed, bias, self.out_features)
         else:
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
         self.bias = linear.bias  # a Parameter or None, used as is
 
     @property
     def backend(self) -> str:
-        return "kernel" if self._lib is not None else "onednn"
+        return "kernel" if self._kernel is not None else "onednn"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._lib is not None:
+        if self._kernel is not None:
             return self._kernel(x)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 

@@ -230,7 +230,8 @@ def runs_on(info: ModelInfo) -> dict:
     """What a model runs on, for /healthz and /v1/models: device, dtype (weights and KV cache)
     and, for a model in this machine's worker, its torch CPU threads (TORCH_THREADS) and
     whether that count is fixed or follows the other processes' load ("auto"), and what computes
-    its linear layers on a CPU ("kernel", "onednn", "plain")."""
+    its linear layers on a CPU ("kernel", "onednn", "plain") and the rest of its decoder layers
+    ("layer.c", "transformers")."""
     facts = {"device": info.device, "dtype": info.dtype}
     if info.threads:
         facts["threads"] = info.threads
@@ -238,6 +239,8 @@ def runs_on(info: ModelInfo) -> dict:
         facts["threads_policy"] = info.threads_policy
     if info.linear:
         facts["linear"] = info.linear
+    if info.layers:
+        facts["layers"] = info.layers
     return facts
 
 

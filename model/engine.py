@@ -214,6 +214,9 @@ class ModelInfo:
     # What computes the linear layers on CPU (model/engines/packing.py): "kernel" (kernel.c),
     # "onednn", or "plain" (torch's BLAS); "": not known (a GPU or a remote server).
     linear: str = ""
+    # What computes the decoder layers' other parts: "layer.c" (model/engines/fused.py: norms,
+    # rotary, the paged cache and attention of a decode step) or "transformers"; "": not known.
+    layers: str = ""
     has_chat_template: bool = False
     chat_template: str | None = (
         None  # Jinja source, rendered in the web process (model/prompts/chat.py)

@@ -36,6 +36,8 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernel.c")
+# One library: the linear layer, and the decoder layer built on it (model/engines/fused.py).
+SOURCES = (SOURCE, SOURCE.with_name("layer.c"))
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
 CPU_FLAGS = ("avx2", "fma")
 BLOCK_ROWS, LANES = 4, 8  # kernel.c's layout: output rows per block, inputs per register
@@ -91,7 +93,8 @@ def _build_and_load() -> ctypes.CDLL | None:
     if not _torch_on_libgomp():
         log.info("CPU linear kernel off: torch is not on libgomp here")
         return None
-    tag = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    source = b"".join(path.read_bytes() for path in SOURCES)
+    tag = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
     name = f"kernel-{tag}.so"
     for d in _dirs():
         if (d / name).is_file():
@@ -106,7 +109,7 @@ def _build_and_load() -> ctypes.CDLL | None:
             with tempfile.TemporaryDirectory(dir=d) as tmp:
                 built = Path(tmp) / name
                 subprocess.run(
-                    [cc, *FLAGS, str(SOURCE), "-o", str(built)],
+                    [cc, *FLAGS, *map(str, SOURCES), "-lm", "-o", str(built)],
                     check=True,
                     capture_output=True,
                     text=True,

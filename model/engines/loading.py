@@ -76,6 +76,7 @@ def load(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from model.engines.fused import fuse_layers
     from model.engines.packing import pack_linears, packed_backend
 
     local = is_local(model_id)
@@ -102,7 +103,7 @@ def load(
     if placement.device_map is None:
         model.to(placement.device)
     model.eval()
-    linear = ""
+    linear = layers = ""
     if placement.device == "cpu":
         # Packed for kernel.c or oneDNN where it can (model/engines/packing.py), else the layout
         # plain BLAS handles best; either way the plain checkpoint copies go.
@@ -112,6 +113,9 @@ def load(
             column_major_linears(model)
             linear = "plain"
         release_checkpoint(model)
+        # A decode step's small ops in C around kernel.c, where it computes every layer. After
+        # the copies above: layer.c keeps the addresses of the norms' weights.
+        layers = "layer.c" if fuse_layers(model) else "transformers"
         # Grouped-query attention straight on the KV heads: transformers otherwise copies
         # them to every query head (repeat_kv) whenever there is a mask, which continuous
         # batching always has; torch's CPU flash kernel takes the groups as they are. 8
@@ -142,6 +146,7 @@ def load(
         chat_template=template,
         bos_token=tokenizer.bos_token,
         linear=linear,
+        layers=layers,
         fills_by_rerank=True,  # in process: model/infill/events.py can sample and score here
         logprobs=True,
     )

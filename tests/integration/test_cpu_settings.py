@@ -29,7 +29,7 @@ def test_torch_threads_and_dtype_are_honoured_and_reported(attribution_index, tm
         done = httpx.post(app.url + "v1/completions", json=body, timeout=120).json()
         assert done["usage"]["completion_tokens"] == 8 and done["choices"][0]["text"]
         runs_on = {"device": "cpu", "dtype": "bfloat16", "threads": 1, "threads_policy": "fixed",
-                   "linear": _bf16_linear()}  # fmt: skip
+                   "linear": _bf16_linear(), "layers": "transformers"}  # fmt: skip
         health = httpx.get(app.url + "healthz", timeout=60).json()
         assert health["engines"] == {"tiny-starcoder": runs_on}
         models = httpx.get(app.url + "v1/models", timeout=60).json()["data"]

@@ -172,3 +172,53 @@ def _healed_greedy(engine, prompt: str, heal, *, max_new_tokens: int) -> str:
     new = tok.decode(out[0][0, ids.shape[1] :], skip_special_tokens=True)
     strip = healing.stripper()
     return strip.feed(new)
+
+
+def test_layer_c_writes_what_transformers_writes_alone_and_batched(smollm2_dir):
+    """SmolLM2 as the worker loads it (kernel.c's linears, layer.c's decoder layers) writes the
+    greedy text transformers' own model writes: one request under generate(), and four at once
+    in continuous batching, on the paged cache."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from model.engine import Delta, Done, GenerationParams, GenerationRequest
+    from model.engines import kernel
+    from model.engines.batching import BatchingServer
+    from model.engines.loading import load
+
+    if kernel.library() is None:
+        pytest.skip("layer.c does not run here (needs x86-64 AVX2 + FMA and a C compiler)")
+    model, tokenizer, info = load(str(smollm2_dir), device="cpu")
+    assert info.layers == "layer.c"
+    plain = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    prompts = ["def fibonacci(n):", "def is_prime(n):", "class Stack:", "import os\n\ndef walk("]
+    want = []
+    with torch.inference_mode():
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+            kw = dict(max_new_tokens=40, min_new_tokens=40, do_sample=False, pad_token_id=0)
+            out = plain.generate(ids, **kw)[0, ids.shape[1] :]
+            assert torch.equal(model.generate(ids, **kw)[0, ids.shape[1] :], out)
+            want.append(tokenizer.decode(out, skip_special_tokens=True))
+    texts: dict[str, str] = {}
+    finished = threading.Event()
+
+    def send(pairs):
+        for rid, event in pairs:
+            if isinstance(event, Delta):
+                texts[rid] = texts.get(rid, "") + event.text
+            elif isinstance(event, Done) and rid == "3":
+                finished.set()
+
+    server = BatchingServer(model, tokenizer, info, send, max_batch=4)
+    try:
+        params = GenerationParams(
+            max_new_tokens=40, temperature=0, repetition_penalty=1.0, min_tokens=40, ignore_eos=True
+        )
+        for i, prompt in enumerate(prompts):
+            server.submit(str(i), GenerationRequest(prompt, params))
+        assert finished.wait(300)
+        time.sleep(0.5)  # the others end in the same step or earlier
+    finally:
+        server.close()
+    assert [texts.get(str(i)) for i in range(4)] == want

@@ -1,0 +1,271 @@
+"""Llama decoder layers computed by layer.c (imports torch): for a step of a few rows, one C call
+per layer on continuous batching's paged cache, two around torch's attention under generate().
+
+Why: once kernel.c read the weights near the machine's bandwidth, a one-row step of SmolLM2
+spent about as long in ~1,000 small torch ops (norms, rotary, the paged cache's index_copy and
+index_select, SDPA, adds: a few microseconds of dispatch each) as in its linear layers.
+
+Where: a LlamaDecoderLayer whose seven projections all run on kernel.c (fp32, AVX2 + FMA, a C
+compiler), with SiLU, no MLP bias and a head size that is a multiple of 8. Everything else, and
+a step of more than MAX_ROWS rows (a prefill: torch's attention is a matrix product there,
+layer.c's a loop per query), runs transformers' own forward unchanged.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+
+import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from compat import transformers_cb
+from model.engines import kernel
+from model.engines.packing import PackedLinear
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS = 32  # tokens of a step layer.c takes: decode steps of up to 32 streams, a fill's rows
+
+_POINTERS = ("norm1", "wq", "wk", "wv", "bq", "bk", "bv", "wo", "bo", "norm2", "wg", "wu", "wd")
+_SIZES = ("hidden", "heads", "kv_heads", "head_dim", "inter")
+
+
+class LayerWeights(ctypes.Structure):
+    """layer.c's layer_t: the packed weights' addresses and the layer's sizes."""
+
+    _fields_ = [
+        *((name, ctypes.c_void_p) for name in _POINTERS),
+        ("eps", ctypes.c_float),
+        ("scale", ctypes.c_float),
+        *((name, ctypes.c_int64) for name in _SIZES),
+    ]
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, n = ctypes.c_void_p, ctypes.c_int64
+    lib.layer_in.argtypes = [p, p, n, p, p, p, p, p, p]
+    lib.layer_out.argtypes = [p, p, p, n, p, p]
+    lib.layer_paged.argtypes = [p, p, p, n, p, p, p, p, p, p, n, p, p, n, p]
+    for fn in (lib.layer_in, lib.layer_out, lib.layer_paged):
+        fn.restype = None
+
+
+def _kernel_linear(module) -> PackedLinear | None:
+    ok = isinstance(module, PackedLinear) and module.backend == "kernel"
+    return module if ok else None
+
+
+def _address(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+class FusedForward:
+    """Takes the place of one LlamaDecoderLayer's `forward`; the layer's own is `self.plain`."""
+
+    def __init__(self, layer, lib: ctypes.CDLL):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.plain = layer.forward
+        self.attn = attn
+        self.lib = lib
+        self.layer_idx = attn.layer_idx
+        self.heads = attn.config.num_attention_heads
+        self.kv_heads = attn.config.num_key_value_heads
+        self.head_dim = attn.head_dim
+        self.hidden = layer.hidden_size
+        self.inter = mlp.intermediate_size
+        proj = {
+            name: _kernel_linear(getattr(attn, f"{name}_proj")) for name in ("q", "k", "v", "o")
+        }
+        proj |= {name: _kernel_linear(getattr(mlp, f"{name}_proj")) for name in ("gate", "up")}
+        proj["down"] = _kernel_linear(mlp.down_proj)
+
+        norm1 = layer.input_layernorm.weight.detach()  # a tensor of its own on the same memory
+        norm2 = layer.post_attention_layernorm.weight.detach()
+        packed = {name: m.packed for name, m in proj.items()}
+        biases = {name: m._kernel.holds[1] for name, m in proj.items()}  # kernel.c's fp32 copies
+        # layer.c reads these by address: held here, so that a later `param.data = ...` (which
+        # would free the old storage) cannot leave it reading freed memory.
+        self.holds = (norm1, norm2, packed, biases)
+        self.weights = LayerWeights(
+            norm1=_address(norm1),
+            wq=_address(packed["q"]),
+            wk=_address(packed["k"]),
+            wv=_address(packed["v"]),
+            bq=_address(biases["q"]),
+            bk=_address(biases["k"]),
+            bv=_address(biases["v"]),
+            wo=_address(packed["o"]),
+            bo=_address(biases["o"]),
+            norm2=_address(norm2),
+            wg=_address(packed["gate"]),
+            wu=_address(packed["up"]),
+            wd=_address(packed["down"]),
+            eps=float(layer.input_layernorm.variance_epsilon),
+            scale=float(attn.scaling),
+            hidden=self.hidden,
+            heads=self.heads,
+            kv_heads=self.kv_heads,
+            head_dim=self.head_dim,
+            inter=self.inter,
+        )
+        self.at = ctypes.addressof(self.weights)
+        a, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        self.paged_scratch = 2 * self.hidden + 2 * a + 2 * kv + 2 * self.inter  # floats per row
+
+    def __call__(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask=None,
+        position_ids=None,
+        cache=None,
+        use_cache=False,
+        position_embeddings=None,
+        **kwargs,
+    ):
+        x = hidden_states
+        rows = x.shape[0] * x.shape[1] if x.dim() == 3 else 0
+        if (
+            not 0 < rows <= MAX_ROWS
+            or position_embeddings is None
+            or x.dtype != torch.float32
+            or torch.is_grad_enabled()
+            or kwargs.get("past_key_values") is not None  # the old name: not ours to map
+        ):
+            return self._plain(
+                x, attention_mask, position_ids, cache, use_cache, position_embeddings, kwargs
+            )
+        x = x.contiguous()
+        cos, sin = (self._rows(t, x) for t in position_embeddings)
+        if cache is not None and "read_index" in kwargs:
+            paged = transformers_cb.paged_layer(cache, self.layer_idx, kwargs)
+            if paged is None or x.shape[0] != 1:
+                return self._plain(
+                    x, attention_mask, position_ids, cache, use_cache, position_embeddings, kwargs
+                )
+            return self._paged(x, rows, cos, sin, paged, kwargs["cu_seq_lens_q"])
+        return self._around_torch(x, rows, cos, sin, attention_mask, cache, kwargs)
+
+    def _plain(
+        self, x, attention_mask, position_ids, cache, use_cache, position_embeddings, kwargs
+    ):
+        return self.plain(
+            x,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            position_embeddings=position_embeddings,
+            **kwargs,
+        )
+
+    def _rows(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """cos or sin [batch or 1, T, head_dim] as [batch * T, head_dim], contiguous."""
+        return (
+            t.to(torch.float32)
+            .expand(x.shape[0], x.shape[1], self.head_dim)
+            .reshape(-1, self.head_dim)
+            .contiguous()
+        )
+
+    def _paged(self, x, rows, cos, sin, paged, cu_q):
+        k_rows, v_rows, write_index, read_index, cu_k = paged
+        cu_q, cu_k = cu_q.to(torch.int32), cu_k.to(torch.int32)
+        y = torch.empty_like(x)
+        scratch = torch.empty(rows * self.paged_scratch)
+        self.lib.layer_paged(
+            self.at,
+            x.data_ptr(),
+            y.data_ptr(),
+            rows,
+            cos.data_ptr(),
+            sin.data_ptr(),
+            k_rows.data_ptr(),
+            v_rows.data_ptr(),
+            write_index.data_ptr(),
+            read_index.data_ptr(),
+            read_index.numel(),
+            cu_q.data_ptr(),
+            cu_k.data_ptr(),
+            cu_q.numel() - 1,
+            scratch.data_ptr(),
+        )
+        return y
+
+    def _around_torch(self, x, rows, cos, sin, attention_mask, cache, kwargs):
+        """layer.c before and after the attention, which torch computes over generate()'s cache."""
+        b, t = x.shape[:2]
+        q = x.new_empty(b, t, self.heads, self.head_dim)
+        k = x.new_empty(b, t, self.kv_heads, self.head_dim)
+        v = torch.empty_like(k)
+        h = torch.empty_like(x)
+        self.lib.layer_in(
+            self.at,
+            x.data_ptr(),
+            rows,
+            cos.data_ptr(),
+            sin.data_ptr(),
+            h.data_ptr(),
+            q.data_ptr(),
+            k.data_ptr(),
+            v.data_ptr(),
+        )
+        q, k, v = (s.transpose(1, 2) for s in (q, k, v))
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
+        attend = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.attn.config._attn_implementation, _no_interface
+        )
+        a, _ = attend(
+            self.attn, q, k, v, attention_mask, dropout=0.0, scaling=self.attn.scaling, **kwargs
+        )
+        a = a.reshape(rows, -1).contiguous()
+        y = torch.empty_like(x)
+        scratch = torch.empty(rows * (self.hidden + 2 * self.inter))
+        self.lib.layer_out(
+            self.at, x.data_ptr(), a.data_ptr(), rows, y.data_ptr(), scratch.data_ptr()
+        )
+        return y
+
+
+def _no_interface(*args, **kwargs):
+    raise RuntimeError("no attention implementation")
+
+
+def fusible(layer) -> bool:
+    """Whether layer.c computes this decoder layer exactly as transformers' forward does."""
+    if type(layer).__name__ != "LlamaDecoderLayer":
+        return False
+    attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    if attn is None or mlp is None:
+        return False
+    names = [getattr(attn, f"{n}_proj", None) for n in "qkvo"]
+    names += [getattr(mlp, f"{n}_proj", None) for n in ("gate", "up", "down")]
+    if any(_kernel_linear(m) is None for m in names):
+        return False
+    config = attn.config
+    return (
+        type(mlp.act_fn).__name__ in ("SiLU", "SiLUActivation")
+        and all(m.bias is None for m in names[4:])
+        and attn.head_dim % 8 == 0
+        and config.num_attention_heads % config.num_key_value_heads == 0
+        and getattr(config, "sliding_window", None) is None
+        and layer.input_layernorm.weight.dtype == torch.float32
+    )
+
+
+def fuse_layers(model) -> int:
+    """Has layer.c compute every decoder layer it can; returns how many."""
+    lib = kernel.library()
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if lib is None or layers is None:
+        return 0
+    if not hasattr(lib, "layer_paged"):
+        return 0
+    _declare(lib)
+    done = 0
+    for layer in layers:
+        if fusible(layer):
+            layer.forward = FusedForward(layer, lib)
+            done += 1
+    return done

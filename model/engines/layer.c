@@ -1,0 +1,153 @@
+/* A Llama decoder layer for a few rows (a decode step) in fp32, beside kernel.c's linear_f32.
+ *
+ * Why: at one row, kernel.c reads a step's weights in ~20 ms, but the step took ~36: the rest
+ * was about 35 small torch ops per layer (norms, rotary, the paged cache's copies, SDPA, adds),
+ * each a few microseconds of dispatch for a few hundred flops. Here a layer is one call
+ * (layer_paged: continuous batching's paged cache) or two around torch's attention
+ * (layer_in / layer_out: generate()'s caches). model/engines/fused.py calls them.
+ *
+ * Same arithmetic as transformers' LlamaDecoderLayer, in the same order up to the order of
+ * additions inside a sum:
+ *   h = rmsnorm(x) * w1;  q, k, v = h Wq, h Wk, h Wv (+ bias);  rotary on q, k
+ *   a = softmax(q k^T * scale, causal) v            (grouped-query: nh / nkv heads per kv head)
+ *   x2 = x + a Wo (+ bias);  y = x2 + Wd(silu(rmsnorm(x2) * w2 Wg) * (rmsnorm(x2) * w2 Wu))
+ * Head size a multiple of 8, every linear's input too (kernel.c's layout).
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+void linear_f32(const float* x, const float* P, const float* bias, float* y,
+                int64_t M, int64_t I, int64_t O);
+
+/* A layer's weights (packed as kernel.c reads them) and sizes; built once per layer. */
+typedef struct {
+    const float *norm1, *wq, *wk, *wv, *bq, *bk, *bv, *wo, *bo, *norm2, *wg, *wu, *wd;
+    float eps, scale;
+    int64_t hidden, heads, kv_heads, head_dim, inter;
+} layer_t;
+
+static void rmsnorm(const float* x, const float* w, float eps, int64_t T, int64_t H, float* y) {
+    for (int64_t t = 0; t < T; t++) {
+        const float* xr = x + t * H;
+        float* yr = y + t * H;
+        float ss = 0.f;
+        for (int64_t i = 0; i < H; i++) ss += xr[i] * xr[i];
+        float r = 1.f / sqrtf(ss / (float)H + eps);
+        for (int64_t i = 0; i < H; i++) yr[i] = w[i] * (xr[i] * r);
+    }
+}
+
+/* q * cos + rotate_half(q) * sin, per head; cos/sin are [T, D] (two equal halves). */
+static void rotary(float* q, int64_t T, int64_t heads, int64_t D, const float* cos, const float* sin) {
+    int64_t half = D / 2;
+    for (int64_t t = 0; t < T; t++) {
+        const float *c = cos + t * D, *s = sin + t * D;
+        for (int64_t h = 0; h < heads; h++) {
+            float* v = q + (t * heads + h) * D;
+            for (int64_t i = 0; i < half; i++) {
+                float a = v[i], b = v[i + half];
+                v[i] = a * c[i] - b * s[i];
+                v[i + half] = b * c[i + half] + a * s[i + half];
+            }
+        }
+    }
+}
+
+static inline float hsum8(__m256 v) {
+    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    __m128 sh = _mm_movehdup_ps(lo), s = _mm_add_ps(lo, sh);
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehl_ps(sh, s)));
+}
+
+static inline float dot(const float* a, const float* b, int64_t D) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < D; i += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    return hsum8(acc);
+}
+
+/* h, then q, k, v (rotated) of T rows; scratch h: T * hidden. */
+void layer_in(const layer_t* L, const float* x, int64_t T, const float* cos, const float* sin,
+              float* h, float* q, float* k, float* v) {
+    int64_t H = L->hidden, D = L->head_dim;
+    rmsnorm(x, L->norm1, L->eps, T, H, h);
+    linear_f32(h, L->wq, L->bq, q, T, H, L->heads * D);
+    linear_f32(h, L->wk, L->bk, k, T, H, L->kv_heads * D);
+    linear_f32(h, L->wv, L->bv, v, T, H, L->kv_heads * D);
+    rotary(q, T, L->heads, D, cos, sin);
+    rotary(k, T, L->kv_heads, D, cos, sin);
+}
+
+/* y = the layer's output from its input x and attention a [T, heads * D];
+ * scratch: T * (hidden + 2 * inter). */
+void layer_out(const layer_t* L, const float* x, const float* a, int64_t T, float* y, float* scratch) {
+    int64_t H = L->hidden, F = L->inter, n = T * H;
+    float *o = scratch, *g = o + n, *u = g + T * F;
+    linear_f32(a, L->wo, L->bo, o, T, L->heads * L->head_dim, H);
+    for (int64_t i = 0; i < n; i++) y[i] = x[i] + o[i];
+    rmsnorm(y, L->norm2, L->eps, T, H, o);
+    linear_f32(o, L->wg, NULL, g, T, H, F);
+    linear_f32(o, L->wu, NULL, u, T, H, F);
+    for (int64_t i = 0; i < T * F; i++) g[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+    linear_f32(g, L->wd, NULL, o, T, F, H);
+    for (int64_t i = 0; i < n; i++) y[i] += o[i];
+}
+
+/* Attention over continuous batching's paged cache (transformers 5.24's index path): this
+ * step's k/v rows go to the cache rows `write_index`, then sequence s's queries (rows cu_q[s]
+ * to cu_q[s+1]) read its keys at read_index[cu_k[s] .. cu_k[s+1]], the last of them its own
+ * tokens: query i of s sees its first nk - nq + i + 1 keys (the causal mask transformers
+ * builds). No read index (every sequence a whole prompt): the keys are the rows just written. */
+static void paged_attention(const layer_t* L, const float* q, const float* k, const float* v,
+                            float* kc, float* vc, const int64_t* write_index, int64_t T,
+                            const int64_t* read_index, int64_t n_read, const int32_t* cu_q,
+                            const int32_t* cu_k, int64_t S, float* out) {
+    int64_t nh = L->heads, D = L->head_dim, row = L->kv_heads * D, group = nh / L->kv_heads;
+    for (int64_t t = 0; t < T; t++) {
+        memcpy(kc + write_index[t] * row, k + t * row, row * sizeof(float));
+        memcpy(vc + write_index[t] * row, v + t * row, row * sizeof(float));
+    }
+    const int64_t* rd = n_read ? read_index : write_index;
+    const int32_t* ck = n_read ? cu_k : cu_q;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t item = 0; item < T * nh; item++) {
+        int64_t t = item / nh, h = item % nh, s = 0;
+        while (s + 1 < S && cu_q[s + 1] <= t) s++;
+        int64_t nq = cu_q[s + 1] - cu_q[s], nk = ck[s + 1] - ck[s];
+        int64_t n = nk - nq + (t - cu_q[s]) + 1;
+        const int64_t* idx = rd + ck[s];
+        const float* qv = q + (t * nh + h) * D;
+        const float *kb = kc + (h / group) * D, *vb = vc + (h / group) * D;
+        float stack[2048], *p = n <= 2048 ? stack : malloc(n * sizeof(float));
+        float top = -INFINITY, sum = 0.f;
+        for (int64_t j = 0; j < n; j++) {
+            p[j] = dot(qv, kb + idx[j] * row, D) * L->scale;
+            top = p[j] > top ? p[j] : top;
+        }
+        for (int64_t j = 0; j < n; j++) sum += (p[j] = expf(p[j] - top));
+        float* o = out + (t * nh + h) * D;
+        for (int64_t d = 0; d < D; d += 8) {
+            __m256 acc = _mm256_setzero_ps();
+            for (int64_t j = 0; j < n; j++)
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(vb + idx[j] * row + d), acc);
+            _mm256_storeu_ps(o + d, _mm256_mul_ps(acc, _mm256_set1_ps(1.f / sum)));
+        }
+        if (p != stack) free(p);
+    }
+}
+
+/* The whole layer on the paged cache: x [T, hidden] -> y; scratch: T * (2 * hidden +
+ * 2 * heads * D + 2 * kv_heads * D + 2 * inter) floats. */
+void layer_paged(const layer_t* L, const float* x, float* y, int64_t T, const float* cos,
+                 const float* sin, float* kc, float* vc, const int64_t* write_index,
+                 const int64_t* read_index, int64_t n_read, const int32_t* cu_q,
+                 const int32_t* cu_k, int64_t S, float* scratch) {
+    int64_t A = L->heads * L->head_dim, KV = L->kv_heads * L->head_dim;
+    float *h = scratch, *q = h + T * L->hidden, *k = q + T * A, *v = k + T * KV, *a = v + T * KV;
+    layer_in(L, x, T, cos, sin, h, q, k, v);
+    paged_attention(L, q, k, v, kc, vc, write_index, T, read_index, n_read, cu_q, cu_k, S, a);
+    layer_out(L, x, a, T, y, a + T * A);
+}

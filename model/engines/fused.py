@@ -1,14 +1,14 @@
-"""Llama decoder layers computed by layer.c (imports torch): for a step of a few rows, one C call
-per layer on continuous batching's paged cache, two around torch's attention under generate().
+"""Llama decoder layers computed by layer.c (imports torch): for a decode step, one C call per
+layer on continuous batching's paged cache; otherwise C before and after the cache update, with
+the attention in C too for a few causal, unpadded rows (a fill's candidates), else torch's.
 
 Why: once kernel.c read the weights near the machine's bandwidth, a one-row step of SmolLM2
 spent about as long in ~1,000 small torch ops (norms, rotary, the paged cache's index_copy and
 index_select, SDPA, adds: a few microseconds of dispatch each) as in its linear layers.
 
 Where: a LlamaDecoderLayer whose seven projections all run on kernel.c (fp32, AVX2 + FMA, a C
-compiler), with SiLU, no MLP bias and a head size that is a multiple of 8. Everything else, and
-a step of more than MAX_ROWS rows (a prefill: torch's attention is a matrix product there,
-layer.c's a loop per query), runs transformers' own forward unchanged.
+compiler), with SiLU, no MLP bias and a head size that is a multiple of 8. Everything else
+(bf16, oneDNN, GPTBigCode, a GPU, autograd) runs transformers' own forward unchanged.
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ from model.engines.packing import PackedLinear
 
 log = logging.getLogger(__name__)
 
-MAX_ROWS = 32  # tokens of a step layer.c takes: decode steps of up to 32 streams, a fill's rows
+# Tokens of a step whose attention layer.c computes (decode steps of up to 32 streams, a fill's
+# rows); over more (a prefill, a fill's scoring), torch's, a matrix product there where
+# layer.c's is a loop per query, between layer.c's two halves.
+MAX_ROWS = 32
 
 _POINTERS = ("norm1", "wq", "wk", "wv", "bq", "bk", "bv", "wo", "bo", "norm2", "wg", "wu", "wd")
 _SIZES = ("hidden", "heads", "kv_heads", "head_dim", "inter")
@@ -47,7 +50,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.layer_in.argtypes = [p, p, n, p, p, p, p, p, p]
     lib.layer_out.argtypes = [p, p, p, n, p, p]
     lib.layer_paged.argtypes = [p, p, p, n, p, p, p, p, p, p, n, p, p, n, p]
-    for fn in (lib.layer_in, lib.layer_out, lib.layer_paged):
+    lib.layer_dense.argtypes = [p, p, p, p, p, n, n, n, n, n, n, n, p, p]
+    for fn in (lib.layer_in, lib.layer_out, lib.layer_paged, lib.layer_dense):
         fn.restype = None
 
 
@@ -126,7 +130,7 @@ class FusedForward:
         x = hidden_states
         rows = x.shape[0] * x.shape[1] if x.dim() == 3 else 0
         if (
-            not 0 < rows <= MAX_ROWS
+            rows == 0
             or position_embeddings is None
             or x.dtype != torch.float32
             or torch.is_grad_enabled()
@@ -137,13 +141,10 @@ class FusedForward:
             )
         x = x.contiguous()
         cos, sin = (self._rows(t, x) for t in position_embeddings)
-        if cache is not None and "read_index" in kwargs:
+        if rows <= MAX_ROWS and cache is not None and "read_index" in kwargs:
             paged = transformers_cb.paged_layer(cache, self.layer_idx, kwargs)
-            if paged is None or x.shape[0] != 1:
-                return self._plain(
-                    x, attention_mask, position_ids, cache, use_cache, position_embeddings, kwargs
-                )
-            return self._paged(x, rows, cos, sin, paged, kwargs["cu_seq_lens_q"])
+            if paged is not None and x.shape[0] == 1:
+                return self._paged(x, rows, cos, sin, paged, kwargs["cu_seq_lens_q"])
         return self._around_torch(x, rows, cos, sin, attention_mask, cache, kwargs)
 
     def _plain(
@@ -210,9 +211,39 @@ class FusedForward:
             k.data_ptr(),
             v.data_ptr(),
         )
+        queries = q
         q, k, v = (s.transpose(1, 2) for s in (q, k, v))
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
+        y = torch.empty_like(x)
+        if (
+            rows <= MAX_ROWS
+            and attention_mask is None
+            and k.shape[0] == b
+            and _by_position(k)
+            and _by_position(v)
+        ):
+            # Causal and unpadded (a fill's rows, one request): the attention in layer.c too.
+            scratch = torch.empty(
+                rows * (self.heads * self.head_dim + self.hidden + 2 * self.inter)
+            )
+            self.lib.layer_dense(
+                self.at,
+                x.data_ptr(),
+                queries.data_ptr(),
+                k.data_ptr(),
+                v.data_ptr(),
+                k.stride(0),
+                k.stride(1),
+                v.stride(0),
+                v.stride(1),
+                k.shape[2],
+                b,
+                t,
+                y.data_ptr(),
+                scratch.data_ptr(),
+            )
+            return y
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.attn.config._attn_implementation, _no_interface
         )
@@ -220,12 +251,16 @@ class FusedForward:
             self.attn, q, k, v, attention_mask, dropout=0.0, scaling=self.attn.scaling, **kwargs
         )
         a = a.reshape(rows, -1).contiguous()
-        y = torch.empty_like(x)
         scratch = torch.empty(rows * (self.hidden + 2 * self.inter))
         self.lib.layer_out(
             self.at, x.data_ptr(), a.data_ptr(), rows, y.data_ptr(), scratch.data_ptr()
         )
         return y
+
+
+def _by_position(t: torch.Tensor) -> bool:
+    """[batch, heads, positions, head_dim] with each position's head_dim values side by side."""
+    return t.dtype == torch.float32 and t.stride(3) == 1 and t.stride(2) == t.shape[3]
 
 
 def _no_interface(*args, **kwargs):

@@ -84,8 +84,9 @@ def test_converted_model_matches_gguf_logits_exactly(tmp_path_factory):
     saved = AutoModelForCausalLM.from_pretrained(conv["dir"], dtype=torch.float32).eval()
     with torch.inference_mode():
         assert torch.equal(saved(ids).logits, conv["gguf_logits"])  # the conversion is exact
-        # load() stores Linear weights transposed on CPU; the GEMM order may differ slightly.
-        torch.testing.assert_close(model(ids).logits, conv["gguf_logits"], atol=1e-4, rtol=0)
+        # load() computes with its own kernels on CPU (packed weights, layer.c): the order of
+        # the additions in a sum differs, by ~1e-4 on logits of ~10.
+        torch.testing.assert_close(model(ids).logits, conv["gguf_logits"], atol=1e-4, rtol=1e-4)
     assert getattr(model.config, "quantization_config", None) is None
     assert info.architecture == "LlamaForCausalLM"
     assert info.context_length == 8192

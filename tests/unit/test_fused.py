@@ -50,7 +50,8 @@ class Calls:
     """Counts layer.c's calls (fused.FusedForward's `lib`), to show which path a step took."""
 
     def __init__(self, lib):
-        self.lib, self.count = lib, {"layer_in": 0, "layer_out": 0, "layer_paged": 0}
+        self.lib = lib
+        self.count = dict.fromkeys(("layer_in", "layer_out", "layer_dense", "layer_paged"), 0)
 
     def __getattr__(self, name):
         fn = getattr(self.lib, name)
@@ -72,7 +73,7 @@ def counting(model) -> Calls:
 
 
 @needs_kernel
-@pytest.mark.parametrize("rows", [1, 2, 3, 8, 32])
+@pytest.mark.parametrize("rows", [1, 2, 3, 8, 32, 100])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_fused_layers_give_the_logits_transformers_gives(rows, batch):
     model = small_llama(rows)
@@ -83,8 +84,10 @@ def test_fused_layers_give_the_logits_transformers_gives(rows, batch):
         assert fused.fuse_layers(model) == 2
         calls = counting(model)
         got = model(ids).logits
-    took = batch * rows <= fused.MAX_ROWS
-    assert calls.count["layer_in"] == (2 if took else 0)  # more rows: transformers' forward
+    assert calls.count["layer_in"] == 2
+    # Causal and unpadded: layer.c's attention up to MAX_ROWS rows, torch's beyond.
+    few = batch * rows <= fused.MAX_ROWS
+    assert (calls.count["layer_dense"], calls.count["layer_out"]) == ((2, 0) if few else (0, 2))
     torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
 
 
@@ -104,7 +107,36 @@ def test_generate_writes_the_same_tokens_with_padding_and_a_cache():
         calls = counting(model)
         got = model.generate(ids, attention_mask=mask, generation_config=cfg)
     assert torch.equal(got, want)
+    # A padding mask: torch's attention between layer.c's two halves.
     assert calls.count["layer_in"] == calls.count["layer_out"] >= 2 * 20
+
+
+@needs_kernel
+def test_unpadded_rows_over_a_shared_prefix_decode_in_layer_c():
+    """A fill's shape: one prompt's cache repeated for 5 rows, sampled greedily step by step."""
+    model = small_llama(5)
+    pack_linears(model)
+    ids = torch.randint(3, 96, (1, 12))
+
+    def decode():
+        out = model(ids, use_cache=True)
+        cache = out.cache
+        cache.batch_repeat_interleave(5)
+        tokens = torch.tensor([[3], [17], [29], [41], [60]])
+        steps = []
+        for _ in range(12):
+            out = model(input_ids=tokens, cache=cache, use_cache=True)
+            cache, tokens = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
+            steps.append(out.logits[:, -1])
+        return torch.stack(steps)
+
+    with torch.inference_mode():
+        want = decode()
+        fused.fuse_layers(model)
+        calls = counting(model)
+        got = decode()
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
+    assert calls.count["layer_dense"] == 2 * 13  # the prefill and every step
 
 
 @needs_kernel
@@ -112,7 +144,8 @@ def test_continuous_batching_writes_the_same_tokens_on_the_paged_cache():
     """Several requests of different lengths in one batch: each reads its own pages, causally."""
     model = small_llama(2)
     pack_linears(model)
-    prompts = [[5, 9, 13], [7] * 11, [40, 41, 42, 43, 44, 45], [88]]
+    # One prompt longer than MAX_ROWS: its prefill puts torch's attention between layer.c's halves.
+    prompts = [[5, 9, 13], [7] * 11, [40, 41, 42, 43, 44, 45], [88], list(range(3, 43))]
     cfg = GenerationConfig(max_new_tokens=24, do_sample=False, eos_token_id=-1, pad_token_id=0)
     cb = ContinuousBatchingConfig(page_size=16, num_blocks=64, max_batch_tokens=64)
 
@@ -128,6 +161,7 @@ def test_continuous_batching_writes_the_same_tokens_on_the_paged_cache():
     assert got == want
     assert all(len(tokens) == 24 for _, tokens in got)
     assert calls.count["layer_paged"] >= 2 * 20  # the decode steps ran in layer.c
+    assert calls.count["layer_in"] == calls.count["layer_out"] >= 2  # the long prefill
 
 
 @needs_kernel

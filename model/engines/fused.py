@@ -140,7 +140,7 @@ class FusedForward:
                 x, attention_mask, position_ids, cache, use_cache, position_embeddings, kwargs
             )
         x = x.contiguous()
-        cos, sin = (self._rows(t, x) for t in position_embeddings)
+        cos, sin = _rows(position_embeddings, x, self.head_dim)
         if rows <= MAX_ROWS and cache is not None and "read_index" in kwargs:
             paged = transformers_cb.paged_layer(cache, self.layer_idx, kwargs)
             if paged is not None and x.shape[0] == 1:
@@ -158,15 +158,6 @@ class FusedForward:
             use_cache=use_cache,
             position_embeddings=position_embeddings,
             **kwargs,
-        )
-
-    def _rows(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """cos or sin [batch or 1, T, head_dim] as [batch * T, head_dim], contiguous."""
-        return (
-            t.to(torch.float32)
-            .expand(x.shape[0], x.shape[1], self.head_dim)
-            .reshape(-1, self.head_dim)
-            .contiguous()
         )
 
     def _paged(self, x, rows, cos, sin, paged, cu_q):
@@ -256,6 +247,24 @@ class FusedForward:
             self.at, x.data_ptr(), a.data_ptr(), rows, y.data_ptr(), scratch.data_ptr()
         )
         return y
+
+
+_last_rows: tuple = (None, None)  # (the step's cos/sin, their rows): every layer gets the same
+
+
+def _rows(position_embeddings, x: torch.Tensor, head_dim: int):
+    """cos and sin [batch or 1, T, head_dim] as [batch * T, head_dim] rows, contiguous; made
+    once per step, as transformers computes them once for all the layers."""
+    global _last_rows
+    source, rows = _last_rows
+    if source is not position_embeddings:
+        shape = (x.shape[0], x.shape[1], head_dim)
+        rows = tuple(
+            t.to(torch.float32).expand(shape).reshape(-1, head_dim).contiguous()
+            for t in position_embeddings
+        )
+        _last_rows = (position_embeddings, rows)  # one tuple: a thread sees both or neither
+    return rows
 
 
 def _by_position(t: torch.Tensor) -> bool:

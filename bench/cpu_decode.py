@@ -9,8 +9,14 @@
    threads, computed in the main thread and in a second Python thread whose process already
    has an OpenMP team of 2 (model/engines/threads.py: two teams make libgomp sleep between
    ops), in interleaved rounds.
+3. `layers`: SmolLM2 (as the worker loads it) with layer.c computing its decoder layers
+   (model/engines/fused.py) against transformers' own layers on the same packed weights, in
+   interleaved rounds: a decode step of 1 and of 8 rows over a 200-token prompt's cache (a
+   fill's shape), and continuous batching (the worker's batch, in process) at 1 and 8 streams.
+   The batch computes beside the main thread's OpenMP team here (the worker has one team), so
+   its tok/s are below the served path's (bench/peers.py); the ratio is the measure.
 
-    python bench/cpu_decode.py [linear|threads|both] [--rounds 4]
+    python bench/cpu_decode.py [linear|threads|layers|both] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -132,11 +138,99 @@ def threads_step(rounds: int) -> None:
         print(f"| {k} | {statistics.median(v):.1f} | {' '.join(f'{x:.0f}' for x in v)} |")
 
 
+def layers(rounds: int) -> None:
+    import torch
+
+    from model.engine import Done, GenerationParams, GenerationRequest
+    from model.engines.batching import BatchingServer
+    from model.engines.fused import fuse_layers, unfuse_layers
+    from model.engines.loading import load
+    from model.smollm2 import ensure_converted
+
+    folder = ensure_converted(default_data_dir() / "models" / SMOLLM2)
+    torch.set_num_threads(2)
+    model, tokenizer, info = load(str(folder), device="cpu")
+    if info.layers != "layer.c":
+        print(f"layer.c does not run here (layers: {info.layers!r}): nothing to compare")
+        return
+    prompt = torch.randint(100, 20000, (1, 200))
+
+    def step_ms(rows: int) -> float:
+        with torch.inference_mode():
+            cache = model(prompt, use_cache=True, logits_to_keep=1).cache
+            cache.batch_repeat_interleave(rows)
+            token, times = torch.full((rows, 1), 523), []
+            for _ in range(12):
+                start = time.perf_counter()
+                cache = model(token, cache=cache, use_cache=True).cache
+                times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1e3
+
+    done = threading.Event()
+    left = [0]
+
+    def send(pairs):
+        for _, event in pairs:
+            if isinstance(event, Done):
+                left[0] -= 1
+                if left[0] == 0:
+                    done.set()
+
+    prompts = ["def fibonacci(n):", "def is_prime(n):", "class Stack:", "def read_csv(path):"]
+    params = GenerationParams(
+        max_new_tokens=64, temperature=0, repetition_penalty=1.0, min_tokens=64, ignore_eos=True
+    )
+
+    def batch_tok_s(streams: int) -> float:
+        done.clear()
+        left[0] = streams
+        start = time.perf_counter()
+        for i in range(streams):
+            server.submit(f"{time.time_ns()}-{i}", GenerationRequest(prompts[i % 4], params))
+        done.wait(600)
+        return streams * 64 / (time.perf_counter() - start)
+
+    def compare(arms: dict) -> dict:
+        got = {(arm, way): [] for arm in arms for way in ("layer.c", "transformers")}
+        for _ in range(rounds):
+            for way in ("layer.c", "transformers"):
+                (fuse_layers if way == "layer.c" else unfuse_layers)(model)
+                for arm, fn in arms.items():
+                    got[arm, way].append(fn())
+        return got
+
+    # The steps before the batch exists: its idle thread's OpenMP team would slow the main
+    # thread's (two teams; see `threads`).
+    got = compare(
+        {
+            "decode step, 1 row (ms)": lambda: step_ms(1),
+            "decode step, 8 rows (ms)": lambda: step_ms(8),
+        }
+    )
+    server = BatchingServer(model, tokenizer, info, send, max_batch=8)
+    got |= compare(
+        {
+            "batch, 1 stream (tok/s)": lambda: batch_tok_s(1),
+            "batch, 8 streams (tok/s)": lambda: batch_tok_s(8),
+        }
+    )
+    server.close()
+    arms = dict.fromkeys(arm for arm, _ in got)
+    print("\n| SmolLM2, 2 threads | layer.c | transformers' layers | layer.c x |")
+    print("|---|---:|---:|---:|")
+    for arm in arms:
+        a, b = (statistics.median(got[arm, w]) for w in ("layer.c", "transformers"))
+        speedup = b / a if arm.endswith("(ms)") else a / b
+        print(f"| {arm} | {a:.1f} | {b:.1f} | {speedup:.2f} |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="python bench/cpu_decode.py", description=__doc__.split("\n")[0]
     )
-    p.add_argument("part", nargs="?", default="both", choices=("linear", "threads", "both"))
+    p.add_argument(
+        "part", nargs="?", default="both", choices=("linear", "threads", "layers", "both")
+    )
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--threads", default="1,2", help="linear: torch thread counts")
     args = p.parse_args(argv)
@@ -144,6 +238,8 @@ def main(argv=None) -> int:
         linear([int(t) for t in args.threads.split(",")], args.rounds)
     if args.part in ("threads", "both"):
         threads_step(args.rounds)
+    if args.part in ("layers", "both"):
+        layers(args.rounds)
     return 0
 
 

@@ -309,7 +309,16 @@ def fuse_layers(model) -> int:
     _declare(lib)
     done = 0
     for layer in layers:
-        if fusible(layer):
+        if isinstance(layer.__dict__.get("forward"), FusedForward):
+            done += 1  # already (idempotent: the bench switches back and forth)
+        elif fusible(layer):
             layer.forward = FusedForward(layer, lib)
             done += 1
     return done
+
+
+def unfuse_layers(model) -> None:
+    """Back to transformers' own forward for every layer (bench/cpu_decode.py compares them)."""
+    for layer in getattr(getattr(model, "model", None), "layers", None) or ():
+        if isinstance(layer.__dict__.get("forward"), FusedForward):
+            del layer.forward

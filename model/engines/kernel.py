@@ -10,7 +10,8 @@ Where it runs: Linux on an x86-64 CPU with AVX2 and FMA, with a C compiler (`CC`
 gcc) and torch on libgomp (its CPU wheels). Elsewhere, or if the build fails,
 `library()` is None and model/engines/packing.py keeps oneDNN. The library is built once per
 source and compiler flags, into model/engines/build/ when that is writable (the Docker image
-builds it there), else the user's cache; a build takes about a second.
+builds it there), else the user's cache; a build takes about a second. The same library holds
+layer.c, a Llama decoder layer's decode step built on this kernel (model/engines/fused.py).
 
     lib = library()            # None where it cannot run
     packed = pack(weight)      # the layout kernel.c reads, same bytes as the weight (+ padding)

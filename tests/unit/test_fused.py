@@ -41,11 +41,6 @@ def small_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
     return model
 
 
-def unfused(model) -> None:
-    for layer in model.model.layers:
-        layer.__dict__.pop("forward", None)
-
-
 class Calls:
     """Counts layer.c's calls (fused.FusedForward's `lib`), to show which path a step took."""
 
@@ -194,3 +189,19 @@ def test_training_mode_and_gradients_use_transformers_forward():
     with torch.enable_grad():
         model(ids)
     assert calls.count["layer_in"] == 2  # grad enabled: the plain forward
+
+
+@needs_kernel
+def test_fusing_twice_changes_nothing_and_unfusing_restores_transformers():
+    model = small_llama(6)
+    pack_linears(model)
+    assert fused.fuse_layers(model) == 2
+    first = [layer.forward for layer in model.model.layers]
+    assert fused.fuse_layers(model) == 2
+    assert [layer.forward for layer in model.model.layers] == first  # not wrapped again
+    calls = counting(model)  # on the fused forwards: they count if they still run
+    fused.unfuse_layers(model)
+    assert all(not isinstance(layer.forward, fused.FusedForward) for layer in model.model.layers)
+    with torch.inference_mode():
+        model(torch.randint(0, 96, (1, 4)))
+    assert calls.count == dict.fromkeys(calls.count, 0)

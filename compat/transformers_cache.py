@@ -28,12 +28,15 @@ class RoomyLayer(DynamicLayer):
     _v: torch.Tensor | None = None
     _filled = 0
 
-    def _into(self, keys: torch.Tensor, values: torch.Tensor, room: int) -> None:
+    def _into(self, keys: torch.Tensor, values: torch.Tensor, room: int, repeats: int = 1) -> None:
+        """New buffers with `room` to spare, each row of keys/values `repeats` times over, copied
+        straight in (repeat_interleave first made a copy of them all, then copied that)."""
         b, h, n, d = keys.shape
-        self._k = keys.new_empty((b, h, n + room, d))
-        self._v = values.new_empty((b, h, n + room, d))
-        self._k[:, :, :n] = keys
-        self._v[:, :, :n] = values
+        self._k = keys.new_empty((b * repeats, h, n + room, d))
+        self._v = values.new_empty((b * repeats, h, n + room, d))
+        for buffer, source in ((self._k, keys), (self._v, values)):
+            rows = buffer[:, :, :n].unflatten(0, (b, repeats))
+            rows.copy_(source[:, None].expand(b, repeats, h, n, d))
         self._filled = n
         self._views()
 
@@ -54,13 +57,23 @@ class RoomyLayer(DynamicLayer):
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self.get_seq_length() > 0:
-            keys = self.keys.repeat_interleave(repeats, dim=0)
-            self._into(keys, self.values.repeat_interleave(repeats, dim=0), ROOM)
+            self._into(self.keys, self.values, ROOM, repeats)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self._k is None:
             return super().batch_select_indices(indices)
-        self._k, self._v = self._k[indices], self._v[indices]
+        keep = indices.tolist()
+        if keep != sorted(set(keep)):
+            self._k, self._v = self._k[indices], self._v[indices]
+        else:
+            # Rows kept in order (a fill dropping its ended candidates): each moves down in
+            # place, only its filled part, where indexing copied every row's whole buffer.
+            n = self._filled
+            for i, row in enumerate(keep):
+                if row != i:
+                    self._k[i, :, :n] = self._k[row, :, :n]
+                    self._v[i, :, :n] = self._v[row, :, :n]
+            self._k, self._v = self._k[: len(keep)], self._v[: len(keep)]
         self._views()
 
     def crop(self, tokens_to_remove: int) -> None:

@@ -25,10 +25,15 @@ from model.engines.packing import PackedLinear
 
 log = logging.getLogger(__name__)
 
-# Tokens of a step whose attention layer.c computes (decode steps of up to 32 streams, a fill's
-# rows); over more (a prefill, a fill's scoring), torch's, a matrix product there where
-# layer.c's is a loop per query, between layer.c's two halves.
+# Tokens of a continuous-batching step that layer.c computes whole on the paged cache (decode
+# steps of up to 32 streams); over more (a prefill chunk), torch's attention runs between
+# layer.c's two halves, a matrix product there where layer.c's is a loop per query.
 MAX_ROWS = 32
+# Query tokens per row up to which layer.c computes a causal, unpadded attention over
+# generate()'s cache (a decode step, a fill's prompt): its loop over queries took a 160-token
+# prompt in 266-277 ms against SDPA's 285, 256 in 425 against 486, and was level at 512
+# (bench/RESULTS.md, part 6).
+MAX_QUERIES = 384
 
 _POINTERS = ("norm1", "wq", "wk", "wv", "bq", "bk", "bv", "wo", "bo", "norm2", "wg", "wu", "wd")
 _SIZES = ("hidden", "heads", "kv_heads", "head_dim", "inter")
@@ -208,7 +213,7 @@ class FusedForward:
             k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
         y = torch.empty_like(x)
         if (
-            rows <= MAX_ROWS
+            t <= MAX_QUERIES
             and attention_mask is None
             and k.shape[0] == b
             and _by_position(k)

@@ -181,7 +181,20 @@ static void attend(const float* q, int64_t g, const float* kb, const float* vb,
         __m256 acc[HEADS][4];
         for (int64_t h = 0; h < HEADS; h++)
             for (int c = 0; c < 4; c++) acc[h][c] = _mm256_setzero_ps();
-        for (int64_t j = 0; j < n; j++) {
+        if (g == HEADS && w == 4) { /* constant bounds: the 12 sums stay in registers */
+            for (int64_t j = 0; j < n; j++) {
+                const float* vj = vb + KEY(j) + d0;
+                __m256 v0 = _mm256_loadu_ps(vj), v1 = _mm256_loadu_ps(vj + 8);
+                __m256 v2 = _mm256_loadu_ps(vj + 16), v3 = _mm256_loadu_ps(vj + 24);
+                for (int h = 0; h < HEADS; h++) {
+                    __m256 ph = _mm256_set1_ps(p[h * n + j]);
+                    acc[h][0] = _mm256_fmadd_ps(ph, v0, acc[h][0]);
+                    acc[h][1] = _mm256_fmadd_ps(ph, v1, acc[h][1]);
+                    acc[h][2] = _mm256_fmadd_ps(ph, v2, acc[h][2]);
+                    acc[h][3] = _mm256_fmadd_ps(ph, v3, acc[h][3]);
+                }
+            }
+        } else for (int64_t j = 0; j < n; j++) {
             const float* vj = vb + KEY(j) + d0;
             for (int c = 0; c < w; c++) {
                 __m256 v = _mm256_loadu_ps(vj + 8 * c);

@@ -107,3 +107,31 @@ def test_a_roomy_cache_layer_holds_what_a_dynamic_one_does():
     buffer = roomy._k
     roomy.update(*[t[:2] for t in steps[0]])  # a step writes into the room, not a new buffer
     assert roomy._k is buffer and roomy.get_seq_length() == 9
+
+
+def test_a_roomy_cache_layer_keeps_rows_in_any_order_and_repeats_a_batch():
+    """Rows kept out of order (gathered) and in order (moved down in place), from a batch of
+    two prompts repeated three times each: the same keys and values as DynamicLayer's."""
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    from compat.transformers_cache import RoomyLayer
+
+    torch.manual_seed(1)
+    prefix = [torch.randn(2, 3, 5, 4) for _ in range(2)]
+    steps = [[torch.randn(n, 3, 1, 4) for _ in range(2)] for n in (6, 3, 2)]
+    plain, roomy = DynamicLayer(), DynamicLayer()
+    for layer in (plain, roomy):
+        layer.update(*prefix)
+    roomy.__class__ = RoomyLayer
+    outs = []
+    for layer in (plain, roomy):
+        layer.batch_repeat_interleave(3)
+        layer.update(*steps[0])
+        layer.batch_select_indices(torch.tensor([4, 1, 5]))  # out of order
+        layer.update(*steps[1])
+        layer.batch_select_indices(torch.tensor([1, 2]))  # in order: moved in place
+        outs.append(layer.update(*steps[2]))
+    (plain_k, plain_v), (roomy_k, roomy_v) = outs
+    assert torch.equal(plain_k, roomy_k) and torch.equal(plain_v, roomy_v)
+    assert roomy_k.shape == (2, 3, 8, 4)

@@ -79,21 +79,29 @@ def test_installing_registers_our_sampler_for_batching():
     assert transformers_cb.installed(RequestSamplingCB)
 
 
-def test_a_roomy_cache_layer_holds_what_a_dynamic_one_does():
-    import torch
+def plain_and_roomy(prefix):
+    """A DynamicLayer and a RoomyLayer, each holding the prefix's keys and values."""
     from transformers.cache_utils import DynamicLayer
 
-    from compat import transformers_cache
     from compat.transformers_cache import RoomyLayer
+
+    plain, roomy = DynamicLayer(), DynamicLayer()
+    for layer in (plain, roomy):
+        layer.update(*prefix)
+    roomy.__class__ = RoomyLayer
+    return plain, roomy
+
+
+def test_a_roomy_cache_layer_holds_what_a_dynamic_one_does():
+    import torch
+
+    from compat import transformers_cache
 
     assert transformers.__version__ == transformers_cache.WRITTEN_FOR
     torch.manual_seed(0)
     prefix = [torch.randn(1, 3, 5, 4) for _ in range(2)]
     steps = [[torch.randn(4, 3, 1, 4) for _ in range(2)] for _ in range(3)]
-    plain, roomy = DynamicLayer(), DynamicLayer()
-    for layer in (plain, roomy):
-        layer.update(*prefix)
-    roomy.__class__ = RoomyLayer
+    plain, roomy = plain_and_roomy(prefix)
     outs = []
     for layer in (plain, roomy):
         layer.batch_repeat_interleave(4)
@@ -113,17 +121,11 @@ def test_a_roomy_cache_layer_keeps_rows_in_any_order_and_repeats_a_batch():
     """Rows kept out of order (gathered) and in order (moved down in place), from a batch of
     two prompts repeated three times each: the same keys and values as DynamicLayer's."""
     import torch
-    from transformers.cache_utils import DynamicLayer
-
-    from compat.transformers_cache import RoomyLayer
 
     torch.manual_seed(1)
     prefix = [torch.randn(2, 3, 5, 4) for _ in range(2)]
     steps = [[torch.randn(n, 3, 1, 4) for _ in range(2)] for n in (6, 3, 2)]
-    plain, roomy = DynamicLayer(), DynamicLayer()
-    for layer in (plain, roomy):
-        layer.update(*prefix)
-    roomy.__class__ = RoomyLayer
+    plain, roomy = plain_and_roomy(prefix)
     outs = []
     for layer in (plain, roomy):
         layer.batch_repeat_interleave(3)

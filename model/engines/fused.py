@@ -214,8 +214,8 @@ class FusedForward:
         y = torch.empty_like(x)
         if (
             t <= MAX_QUERIES
-            and attention_mask is None
             and k.shape[0] == b
+            and _causal(attention_mask, t, k.shape[2])
             and _by_position(k)
             and _by_position(v)
         ):
@@ -270,6 +270,27 @@ def _rows(position_embeddings, x: torch.Tensor, head_dim: int):
         )
         _last_rows = (position_embeddings, rows)  # one tuple: a thread sees both or neither
     return rows
+
+
+_last_mask: tuple = (None, False)  # (the step's mask, whether it is causal): one per step
+
+
+def _causal(mask: torch.Tensor | None, t: int, n: int) -> bool:
+    """Whether a step's mask lets query i see exactly keys 0 .. n - t + i, as layer.c computes:
+    none at all, or the one transformers builds for an unpadded or right-padded batch (a fill's
+    scoring). Checked once per step; a padded batch's mask differs and keeps torch's SDPA."""
+    global _last_mask
+    if mask is None:
+        return True
+    source, causal = _last_mask
+    if source is not mask:
+        causal = mask.dim() == 4 and tuple(mask.shape[-2:]) == (t, n)
+        if causal:
+            allowed = mask if mask.dtype == torch.bool else mask == 0
+            want = torch.arange(n) <= torch.arange(t)[:, None] + (n - t)
+            causal = bool((allowed == want.to(allowed.device)).all())
+        _last_mask = (mask, causal)
+    return causal
 
 
 def _by_position(t: torch.Tensor) -> bool:

@@ -205,3 +205,25 @@ def test_fusing_twice_changes_nothing_and_unfusing_restores_transformers():
     with torch.inference_mode():
         model(torch.randint(0, 96, (1, 4)))
     assert calls.count == dict.fromkeys(calls.count, 0)
+
+
+@needs_kernel
+def test_a_fills_scoring_forward_runs_layer_c_attention_under_transformers_causal_mask():
+    """Several tokens per row over a repeated prompt cache, no padding mask: transformers builds
+    a causal mask, which layer.c recognises and computes; the logits are transformers'."""
+    model = small_llama(7)
+    pack_linears(model)
+    prompt, rows = torch.randint(3, 96, (1, 9)), torch.randint(3, 96, (3, 6))
+
+    def score():
+        cache = model(prompt, use_cache=True).cache
+        cache.batch_repeat_interleave(3)
+        return model(input_ids=rows, cache=cache, use_cache=True).logits
+
+    with torch.inference_mode():
+        want = score()
+        fused.fuse_layers(model)
+        calls = counting(model)
+        got = score()
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
+    assert calls.count["layer_dense"] == 2 * 2  # the prompt's forward and the scoring's

@@ -67,6 +67,16 @@ def counting(model) -> Calls:
     return calls
 
 
+def with_and_without(model, run):
+    """`run()` under transformers' layers, then under layer.c's: (theirs, ours, layer.c's calls)."""
+    with torch.inference_mode():
+        theirs = run()
+        fused.fuse_layers(model)
+        calls = counting(model)
+        ours = run()
+    return theirs, ours, calls
+
+
 @needs_kernel
 @pytest.mark.parametrize("rows", [1, 2, 3, 8, 32, 100, 400])
 @pytest.mark.parametrize("batch", [1, 3])
@@ -125,11 +135,7 @@ def test_unpadded_rows_over_a_shared_prefix_decode_in_layer_c():
             steps.append(out.logits[:, -1])
         return torch.stack(steps)
 
-    with torch.inference_mode():
-        want = decode()
-        fused.fuse_layers(model)
-        calls = counting(model)
-        got = decode()
+    want, got, calls = with_and_without(model, decode)
     torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
     assert calls.count["layer_dense"] == 2 * 13  # the prefill and every step
 
@@ -220,10 +226,6 @@ def test_a_fills_scoring_forward_runs_layer_c_attention_under_transformers_causa
         cache.batch_repeat_interleave(3)
         return model(input_ids=rows, cache=cache, use_cache=True).logits
 
-    with torch.inference_mode():
-        want = score()
-        fused.fuse_layers(model)
-        calls = counting(model)
-        got = score()
+    want, got, calls = with_and_without(model, score)
     torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
     assert calls.count["layer_dense"] == 2 * 2  # the prompt's forward and the scoring's

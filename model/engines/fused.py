@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import weakref
 
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -255,6 +256,9 @@ class FusedForward:
 
 
 _last_rows: tuple = (None, None)  # (the step's cos/sin, their rows): every layer gets the same
+# Kept after the step ends (until the next): only a decode step's or a short prompt's, so that
+# an idle worker does not hold a long prompt's cos/sin.
+MEMO_ROWS = 4096
 
 
 def _rows(position_embeddings, x: torch.Tensor, head_dim: int):
@@ -268,11 +272,14 @@ def _rows(position_embeddings, x: torch.Tensor, head_dim: int):
             t.to(torch.float32).expand(shape).reshape(-1, head_dim).contiguous()
             for t in position_embeddings
         )
-        _last_rows = (position_embeddings, rows)  # one tuple: a thread sees both or neither
+        if rows[0].shape[0] <= MEMO_ROWS:
+            _last_rows = (position_embeddings, rows)  # one tuple: a thread sees both or neither
     return rows
 
 
-_last_mask: tuple = (None, False)  # (the step's mask, whether it is causal): one per step
+# (a weak reference to the step's mask, whether it is causal): checked once per step, and not
+# keeping the mask alive after it
+_last_mask: tuple = (lambda: None, False)
 
 
 def _causal(mask: torch.Tensor | None, t: int, n: int) -> bool:
@@ -283,13 +290,13 @@ def _causal(mask: torch.Tensor | None, t: int, n: int) -> bool:
     if mask is None:
         return True
     source, causal = _last_mask
-    if source is not mask:
+    if source() is not mask:
         causal = mask.dim() == 4 and tuple(mask.shape[-2:]) == (t, n)
         if causal:
             allowed = mask if mask.dtype == torch.bool else mask == 0
             want = torch.arange(n) <= torch.arange(t)[:, None] + (n - t)
             causal = bool((allowed == want.to(allowed.device)).all())
-        _last_mask = (mask, causal)
+        _last_mask = (weakref.ref(mask), causal)
     return causal
 
 

@@ -220,7 +220,8 @@ class FusedForward:
             and _by_position(k)
             and _by_position(v)
         ):
-            # Causal and unpadded (a fill's rows, one request): the attention in layer.c too.
+            # Causal (a prompt, a fill's candidate rows, its right-padded scoring rows): the
+            # attention in layer.c too.
             scratch = torch.empty(
                 rows * (self.heads * self.head_dim + self.hidden + 2 * self.inter)
             )

@@ -12,16 +12,9 @@
  * Threads split the output blocks in chunks that fit L2 beside a chunk of x, so a prefill of
  * hundreds of rows reads each weight chunk from memory once. I must be a multiple of 8.
  */
-#include <immintrin.h>
-#include <stdint.h>
+#include "kernel.h"
 
 #define L2_BYTES (96 * 1024) /* what one chunk of weights, and one of x, may take */
-
-static inline float hsum(__m256 v) {
-    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    __m128 sh = _mm_movehdup_ps(lo), s = _mm_add_ps(lo, sh);
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehl_ps(sh, s)));
-}
 
 #define FMA4(acc, xv)                                        \
     acc##0 = _mm256_fmadd_ps(w0, xv, acc##0);                \

@@ -37,8 +37,10 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernel.c")
-# One library: the linear layer, and the decoder layer built on it (model/engines/fused.py).
+# One library: the linear layer, and the decoder layer built on it (model/engines/fused.py);
+# the header they share is part of what names a build.
 SOURCES = (SOURCE, SOURCE.with_name("layer.c"))
+HEADERS = (SOURCE.with_name("kernel.h"),)
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
 CPU_FLAGS = ("avx2", "fma")
 BLOCK_ROWS, LANES = 4, 8  # kernel.c's layout: output rows per block, inputs per register
@@ -94,7 +96,7 @@ def _build_and_load() -> ctypes.CDLL | None:
     if not _torch_on_libgomp():
         log.info("CPU linear kernel off: torch is not on libgomp here")
         return None
-    source = b"".join(path.read_bytes() for path in SOURCES)
+    source = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
     tag = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
     name = f"kernel-{tag}.so"
     for d in _dirs():

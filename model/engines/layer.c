@@ -13,14 +13,11 @@
  *   x2 = x + a Wo (+ bias);  y = x2 + Wd(silu(rmsnorm(x2) * w2 Wg) * (rmsnorm(x2) * w2 Wu))
  * Head size a multiple of 8, every linear's input too (kernel.c's layout).
  */
-#include <immintrin.h>
 #include <math.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-void linear_f32(const float* x, const float* P, const float* bias, float* y,
-                int64_t M, int64_t I, int64_t O);
+#include "kernel.h"
 
 /* A layer's weights (packed as kernel.c reads them) and sizes; built once per layer. */
 typedef struct {
@@ -28,12 +25,6 @@ typedef struct {
     float eps, scale;
     int64_t hidden, heads, kv_heads, head_dim, inter;
 } layer_t;
-
-static inline float hsum8(__m256 v) {
-    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    __m128 sh = _mm_movehdup_ps(lo), s = _mm_add_ps(lo, sh);
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehl_ps(sh, s)));
-}
 
 /* e^x for 8 floats (Cephes' expf: a degree-5 polynomial on x - n ln 2, scaled by 2^n), within
  * 2 ulp of expf; one scalar expf per value made SiLU a millisecond per layer at 8 rows. */
@@ -74,7 +65,7 @@ static void rmsnorm(const float* x, const float* w, float eps, int64_t T, int64_
             __m256 v = _mm256_loadu_ps(xr + i);
             acc = _mm256_fmadd_ps(v, v, acc);
         }
-        __m256 r = _mm256_set1_ps(1.f / sqrtf(hsum8(acc) / (float)H + eps));
+        __m256 r = _mm256_set1_ps(1.f / sqrtf(hsum(acc) / (float)H + eps));
         for (int64_t i = 0; i < H; i += 8)
             _mm256_storeu_ps(yr + i, _mm256_mul_ps(_mm256_loadu_ps(w + i),
                                                    _mm256_mul_ps(_mm256_loadu_ps(xr + i), r)));
@@ -101,7 +92,7 @@ static inline float dot(const float* a, const float* b, int64_t D) {
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < D; i += 8)
         acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
-    return hsum8(acc);
+    return hsum(acc);
 }
 
 /* h, then q, k, v (rotated) of T rows; scratch h: T * hidden. */
@@ -158,10 +149,10 @@ static void attend(const float* q, int64_t g, const float* kb, const float* vb,
                 a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k2 + d), a2);
                 a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k3 + d), a3);
             }
-            ph[j] = hsum8(a0) * scale;
-            ph[j + 1] = hsum8(a1) * scale;
-            ph[j + 2] = hsum8(a2) * scale;
-            ph[j + 3] = hsum8(a3) * scale;
+            ph[j] = hsum(a0) * scale;
+            ph[j + 1] = hsum(a1) * scale;
+            ph[j + 2] = hsum(a2) * scale;
+            ph[j + 3] = hsum(a3) * scale;
         }
         for (; j < n; j++) ph[j] = dot(qv, kb + KEY(j), D) * scale;
         for (j = 0; j < n; j++) top = ph[j] > top ? ph[j] : top;
@@ -171,7 +162,7 @@ static void attend(const float* q, int64_t g, const float* kb, const float* vb,
             _mm256_storeu_ps(ph + j, e);
             acc = _mm256_add_ps(acc, e);
         }
-        float sum = hsum8(acc);
+        float sum = hsum(acc);
         for (; j < n; j++) sum += (ph[j] = expf(ph[j] - top));
         for (j = 0; j < n; j++) ph[j] /= sum;
     }

@@ -61,9 +61,15 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn.restype = None
 
 
-def _kernel_linear(module) -> PackedLinear | None:
-    ok = isinstance(module, PackedLinear) and module.backend == "kernel"
-    return module if ok else None
+def _projections(layer) -> dict:
+    """The layer's seven linear layers by name, each a PackedLinear on kernel.c or None."""
+    attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    found = {n: getattr(attn, f"{n}_proj", None) for n in ("q", "k", "v", "o")}
+    found |= {n: getattr(mlp, f"{n}_proj", None) for n in ("gate", "up", "down")}
+    return {
+        n: m if isinstance(m, PackedLinear) and m.backend == "kernel" else None
+        for n, m in found.items()
+    }
 
 
 def _address(t: torch.Tensor | None) -> int | None:
@@ -84,16 +90,11 @@ class FusedForward:
         self.head_dim = attn.head_dim
         self.hidden = layer.hidden_size
         self.inter = mlp.intermediate_size
-        proj = {
-            name: _kernel_linear(getattr(attn, f"{name}_proj")) for name in ("q", "k", "v", "o")
-        }
-        proj |= {name: _kernel_linear(getattr(mlp, f"{name}_proj")) for name in ("gate", "up")}
-        proj["down"] = _kernel_linear(mlp.down_proj)
-
+        proj = _projections(layer)
         norm1 = layer.input_layernorm.weight.detach()  # a tensor of its own on the same memory
         norm2 = layer.post_attention_layernorm.weight.detach()
         packed = {name: m.packed for name, m in proj.items()}
-        biases = {name: m._kernel.holds[1] for name, m in proj.items()}  # kernel.c's fp32 copies
+        biases = {name: m.kernel_bias for name, m in proj.items()}
         # layer.c reads these by address: held here, so that a later `param.data = ...` (which
         # would free the old storage) cannot leave it reading freed memory.
         self.holds = (norm1, norm2, packed, biases)
@@ -314,17 +315,14 @@ def fusible(layer) -> bool:
     """Whether layer.c computes this decoder layer exactly as transformers' forward does."""
     if type(layer).__name__ != "LlamaDecoderLayer":
         return False
-    attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
-    if attn is None or mlp is None:
+    proj = _projections(layer)
+    if any(m is None for m in proj.values()):
         return False
-    names = [getattr(attn, f"{n}_proj", None) for n in "qkvo"]
-    names += [getattr(mlp, f"{n}_proj", None) for n in ("gate", "up", "down")]
-    if any(_kernel_linear(m) is None for m in names):
-        return False
+    attn, mlp = layer.self_attn, layer.mlp
     config = attn.config
     return (
         type(mlp.act_fn).__name__ in ("SiLU", "SiLUActivation")
-        and all(m.bias is None for m in names[4:])
+        and all(proj[n].bias is None for n in ("gate", "up", "down"))
         and attn.head_dim % 8 == 0
         and config.num_attention_heads % config.num_key_value_heads == 0
         and getattr(config, "sliding_window", None) is None
@@ -337,8 +335,6 @@ def fuse_layers(model) -> int:
     lib = kernel.library()
     layers = getattr(getattr(model, "model", None), "layers", None)
     if lib is None or layers is None:
-        return 0
-    if not hasattr(lib, "layer_paged"):
         return 0
     _declare(lib)
     done = 0

@@ -53,6 +53,11 @@ class PackedLinear(torch.nn.Module):
     def backend(self) -> str:
         return "kernel" if self._kernel is not None else "onednn"
 
+    @property
+    def kernel_bias(self) -> torch.Tensor | None:
+        """The fp32 bias kernel.c adds (layer.c reads it too); None without one or off kernel.c."""
+        return None if self._kernel is None else self._kernel.holds[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._kernel is not None:
             return self._kernel(x)

@@ -1,6 +1,7 @@
 """Llama decoder layers computed by layer.c (imports torch): for a decode step, one C call per
 layer on continuous batching's paged cache; otherwise C before and after the cache update, with
-the attention in C too for a few causal, unpadded rows (a fill's candidates), else torch's.
+the attention in C too where it is causal over up to MAX_QUERIES tokens a row (a prompt, a
+fill's candidates and its scoring rows), else torch's.
 
 Why: once kernel.c read the weights near the machine's bandwidth, a one-row step of SmolLM2
 spent about as long in ~1,000 small torch ops (norms, rotary, the paged cache's index_copy and
@@ -30,8 +31,9 @@ log = logging.getLogger(__name__)
 # steps of up to 32 streams); over more (a prefill chunk), torch's attention runs between
 # layer.c's two halves, a matrix product there where layer.c's is a loop per query.
 MAX_ROWS = 32
-# Query tokens per row up to which layer.c computes a causal, unpadded attention over
-# generate()'s cache (a decode step, a fill's prompt): its loop over queries took a 160-token
+# Query tokens per row up to which layer.c computes a causal attention (no mask, or the causal
+# one transformers builds) over generate()'s cache (a decode step, a fill's prompt and scoring
+# rows): its loop over queries took a 160-token
 # prompt in 266-277 ms against SDPA's 285, 256 in 425 against 486, and was level at 512
 # (bench/RESULTS.md, part 6).
 MAX_QUERIES = 384
@@ -192,7 +194,8 @@ class FusedForward:
         return y
 
     def _around_torch(self, x, rows, cos, sin, attention_mask, cache, kwargs):
-        """layer.c before and after the attention, which torch computes over generate()'s cache."""
+        """layer.c before and after the cache update; the attention in layer.c too where it is
+        causal (layer_dense), else torch's between the halves (layer_out)."""
         b, t = x.shape[:2]
         q = x.new_empty(b, t, self.heads, self.head_dim)
         k = x.new_empty(b, t, self.kv_heads, self.head_dim)

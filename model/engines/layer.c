@@ -3,8 +3,9 @@
  * Why: at one row, kernel.c reads a step's weights in ~20 ms, but the step took ~36: the rest
  * was about 35 small torch ops per layer (norms, rotary, the paged cache's copies, SDPA, adds),
  * each a few microseconds of dispatch for a few hundred flops. Here a layer is one call
- * (layer_paged: continuous batching's paged cache) or two around torch's attention
- * (layer_in / layer_out: generate()'s caches). model/engines/fused.py calls them.
+ * (layer_paged: continuous batching's paged cache) or two on generate()'s caches: layer_in,
+ * then layer_dense (causal attention and the rest) or layer_out around torch's attention.
+ * model/engines/fused.py calls them.
  *
  * Same arithmetic as transformers' LlamaDecoderLayer, in the same order up to the order of
  * additions inside a sum:
@@ -237,7 +238,7 @@ static void paged_attention(const layer_t* L, const float* q, const float* k, co
     }
 }
 
-/* generate()'s cache, causal and unpadded (transformers passes no mask then): q [B, T, heads,
+/* generate()'s cache, causal (no mask, or the causal one; fused.py checks): q [B, T, heads,
  * D] attends k, v [B, kv_heads, n, D] (batch and head strides given, positions contiguous);
  * query t sees the first n - T + t + 1 keys. Then the layer's output, as layer_out. */
 void layer_dense(const layer_t* L, const float* x, const float* q, const float* k,

@@ -252,6 +252,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per test program")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16"),
+        help="the weights' dtype, as DTYPE (auto: bf16 on CUDA or a CPU with AMX/AVX512-BF16); "
+        "a run in bfloat16 is its own row in the results",
+    )
     p.add_argument("--data-dir", default=str(default_data_dir()))
     p.add_argument("--out", default=None, help="per-problem JSONL (default under DATA_DIR)")
     p.add_argument("--results-md", default=str(RESULTS_MD), help="results table to update")
@@ -276,8 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     problems = read_problems(args.limit)
-    model, tokenizer = load_model(args.model, args.data_dir, args.device)
+    model, tokenizer = load_model(args.model, args.data_dir, args.device, args.dtype)
     name = args.model if not Path(args.model).is_dir() else Path(args.model).resolve().name
+    if args.dtype == "bfloat16":  # its own row beside fp32's, which "auto" gives on most CPUs
+        name += " (bfloat16)"
     variant = variant_name(args.heal, args.strip_prompt)
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{name}-{variant}-n{len(problems)}").strip("-")
     out = (

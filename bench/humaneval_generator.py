@@ -123,12 +123,12 @@ def _strip_prefix(text: str, removed: str) -> str:
     return text[len(removed) :] if removed and text.startswith(removed) else text
 
 
-def load_model(model: str, data_dir: str | Path, device: str | None):
-    """(model, tokenizer, resolved name): a registry id, a local folder, or a Hub id."""
+def load_model(model: str, data_dir: str | Path, device: str | None, dtype: str = "auto"):
+    """(model, tokenizer): a registry id, a local folder, or a Hub id, in `dtype` (DTYPE)."""
     from model.engines.loading import load
     from model.registry import Registry
 
     registry = Registry.build(data_dir)
     location = registry.resolve(model) if model in registry else model
-    m, tokenizer, _info = load(location, device=device)
+    m, tokenizer, _info = load(location, device=device, dtype=dtype)
     return m, tokenizer

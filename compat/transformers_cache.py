@@ -76,6 +76,18 @@ class RoomyLayer(DynamicLayer):
             self._k, self._v = self._k[: len(keep)], self._v[: len(keep)]
         self._views()
 
+    def extend_rows(self, tails: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> None:
+        """Append `n` positions to every row, row r's from tails[r] (keys, values, each
+        [heads, >= n, dim]): the tokens a candidate row already computed while it was sampled."""
+        if self._filled + n > self._k.shape[2]:
+            self._into(self.keys, self.values, max(ROOM, n))
+        start = self._filled
+        for r, (k, v) in enumerate(tails):
+            self._k[r, :, start : start + n] = k[:, :n]
+            self._v[r, :, start : start + n] = v[:, :n]
+        self._filled = start + n
+        self._views()
+
     def crop(self, tokens_to_remove: int) -> None:
         super().crop(tokens_to_remove)
         self._k = self._v = None  # plain tensors again, until the next repeat
@@ -83,6 +95,24 @@ class RoomyLayer(DynamicLayer):
     def reset(self) -> None:
         self._k = self._v = None
         super().reset()
+
+
+def row_tail(cache, row: int, start: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Row `row`'s keys and values from position `start` on, per layer (copies: the row's own
+    buffer is reused once it is dropped)."""
+    return [(layer.keys[row, :, start:].clone(), layer.values[row, :, start:].clone())
+            for layer in cache.layers]  # fmt: skip
+
+
+def extend_rows(cache, tails: list[list[tuple[torch.Tensor, torch.Tensor]]], n: int) -> None:
+    """RoomyLayer.extend_rows on every layer: tails[r] is row r's row_tail()."""
+    for i, layer in enumerate(cache.layers):
+        layer.extend_rows([tail[i] for tail in tails], n)
+
+
+def all_roomy(cache) -> bool:
+    """Whether every layer is a RoomyLayer already repeated per row (has its buffers)."""
+    return all(type(layer) is RoomyLayer and layer._k is not None for layer in cache.layers)
 
 
 def give_room(cache) -> None:

@@ -20,10 +20,11 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
-from compat.transformers_cache import give_room
+from compat.transformers_cache import all_roomy, extend_rows, give_room, row_tail
 from model.infill.rerank import (  # the model-free half, shared with model/engines/remote_fill.py
     Candidate,
     Fill,
@@ -41,6 +42,20 @@ from model.tokens.token_stream import model_eos_ids
 
 class Cancelled(Exception):
     """The fill was cancelled between two decode steps."""
+
+
+@dataclass
+class Sampled:
+    """What sampling leaves for scoring: each row's text (None: dropped), the greedy row, the
+    steps taken, and, where the scoring can start from it, each candidate row's drawn tokens,
+    their log-probabilities and the keys/values computed for them."""
+
+    texts: list[str | None]
+    greedy_row: int
+    steps: int
+    ids: list[list[int]] = field(default_factory=list)
+    logprobs: list[list[float]] = field(default_factory=list)  # log p(token | before), raw
+    tails: dict[int, list] = field(default_factory=dict)  # row -> compat row_tail()
 
 
 class RerankFiller:
@@ -88,9 +103,15 @@ class RerankFiller:
         else:
             sample_cache, sample_last = copy.deepcopy(cache), last
             sample_healing = healing
-        texts, greedy_row, steps = self._sample(
-            sample_cache, sample_last, sample_healing, single_line=single_line, stops=stops
+        drawn = self._sample(
+            sample_cache,
+            sample_last,
+            sample_healing,
+            single_line=single_line,
+            stops=stops,
+            keep_tails=s.proposal == "plain",  # the chat proposal sampled from another context
         )
+        texts, greedy_row, steps = drawn.texts, drawn.greedy_row, drawn.steps
         sampled = time.perf_counter()
         if cancel is not None and cancel.cancelled:
             raise Cancelled
@@ -103,7 +124,7 @@ class RerankFiller:
             stops=stops,
             max_lines=s.max_lines,
         )
-        scores = self._score(cache, last, removed, middles, head)
+        scores = self._score(cache, last, removed, middles, head, drawn)
         done = time.perf_counter()
         candidates = tuple(
             Candidate(m, sl, ml, greedy=m == greedy_text)
@@ -146,11 +167,19 @@ class RerankFiller:
         give_room(out.cache)  # each row's steps written in place, not the cache copied per step
         return out.cache, out.logits[:, -1].float()
 
-    def _sample(self, cache, last, healing, *, single_line: bool, stops: Sequence[str]):
-        """K continuations of the cached context; returns (texts, the greedy row, steps)."""
+    def _sample(
+        self, cache, last, healing, *, single_line: bool, stops: Sequence[str], keep_tails: bool
+    ) -> Sampled:
+        """K continuations of the cached context. With `keep_tails`, each candidate row's keys
+        and values past the prefix are kept as it ends, with its tokens' log-probabilities, so
+        that scoring need not compute its middle again."""
         s = self.settings
         k = s.k
+        start = cache.get_seq_length()
         cache.batch_repeat_interleave(k)
+        keep_tails = keep_tails and all_roomy(cache)
+        logprobs: list[list[float]] = [[] for _ in range(k)]
+        tails: dict[int, list] = {}
         logits = last.expand(k, -1)
         gen = torch.Generator(device="cpu").manual_seed(s.seed)
         rows = list(range(k))  # the original row of each live batch row
@@ -170,6 +199,11 @@ class RerankFiller:
                         scores[i, blocked.to(scores.device)] = -float("inf")
             greedy = [s.greedy_first and row == 0 for row in rows]
             tokens = self._draw(scores, greedy=greedy, gen=gen)
+            if keep_tails:  # each drawn token's log p under the model, before any warping
+                raw = logits.float()
+                picked = raw.gather(1, tokens.view(-1, 1).to(raw.device)).squeeze(1)
+                for row, value in zip(rows, (picked - raw.logsumexp(-1)).tolist(), strict=True):
+                    logprobs[row].append(value)
             keep = []
             for i, row in enumerate(rows):
                 token = int(tokens[i])
@@ -188,6 +222,10 @@ class RerankFiller:
             settled = len(finished) * 2 >= k or (s.greedy_first and 0 in finished)
             if settled and steps >= s.ramble * max(finished.values()) + 2:
                 keep = []
+            if keep_tails:  # candidates leaving the batch: their keys/values past the prefix
+                for i, row in enumerate(rows):
+                    if i not in keep and (row in finished or (s.greedy_first and row == 0)):
+                        tails[row] = row_tail(cache, i, start)
             if not keep:
                 break
             if len(keep) < len(rows):
@@ -198,10 +236,13 @@ class RerankFiller:
                 input_ids=tokens.view(-1, 1).to(self.device), cache=cache, use_cache=True
             )
             cache, logits = out.cache, out.logits[:, -1]
+        else:  # out of steps: the greedy row may still be going
+            if keep_tails and s.greedy_first and 0 in rows:
+                tails[0] = row_tail(cache, rows.index(0), start)
         if finished:  # unfinished rows are dropped while others ended (the greedy one stays)
             greedy_row = 0 if s.greedy_first else -1
             texts = [t if r in finished or r == greedy_row else None for r, t in enumerate(texts)]
-        return texts, 0 if s.greedy_first else -1, steps
+        return Sampled(texts, 0 if s.greedy_first else -1, steps, ids, logprobs, tails)
 
     def _draw(self, scores: torch.Tensor, *, greedy: list[bool], gen) -> torch.Tensor:
         s = self.settings
@@ -217,7 +258,7 @@ class RerankFiller:
         tokens[sampled] = idx.cpu().gather(1, pick[:, None]).squeeze(1)
         return tokens
 
-    def _score(self, cache, last, removed: str, middles: list[str], head: str):
+    def _score(self, cache, last, removed: str, middles: list[str], head: str, drawn: Sampled):
         """(log p(suffix head | prefix + middle), log p(middle | prefix)) per middle, batched."""
         s = self.settings
         rests = [removed + m + head for m in middles]
@@ -231,25 +272,69 @@ class RerankFiller:
                 ids, flags = ids[: first + s.suffix_tokens], flags[: first + s.suffix_tokens]
             rows.append(ids)
             is_suffix.append(flags)
-        n, width = len(rows), max(len(r) for r in rows)
-        if width == 0:
-            return [(0.0, 0.0)] * n
+        if max(map(len, rows), default=0) == 0:
+            return [(0.0, 0.0)] * len(rows)
+        reuse, sources = _reuse(rows, drawn)
+        # Rows enter with their first `reuse` tokens already in the cache: every row has them
+        # in its sampled row's, computed while it was drawn, with their log-probabilities.
+        fed = [r[reuse:] for r in rows]
+        n, width = len(fed), max(len(r) for r in fed)
         pad = self.tokenizer.pad_token_id or 0
         batch = torch.full((n, width), pad, dtype=torch.long)
-        for i, r in enumerate(rows):
+        for i, r in enumerate(fed):
             batch[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         # Right padding: real tokens never attend to the pads after them, so no mask is needed.
         cache.batch_repeat_interleave(n)  # the prefix's own cache: this is its last use
+        if reuse:
+            extend_rows(cache, [drawn.tails[src] for src in sources], reuse)
         out = self.model(input_ids=batch.to(self.device), cache=cache, use_cache=True)
         # log p(token) = its logit - logsumexp(logits): read once, where log_softmax over all
         # n x width x vocab logits (and a copy to put `last` in front) wrote 40 MB per fill.
         rest = out.logits[:, :-1].float()
         targets = batch.to(rest.device)
-        first = last.float().log_softmax(-1)[0, targets[:, :1]]  # the prefix's next token
         tail = rest.gather(2, targets[:, 1:, None]).squeeze(2) - rest.logsumexp(-1)
-        logp = torch.cat([first, tail], dim=1)
+        if reuse:
+            known = torch.tensor([drawn.logprobs[src][: reuse + 1] for src in sources])
+            logp = torch.cat([known.to(tail.device), tail], dim=1)
+        else:
+            first = last.float().log_softmax(-1)[0, targets[:, :1]]  # the prefix's next token
+            logp = torch.cat([first, tail], dim=1)
         return [split_score(logp[i, : len(f)].tolist(), f) for i, f in enumerate(is_suffix)]
 
 
-__all__ = ["Cancelled", "Candidate", "Fill", "RerankFiller", "RerankSettings", "cut_middle",
-           "shorter_middles", "suffix_head"]  # fmt: skip
+def _shared(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two sequences share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _reuse(rows: list[list[int]], drawn: Sampled) -> tuple[int, list[int]]:
+    """(tokens every scored row can take from a sampled row's cache, that row for each).
+
+    A scored row (middle + suffix head, tokenized afresh) starts with the tokens some sampled
+    row drew, usually its whole middle. Their keys/values and log-probabilities were computed
+    then: up to one token short of the shared part (the next token's log p comes from the
+    logits after the last reused one) and no further than that row's cache went. Right
+    padding needs one count for all rows, so it is the smallest (0: score from the prefix)."""
+    if not drawn.tails:
+        return 0, []
+    counts, sources = [], []
+    for row in rows:
+        best, source = -1, -1
+        for src, tail in drawn.tails.items():
+            usable = min(_shared(row, drawn.ids[src]) - 1, tail[0][0].shape[1],
+                         len(drawn.logprobs[src]) - 1)  # fmt: skip
+            if usable > best:
+                best, source = usable, src
+        counts.append(best)
+        sources.append(source)
+    reuse = max(min(counts), 0)
+    return reuse, sources if reuse else []
+
+
+__all__ = ["Cancelled", "Candidate", "Fill", "RerankFiller", "RerankSettings", "Sampled",
+           "cut_middle", "shorter_middles", "suffix_head"]  # fmt: skip

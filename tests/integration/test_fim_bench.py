@@ -204,3 +204,33 @@ def test_shorter_middles_let_the_score_choose_where_a_middle_ends():
     got = shorter_middles("return a + b\n\n# usage:\nadd(1, 2)", "\nprint(1)", single_line=False)
     assert got == ["return a + b", "return a + b\n\n# usage:"]
     assert shorter_middles("a\nb\nc\nd", "", single_line=False, lines=2) == ["a", "a\nb"]
+
+
+def test_scoring_from_the_sampled_rows_caches_is_the_scoring_from_the_prefix(
+    tiny, problems, monkeypatch
+):
+    # The scored rows start with tokens their sampled rows already computed: scoring takes
+    # those keys/values and log-probabilities instead of computing them again. Same candidates,
+    # same scores, and on these tasks some tokens really were taken.
+    import model.infill.fim_rerank as fim_rerank
+    from model.infill.fim_rerank import RerankFiller, RerankSettings
+
+    filler = RerankFiller(*tiny, RerankSettings(k=6, max_new_tokens=24, seed=5))
+    tasks = [problem_tasks(problems[i], "single")[j] for i, j in ((2, 0), (4, 1), (7, 0))]
+    taken, real = [], fim_rerank._reuse
+
+    def counted(rows, drawn):
+        reuse, sources = real(rows, drawn)
+        taken.append(reuse)
+        return reuse, sources
+
+    monkeypatch.setattr(fim_rerank, "_reuse", counted)
+    reused = [filler(t.prefix, t.suffix, single_line=True).candidates for t in tasks]
+    monkeypatch.setattr(fim_rerank, "_reuse", lambda rows, drawn: (0, []))
+    fresh = [filler(t.prefix, t.suffix, single_line=True).candidates for t in tasks]
+    assert sum(taken) > 0
+    for a_fill, b_fill in zip(reused, fresh, strict=True):
+        assert [c.text for c in a_fill] == [c.text for c in b_fill]
+        for a, b in zip(a_fill, b_fill, strict=True):
+            assert a.suffix_logprob == pytest.approx(b.suffix_logprob, abs=1e-3)
+            assert a.middle_logprob == pytest.approx(b.middle_logprob, abs=1e-3)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from compat.transformers_cache import all_roomy, extend_rows, give_room, row_tail
+from model.engines.kernel import logsumexp
 from model.infill.rerank import (  # the model-free half, shared with model/engines/remote_fill.py
     Candidate,
     Fill,
@@ -202,7 +203,7 @@ class RerankFiller:
             if keep_tails:  # each drawn token's log p under the model, before any warping
                 raw = logits.float()
                 picked = raw.gather(1, tokens.view(-1, 1).to(raw.device)).squeeze(1)
-                for row, value in zip(rows, (picked - raw.logsumexp(-1)).tolist(), strict=True):
+                for row, value in zip(rows, (picked - logsumexp(raw)).tolist(), strict=True):
                     logprobs[row].append(value)
             keep = []
             for i, row in enumerate(rows):
@@ -290,9 +291,10 @@ class RerankFiller:
         out = self.model(input_ids=batch.to(self.device), cache=cache, use_cache=True)
         # log p(token) = its logit - logsumexp(logits): read once, where log_softmax over all
         # n x width x vocab logits (and a copy to put `last` in front) wrote 40 MB per fill.
-        rest = out.logits[:, :-1].float()
-        targets = batch.to(rest.device)
-        tail = rest.gather(2, targets[:, 1:, None]).squeeze(2) - rest.logsumexp(-1)
+        logits = out.logits.float()
+        targets = batch.to(logits.device)
+        picked = logits[:, :-1].gather(2, targets[:, 1:, None]).squeeze(2)
+        tail = picked - logsumexp(logits)[:, :-1]  # the last position's is a few us of waste
         if reuse:
             known = torch.tensor([drawn.logprobs[src][: reuse + 1] for src in sources])
             logp = torch.cat([known.to(tail.device), tail], dim=1)

@@ -85,3 +85,31 @@ def test_a_user_without_a_home_still_finds_the_package_build(monkeypatch):
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setattr(kernel.Path, "home", staticmethod(no_home))
     assert kernel._dirs() == [kernel.SOURCE.with_name("build")]
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [(1, 49152), (3, 29, 49152), (5, 13), (2, 1), (0, 7)])
+def test_logsumexp_is_torchs_over_logits_of_any_shape(shape, monkeypatch):
+    """A fill's log-probabilities divide by it: row widths not a multiple of 8, several
+    leading dimensions, logits of a model's size (tens) and one row far larger than the rest."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=gen) * 12
+    if x.numel() > 2:
+        x.view(-1)[1] = 300.0
+    lib, calls = kernel.library(), []
+    c_function = lib.logsumexp_rows
+    monkeypatch.setattr(lib, "logsumexp_rows", lambda *a: calls.append(a) or c_function(*a))
+    got = kernel.logsumexp(x)
+    assert got.shape == shape[:-1]
+    assert len(calls) == (1 if x.numel() else 0)  # layer.c's, not torch's
+    torch.testing.assert_close(got, x.logsumexp(-1), atol=1e-5, rtol=1e-6)
+
+
+@needs_kernel
+def test_logsumexp_keeps_torchs_answer_for_rows_of_infinities_and_other_inputs():
+    x = torch.tensor([[-float("inf")] * 9, [0.0] * 8 + [float("inf")], [1.0] * 9])
+    torch.testing.assert_close(kernel.logsumexp(x), x.logsumexp(-1))
+    strided = torch.randn(4, 24)[:, ::2]  # not contiguous: copied first
+    torch.testing.assert_close(kernel.logsumexp(strided), strided.logsumexp(-1))
+    for other in (x[2:].to(torch.bfloat16), torch.randn(2, 8, requires_grad=True)):
+        torch.testing.assert_close(kernel.logsumexp(other), other.logsumexp(-1))  # torch's own

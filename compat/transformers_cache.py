@@ -76,16 +76,24 @@ class RoomyLayer(DynamicLayer):
             self._k, self._v = self._k[: len(keep)], self._v[: len(keep)]
         self._views()
 
-    def extend_rows(self, tails: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> None:
-        """Append `n` positions to every row, row r's from tails[r] (keys, values, each
-        [heads, >= n, dim]): the tokens a candidate row already computed while it was sampled."""
-        if self._filled + n > self._k.shape[2]:
-            self._into(self.keys, self.values, max(ROOM, n))
-        start = self._filled
-        for r, (k, v) in enumerate(tails):
-            self._k[r, :, start : start + n] = k[:, :n]
-            self._v[r, :, start : start + n] = v[:, :n]
-        self._filled = start + n
+    def fork(self, tails: list[tuple[torch.Tensor, torch.Tensor] | None], counts: list[int]):
+        """This (one-row) layer as len(counts) rows, row r followed by counts[r] positions of
+        tails[r] (keys, values [heads, >= counts[r], dim]; None for 0): the tokens a fill's
+        candidate already computed while it was sampled. Rows are left-padded with zeros to the
+        longest; the caller masks the padding."""
+        keys, values = self.keys, self.values
+        _, h, p, d = keys.shape
+        width = max(counts)
+        self._k = keys.new_empty((len(counts), h, p + width + ROOM, d))
+        self._v = values.new_empty((len(counts), h, p + width + ROOM, d))
+        for r, (tail, count) in enumerate(zip(tails, counts, strict=True)):
+            pad = width - count
+            for buffer, prefix, i in ((self._k, keys, 0), (self._v, values, 1)):
+                buffer[r, :, :pad] = 0  # masked, but SDPA multiplies its values by 0
+                buffer[r, :, pad : pad + p] = prefix[0]
+                if count:
+                    buffer[r, :, pad + p : p + width] = tail[i][:, :count]
+        self._filled = p + width
         self._views()
 
     def crop(self, tokens_to_remove: int) -> None:
@@ -104,10 +112,11 @@ def row_tail(cache, row: int, start: int) -> list[tuple[torch.Tensor, torch.Tens
             for layer in cache.layers]  # fmt: skip
 
 
-def extend_rows(cache, tails: list[list[tuple[torch.Tensor, torch.Tensor]]], n: int) -> None:
-    """RoomyLayer.extend_rows on every layer: tails[r] is row r's row_tail()."""
+def fork_rows(cache, tails: list[list | None], counts: list[int]) -> None:
+    """RoomyLayer.fork on every layer of a one-row cache: tails[r] is row r's row_tail() (or
+    None where counts[r] is 0)."""
     for i, layer in enumerate(cache.layers):
-        layer.extend_rows([tail[i] for tail in tails], n)
+        layer.fork([None if tail is None else tail[i] for tail in tails], counts)
 
 
 def all_roomy(cache) -> bool:

@@ -58,7 +58,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.layer_in.argtypes = [p, p, n, p, p, p, p, p, p]
     lib.layer_out.argtypes = [p, p, p, n, p, p]
     lib.layer_paged.argtypes = [p, p, p, n, p, p, p, p, p, p, n, p, p, n, p]
-    lib.layer_dense.argtypes = [p, p, p, p, p, n, n, n, n, n, n, n, p, p]
+    lib.layer_dense.argtypes = [p, p, p, p, p, n, n, n, n, n, n, n, p, p, p]
     for fn in (lib.layer_in, lib.layer_out, lib.layer_paged, lib.layer_dense):
         fn.restype = None
 
@@ -217,15 +217,10 @@ class FusedForward:
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
         y = torch.empty_like(x)
-        if (
-            t <= MAX_QUERIES
-            and k.shape[0] == b
-            and _causal(attention_mask, t, k.shape[2])
-            and _by_position(k)
-            and _by_position(v)
-        ):
-            # Causal (a prompt, a fill's candidate rows, its right-padded scoring rows): the
-            # attention in layer.c too.
+        starts = _causal(attention_mask, b, t, k.shape[2]) if t <= MAX_QUERIES else False
+        if starts is not False and k.shape[0] == b and _by_position(k) and _by_position(v):
+            # Causal (a prompt, a fill's candidate rows, its scoring rows, right-padded or
+            # left-padded): the attention in layer.c too.
             scratch = torch.empty(
                 rows * (self.heads * self.head_dim + self.hidden + 2 * self.inter)
             )
@@ -242,6 +237,7 @@ class FusedForward:
                 k.shape[2],
                 b,
                 t,
+                None if starts is None else starts.data_ptr(),
                 y.data_ptr(),
                 scratch.data_ptr(),
             )
@@ -282,27 +278,33 @@ def _rows(position_embeddings, x: torch.Tensor, head_dim: int):
     return rows
 
 
-# (a weak reference to the step's mask, whether it is causal): checked once per step, and not
-# keeping the mask alive after it
+# (a weak reference to the step's mask, what _causal found for it): checked once per step,
+# and not keeping the mask alive after it
 _last_mask: tuple = (lambda: None, False)
 
 
-def _causal(mask: torch.Tensor | None, t: int, n: int) -> bool:
-    """Whether a step's mask lets query i see exactly keys 0 .. n - t + i, as layer.c computes:
-    none at all, or the one transformers builds for an unpadded or right-padded batch (a fill's
-    scoring). Checked once per step; a padded batch's mask differs and keeps torch's SDPA."""
+def _causal(mask: torch.Tensor | None, b: int, t: int, n: int) -> torch.Tensor | bool | None:
+    """Whether a step's mask lets query i of row r see exactly keys s_r .. n - t + i, as
+    layer.c computes: None (every s_r 0) for no mask at all or the one transformers builds for
+    an unpadded or right-padded batch; the starts s_r (int64 [b]) for a left-padded one (a
+    fill's scoring rows that take different numbers of tokens from their sampled rows); False
+    for any other mask, which keeps torch's SDPA. Checked once per step."""
     global _last_mask
     if mask is None:
-        return True
-    source, causal = _last_mask
-    if source() is not mask:
-        causal = mask.dim() == 4 and tuple(mask.shape[-2:]) == (t, n)
-        if causal:
-            allowed = mask if mask.dtype == torch.bool else mask == 0
-            want = torch.arange(n) <= torch.arange(t)[:, None] + (n - t)
-            causal = bool((allowed == want.to(allowed.device)).all())
-        _last_mask = (weakref.ref(mask), causal)
-    return causal
+        return None
+    source, found = _last_mask
+    if source() is mask:
+        return found
+    found = False
+    if mask.dim() == 4 and tuple(mask.shape[-2:]) == (t, n) and mask.shape[0] in (1, b):
+        allowed = (mask if mask.dtype == torch.bool else mask == 0)[:, 0].cpu()
+        starts = allowed[:, -1].to(torch.int8).argmax(-1).to(torch.int64)  # first key seen
+        keys = torch.arange(n)
+        want = (keys <= torch.arange(t)[:, None] + (n - t)) & (keys >= starts[:, None, None])
+        if starts.max() <= n - t and bool((allowed == want).all()):
+            found = None if not starts.any() else starts.expand(b).contiguous()
+    _last_mask = (weakref.ref(mask), found)
+    return found
 
 
 def _by_position(t: torch.Tensor) -> bool:

@@ -238,21 +238,22 @@ static void paged_attention(const layer_t* L, const float* q, const float* k, co
     }
 }
 
-/* generate()'s cache, causal (no mask, or the causal one; fused.py checks): q [B, T, heads,
+/* generate()'s cache, causal (no mask, or a causal one; fused.py checks): q [B, T, heads,
  * D] attends k, v [B, kv_heads, n, D] (batch and head strides given, positions contiguous);
- * query t sees the first n - T + t + 1 keys. Then the layer's output, as layer_out. */
+ * query t sees keys start[b] .. n - T + t (start NULL: from 0; a left-padded row's first real
+ * key otherwise). Then the layer's output, as layer_out. */
 void layer_dense(const layer_t* L, const float* x, const float* q, const float* k,
                  const float* v, int64_t kb, int64_t kh, int64_t vb, int64_t vh, int64_t n,
-                 int64_t B, int64_t T, float* y, float* scratch) {
+                 int64_t B, int64_t T, const int64_t* start, float* y, float* scratch) {
     int64_t nh = L->heads, D = L->head_dim, group = nh / L->kv_heads;
     float* a = scratch;
     int64_t nkv = L->kv_heads;
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t item = 0; item < B * T * nkv; item++) {
         int64_t b = item / (T * nkv), t = item / nkv % T, g = item % nkv;
-        int64_t at = ((b * T + t) * nh + g * group) * D;
-        attend_heads(q + at, group, k + b * kb + g * kh, v + b * vb + g * vh, NULL, D,
-                     n - T + t + 1, D, L->scale, a + at);
+        int64_t at = ((b * T + t) * nh + g * group) * D, s = start ? start[b] : 0;
+        attend_heads(q + at, group, k + b * kb + g * kh + s * D, v + b * vb + g * vh + s * D,
+                     NULL, D, n - T + t + 1 - s, D, L->scale, a + at);
     }
     layer_out(L, x, a, B * T, y, a + B * T * nh * D);
 }

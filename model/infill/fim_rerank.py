@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from compat.transformers_cache import all_roomy, extend_rows, give_room, row_tail
+from compat.transformers_cache import all_roomy, fork_rows, give_room, row_tail
 from model.engines.kernel import logsumexp
 from model.infill.rerank import (  # the model-free half, shared with model/engines/remote_fill.py
     Candidate,
@@ -275,33 +275,50 @@ class RerankFiller:
             is_suffix.append(flags)
         if max(map(len, rows), default=0) == 0:
             return [(0.0, 0.0)] * len(rows)
-        reuse, sources = _reuse(rows, drawn)
-        # Rows enter with their first `reuse` tokens already in the cache: every row has them
-        # in its sampled row's, computed while it was drawn, with their log-probabilities.
-        fed = [r[reuse:] for r in rows]
+        counts, sources = _reuse(rows, drawn)
+        # Each row enters with its first counts[r] tokens already computed: its sampled row's
+        # keys/values (left-padded to the longest, masked) and the log-probabilities they were
+        # drawn at; then the rest of the row, right-padded (pads after real tokens are never
+        # seen by them).
+        fed = [r[c:] for r, c in zip(rows, counts, strict=True)]
         n, width = len(fed), max(len(r) for r in fed)
         pad = self.tokenizer.pad_token_id or 0
         batch = torch.full((n, width), pad, dtype=torch.long)
         for i, r in enumerate(fed):
             batch[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        # Right padding: real tokens never attend to the pads after them, so no mask is needed.
-        cache.batch_repeat_interleave(n)  # the prefix's own cache: this is its last use
-        if reuse:
-            extend_rows(cache, [drawn.tails[src] for src in sources], reuse)
-        out = self.model(input_ids=batch.to(self.device), cache=cache, use_cache=True)
+        kwargs = {}
+        if any(counts):
+            fork_rows(cache, [drawn.tails.get(src) for src in sources], counts)
+            most, past = max(counts), cache.get_seq_length()
+            mask = torch.ones((n, past + width), dtype=torch.long)
+            for i, c in enumerate(counts):
+                mask[i, : most - c] = 0
+            starts = torch.tensor([past - most + c for c in counts])
+            kwargs = {"attention_mask": mask, "position_ids": starts[:, None] + torch.arange(width)}
+        else:
+            cache.batch_repeat_interleave(n)  # the prefix's own cache: this is its last use
+        out = self.model(
+            input_ids=batch.to(self.device),
+            cache=cache,
+            use_cache=True,
+            **{k: v.to(self.device) for k, v in kwargs.items()},
+        )
         # log p(token) = its logit - logsumexp(logits): read once, where log_softmax over all
         # n x width x vocab logits (and a copy to put `last` in front) wrote 40 MB per fill.
         logits = out.logits.float()
         targets = batch.to(logits.device)
         picked = logits[:, :-1].gather(2, targets[:, 1:, None]).squeeze(2)
-        tail = picked - logsumexp(logits)[:, :-1]  # the last position's is a few us of waste
-        if reuse:
-            known = torch.tensor([drawn.logprobs[src][: reuse + 1] for src in sources])
-            logp = torch.cat([known.to(tail.device), tail], dim=1)
-        else:
-            first = last.float().log_softmax(-1)[0, targets[:, :1]]  # the prefix's next token
-            logp = torch.cat([first, tail], dim=1)
-        return [split_score(logp[i, : len(f)].tolist(), f) for i, f in enumerate(is_suffix)]
+        tail = (picked - logsumexp(logits)[:, :-1]).tolist()  # the last position's: a few us
+        first = last.float().log_softmax(-1)[0]  # the prefix's next token, for rows that take none
+        scores = []
+        for i, (row, flags, c) in enumerate(zip(rows, is_suffix, counts, strict=True)):
+            if not row:
+                scores.append((0.0, 0.0))
+                continue
+            known = drawn.logprobs[sources[i]][: c + 1] if c else [float(first[row[0]])]
+            logp = known + tail[i][: len(row) - c - 1]
+            scores.append(split_score(logp[: len(flags)], flags))
+        return scores
 
 
 def _shared(a: Sequence[int], b: Sequence[int]) -> int:
@@ -314,19 +331,16 @@ def _shared(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def _reuse(rows: list[list[int]], drawn: Sampled) -> tuple[int, list[int]]:
-    """(tokens every scored row can take from a sampled row's cache, that row for each).
+def _reuse(rows: list[list[int]], drawn: Sampled) -> tuple[list[int], list[int]]:
+    """(tokens each scored row takes from a sampled row's cache, that sampled row; -1: none).
 
     A scored row (middle + suffix head, tokenized afresh) starts with the tokens some sampled
     row drew, usually its whole middle. Their keys/values and log-probabilities were computed
     then: up to one token short of the shared part (the next token's log p comes from the
-    logits after the last reused one) and no further than that row's cache went. Right
-    padding needs one count for all rows, so it is the smallest (0: score from the prefix)."""
-    if not drawn.tails:
-        return 0, []
+    logits after the last reused one) and no further than that row's cache went."""
     counts, sources = [], []
     for row in rows:
-        best, source = -1, -1
+        best, source = 0, -1
         for src, tail in drawn.tails.items():
             usable = min(_shared(row, drawn.ids[src]) - 1, tail[0][0].shape[1],
                          len(drawn.logprobs[src]) - 1)  # fmt: skip
@@ -334,8 +348,7 @@ def _reuse(rows: list[list[int]], drawn: Sampled) -> tuple[int, list[int]]:
                 best, source = usable, src
         counts.append(best)
         sources.append(source)
-    reuse = max(min(counts), 0)
-    return reuse, sources if reuse else []
+    return counts, sources
 
 
 __all__ = ["Cancelled", "Candidate", "Fill", "RerankFiller", "RerankSettings", "Sampled",

@@ -210,8 +210,9 @@ def test_scoring_from_the_sampled_rows_caches_is_the_scoring_from_the_prefix(
     tiny, problems, monkeypatch
 ):
     # The scored rows start with tokens their sampled rows already computed: scoring takes
-    # those keys/values and log-probabilities instead of computing them again. Same candidates,
-    # same scores, and on these tasks some tokens really were taken.
+    # those keys/values and log-probabilities instead of computing them again, each row as
+    # many as it can (left-padded). Same candidates, same scores, and on these tasks tokens
+    # really were taken, in different numbers per row.
     import model.infill.fim_rerank as fim_rerank
     from model.infill.fim_rerank import RerankFiller, RerankSettings
 
@@ -220,15 +221,18 @@ def test_scoring_from_the_sampled_rows_caches_is_the_scoring_from_the_prefix(
     taken, real = [], fim_rerank._reuse
 
     def counted(rows, drawn):
-        reuse, sources = real(rows, drawn)
-        taken.append(reuse)
-        return reuse, sources
+        counts, sources = real(rows, drawn)
+        taken.append(counts)
+        return counts, sources
 
     monkeypatch.setattr(fim_rerank, "_reuse", counted)
     reused = [filler(t.prefix, t.suffix, single_line=True).candidates for t in tasks]
-    monkeypatch.setattr(fim_rerank, "_reuse", lambda rows, drawn: (0, []))
+    monkeypatch.setattr(
+        fim_rerank, "_reuse", lambda rows, drawn: ([0] * len(rows), [-1] * len(rows))
+    )
     fresh = [filler(t.prefix, t.suffix, single_line=True).candidates for t in tasks]
-    assert sum(taken) > 0
+    assert sum(map(sum, taken)) > 0
+    assert any(len(set(counts)) > 1 for counts in taken)  # rows left-padded differently
     for a_fill, b_fill in zip(reused, fresh, strict=True):
         assert [c.text for c in a_fill] == [c.text for c in b_fill]
         for a, b in zip(a_fill, b_fill, strict=True):

@@ -1,5 +1,6 @@
 """Which tokens a fill's scoring takes from its sampled rows' caches (model/infill/fim_rerank.py):
-the rule alone, on hand-made rows. tests/integration/test_fim_bench.py runs it on a real model."""
+the rule alone, on hand-made rows. tests/integration/test_fim_bench.py runs it on a real model,
+and tests/unit/test_fused.py layer.c's attention over the left-padded rows it makes."""
 
 import torch
 
@@ -23,19 +24,22 @@ def sampled(**tails: int) -> Sampled:
     )
 
 
-def test_each_scored_row_takes_its_own_sampled_rows_tokens_as_far_as_all_rows_can():
+def test_each_scored_row_takes_its_own_sampled_rows_tokens():
     rows = [[1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 9, 9, 7]]
     # row 0 shares 6 tokens with sampled row 0 (5 cached: 5 usable); row 1 shares 4 with
-    # sampled row 1, one short of it is 3, and 3 are cached. Right padding: the fewer, 3.
-    assert _reuse(rows, sampled(row0=5, row1=3)) == (3, [0, 1])
+    # sampled row 1, one short of it is 3, and 3 are cached.
+    assert _reuse(rows, sampled(row0=5, row1=3)) == ([5, 3], [0, 1])
 
 
 def test_the_last_shared_token_is_scored_again_to_read_the_next_ones_probability():
     # Both rows share all 4 of sampled row 1's tokens; its cache holds all 4, but the 4th
     # is fed again: its logits give the 5th token's probability.
-    assert _reuse([[1, 2, 9, 9, 7], [1, 2, 9, 9, 8]], sampled(row1=4)) == (3, [1, 1])
+    assert _reuse([[1, 2, 9, 9, 7], [1, 2, 9, 9, 8]], sampled(row1=4)) == ([3, 3], [1, 1])
 
 
-def test_a_row_that_shares_nothing_scores_every_row_from_the_prefix():
-    assert _reuse([[1, 2, 3, 4], [7, 8]], sampled(row0=5, row1=3)) == (0, [])
-    assert _reuse([[1, 2, 3, 4]], sampled()) == (0, [])  # nothing kept (the chat proposal)
+def test_a_row_that_shares_nothing_or_one_token_is_scored_from_the_prefix():
+    # [1, 2, 3, 4] shares 4 with sampled row 0: 3; [7, 8] shares nothing; [1, 5] only its
+    # first token, whose log p is the prefix's own.
+    got = _reuse([[1, 2, 3, 4], [7, 8], [1, 5]], sampled(row0=5, row1=3))
+    assert got == ([3, 0, 0], [0, -1, -1])
+    assert _reuse([[1, 2, 3, 4]], sampled()) == ([0], [-1])  # nothing kept (the chat proposal)

@@ -112,8 +112,27 @@ def test_generate_writes_the_same_tokens_with_padding_and_a_cache():
         calls = counting(model)
         got = model.generate(ids, attention_mask=mask, generation_config=cfg)
     assert torch.equal(got, want)
-    # A padding mask: torch's attention between layer.c's two halves.
-    assert calls.count["layer_in"] == calls.count["layer_out"] >= 2 * 20
+    # The prompt's mask (pad queries that see nothing) keeps torch's attention between
+    # layer.c's halves; each of the 19 decode steps' (left-padded, causal) runs layer.c's from
+    # each row's first real key.
+    assert calls.count["layer_out"] == 2
+    assert calls.count["layer_dense"] == 2 * 19
+
+
+def test_a_left_padded_causal_mask_gives_each_rows_first_key_and_other_masks_keep_sdpa():
+    t, n = 2, 6
+    keys, queries = torch.arange(n), torch.arange(t)[:, None] + (n - t)
+    causal = keys <= queries  # [t, n]
+    left = torch.stack([causal & (keys >= s) for s in (0, 3, 1)])[:, None]  # [3, 1, t, n]
+    assert torch.equal(fused._causal(left, 3, t, n), torch.tensor([0, 3, 1]))
+    assert fused._causal(causal[None, None].expand(3, 1, t, n).clone(), 3, t, n) is None
+    # As transformers builds it in float: 0 where seen, the dtype's minimum elsewhere
+    additive = torch.zeros(3, 1, t, n).masked_fill(~left, torch.finfo(torch.float32).min)
+    assert torch.equal(fused._causal(additive, 3, t, n), torch.tensor([0, 3, 1]))
+    holes = left.clone()
+    holes[1, 0, :, 4] = False  # a key masked inside a row: not layer.c's pattern
+    assert fused._causal(holes, 3, t, n) is False
+    assert fused._causal(None, 3, t, n) is None
 
 
 @needs_kernel

@@ -34,6 +34,7 @@ import datetime as dt
 import json
 import logging
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -202,6 +203,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def memory_read_gbs() -> float | None:
+    """The machine's memory read speed now (bench/peers.py's measure, 2 threads), in a child
+    process: this one may be the app's web side, which keeps torch out."""
+    code = "from bench.peers import memory_bandwidth_gbs as m; print(round(m(2), 1))"
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+        return float(out.stdout.strip())
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(
@@ -269,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info(
             "FIM %s: %s, %s %s, %d tasks", args.method, name, set_name, args.variant, len(tasks)
         )
-        load_before = os.getloadavg()
+        load_before, memory_before = os.getloadavg(), memory_read_gbs()
         started = time.perf_counter()
         rows = run_set(tasks, problems, fill, args.timeout)
         all_rows += rows
@@ -284,6 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "threads": args.threads,
             "int8": args.int8,
             "loadavg_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+            # Latency follows the memory's speed, which a shared machine's neighbours move
+            # (20-36 GB/s on the 2-core test VM): compare runs with it in view.
+            "memory_read_gbs_before_after": [memory_before, memory_read_gbs()],
             "date": dt.date.today().isoformat(),
         }
         if set_name == "editor":
@@ -305,7 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{name} {args.method} {args.variant} {set_name}: exact match {s['exact_match']:.3f}, "
             f"edit similarity {s['edit_similarity']:.3f}, {tests}latency p50 "
-            f"{s['latency_p50_s']:.2f} s, p95 {s['latency_p95_s']:.2f} s ({s['tasks']} tasks)"
+            f"{s['latency_p50_s']:.2f} s, p95 {s['latency_p95_s']:.2f} s ({s['tasks']} tasks; "
+            f"memory read {'/'.join(map(str, s['memory_read_gbs_before_after']))} GB/s before/after)"
         )
     return 0
 

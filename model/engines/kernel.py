@@ -193,7 +193,8 @@ def linear(lib: ctypes.CDLL, packed: torch.Tensor, bias, out_features: int):
 
 def logsumexp(x: torch.Tensor) -> torch.Tensor:
     """x.logsumexp(-1), in one C call (layer.c's logsumexp_rows) where the library runs and x
-    is fp32 on the CPU without autograd: ~10x faster than torch's over a fill's logits."""
+    is fp32 on the CPU without autograd: over a fill's logits (116 x 49,152) 3.6 ms against
+    torch's 15.6, at 2 threads."""
     lib = library()
     plain = x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() == 0
     if lib is None or plain or x.numel() == 0 or (x.requires_grad and torch.is_grad_enabled()):

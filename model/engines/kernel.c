@@ -36,6 +36,16 @@
     acc##2 = _mm256_fmadd_ps(w2, xv, acc##2);                \
     acc##3 = _mm256_fmadd_ps(w3, xv, acc##3)
 
+/* A tile's sums into y, plus the bias: y[r][o0 + k] = t[r * rs + k * ks] + bias[o0 + k] for
+ * `rows` rows and n outputs (the row tiles keep a row's outputs together, the panels an
+ * output's rows). */
+static inline void put(const float* t, int64_t rs, int64_t ks, int rows, int64_t n, float* y,
+                       int64_t O, int64_t o0, const float* bias) {
+    for (int r = 0; r < rows; r++)
+        for (int64_t k = 0; k < n; k++)
+            y[r * O + o0 + k] = t[r * rs + k * ks] + (bias ? bias[o0 + k] : 0.f);
+}
+
 /* 4 output rows x `rows` (1-3) input rows; out[r * 4 + k] */
 static inline void tile(const float* p, const float* x, int64_t I, int rows, int64_t J, float* out) {
     const float *xa = x, *xb = x + (rows > 1 ? I : 0), *xc = x + (rows > 2 ? 2 * I : 0);
@@ -72,9 +82,7 @@ static void rows_path(const float* x, const float* P, const float* bias, float* 
                     int rows = m1 - m < 3 ? (int)(m1 - m) : 3;
                     float out[12];
                     tile(P + blk * J * 32, x + m * I, I, rows, J, out);
-                    for (int r = 0; r < rows; r++)
-                        for (int64_t k = 0; k < n; k++)
-                            y[(m + r) * O + o0 + k] = out[r * 4 + k] + (bias ? bias[o0 + k] : 0.f);
+                    put(out, 4, 1, rows, n, y + m * O, O, o0, bias);
                 }
             }
         }
@@ -116,9 +124,7 @@ static inline __attribute__((always_inline)) void wide_tile(
     __m256 acc[4][3] = {{a0, a1, a2}, {b0, b1, b2}, {c0, c1, c2}, {d0, d1, d2}};
     for (int k = 0; k < 4; k++)
         for (int v = 0; v < V; v++) _mm256_storeu_ps(t[k] + 8 * v, acc[k][v]);
-    int n = O - o0 < 4 ? (int)(O - o0) : 4;
-    for (int r = 0; r < rows; r++)
-        for (int k = 0; k < n; k++) y[r * O + o0 + k] = t[k][r] + (bias ? bias[o0 + k] : 0.f);
+    put(t[0], 1, PANEL, rows, O - o0 < 4 ? O - o0 : 4, y, O, o0, bias);
 }
 
 /* NB blocks (4NB outputs, NB a constant where called) times one narrow panel of 8 rows: each
@@ -146,9 +152,7 @@ static inline __attribute__((always_inline)) void narrow_tile(
     float t[12][8];
     for (int b = 0; b < NB; b++)
         for (int k = 0; k < 4; k++) _mm256_storeu_ps(t[4 * b + k], a[b][k]);
-    int n = O - o0 < 4 * NB ? (int)(O - o0) : 4 * NB;
-    for (int r = 0; r < rows; r++)
-        for (int k = 0; k < n; k++) y[r * O + o0 + k] = t[k][r] + (bias ? bias[o0 + k] : 0.f);
+    put(t[0], 1, 8, rows, O - o0 < 4 * NB ? O - o0 : 4 * NB, y, O, o0, bias);
 }
 
 /* Rows m..m+7 of x (those below `end`; zeros past it) into a panel's 8 columns at dst, whose

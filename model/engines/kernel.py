@@ -140,7 +140,7 @@ def _load(path: Path) -> ctypes.CDLL | None:
         return None
     lib.linear_f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
     lib.linear_f32.restype = None
-    lib.logsumexp_rows.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p]
+    lib.logsumexp_rows.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 2 + [ctypes.c_void_p]
     lib.logsumexp_rows.restype = None
     log.info("CPU linear kernel: %s", path)
     return lib
@@ -201,7 +201,7 @@ def logsumexp(x: torch.Tensor) -> torch.Tensor:
         return x.logsumexp(-1)
     x = x.contiguous()
     out = torch.empty(x.shape[:-1], dtype=torch.float32)
-    lib.logsumexp_rows(x.data_ptr(), out.numel(), x.shape[-1], x.shape[-1], out.data_ptr())
+    lib.logsumexp_rows(x.data_ptr(), out.numel(), x.shape[-1], out.data_ptr())
     return out
 
 

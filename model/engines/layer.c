@@ -96,6 +96,36 @@ static inline float dot(const float* a, const float* b, int64_t D) {
     return hsum(acc);
 }
 
+/* The largest of n floats (-inf for none). */
+static inline float row_max(const float* v, int64_t n) {
+    __m256 big = _mm256_set1_ps(-INFINITY);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) big = _mm256_max_ps(big, _mm256_loadu_ps(v + j));
+    float lanes[8], top = -INFINITY;
+    _mm256_storeu_ps(lanes, big);
+    for (int l = 0; l < 8; l++) top = lanes[l] > top ? lanes[l] : top;
+    for (; j < n; j++) top = v[j] > top ? v[j] : top;
+    return top;
+}
+
+/* sum_j e^(v[j] - top), top finite; with e, each term is written there too (e may be v). */
+static inline float sum_exp(const float* v, float* e, int64_t n, float top) {
+    __m256 acc = _mm256_setzero_ps(), m = _mm256_set1_ps(top);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 x = exp8(_mm256_sub_ps(_mm256_loadu_ps(v + j), m));
+        if (e) _mm256_storeu_ps(e + j, x);
+        acc = _mm256_add_ps(acc, x);
+    }
+    float sum = hsum(acc);
+    for (; j < n; j++) {
+        float x = expf(v[j] - top);
+        if (e) e[j] = x;
+        sum += x;
+    }
+    return sum;
+}
+
 /* h, then q, k, v (rotated) of T rows; scratch h: T * hidden. */
 void layer_in(const layer_t* L, const float* x, int64_t T, const float* cos, const float* sin,
               float* h, float* q, float* k, float* v) {
@@ -137,7 +167,6 @@ static void attend(const float* q, int64_t g, const float* kb, const float* vb,
     for (int64_t h = 0; h < g; h++) {
         const float* qv = q + h * D;
         float* ph = p + h * n;
-        float top = -INFINITY;
         int64_t j = 0;
         for (; j + 4 <= n; j += 4) {
             const float *k0 = kb + KEY(j), *k1 = kb + KEY(j + 1), *k2 = kb + KEY(j + 2),
@@ -156,15 +185,7 @@ static void attend(const float* q, int64_t g, const float* kb, const float* vb,
             ph[j + 3] = hsum(a3) * scale;
         }
         for (; j < n; j++) ph[j] = dot(qv, kb + KEY(j), D) * scale;
-        for (j = 0; j < n; j++) top = ph[j] > top ? ph[j] : top;
-        __m256 acc = _mm256_setzero_ps(), m = _mm256_set1_ps(top);
-        for (j = 0; j + 8 <= n; j += 8) {
-            __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(ph + j), m));
-            _mm256_storeu_ps(ph + j, e);
-            acc = _mm256_add_ps(acc, e);
-        }
-        float sum = hsum(acc);
-        for (; j < n; j++) sum += (ph[j] = expf(ph[j] - top));
+        float sum = sum_exp(ph, ph, n, row_max(ph, n));
         for (j = 0; j < n; j++) ph[j] /= sum;
     }
     /* o[h] = sum_j p[h][j] v_j, 32 values of D at a time: HEADS x 4 accumulators */
@@ -271,28 +292,15 @@ void layer_paged(const layer_t* L, const float* x, float* y, int64_t T, const fl
     layer_out(L, x, a, T, y, a + T * A);
 }
 
-/* out[r] = log(sum_j e^x[r][j]) for `rows` rows of n floats, row r at x + r * stride: the
- * normalizer of a fill's log-probabilities. torch's logsumexp took ~10 ms for a fill's ~100 x
- * 49,152 logits (several passes, with temporaries); this reads each row twice, in L2. */
-void logsumexp_rows(const float* x, int64_t rows, int64_t n, int64_t stride, float* out) {
+/* out[r] = log(sum_j e^x[r][j]) for `rows` rows of n floats, side by side: the normalizer of
+ * a fill's log-probabilities. torch's logsumexp took ~10 ms for a fill's ~100 x 49,152 logits
+ * (several passes, with temporaries); this reads each row twice, in L2. */
+void logsumexp_rows(const float* x, int64_t rows, int64_t n, float* out) {
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
-        const float* v = x + r * stride;
-        __m256 big = _mm256_set1_ps(-INFINITY);
-        int64_t j = 0;
-        for (; j + 8 <= n; j += 8) big = _mm256_max_ps(big, _mm256_loadu_ps(v + j));
-        float lanes[8], top = -INFINITY;
-        _mm256_storeu_ps(lanes, big);
-        for (int l = 0; l < 8; l++) top = lanes[l] > top ? lanes[l] : top;
-        for (; j < n; j++) top = v[j] > top ? v[j] : top;
-        if (!isfinite(top)) { /* all -inf: -inf; an inf: inf (as torch) */
-            out[r] = top;
-            continue;
-        }
-        __m256 m = _mm256_set1_ps(top), acc = _mm256_setzero_ps();
-        for (j = 0; j + 8 <= n; j += 8) acc = _mm256_add_ps(acc, exp8(_mm256_sub_ps(_mm256_loadu_ps(v + j), m)));
-        float sum = hsum(acc);
-        for (; j < n; j++) sum += expf(v[j] - top);
-        out[r] = top + logf(sum);
+        const float* v = x + r * n;
+        float top = row_max(v, n);
+        /* all -inf: -inf; an inf: inf (as torch) */
+        out[r] = isfinite(top) ? top + logf(sum_exp(v, NULL, n, top)) : top;
     }
 }

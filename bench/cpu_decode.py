@@ -63,7 +63,7 @@ def linear(threads: list[int], rounds: int) -> None:
         plain = [torch.randn(out_f, in_f) for _ in range(copies)]
         column = [w.t().contiguous().t() for w in plain]
         packed = [torch.ops.mkldnn._reorder_linear_weight(w, None) for w in plain]
-        ours = [kernel.linear(lib, kernel.pack(w), None, out_f) for w in plain] if lib else []
+        ours = [kernel.linear(lib, kernel.pack(w), None, in_f, out_f) for w in plain] if lib else []
         for rows in (1, 8, 64, 256):
             x = torch.randn(rows, in_f)
             for n in threads:

@@ -60,6 +60,7 @@ from bench.fim_tasks import (  # noqa: E402 - the path above makes `bench` impor
     spread,
     summarise,
 )
+from model.engines.loading import DTYPES  # noqa: E402
 from model.paths import default_data_dir  # noqa: E402
 
 log = logging.getLogger("bench.fim")
@@ -191,6 +192,13 @@ def parser() -> argparse.ArgumentParser:
         "but it halved SmolLM2's exact match (bench/RESULTS.md)",
     )
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPES,
+        help="the weights' dtype, as DTYPE (auto: bf16 on a CPU with AMX/AVX512-BF16 unless the "
+        "weights are codes kernel.c reads)",
+    )
     p.add_argument("--engine-url", default=None, help="app method: fill on this server (vLLM)")
     p.add_argument(
         "--score-context",
@@ -238,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.method == "app":
         model = tokenizer = None
     else:
-        model, tokenizer = load_model(args.model, args.data_dir, args.device)
+        model, tokenizer = load_model(args.model, args.data_dir, args.device, args.dtype)
     if args.int8:
         # Decoding on CPU is bound by reading the weights; int8 reads a quarter of fp32.
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, torch.qint8)
@@ -256,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from model.engines import remote_fill
 
             remote_fill.SCORE_CONTEXT_TOKENS = args.score_context
-        fill = AppFill(args.model, args.data_dir, args.k, max_new, args.engine_url)
+        fill = AppFill(args.model, args.data_dir, args.k, max_new, args.engine_url, args.dtype)
         settings = {"fim_candidates": args.k,
                     "engine": args.engine_url or "the app's worker (its own thread policy)",
                     "score_context": args.score_context}  # fmt: skip

@@ -153,14 +153,16 @@ class AppFill:
         k: int,
         max_new_tokens: int,
         engine_url: str | None = None,
+        dtype: str = "auto",
     ):
-        """`engine_url`: the fill as the app serves it from that server (ENGINE_URL)."""
+        """`engine_url`: the fill as the app serves it from that server (ENGINE_URL); `dtype`:
+        DTYPE."""
         from app.server import build_engines
         from app.services.playground import Playground
         from app.settings import Settings
         from model.prompts.templates import TaPrompt
 
-        argv = ["--data-dir", data_dir, "--fim-candidates", str(k)]
+        argv = ["--data-dir", data_dir, "--fim-candidates", str(k), "--dtype", dtype]
         argv += ["--engine-url", engine_url] if engine_url else []
         settings = Settings.load(argv, env={})
         self.engines = build_engines(settings)

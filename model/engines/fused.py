@@ -38,15 +38,19 @@ MAX_ROWS = 32
 # (bench/RESULTS.md, part 6).
 MAX_QUERIES = 384
 
-_POINTERS = ("norm1", "wq", "wk", "wv", "bq", "bk", "bv", "wo", "bo", "norm2", "wg", "wu", "wd")
+_POINTERS = ("norm1", "norm2", "bq", "bk", "bv", "bo")
+# layer.c's names of the seven projections, by the names _projections gives them
+_WEIGHTS = {"wq": "q", "wk": "k", "wv": "v", "wo": "o", "wg": "gate", "wu": "up", "wd": "down"}
 _SIZES = ("hidden", "heads", "kv_heads", "head_dim", "inter")
 
 
 class LayerWeights(ctypes.Structure):
-    """layer.c's layer_t: the packed weights' addresses and the layer's sizes."""
+    """layer.c's layer_t: the norms' and biases' addresses, the packed weights (kernel.Weights)
+    and the layer's sizes."""
 
     _fields_ = [
         *((name, ctypes.c_void_p) for name in _POINTERS),
+        *((name, kernel.Weights) for name in _WEIGHTS),
         ("eps", ctypes.c_float),
         ("scale", ctypes.c_float),
         *((name, ctypes.c_int64) for name in _SIZES),
@@ -102,18 +106,12 @@ class FusedForward:
         self.holds = (norm1, norm2, packed, biases)
         self.weights = LayerWeights(
             norm1=_address(norm1),
-            wq=_address(packed["q"]),
-            wk=_address(packed["k"]),
-            wv=_address(packed["v"]),
+            norm2=_address(norm2),
             bq=_address(biases["q"]),
             bk=_address(biases["k"]),
             bv=_address(biases["v"]),
-            wo=_address(packed["o"]),
             bo=_address(biases["o"]),
-            norm2=_address(norm2),
-            wg=_address(packed["gate"]),
-            wu=_address(packed["up"]),
-            wd=_address(packed["down"]),
+            **{c: proj[name].kernel_weights for c, name in _WEIGHTS.items()},
             eps=float(layer.input_layernorm.variance_epsilon),
             scale=float(attn.scaling),
             hidden=self.hidden,

@@ -25,6 +25,7 @@
  */
 #include <omp.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "kernel.h"
 
@@ -46,27 +47,98 @@ static inline void put(const float* t, int64_t rs, int64_t ks, int rows, int64_t
             y[r * O + o0 + k] = t[r * rs + k * ks] + (bias ? bias[o0 + k] : 0.f);
 }
 
-/* 4 output rows x `rows` (1-3) input rows; out[r * 4 + k] */
-static inline void tile(const float* p, const float* x, int64_t I, int rows, int64_t J, float* out) {
+/* A packed weight's block `blk` (4 output rows of I inputs). */
+static inline const void* block_at(const weights_t* W, int64_t blk, int64_t I) {
+    if (W->format == W_F32) return (const float*)W->data + blk * 4 * I;
+    return (const uint8_t*)W->data + blk * (I / 32) * group_bytes(W->format);
+}
+
+static inline __m256 half_at(const uint8_t* at) {
+    uint16_t h;
+    memcpy(&h, at, sizeof h);
+    return _mm256_set1_ps(_cvtsh_ss(h));
+}
+
+/* A group's steps d[k] and minimums m[k] (zero for W_Q8), broadcast. */
+static inline __attribute__((always_inline)) void scales(const int fmt, const uint8_t* g,
+                                                         __m256 d[4], __m256 m[4]) {
+    const uint8_t* at = g + (fmt == W_Q4 ? 64 : 128);
+    for (int k = 0; k < 4; k++) {
+        d[k] = half_at(at + 2 * k);
+        m[k] = fmt == W_Q4 ? half_at(at + 8 + 2 * k) : _mm256_setzero_ps();
+    }
+}
+
+/* Row k's weights 8s .. 8s + 7 of a group, as fp32. */
+static inline __attribute__((always_inline)) __m256 weights8(const int fmt, const uint8_t* g,
+                                                             int k, int s, __m256 d, __m256 m) {
+    if (fmt == W_Q4) {
+        __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(g + 16 * k + 8 * (s & 1))));
+        q = s & 2 ? _mm256_srli_epi32(q, 4) : _mm256_and_si256(q, _mm256_set1_epi32(15));
+        return _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), m); /* d q exact: one rounding, as d q + m */
+    }
+    __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(g + 32 * k + 8 * s)));
+    return _mm256_mul_ps(d, _mm256_cvtepi32_ps(q));
+}
+
+/* `blocks` blocks of codes at p as fp32, in the fp32 layout at dst (the panels' weights). */
+static inline __attribute__((always_inline)) void unpack(
+    const int fmt, const uint8_t* p, int64_t blocks, int64_t I, float* dst) {
+    int64_t GB = group_bytes(fmt);
+    for (int64_t b = 0; b < blocks * (I / 32); b++, p += GB) {
+        __m256 d[4], m[4];
+        scales(fmt, p, d, m);
+        for (int s = 0; s < 4; s++)
+            for (int k = 0; k < 4; k++)
+                _mm256_storeu_ps(dst + (4 * b + s) * 32 + 8 * k, weights8(fmt, p, k, s, d[k], m[k]));
+    }
+}
+
+/* 4 output rows x `rows` (1-3) input rows from block w (format fmt, a constant where called);
+ * out[r * 4 + k]. Each sum adds its products input by input, in every format. */
+static inline __attribute__((always_inline)) void tile(const int fmt, const void* w, const float* x,
+                                                       int64_t I, int rows, float* out) {
     const float *xa = x, *xb = x + (rows > 1 ? I : 0), *xc = x + (rows > 2 ? 2 * I : 0);
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0, c0 = a0, c1 = a0, c2 = a0, c3 = a0;
-    for (int64_t j = 0; j < J; j++, p += 32) {
-        __m256 w0 = _mm256_loadu_ps(p), w1 = _mm256_loadu_ps(p + 8);
-        __m256 w2 = _mm256_loadu_ps(p + 16), w3 = _mm256_loadu_ps(p + 24);
-        __m256 va = _mm256_loadu_ps(xa + 8 * j);
-        FMA4(a, va);
-        if (rows > 1) { __m256 vb = _mm256_loadu_ps(xb + 8 * j); FMA4(b, vb); }
-        if (rows > 2) { __m256 vc = _mm256_loadu_ps(xc + 8 * j); FMA4(c, vc); }
+#define STEP(j)                                                                          \
+    {                                                                                    \
+        __m256 va = _mm256_loadu_ps(xa + 8 * (j));                                       \
+        FMA4(a, va);                                                                     \
+        if (rows > 1) { __m256 vb = _mm256_loadu_ps(xb + 8 * (j)); FMA4(b, vb); }        \
+        if (rows > 2) { __m256 vc = _mm256_loadu_ps(xc + 8 * (j)); FMA4(c, vc); }        \
     }
+    if (fmt == W_F32) {
+        const float* p = w;
+        for (int64_t j = 0; j < I / 8; j++, p += 32) {
+            __m256 w0 = _mm256_loadu_ps(p), w1 = _mm256_loadu_ps(p + 8);
+            __m256 w2 = _mm256_loadu_ps(p + 16), w3 = _mm256_loadu_ps(p + 24);
+            STEP(j)
+        }
+    } else {
+        const uint8_t* p = w;
+        for (int64_t g = 0; g < I / 32; g++, p += group_bytes(fmt)) {
+            __m256 d[4], m[4];
+            scales(fmt, p, d, m);
+#pragma GCC unroll 4
+            for (int s = 0; s < 4; s++) {
+                __m256 w0 = weights8(fmt, p, 0, s, d[0], m[0]);
+                __m256 w1 = weights8(fmt, p, 1, s, d[1], m[1]);
+                __m256 w2 = weights8(fmt, p, 2, s, d[2], m[2]);
+                __m256 w3 = weights8(fmt, p, 3, s, d[3], m[3]);
+                STEP(4 * g + s)
+            }
+        }
+    }
+#undef STEP
     out[0] = hsum(a0); out[1] = hsum(a1); out[2] = hsum(a2); out[3] = hsum(a3);
     out[4] = hsum(b0); out[5] = hsum(b1); out[6] = hsum(b2); out[7] = hsum(b3);
     out[8] = hsum(c0); out[9] = hsum(c1); out[10] = hsum(c2); out[11] = hsum(c3);
 }
 
-static void rows_path(const float* x, const float* P, const float* bias, float* y,
+static void rows_path(const float* x, const weights_t* W, const float* bias, float* y,
                       int64_t M, int64_t I, int64_t O) {
-    int64_t blocks = (O + 3) / 4, J = I / 8;
+    int64_t blocks = (O + 3) / 4;
     int64_t per_chunk = L2_BYTES / (16 * I) > 0 ? L2_BYTES / (16 * I) : 1;
     int64_t x_rows = L2_BYTES / (4 * I);
     x_rows = x_rows < 3 ? 3 : x_rows - x_rows % 3;
@@ -81,7 +153,10 @@ static void rows_path(const float* x, const float* P, const float* bias, float* 
                 for (int64_t m = m0; m < m1; m += 3) {
                     int rows = m1 - m < 3 ? (int)(m1 - m) : 3;
                     float out[12];
-                    tile(P + blk * J * 32, x + m * I, I, rows, J, out);
+                    const void* w = block_at(W, blk, I);
+                    if (W->format == W_Q4) tile(W_Q4, w, x + m * I, I, rows, out);
+                    else if (W->format == W_Q8) tile(W_Q8, w, x + m * I, I, rows, out);
+                    else tile(W_F32, w, x + m * I, I, rows, out);
                     put(out, 4, 1, rows, n, y + m * O, O, o0, bias);
                 }
             }
@@ -182,21 +257,29 @@ static void pack8(const float* x, int64_t m, int64_t end, int64_t I, float* dst,
     }
 }
 
+/* Output blocks per chunk for the panels: as many chunks per thread as the threads can get
+ * evenly, each fitting L2 and a whole number of tiles (`step` blocks). */
+static int64_t panel_chunk(int64_t blocks, int64_t I, int64_t step, int64_t threads) {
+    int64_t per_chunk = L2_BYTES / (16 * I) > step ? L2_BYTES / (16 * I) : step;
+    int64_t chunks = (blocks + per_chunk - 1) / per_chunk;
+    chunks = (chunks + threads - 1) / threads * threads;
+    per_chunk = (blocks + chunks - 1) / chunks;
+    return (per_chunk + step - 1) / step * step;
+}
+
 /* x copied transposed into panels of `width` rows (8 or PANEL), pass by pass; threads split
- * the output blocks in chunks that fit L2, and run every panel of a pass over their chunks. */
-static void panel_path(const float* x, const float* P, const float* bias, float* y,
-                       int64_t M, int64_t I, int64_t O, float* xp, int64_t pass, int width) {
+ * the output blocks in chunks that fit L2, and run every panel of a pass over their chunks.
+ * Codes are first turned into fp32 a chunk at a time, into the thread's part of wbuf
+ * (per_chunk blocks each), read by every panel of the pass. */
+static void panel_path(const float* x, const weights_t* W, const float* bias, float* y,
+                       int64_t M, int64_t I, int64_t O, float* xp, int64_t pass, int width,
+                       int64_t per_chunk, float* wbuf) {
     int64_t blocks = (O + 3) / 4, J = I / 8;
     int64_t step = width == PANEL ? 1 : 3; /* blocks per tile */
+    int64_t chunks = (blocks + per_chunk - 1) / per_chunk;
 #pragma omp parallel
     {
-        /* As many chunks per thread as the threads can get evenly, each a whole number of tiles */
-        int64_t per_chunk = L2_BYTES / (16 * I) > step ? L2_BYTES / (16 * I) : step;
-        int64_t chunks = (blocks + per_chunk - 1) / per_chunk, nt = omp_get_num_threads();
-        chunks = (chunks + nt - 1) / nt * nt;
-        per_chunk = (blocks + chunks - 1) / chunks;
-        per_chunk = (per_chunk + step - 1) / step * step;
-        chunks = (blocks + per_chunk - 1) / per_chunk;
+        float* mine = wbuf ? wbuf + omp_get_thread_num() * per_chunk * 4 * I : NULL;
         for (int64_t m0 = 0; m0 < M; m0 += pass) {
             int64_t rows_in = M - m0 < pass ? M - m0 : pass;
             int64_t panels = (rows_in + width - 1) / width, eights = width / 8;
@@ -209,13 +292,17 @@ static void panel_path(const float* x, const float* P, const float* bias, float*
             for (int64_t c = 0; c < chunks; c++) {
                 int64_t first = c * per_chunk;
                 int64_t last = first + per_chunk < blocks ? first + per_chunk : blocks;
+                const void* at = block_at(W, first, I);
+                if (mine && W->format == W_Q4) unpack(W_Q4, at, last - first, I, mine);
+                else if (mine) unpack(W_Q8, at, last - first, I, mine);
+                const float* P = mine ? mine : at;
                 for (int64_t pn = 0; pn < panels; pn++) {
                     int64_t left = rows_in - pn * width;
                     int rows = left < width ? (int)left : width;
                     const float* xq = xp + pn * width * I;
                     float* yq = y + (m0 + pn * width) * O;
                     for (int64_t blk = first; blk < last; blk += step) {
-                        const float* pb = P + blk * J * 32;
+                        const float* pb = P + (blk - first) * J * 32;
                         int64_t nb = last - blk;
                         if (width == 8) {
                             if (nb >= 3) narrow_tile(3, pb, J, xq, yq, O, 4 * blk, rows, bias);
@@ -231,19 +318,23 @@ static void panel_path(const float* x, const float* P, const float* bias, float*
     }
 }
 
-void linear_f32(const float* x, const float* P, const float* bias, float* y,
-                int64_t M, int64_t I, int64_t O) {
+void linear(const float* x, const weights_t* W, const float* bias, float* y,
+            int64_t M, int64_t I, int64_t O) {
     if (M >= WIDE_MIN || (M >= NARROW_MIN && M <= 8)) {
         int width = M >= WIDE_MIN ? PANEL : 8;
         int64_t pass = PASS_BYTES / (4 * I) / width * width;
         int64_t all = (M + width - 1) / width * width;
         pass = pass < width ? width : pass > all ? all : pass;
-        float* xp = malloc((size_t)(pass * I) * sizeof(float));
+        int64_t threads = omp_get_max_threads(), blocks = (O + 3) / 4;
+        int64_t per_chunk = panel_chunk(blocks, I, width == PANEL ? 1 : 3, threads);
+        int64_t unpacked = W->format == W_F32 ? 0 : threads * per_chunk * 4 * I;
+        float* xp = malloc((size_t)(pass * I + unpacked) * sizeof(float));
         if (xp) {
-            panel_path(x, P, bias, y, M, I, O, xp, pass, width);
+            panel_path(x, W, bias, y, M, I, O, xp, pass, width, per_chunk,
+                       unpacked ? xp + pass * I : NULL);
             free(xp);
             return;
         }
     }
-    rows_path(x, P, bias, y, M, I, O);
+    rows_path(x, W, bias, y, M, I, O);
 }

@@ -4,9 +4,29 @@
 #include <immintrin.h>
 #include <stdint.h>
 
+/* How a packed weight holds its values (kernel.c's layouts): fp32, or the checkpoint's own
+ * 4-bit or 8-bit codes (model/engines/codes.py), turned back into the same fp32 values. */
+enum { W_F32 = 0, W_Q4 = 1, W_Q8 = 2 };
+typedef struct {
+    const void* data;
+    int64_t format;
+} weights_t;
+
+/* The checkpoint's codes (W_Q4, W_Q8; found by codes.c): per block of 4 output rows and 32
+ * inputs, a group of the 4 rows' codes and then their fp16 scales.
+ *   W_Q4: 16 bytes a row (byte i: input i in its low 4 bits, input i + 16 in its high 4), then
+ *         4 steps d and 4 minimums m: w = d q + m.                          80 bytes a group
+ *   W_Q8: 32 signed bytes a row, then 4 steps d: w = d q.                   136 bytes a group
+ * d q is exact in fp32 (an fp16 d has 11 significant bits, q at most 8), so each w is the
+ * checkpoint's fp32 weight to the bit, and kernel.c adds the products in the order it adds fp32
+ * weights: the same results, reading 0.63 or 1.06 bytes a weight instead of 4. */
+#define Q4_GROUP 80
+#define Q8_GROUP 136
+static inline int64_t group_bytes(int64_t format) { return format == W_Q4 ? Q4_GROUP : Q8_GROUP; }
+
 /* y = x W^T + b for M rows of I inputs into O outputs, W packed by kernel.py (kernel.c). */
-void linear_f32(const float* x, const float* P, const float* bias, float* y,
-                int64_t M, int64_t I, int64_t O);
+void linear(const float* x, const weights_t* W, const float* bias, float* y,
+            int64_t M, int64_t I, int64_t O);
 
 /* The sum of a register's 8 floats. */
 static inline float hsum(__m256 v) {

@@ -1,4 +1,5 @@
-"""The fp32 CPU linear kernel of kernel.c: built with the machine's C compiler, loaded with ctypes.
+"""The CPU linear kernel of kernel.c (fp32 arithmetic): built with the machine's C compiler,
+loaded with ctypes.
 
 Decoding reads every weight once per step for a handful of rows, so its speed is the speed at
 which the linear layers stream their weights. On the 2-core AVX2 machine of bench/RESULTS.md
@@ -6,7 +7,10 @@ which the linear layers stream their weights. On the 2-core AVX2 machine of benc
 row and kernel.c at 20-28 (the machine streams ~30), 1.2-1.5x faster at 8 rows, and level with
 oneDNN at hundreds of rows (a prefill).
 
-Where it runs: Linux on an x86-64 CPU with AVX2 and FMA, with a C compiler (`CC`, else cc or
+Its weights are fp32, or the checkpoint's own 4-bit or 8-bit codes where model/engines/codes.py
+finds the fp32 weights to be exactly those (SmolLM2's): the same values, a fifth of the bytes.
+
+Where it runs: Linux on an x86-64 CPU with AVX2, FMA and F16C, with a C compiler (`CC`, else cc or
 gcc) and torch on libgomp (its CPU wheels). Elsewhere, or if the build fails,
 `library()` is None and model/engines/packing.py keeps oneDNN. The library is built once per
 source and compiler flags, into model/engines/build/ when that is writable (the Docker image
@@ -15,7 +19,7 @@ layer.c, a Llama decoder layer's decode step built on this kernel (model/engines
 
     lib = library()            # None where it cannot run
     packed = pack(weight)      # the layout kernel.c reads, same bytes as the weight (+ padding)
-    layer = linear(lib, packed, bias, out_features)
+    layer = linear(lib, packed, bias, in_features, out_features)   # or codes.find(weight)'s
     y = layer(x)               # like F.linear(x, weight, bias)
 """
 
@@ -37,13 +41,23 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernel.c")
-# One library: the linear layer, and the decoder layer built on it (model/engines/fused.py);
-# the header they share is part of what names a build.
-SOURCES = (SOURCE, SOURCE.with_name("layer.c"))
+# One library: the linear layer, the decoder layer built on it (model/engines/fused.py) and the
+# finding of a checkpoint's codes (model/engines/codes.py); the header they share is part of
+# what names a build.
+SOURCES = (SOURCE, SOURCE.with_name("layer.c"), SOURCE.with_name("codes.c"))
 HEADERS = (SOURCE.with_name("kernel.h"),)
-FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
-CPU_FLAGS = ("avx2", "fma")
+FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC")
+CPU_FLAGS = ("avx2", "fma", "f16c")
 BLOCK_ROWS, LANES = 4, 8  # kernel.c's layout: output rows per block, inputs per register
+F32, Q4, Q8 = 0, 1, 2  # kernel.h's formats of a packed weight: fp32, 4-bit or 8-bit codes
+FORMATS = {F32: "fp32", Q4: "q4", Q8: "q8"}
+
+
+class Weights(ctypes.Structure):
+    """kernel.h's weights_t: a packed weight's address and format."""
+
+    _fields_ = [("data", ctypes.c_void_p), ("format", ctypes.c_int64)]
+
 
 _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}
@@ -138,10 +152,12 @@ def _load(path: Path) -> ctypes.CDLL | None:
     if not _torch_on_libgomp():  # the loader found another libgomp: a second thread team
         log.warning("CPU linear kernel off: it did not share torch's libgomp")
         return None
-    lib.linear_f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
-    lib.linear_f32.restype = None
+    lib.linear.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
+    lib.linear.restype = None
     lib.logsumexp_rows.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 2 + [ctypes.c_void_p]
     lib.logsumexp_rows.restype = None
+    lib.find_codes.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p]
+    lib.find_codes.restype = ctypes.c_int64
     log.info("CPU linear kernel: %s", path)
     return lib
 
@@ -168,13 +184,15 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
     return view.permute(0, 2, 1, 3).contiguous()
 
 
-def linear(lib: ctypes.CDLL, packed: torch.Tensor, bias, out_features: int):
-    """The layer as a function of x [..., in], like F.linear with this weight (no autograd: for
-    inference). Built once per layer: a decode step calls ~200 of them, so per call it does only
-    what it must (about 5 us beside the kernel's own time; the module around it adds ~2)."""
-    fn = lib.linear_f32
-    inp = packed.shape[1] * LANES
-    weights = packed.data_ptr()  # `packed` and `bias` live as long as the layer that holds them
+def linear(lib: ctypes.CDLL, packed: torch.Tensor, bias, inp: int, out_features: int, fmt=F32):
+    """The layer as a function of x [..., inp], like F.linear with this weight (no autograd: for
+    inference); `packed` in format `fmt` (pack()'s fp32, or codes.find()'s). Built once per
+    layer: a decode step calls ~200 of them, so per call it does only what it must (about 5 us
+    beside the kernel's own time; the module around it adds ~2)."""
+    fn = lib.linear
+    # `packed` and `bias` live as long as the layer that holds them
+    weights = Weights(packed.data_ptr(), fmt)
+    at = ctypes.addressof(weights)
     bias_at = None if bias is None else bias.data_ptr()
     f32 = torch.float32
 
@@ -184,10 +202,11 @@ def linear(lib: ctypes.CDLL, packed: torch.Tensor, bias, out_features: int):
         if x.dtype != f32 or not x.is_contiguous():
             x = x.to(f32).contiguous()
         y = torch.empty((*x.shape[:-1], out_features), dtype=f32)
-        fn(x.data_ptr(), weights, bias_at, y.data_ptr(), x.numel() // inp, inp, out_features)
+        fn(x.data_ptr(), at, bias_at, y.data_ptr(), x.numel() // inp, inp, out_features)
         return y
 
-    call.holds = (packed, bias)  # the memory behind the two addresses, kept alive with `call`
+    call.holds = (packed, bias)  # the memory behind the addresses, kept alive with `call`
+    call.weights = weights  # what layer.c takes for this weight (model/engines/fused.py)
     return call
 
 

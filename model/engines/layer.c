@@ -1,4 +1,4 @@
-/* A Llama decoder layer for a few rows (a decode step) in fp32, beside kernel.c's linear_f32.
+/* A Llama decoder layer for a few rows (a decode step) in fp32, beside kernel.c's linear.
  *
  * Why: at one row, kernel.c reads a step's weights in ~20 ms, but the step took ~36: the rest
  * was about 35 small torch ops per layer (norms, rotary, the paged cache's copies, SDPA, adds),
@@ -20,9 +20,11 @@
 
 #include "kernel.h"
 
-/* A layer's weights (packed as kernel.c reads them) and sizes; built once per layer. */
+/* A layer's weights (the projections packed as kernel.c reads them) and sizes; built once per
+ * layer. */
 typedef struct {
-    const float *norm1, *wq, *wk, *wv, *bq, *bk, *bv, *wo, *bo, *norm2, *wg, *wu, *wd;
+    const float *norm1, *norm2, *bq, *bk, *bv, *bo;
+    weights_t wq, wk, wv, wo, wg, wu, wd;
     float eps, scale;
     int64_t hidden, heads, kv_heads, head_dim, inter;
 } layer_t;
@@ -131,9 +133,9 @@ void layer_in(const layer_t* L, const float* x, int64_t T, const float* cos, con
               float* h, float* q, float* k, float* v) {
     int64_t H = L->hidden, D = L->head_dim;
     rmsnorm(x, L->norm1, L->eps, T, H, h);
-    linear_f32(h, L->wq, L->bq, q, T, H, L->heads * D);
-    linear_f32(h, L->wk, L->bk, k, T, H, L->kv_heads * D);
-    linear_f32(h, L->wv, L->bv, v, T, H, L->kv_heads * D);
+    linear(h, &L->wq, L->bq, q, T, H, L->heads * D);
+    linear(h, &L->wk, L->bk, k, T, H, L->kv_heads * D);
+    linear(h, &L->wv, L->bv, v, T, H, L->kv_heads * D);
     rotary(q, T, L->heads, D, cos, sin);
     rotary(k, T, L->kv_heads, D, cos, sin);
 }
@@ -143,13 +145,13 @@ void layer_in(const layer_t* L, const float* x, int64_t T, const float* cos, con
 void layer_out(const layer_t* L, const float* x, const float* a, int64_t T, float* y, float* scratch) {
     int64_t H = L->hidden, F = L->inter, n = T * H;
     float *o = scratch, *g = o + n, *u = g + T * F;
-    linear_f32(a, L->wo, L->bo, o, T, L->heads * L->head_dim, H);
+    linear(a, &L->wo, L->bo, o, T, L->heads * L->head_dim, H);
     for (int64_t i = 0; i < n; i++) y[i] = x[i] + o[i];
     rmsnorm(y, L->norm2, L->eps, T, H, o);
-    linear_f32(o, L->wg, NULL, g, T, H, F);
-    linear_f32(o, L->wu, NULL, u, T, H, F);
+    linear(o, &L->wg, NULL, g, T, H, F);
+    linear(o, &L->wu, NULL, u, T, H, F);
     silu_mul(g, u, T * F);
-    linear_f32(g, L->wd, NULL, o, T, F, H);
+    linear(g, &L->wd, NULL, o, T, F, H);
     for (int64_t i = 0; i < n; i++) y[i] += o[i];
 }
 

@@ -11,7 +11,9 @@ hundreds (bench/RESULTS.md, "Engine speed on CPU, part 5").
 
 Each packed layer drops its plain weight, so memory stays about the same, except where the
 weight is shared (a tied output layer reads the input embedding, which a lookup needs in plain
-form): that one is kept and packed too, 113 MB more for SmolLM2.
+form): that one is kept and packed too. Where the fp32 weights are exactly a checkpoint's 4-bit
+or 8-bit codes (SmolLM2's; model/engines/codes.py), kernel.c reads those: the same results,
+and SmolLM2's packed weights take 96 MB instead of 653.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import logging
 
 import torch
 
-from model.engines import kernel
+from model.engines import codes, kernel
 
 log = logging.getLogger(__name__)
 
@@ -31,20 +33,27 @@ PACKED_DTYPES = (torch.float32, torch.bfloat16)
 
 class PackedLinear(torch.nn.Module):
     """`nn.Linear`'s forward over a packed weight (same values, same results up to the order of
-    the additions): kernel.c's layout when `use_kernel` and it runs here, else oneDNN's."""
+    the additions): kernel.c's layout when `use_kernel` and it runs here (the checkpoint's codes
+    where they are exact and `use_codes`), else oneDNN's."""
 
-    def __init__(self, linear: torch.nn.Linear, use_kernel: bool = True):
+    def __init__(self, linear: torch.nn.Linear, use_kernel: bool = True, use_codes: bool = True):
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         weight = linear.weight.detach().contiguous()
         lib = kernel.library() if use_kernel and kernel.fits(weight) else None
         self._kernel = None  # kernel.c's call for this layer, which holds its weight and bias
+        self.format = None  # kernel.c's format of `packed` (kernel.FORMATS), None on oneDNN
         if lib is not None:
-            self.packed = kernel.pack(weight)
+            found = codes.find(weight) if use_codes else None
+            self.packed, self.format = (
+                (found.packed, found.format) if found else (kernel.pack(weight), kernel.F32)
+            )
             bias = linear.bias
             bias = None if bias is None else bias.detach().float().contiguous()
-            self._kernel = kernel.linear(lib, self.packed, bias, self.out_features)
+            self._kernel = kernel.linear(
+                lib, self.packed, bias, self.in_features, self.out_features, self.format
+            )
         else:
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
         self.bias = linear.bias  # a Parameter or None, used as is
@@ -58,6 +67,11 @@ class PackedLinear(torch.nn.Module):
         """The fp32 bias kernel.c adds (layer.c reads it too); None without one or off kernel.c."""
         return None if self._kernel is None else self._kernel.holds[1]
 
+    @property
+    def kernel_weights(self):
+        """The kernel.Weights layer.c reads for this layer; None off kernel.c."""
+        return None if self._kernel is None else self._kernel.weights
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._kernel is not None:
             return self._kernel(x)
@@ -68,7 +82,8 @@ class PackedLinear(torch.nn.Module):
         return self.packed.numel() * self.packed.element_size()
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, {self.backend}"
+        held = f" {kernel.FORMATS[self.format]}" if self._kernel is not None else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.backend}{held}"
 
 
 def can_pack(model) -> bool:
@@ -80,9 +95,10 @@ def can_pack(model) -> bool:
     )
 
 
-def pack_linears(model, use_kernel: bool = True) -> int:
+def pack_linears(model, use_kernel: bool = True, use_codes: bool = True) -> int:
     """Replace every `nn.Linear` of `model` by a PackedLinear; returns how many were packed.
-    `use_kernel=False` keeps oneDNN everywhere (bench/cpu_decode.py compares the two).
+    `use_kernel=False` keeps oneDNN everywhere (bench/cpu_decode.py compares the two);
+    `use_codes=False` keeps fp32 weights where codes would do (bench/cpu_decode.py again).
 
     Checked on the first layer: if the packed layer fails or disagrees with `F.linear`, nothing
     is replaced and the model runs as loaded."""
@@ -97,7 +113,7 @@ def pack_linears(model, use_kernel: bool = True) -> int:
     first = targets[0][2]
     try:
         probe = torch.randn(3, first.in_features, dtype=first.weight.dtype)
-        packed = PackedLinear(first, use_kernel)
+        packed = PackedLinear(first, use_kernel, use_codes)
         with torch.inference_mode():
             same = torch.allclose(packed(probe).float(), first(probe).float(), rtol=1e-2, atol=1e-2)
     except RuntimeError as exc:  # a torch built without the op for this CPU or dtype
@@ -107,14 +123,19 @@ def pack_linears(model, use_kernel: bool = True) -> int:
         log.warning("the %s linear disagrees with F.linear here: left as loaded", packed.backend)
         return 0
     for parent, name, child in targets:
-        setattr(parent, name, PackedLinear(child, use_kernel))
+        setattr(parent, name, PackedLinear(child, use_kernel, use_codes))
     return len(targets)
 
 
 def packed_backend(model) -> str:
     """What computes the model's packed layers: "kernel", "onednn", or both ("kernel+onednn":
-    kernel.c takes only the fp32 weights whose inputs are a multiple of 8)."""
-    found = {m.backend for m in model.modules() if isinstance(m, PackedLinear)}
+    kernel.c takes only the fp32 weights whose inputs are a multiple of 8); with the formats
+    kernel.c reads where any are codes ("kernel (q4+q8)": SmolLM2's)."""
+    packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    found = {m.backend for m in packed}
+    held = {kernel.FORMATS[m.format] for m in packed if m.format is not None}
+    if held - {"fp32"}:
+        found = {f"kernel ({'+'.join(sorted(held))})" if b == "kernel" else b for b in found}
     return "+".join(sorted(found, reverse=True)) or "plain"
 
 

@@ -23,7 +23,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from compat import transformers_cb
 from model.engines import kernel
-from model.engines.packing import PackedLinear
+from model.engines.packing import PROMPT_ROWS, PackedLinear
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,9 @@ class FusedForward:
         self.hidden = layer.hidden_size
         self.inter = mlp.intermediate_size
         proj = _projections(layer)
+        # bf16 copies for prompts on AMX (model/engines/packing.py): transformers' layer over
+        # them computes a prompt's rows, layer.c every decode step
+        self.prompts = any(m.prompt_weight is not None for m in proj.values())
         norm1 = layer.input_layernorm.weight.detach()  # a tensor of its own on the same memory
         norm2 = layer.post_attention_layernorm.weight.detach()
         packed = {name: m.packed for name, m in proj.items()}
@@ -142,6 +145,7 @@ class FusedForward:
             or x.dtype != torch.float32
             or torch.is_grad_enabled()
             or kwargs.get("past_key_values") is not None  # the old name: not ours to map
+            or (self.prompts and rows >= PROMPT_ROWS)
         ):
             return self._plain(
                 x, attention_mask, position_ids, cache, use_cache, position_embeddings, kwargs

@@ -25,6 +25,7 @@ DTYPES = ("auto", "float32", "bfloat16")  # the DTYPE setting's choices
 # /proc/cpuinfo flags of CPUs that compute bf16 natively: AMX tiles (Sapphire Rapids on) or
 # AVX512-BF16 (Cooper Lake, Zen 4). Without them torch emulates bf16 matmuls through fp32.
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+AMX_FLAG = "amx_bf16"  # where oneDNN computes a prompt's bf16 rows ~5x faster than fp32
 
 
 def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
@@ -46,7 +47,8 @@ def cpu_has_bf16(flags: frozenset[str] | None = None) -> bool:
 
 def choose_placement(device: str | None = None, dtype: str = "auto") -> Placement:
     """CUDA: bf16 where supported else fp16, sharded only across several GPUs. CPU: bf16 where
-    the CPU has AMX or AVX512-BF16, else fp32. `dtype` other than auto (DTYPE) is taken as is."""
+    the CPU has AMX or AVX512-BF16, else fp32 (load() keeps fp32 over a checkpoint's codes
+    there). `dtype` other than auto (DTYPE) is taken as is."""
     import torch
 
     if device in (None, "auto"):
@@ -72,7 +74,11 @@ def load(
 ):
     """Return (model, tokenizer, ModelInfo). A local folder never touches the network.
 
-    `dtype` (DTYPE) is the weights' and so the KV cache's: the paged cache takes the model's."""
+    `dtype` (DTYPE) is the weights' and so the KV cache's: the paged cache takes the model's.
+    DTYPE=auto on a CPU with bf16 loads fp32 first: where its weights are a checkpoint's codes
+    (SmolLM2's; model/engines/codes.py), it stays fp32, since kernel.c then computes the exact
+    fp32 outputs over a fifth of the bytes, ~1.9x bf16's one stream (bench/RESULTS.md, part 8),
+    with prompts on bf16 copies where the CPU has AMX; any other model becomes bf16."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -83,12 +89,14 @@ def load(
     source = str(Path(model_id).expanduser()) if local else model_id
     common = {"local_files_only": local, "token": None if local else hf_token}
     placement = choose_placement(device, dtype)
-    log.info("loading %s on %s (%s)", source, placement.device, placement.dtype)
+    codes_first = dtype == "auto" and placement.device == "cpu" and placement.dtype == "bfloat16"
+    load_as = "float32" if codes_first else placement.dtype
+    log.info("loading %s on %s (%s)", source, placement.device, load_as)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **common)
         model = AutoModelForCausalLM.from_pretrained(
             source,
-            dtype=getattr(torch, placement.dtype),
+            dtype=getattr(torch, load_as),
             device_map=placement.device_map,
             **common,
         )
@@ -103,11 +111,17 @@ def load(
     if placement.device_map is None:
         model.to(placement.device)
     model.eval()
+    prompts = False  # bf16 copies for prompts (model/engines/packing.py)
+    if codes_first and holds_codes(model):
+        placement = Placement("cpu", "float32", None)
+        prompts = AMX_FLAG in cpu_flags()
+    elif codes_first:
+        model.to(torch.bfloat16)
     linear = layers = ""
     if placement.device == "cpu":
         # Packed for kernel.c or oneDNN where it can (model/engines/packing.py), else the layout
         # plain BLAS handles best; either way the plain checkpoint copies go.
-        if pack_linears(model):
+        if pack_linears(model, prompts=prompts):
             linear = packed_backend(model)
         else:
             column_major_linears(model)
@@ -151,6 +165,16 @@ def load(
         logprobs=True,
     )
     return model, tokenizer, info
+
+
+def holds_codes(model) -> bool:
+    """Whether the model's first Linear weight is a checkpoint's codes kernel.c reads."""
+    import torch
+
+    from model.engines import codes
+
+    first = next((m for m in model.modules() if isinstance(m, torch.nn.Linear)), None)
+    return first is not None and codes.find(first.weight) is not None
 
 
 def column_major_linears(model) -> None:

@@ -14,6 +14,11 @@ weight is shared (a tied output layer reads the input embedding, which a lookup 
 form): that one is kept and packed too. Where the fp32 weights are exactly a checkpoint's 4-bit
 or 8-bit codes (SmolLM2's; model/engines/codes.py), kernel.c reads those: the same results,
 and SmolLM2's packed weights take 96 MB instead of 653.
+
+Prompts on AMX (`prompts=True`, where loading.py's DTYPE=auto picks it): a layer on kernel.c
+also holds a bf16 copy for oneDNN, which computes more than PROMPT_ROWS rows on the CPU's AMX
+tiles (a prompt, a fill's scoring): ~5x kernel.c's fp32 there (bench/RESULTS.md, part 8),
+while decode steps stay on kernel.c's exact fp32. SmolLM2: 270 MB more.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ log = logging.getLogger(__name__)
 # dtypes oneDNN's CPU inner product takes; bf16 only where the CPU computes it natively
 # (model/engines/loading.py picks bf16 only there unless DTYPE forces it).
 PACKED_DTYPES = (torch.float32, torch.bfloat16)
+# Rows from which a layer with a bf16 copy computes on it: above a decode step of 32 streams
+# (model/engines/fused.py's MAX_ROWS), so that every decode step stays on kernel.c.
+PROMPT_ROWS = 33
 
 
 class PackedLinear(torch.nn.Module):
@@ -36,7 +44,13 @@ class PackedLinear(torch.nn.Module):
     the additions): kernel.c's layout when `use_kernel` and it runs here (the checkpoint's codes
     where they are exact and `use_codes`), else oneDNN's."""
 
-    def __init__(self, linear: torch.nn.Linear, use_kernel: bool = True, use_codes: bool = True):
+    def __init__(
+        self,
+        linear: torch.nn.Linear,
+        use_kernel: bool = True,
+        use_codes: bool = True,
+        prompts: bool = False,
+    ):
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
@@ -56,6 +70,10 @@ class PackedLinear(torch.nn.Module):
             )
         else:
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+        # the bf16 copy oneDNN computes prompts with (see above); None without one
+        self.prompt_weight = None
+        if prompts and self._kernel is not None:
+            self.prompt_weight = torch.ops.mkldnn._reorder_linear_weight(weight.bfloat16(), None)
         self.bias = linear.bias  # a Parameter or None, used as is
 
     @property
@@ -73,13 +91,19 @@ class PackedLinear(torch.nn.Module):
         return None if self._kernel is None else self._kernel.weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.prompt_weight is not None and x.numel() >= PROMPT_ROWS * self.in_features:
+            y = torch.ops.mkldnn._linear_pointwise(
+                x.bfloat16(), self.prompt_weight, None, "none", [], ""
+            ).float()
+            return y if self.bias is None else y + self.bias
         if self._kernel is not None:
             return self._kernel(x)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     @property
     def packed_bytes(self) -> int:
-        return self.packed.numel() * self.packed.element_size()
+        held = [self.packed] + ([self.prompt_weight] if self.prompt_weight is not None else [])
+        return sum(t.numel() * t.element_size() for t in held)
 
     def extra_repr(self) -> str:
         held = f" {kernel.FORMATS[self.format]}" if self._kernel is not None else ""
@@ -95,10 +119,13 @@ def can_pack(model) -> bool:
     )
 
 
-def pack_linears(model, use_kernel: bool = True, use_codes: bool = True) -> int:
+def pack_linears(
+    model, use_kernel: bool = True, use_codes: bool = True, prompts: bool = False
+) -> int:
     """Replace every `nn.Linear` of `model` by a PackedLinear; returns how many were packed.
     `use_kernel=False` keeps oneDNN everywhere (bench/cpu_decode.py compares the two);
-    `use_codes=False` keeps fp32 weights where codes would do (bench/cpu_decode.py again).
+    `use_codes=False` keeps fp32 weights where codes would do (bench/cpu_decode.py again);
+    `prompts`: bf16 copies for prompts, on AMX (above).
 
     Checked on the first layer: if the packed layer fails or disagrees with `F.linear`, nothing
     is replaced and the model runs as loaded."""
@@ -112,10 +139,14 @@ def pack_linears(model, use_kernel: bool = True, use_codes: bool = True) -> int:
         return 0
     first = targets[0][2]
     try:
-        probe = torch.randn(3, first.in_features, dtype=first.weight.dtype)
-        packed = PackedLinear(first, use_kernel, use_codes)
-        with torch.inference_mode():
-            same = torch.allclose(packed(probe).float(), first(probe).float(), rtol=1e-2, atol=1e-2)
+        packed = PackedLinear(first, use_kernel, use_codes, prompts)
+        same = True
+        # a decode step's rows, and a prompt's (bf16 where there is a copy: ~3 digits)
+        for rows, tol in ((3, 1e-2), (PROMPT_ROWS, 1e-2 if packed.prompt_weight is None else 5e-2)):
+            probe = torch.randn(rows, first.in_features, dtype=first.weight.dtype)
+            with torch.inference_mode():
+                got, want = packed(probe).float(), first(probe).float()
+            same = same and torch.allclose(got, want, rtol=tol, atol=tol * want.abs().max())
     except RuntimeError as exc:  # a torch built without the op for this CPU or dtype
         log.warning("cannot pack this model's linear layers (%s): left as loaded", exc)
         return 0
@@ -123,7 +154,7 @@ def pack_linears(model, use_kernel: bool = True, use_codes: bool = True) -> int:
         log.warning("the %s linear disagrees with F.linear here: left as loaded", packed.backend)
         return 0
     for parent, name, child in targets:
-        setattr(parent, name, PackedLinear(child, use_kernel, use_codes))
+        setattr(parent, name, PackedLinear(child, use_kernel, use_codes, prompts))
     return len(targets)
 
 
@@ -136,7 +167,9 @@ def packed_backend(model) -> str:
     held = {kernel.FORMATS[m.format] for m in packed if m.format is not None}
     if held - {"fp32"}:
         found = {f"kernel ({'+'.join(sorted(held))})" if b == "kernel" else b for b in found}
-    return "+".join(sorted(found, reverse=True)) or "plain"
+    name = "+".join(sorted(found, reverse=True)) or "plain"
+    prompts = any(m.prompt_weight is not None for m in packed)
+    return f"{name}; prompts: onednn bf16" if prompts else name
 
 
 def weight_bytes(model) -> int:

@@ -54,6 +54,46 @@ def test_auto_dtype_on_cpu_follows_the_cpus_bf16_support(monkeypatch, flags, exp
     assert loading.choose_placement("cpu") == loading.Placement("cpu", expected, None)
 
 
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_keeps_fp32_over_a_checkpoints_codes_and_bf16_for_other_models(
+    tmp_path, monkeypatch, amx
+):
+    """On a CPU with bf16, DTYPE=auto loads a model whose weights are a checkpoint's codes
+    (SmolLM2's case, here a small Llama rounded to Q4_1/Q8_0) in fp32, with kernel.c reading the
+    codes, and bf16 copies for prompts where the CPU has AMX; a model trained in fp32
+    (tiny-starcoder) becomes bf16, as before."""
+    import shutil
+
+    import torch
+
+    from model.engines import kernel
+    from tests.unit.test_codes import as_q4, as_q8
+    from tests.unit.test_fused import small_llama
+
+    if kernel.library() is None:  # built before the flags below are faked
+        pytest.skip("kernel.c does not run here (needs x86-64 AVX2 + FMA + F16C and a compiler)")
+    flags = {"avx2", "fma", "f16c", "avx512f", "avx512_bf16"} | ({"amx_bf16"} if amx else set())
+    monkeypatch.setattr(loading, "cpu_flags", lambda: frozenset(flags))
+    model = small_llama()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.copy_(as_q8(p) if "embed" in name else as_q4(p))
+    folder = tmp_path / "codes"
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TINY_STARCODER_DIR / name, folder / name)
+    loaded, _, info = loading.load(str(folder), device="cpu")
+    assert info.dtype == "float32" and info.layers == "layer.c"
+    prompts = "; prompts: onednn bf16" if amx else ""
+    assert info.linear == "kernel (q4+q8)" + prompts
+    with torch.inference_mode():  # the fp32 model's logits, for a decode step's rows
+        ids = torch.randint(0, 96, (1, 8))
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=1e-4, rtol=0)
+    _, _, tiny = loading.load(str(TINY_STARCODER_DIR), device="cpu")
+    assert tiny.dtype == "bfloat16"
+
+
 def test_an_explicit_dtype_is_taken_as_is(monkeypatch):
     import torch
 
@@ -131,7 +171,8 @@ def test_cpu_layout_keeps_the_models_outputs(layout, monkeypatch):
     if not packed:
         monkeypatch.setattr(packing, "can_pack", lambda model: False)
     folder = str(TINY_STARCODER_DIR)
-    model, tokenizer, _ = loading.load(folder, device="cpu")
+    # fp32, as the plain model below (DTYPE=auto is bf16 on a CPU with AMX or AVX512-BF16)
+    model, tokenizer, _ = loading.load(folder, device="cpu", dtype="float32")
     plain = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     if packed:  # the layout did change: no plain Linear is left

@@ -1,0 +1,63 @@
+"""Prompts on bf16 copies (model/engines/packing.py, `prompts=True`, which DTYPE=auto picks on
+AMX CPUs over a checkpoint's codes): more than PROMPT_ROWS rows run on oneDNN's bf16 copy,
+every decode step stays on kernel.c's exact fp32, and a model's greedy text is unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.engines import fused, kernel
+from model.engines.packing import PROMPT_ROWS, PackedLinear, pack_linears, packed_backend
+from tests.unit.test_codes import as_q4, as_q8, linear_of
+from tests.unit.test_fused import counting, small_llama
+
+needs_kernel = pytest.mark.skipif(
+    kernel.library() is None, reason="kernel.c needs x86-64 with AVX2, FMA, F16C and a C compiler"
+)
+
+
+@needs_kernel
+def test_a_prompts_rows_use_the_bf16_copy_and_a_decode_steps_the_exact_kernel():
+    gen = torch.Generator().manual_seed(1)
+    layer = linear_of(as_q4(torch.randn(192, 576, generator=gen) * 0.05), bias=True)
+    both, exact = PackedLinear(layer, prompts=True), PackedLinear(layer)
+    assert both.prompt_weight is not None and exact.prompt_weight is None
+    assert both.packed_bytes == exact.packed_bytes + 192 * 576 * 2  # the bf16 copy
+    with torch.inference_mode():
+        for rows in (1, 8, 32, PROMPT_ROWS - 1):  # up to 32 decode streams: kernel.c, exact
+            x = torch.randn(rows, 576, generator=gen)
+            assert torch.equal(both(x), exact(x)), rows
+        for rows in (PROMPT_ROWS, 170):  # a prompt: bf16, about as exact as bf16 is
+            x = torch.randn(rows, 576, generator=gen)
+            got, want = both(x), layer(x)
+            assert not torch.equal(got, exact(x))
+            torch.testing.assert_close(got, want, atol=0.02 * want.abs().max(), rtol=0.02)
+
+
+@needs_kernel
+def test_layer_c_computes_decode_steps_and_transformers_the_prompt_on_the_copies():
+    """A 40-token prompt goes through transformers' layers over the bf16 copies (no layer.c
+    call for it); each decode step after it through layer.c; the greedy text is the exact
+    model's."""
+    models = []
+    for prompts in (True, False):
+        model = small_llama()
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.dim() == 2:
+                    p.copy_(as_q8(p) if "embed" in name else as_q4(p))
+        pack_linears(model, prompts=prompts)
+        fused.fuse_layers(model)
+        models.append(model)
+    both, exact = models
+    assert packed_backend(both) == "kernel (q4+q8); prompts: onednn bf16"
+    ids = torch.randint(0, 96, (1, 40), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        calls = counting(both)
+        both(ids)
+        assert sum(calls.count.values()) == 0  # the prompt: transformers' layers only
+        steps = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)
+        out = both.generate(ids, **steps)
+        assert calls.count["layer_dense"] == 2 * 9  # 2 layers x the 9 steps after the prompt
+        assert torch.equal(out, exact.generate(ids, **steps))

@@ -67,18 +67,13 @@ def test_auto_keeps_fp32_over_a_checkpoints_codes_and_bf16_for_other_models(
     import torch
 
     from model.engines import kernel
-    from tests.unit.test_codes import as_q4, as_q8
-    from tests.unit.test_fused import small_llama
+    from tests.unit.test_codes import codes_llama
 
     if kernel.library() is None:  # built before the flags below are faked
         pytest.skip("kernel.c does not run here (needs x86-64 AVX2 + FMA + F16C and a compiler)")
     flags = {"avx2", "fma", "f16c", "avx512f", "avx512_bf16"} | ({"amx_bf16"} if amx else set())
     monkeypatch.setattr(loading, "cpu_flags", lambda: frozenset(flags))
-    model = small_llama()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                p.copy_(as_q8(p) if "embed" in name else as_q4(p))
+    model = codes_llama()
     folder = tmp_path / "codes"
     model.save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json"):

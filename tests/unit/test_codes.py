@@ -35,6 +35,17 @@ def as_q8(w: torch.Tensor) -> torch.Tensor:
     return (d * q).reshape(w.shape)
 
 
+def codes_llama():
+    """SmolLM2's case in miniature: a small Llama whose projections are Q4_1 codes and whose
+    tied embedding is Q8_0, as fp32 (unpacked)."""
+    model = small_llama()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.copy_(as_q8(p) if "embed" in name else as_q4(p))
+    return model
+
+
 def linear_of(weight: torch.Tensor, bias: bool) -> torch.nn.Linear:
     layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias)
     with torch.no_grad():
@@ -105,11 +116,7 @@ def test_a_model_of_codes_runs_layer_c_with_the_same_logits_and_tokens():
     the model says what its kernel reads."""
     models = []
     for use_codes in (True, False):
-        model = small_llama()
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if p.dim() == 2:
-                    p.copy_(as_q8(p) if "embed" in name else as_q4(p))
+        model = codes_llama()
         pack_linears(model, use_codes=use_codes)
         assert fused.fuse_layers(model) == 2
         models.append(model)

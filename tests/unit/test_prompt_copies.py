@@ -9,8 +9,8 @@ import torch
 
 from model.engines import fused, kernel
 from model.engines.packing import PROMPT_ROWS, PackedLinear, pack_linears, packed_backend
-from tests.unit.test_codes import as_q4, as_q8, linear_of
-from tests.unit.test_fused import counting, small_llama
+from tests.unit.test_codes import as_q4, codes_llama, linear_of
+from tests.unit.test_fused import counting
 
 needs_kernel = pytest.mark.skipif(
     kernel.library() is None, reason="kernel.c needs x86-64 with AVX2, FMA, F16C and a C compiler"
@@ -42,11 +42,7 @@ def test_layer_c_computes_decode_steps_and_transformers_the_prompt_on_the_copies
     model's."""
     models = []
     for prompts in (True, False):
-        model = small_llama()
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if p.dim() == 2:
-                    p.copy_(as_q8(p) if "embed" in name else as_q4(p))
+        model = codes_llama()
         pack_linears(model, prompts=prompts)
         fused.fuse_layers(model)
         models.append(model)

@@ -24,9 +24,9 @@ from model.engines.kv_budget import (
     kv_bytes_per_token,
     plan_kv_cache,
 )
-from model.engines.loading import choose_placement
 from model.engines.worker import WorkerConfig, WorkerEngine
 from model.errors import PlaygroundError
+from tests.dtypes import TINY_AUTO_BYTES
 
 GIB = 2**30
 # SmolLM2-135M: 30 layers, 3 KV heads of 64, 8192 context, fp32 on CPU.
@@ -52,10 +52,8 @@ STARCODER = GPTBigCodeConfig(
     bos_token_id=0,
     eos_token_id=0,
 )
-# What DTYPE=auto gives tiny-starcoder here: fp32, or bf16 on a CPU with AMX or AVX512-BF16
-TINY_DTYPE_BYTES = 2 if choose_placement("cpu").dtype == "bfloat16" else 4
 # tiny-starcoder: 4 layers, 1 KV head of 48, keys and values
-TINY_BYTES_PER_TOKEN = 4 * 1 * 48 * 2 * TINY_DTYPE_BYTES
+TINY_BYTES_PER_TOKEN = 4 * 1 * 48 * 2 * TINY_AUTO_BYTES
 # Five 32-token blocks: one spare per request leaves 128 tokens for prompt + max_new_tokens.
 TINY_BUDGET_MB = 5 * 32 * TINY_BYTES_PER_TOKEN / MIB
 GREEDY = GenerationParams(max_new_tokens=24, temperature=0, repetition_penalty=1.2)
@@ -233,7 +231,7 @@ def test_tiny_starcoder_worker_memory(model_dir):
             rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
         assert rss < 600 * MIB, f"worker RSS {rss / MIB:.0f} MiB"
         assert eng.info.kv_cache_bytes < 16 * MIB  # 8 full 512-token contexts: 6.7 MB
-        # 3.2M parameters of TINY_DTYPE_BYTES
-        assert 2.5 * MIB * TINY_DTYPE_BYTES < eng.info.weight_bytes < 5 * MIB * TINY_DTYPE_BYTES
+        # 3.2M parameters of TINY_AUTO_BYTES
+        assert 2.5 * MIB * TINY_AUTO_BYTES < eng.info.weight_bytes < 5 * MIB * TINY_AUTO_BYTES
     finally:
         eng.close()

@@ -27,7 +27,8 @@ def test_scoring_holds_the_model_per_chunk_and_gives_the_same_numbers(engine):
     drift = max(
         abs((a.logprob or 0) - (b.logprob or 0)) for a, b in zip(chunked, whole, strict=True)
     )
-    assert drift < 1e-3
+    # the same sums, grouped otherwise: fp32's rounding, or bf16's (DTYPE=auto on an AMX CPU)
+    assert drift < (1e-3 if engine.info.dtype == "float32" else 5e-2)
 
 
 def test_a_cancelled_scoring_stops_between_chunks(engine):

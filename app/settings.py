@@ -91,7 +91,9 @@ OPTIONS: tuple[Option, ...] = (
         "DTYPE",
         "auto",
         "Weights' and KV cache's type: auto, float32 or bfloat16. auto: bfloat16 on CUDA (float16 "
-        "where unsupported) and on CPUs with AMX or AVX512-BF16, else float32.",
+        "where unsupported) and on CPUs with AMX or AVX512-BF16, else float32; on any CPU, "
+        "float32 for a model whose weights are a checkpoint's 4/8-bit codes (SmolLM2), which "
+        "the CPU kernel reads exactly, with prompts on bf16 copies where the CPU has AMX.",
     ),
     Option(
         "max_queue",

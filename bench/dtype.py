@@ -1,14 +1,16 @@
-"""bf16 against fp32 on this CPU, side by side in one run (not a test):
+"""DTYPE's choices on this CPU, side by side in one run (not a test): float32, bfloat16 and, where
+it loads something else, auto (on a bf16 CPU over a checkpoint's codes: fp32 decoding on them,
+prompts on bf16 copies where the CPU has AMX; model/engines/loading.py).
 
-1. decode speed of bare `model.generate` (greedy, fixed length) in each dtype, per torch thread
-   count, in interleaved rounds (medians), and the ratio bf16 / fp32;
-2. greedy outputs of the page's completion examples in both dtypes, with the first differing
-   token when they differ (what `DTYPE=auto` would change for a user).
-
-    python bench/dtype.py [--model DIR] [--rounds 5] [--new-tokens 64] [--threads 1,2]
+1. decode speed of bare `model.generate` (greedy, fixed length) and the time of a 256-token
+   prompt in each, per torch thread count, in interleaved rounds (medians), against float32's;
+2. greedy outputs of the page's completion examples in each, against float32's, with the first
+   differing token when they differ (what the choice changes for a user).
 
 Whether the CPU computes bf16 natively (AMX, AVX512-BF16) is printed: without it torch converts
 bf16 matmuls through fp32, and `DTYPE=auto` keeps fp32.
+
+    python bench/dtype.py [--model DIR] [--rounds 5] [--new-tokens 64] [--threads 1,2]
 """
 
 from __future__ import annotations
@@ -56,6 +58,16 @@ def timed_generate(model, ids, new_tokens: int) -> float:
         return (time.perf_counter() - t0) / new_tokens
 
 
+def timed_prompt(model, ids) -> float:
+    """Seconds for one forward pass over a prompt (what a request's first token waits for)."""
+    import torch
+
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        model(ids)
+        return time.perf_counter() - t0
+
+
 def greedy_text(model, tokenizer, prompt: str, new_tokens: int) -> list[int]:
     import torch
 
@@ -83,10 +95,16 @@ def main(argv=None) -> int:
         f"{torch.backends.cpu.get_cpu_capability()}); DTYPE=auto picks "
         f"{loading.choose_placement('cpu').dtype}"
     )
-    models = {}
-    for dtype in ("float32", "bfloat16"):
-        models[dtype], tokenizer, _ = loading.load(args.model, device="cpu", dtype=dtype)
+    models, linear = {}, {}
+    for dtype in ("float32", "auto", "bfloat16"):
+        model, tokenizer, info = loading.load(args.model, device="cpu", dtype=dtype)
+        found = (info.dtype, info.linear, info.layers)
+        if found in linear.values():  # auto loaded what float32 or bfloat16 loads: no own arm
+            continue
+        models[dtype], linear[dtype] = model, found
+        print(f"  {dtype}: {info.dtype}, linear {info.linear}, layers {info.layers}")
     ids = tokenizer(PROMPTS[0], return_tensors="pt")["input_ids"]
+    prompt = tokenizer("import os\n" * 200, return_tensors="pt")["input_ids"][:, :256]
     threads = [int(t) for t in args.threads.split(",")]
     per_token: dict[tuple[str, int], list[float]] = {}
     for model in models.values():  # warm-up, not counted
@@ -97,28 +115,40 @@ def main(argv=None) -> int:
             for dtype, model in models.items():
                 s = in_thread(timed_generate, model, ids, args.new_tokens)
                 per_token.setdefault((dtype, n), []).append(s)
-    print(f"\nbare generate, greedy, {args.new_tokens} tokens, median of {args.rounds} rounds")
-    print(f"{'threads':>7} {'fp32 tok/s':>10} {'bf16 tok/s':>10} {'bf16/fp32':>9}")
+                s = in_thread(timed_prompt, model, prompt)
+                per_token.setdefault((dtype, n, "prompt"), []).append(s)
+    print(
+        f"\nbare generate, greedy, {args.new_tokens} tokens, and a {prompt.shape[1]}-token "
+        f"prompt; medians of {args.rounds} rounds"
+    )
+    print(f"{'threads':>7} {'DTYPE':>9} {'tok/s':>7} {'x fp32':>7} {'prompt ms':>9} {'x fp32':>7}")
     for n in threads:
-        fp32 = 1 / statistics.median(per_token[("float32", n)])
-        bf16 = 1 / statistics.median(per_token[("bfloat16", n)])
-        print(f"{n:>7} {fp32:>10.1f} {bf16:>10.1f} {bf16 / fp32:>8.2f}x")
-    torch.set_num_threads(max(threads))
-    print("\ngreedy outputs of the page's completion examples, bf16 against fp32")
-    for prompt in PROMPTS:
-        a = in_thread(greedy_text, models["float32"], tokenizer, prompt, args.new_tokens)
-        b = in_thread(greedy_text, models["bfloat16"], tokenizer, prompt, args.new_tokens)
-        first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
-        head = prompt.splitlines()[0][:40]
-        if first is None and len(a) == len(b):
-            print(f"  same ({len(a)} tokens): {head!r}")
-        else:
-            at = first if first is not None else min(len(a), len(b))
+        base = statistics.median(per_token[("float32", n)])
+        base_prompt = statistics.median(per_token[("float32", n, "prompt")])
+        for dtype in models:
+            step = statistics.median(per_token[(dtype, n)])
+            took = statistics.median(per_token[(dtype, n, "prompt")])
             print(
-                f"  differ from token {at} of {len(a)}: {head!r}\n"
-                f"    fp32: {tokenizer.decode(a[at : at + 12])!r}\n"
-                f"    bf16: {tokenizer.decode(b[at : at + 12])!r}"
+                f"{n:>7} {dtype:>9} {1 / step:>7.1f} {base / step:>6.2f}x {took * 1e3:>9.0f} "
+                f"{base_prompt / took:>6.2f}x"
             )
+    torch.set_num_threads(max(threads))
+    for other in [d for d in models if d != "float32"]:
+        print(f"\ngreedy outputs of the page's completion examples, {other} against float32")
+        for text in PROMPTS:
+            a = in_thread(greedy_text, models["float32"], tokenizer, text, args.new_tokens)
+            b = in_thread(greedy_text, models[other], tokenizer, text, args.new_tokens)
+            first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+            head = text.splitlines()[0][:40]
+            if first is None and len(a) == len(b):
+                print(f"  same ({len(a)} tokens): {head!r}")
+            else:
+                at = first if first is not None else min(len(a), len(b))
+                print(
+                    f"  differ from token {at} of {len(a)}: {head!r}\n"
+                    f"    float32: {tokenizer.decode(a[at : at + 12])!r}\n"
+                    f"    {other}: {tokenizer.decode(b[at : at + 12])!r}"
+                )
     return 0
 
 

@@ -285,8 +285,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems = read_problems(args.limit)
     model, tokenizer = load_model(args.model, args.data_dir, args.device, args.dtype)
     name = args.model if not Path(args.model).is_dir() else Path(args.model).resolve().name
-    if args.dtype == "bfloat16":  # its own row beside fp32's, which "auto" gives on most CPUs
+    from model.engines.packing import packed_backend
+
+    # its own row beside fp32's, which "auto" gives on most CPUs; on AMX, auto computes SmolLM2's
+    # prompts on bf16 copies (model/engines/packing.py): its own row too
+    if args.dtype == "bfloat16":
         name += " (bfloat16)"
+    elif "prompts" in packed_backend(model):
+        name += " (float32, bf16 prompts)"
     variant = variant_name(args.heal, args.strip_prompt)
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{name}-{variant}-n{len(problems)}").strip("-")
     out = (

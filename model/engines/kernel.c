@@ -1,5 +1,6 @@
 /* The CPU linear layer: y = x W^T + b in fp32 with AVX2 + FMA, on torch's own OpenMP team
- * (libgomp is loaded once, by torch; this library links the same soname).
+ * (libgomp is loaded once, by torch; this library links the same soname). On a CPU with
+ * AVX-512F, linear() hands codes (and fp32 steps of a few rows) to kernel512.c's tiles.
  *
  * Why: a decode step multiplies 1-8 rows by every weight, so it is bound by reading the
  * weights. At one row oneDNN's inner product read them at 12-22 GB/s here, this at 20-28 of the
@@ -35,29 +36,11 @@
 
 #include "kernel.h"
 
-#define L2_BYTES (96 * 1024) /* what one chunk of weights, and one of x, may take */
-
 #define FMA4(acc, xv)                                        \
     acc##0 = _mm256_fmadd_ps(w0, xv, acc##0);                \
     acc##1 = _mm256_fmadd_ps(w1, xv, acc##1);                \
     acc##2 = _mm256_fmadd_ps(w2, xv, acc##2);                \
     acc##3 = _mm256_fmadd_ps(w3, xv, acc##3)
-
-/* A tile's sums into y, plus the bias: y[r][o0 + k] = t[r * rs + k * ks] + bias[o0 + k] for
- * `rows` rows and n outputs (the row tiles keep a row's outputs together, the panels an
- * output's rows). */
-static inline void put(const float* t, int64_t rs, int64_t ks, int rows, int64_t n, float* y,
-                       int64_t O, int64_t o0, const float* bias) {
-    for (int r = 0; r < rows; r++)
-        for (int64_t k = 0; k < n; k++)
-            y[r * O + o0 + k] = t[r * rs + k * ks] + (bias ? bias[o0 + k] : 0.f);
-}
-
-/* A packed weight's block `blk` (4 output rows of I inputs). */
-static inline const void* block_at(const weights_t* W, int64_t blk, int64_t I) {
-    if (W->format == W_F32) return (const float*)W->data + blk * 4 * I;
-    return (const uint8_t*)W->data + blk * (I / 32) * group_bytes(W->format);
-}
 
 static inline __m256 half_at(const uint8_t* at) {
     uint16_t h;
@@ -92,6 +75,8 @@ static inline __attribute__((always_inline)) void unpack(
     const int fmt, const uint8_t* p, int64_t blocks, int64_t I, float* dst) {
     int64_t GB = group_bytes(fmt);
     for (int64_t b = 0; b < blocks * (I / 32); b++, p += GB) {
+        _mm_prefetch((const char*)p + PREFETCH, _MM_HINT_T0);
+        _mm_prefetch((const char*)p + PREFETCH + 64, _MM_HINT_T0);
         __m256 d[4], m[4];
         scales(fmt, p, d, m);
         for (int s = 0; s < 4; s++)
@@ -117,6 +102,8 @@ static inline __attribute__((always_inline)) void tile(const int fmt, const void
     if (fmt == W_F32) {
         const float* p = w;
         for (int64_t j = 0; j < I / 8; j++, p += 32) {
+            _mm_prefetch((const char*)p + PREFETCH, _MM_HINT_T0);
+            _mm_prefetch((const char*)p + PREFETCH + 64, _MM_HINT_T0);
             __m256 w0 = _mm256_loadu_ps(p), w1 = _mm256_loadu_ps(p + 8);
             __m256 w2 = _mm256_loadu_ps(p + 16), w3 = _mm256_loadu_ps(p + 24);
             STEP(j)
@@ -124,6 +111,8 @@ static inline __attribute__((always_inline)) void tile(const int fmt, const void
     } else {
         const uint8_t* p = w;
         for (int64_t g = 0; g < I / 32; g++, p += group_bytes(fmt)) {
+            _mm_prefetch((const char*)p + PREFETCH, _MM_HINT_T0);
+            _mm_prefetch((const char*)p + PREFETCH + 64, _MM_HINT_T0);
             __m256 d[4], m[4];
             scales(fmt, p, d, m);
 #pragma GCC unroll 4
@@ -324,8 +313,27 @@ static void panel_path(const float* x, const weights_t* W, const float* bias, fl
     }
 }
 
+/* Which tiles run (kernel.py's AVX2, AVX512, AVX512_ALL): AVX-512's where the CPU has it, for
+ * codes at any number of rows and fp32 up to F32_ROWS512 rows (from 8 rows AVX2's panels, which
+ * read each fp32 weight once per 8 or 24 rows with no conversion, are faster); AVX512_ALL puts
+ * fp32 there too, to compare the formats on one path. */
+#define F32_ROWS512 4
+static int64_t isa = -1;
+
+int64_t kernel_isa(int64_t want) {
+    int64_t has = __builtin_cpu_supports("avx512f") != 0;
+    if (want >= 0) isa = has ? want : 0;
+    else if (isa < 0) isa = has;
+    return isa;
+}
+
 void linear(const float* x, const weights_t* W, const float* bias, float* y,
             int64_t M, int64_t I, int64_t O) {
+    int64_t mode = isa < 0 ? kernel_isa(-1) : isa;
+    if (mode && I % 32 == 0 && (W->format != W_F32 || M <= F32_ROWS512 || mode == 2)) {
+        linear512(x, W, bias, y, M, I, O);
+        return;
+    }
     if (M >= WIDE_MIN || (M >= NARROW_MIN && M <= 8)) {
         int width = M >= WIDE_MIN ? PANEL : 8;
         int64_t pass = PASS_BYTES / (4 * I) / width * width;

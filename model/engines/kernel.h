@@ -24,9 +24,33 @@ typedef struct {
 #define Q8_GROUP 136
 static inline int64_t group_bytes(int64_t format) { return format == W_Q4 ? Q4_GROUP : Q8_GROUP; }
 
+#define L2_BYTES (96 * 1024) /* what one chunk of weights, and one of x, may take */
+#define PREFETCH 2048 /* bytes ahead of a tile's codes: a stream of small matrices, each a few
+                       * chunks a thread, is too short for the hardware to see it coming */
+
 /* y = x W^T + b for M rows of I inputs into O outputs, W packed by kernel.py (kernel.c). */
 void linear(const float* x, const weights_t* W, const float* bias, float* y,
             int64_t M, int64_t I, int64_t O);
+
+/* The same on AVX-512 row tiles, for I a multiple of 32 (kernel512.c). */
+void linear512(const float* x, const weights_t* W, const float* bias, float* y,
+               int64_t M, int64_t I, int64_t O);
+
+/* A packed weight's block `blk` (4 output rows of I inputs). */
+static inline const void* block_at(const weights_t* W, int64_t blk, int64_t I) {
+    if (W->format == W_F32) return (const float*)W->data + blk * 4 * I;
+    return (const uint8_t*)W->data + blk * (I / 32) * group_bytes(W->format);
+}
+
+/* A tile's sums into y, plus the bias: y[r][o0 + k] = t[r * rs + k * ks] + bias[o0 + k] for
+ * `rows` rows and n outputs (the row tiles keep a row's outputs together, the panels an
+ * output's rows). */
+static inline void put(const float* t, int64_t rs, int64_t ks, int rows, int64_t n, float* y,
+                       int64_t O, int64_t o0, const float* bias) {
+    for (int r = 0; r < rows; r++)
+        for (int64_t k = 0; k < n; k++)
+            y[r * O + o0 + k] = t[r * rs + k * ks] + (bias ? bias[o0 + k] : 0.f);
+}
 
 /* The sum of a register's 8 floats. */
 static inline float hsum(__m256 v) {

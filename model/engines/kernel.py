@@ -9,6 +9,9 @@ oneDNN at hundreds of rows (a prefill).
 
 Its weights are fp32, or the checkpoint's own 4-bit or 8-bit codes where model/engines/codes.py
 finds the fp32 weights to be exactly those (SmolLM2's): the same values, a fifth of the bytes.
+On a CPU with AVX-512F it computes codes (and fp32 steps of up to 4 rows) on AVX-512 tiles
+(kernel512.c), chosen at run time, so one build runs on any AVX2 CPU: over SmolLM2's codes
+1.2x AVX2's at one row and 1.4-2x at 2-32 rows (bench/RESULTS.md, part 9).
 
 Where it runs: Linux on an x86-64 CPU with AVX2, FMA and F16C, with a C compiler (`CC`, else cc or
 gcc) and torch on libgomp (its CPU wheels). Elsewhere, or if the build fails,
@@ -44,13 +47,17 @@ SOURCE = Path(__file__).with_name("kernel.c")
 # One library: the linear layer, the decoder layer built on it (model/engines/fused.py) and the
 # finding of a checkpoint's codes (model/engines/codes.py); the header they share is part of
 # what names a build.
-SOURCES = (SOURCE, SOURCE.with_name("layer.c"), SOURCE.with_name("codes.c"))
+SOURCES = tuple(SOURCE.with_name(n) for n in ("kernel.c", "kernel512.c", "layer.c", "codes.c"))
 HEADERS = (SOURCE.with_name("kernel.h"),)
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC")
 CPU_FLAGS = ("avx2", "fma", "f16c")
 BLOCK_ROWS, LANES = 4, 8  # kernel.c's layout: output rows per block, inputs per register
 F32, Q4, Q8 = 0, 1, 2  # kernel.h's formats of a packed weight: fp32, 4-bit or 8-bit codes
 FORMATS = {F32: "fp32", Q4: "q4", Q8: "q8"}
+# kernel.c's tiles (kernel_isa): AVX2 everywhere; AVX-512's (kernel512.c) for codes and small fp32
+# steps, chosen where the CPU has AVX-512F; or AVX-512's for every format and size (for tests:
+# codes and fp32 compared on one path)
+AVX2, AVX512, AVX512_ALL = 0, 1, 2
 
 
 class Weights(ctypes.Structure):
@@ -158,8 +165,23 @@ def _load(path: Path) -> ctypes.CDLL | None:
     lib.logsumexp_rows.restype = None
     lib.find_codes.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p]
     lib.find_codes.restype = ctypes.c_int64
+    lib.kernel_isa.argtypes = [ctypes.c_int64]
+    lib.kernel_isa.restype = ctypes.c_int64
     log.info("CPU linear kernel: %s", path)
     return lib
+
+
+def tiles(lib: ctypes.CDLL, mode: int | None = None) -> int:
+    """Which tiles kernel.c runs (AVX2, AVX512 or AVX512_ALL); `mode` sets them for the process
+    (an AVX-512 mode on a CPU without it gives AVX2)."""
+    return lib.kernel_isa(-1 if mode is None else mode)
+
+
+def label() -> str:
+    """How the worker names kernel.c where it reports what computes: "kernel", or "kernel
+    avx512" where its AVX-512 tiles run."""
+    lib = library()
+    return "kernel avx512" if lib is not None and tiles(lib) != AVX2 else "kernel"
 
 
 def fits(weight: torch.Tensor) -> bool:
@@ -205,6 +227,7 @@ def linear(lib: ctypes.CDLL, packed: torch.Tensor, bias, inp: int, out_features:
         fn(x.data_ptr(), at, bias_at, y.data_ptr(), x.numel() // inp, inp, out_features)
         return y
 
+    call.inp = inp
     call.holds = (packed, bias)  # the memory behind the addresses, kept alive with `call`
     call.weights = weights  # what layer.c takes for this weight (model/engines/fused.py)
     return call

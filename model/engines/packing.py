@@ -173,13 +173,15 @@ def pack_linears(
 
 def packed_backend(model) -> str:
     """What computes the model's packed layers: "kernel", "onednn", or both ("kernel+onednn":
-    kernel.c takes only the fp32 weights whose inputs are a multiple of 8); with the formats
-    kernel.c reads where any are codes ("kernel (q4+q8)": SmolLM2's)."""
+    kernel.c takes only the fp32 weights whose inputs are a multiple of 8); "kernel avx512" where
+    its AVX-512 tiles run, with the formats kernel.c reads where any are codes ("kernel (q4+q8)":
+    SmolLM2's)."""
     packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
     found = {m.backend for m in packed}
     held = {kernel.FORMATS[m.format] for m in packed if m.format is not None}
-    if held - {"fp32"}:
-        found = {f"kernel ({'+'.join(sorted(held))})" if b == "kernel" else b for b in found}
+    name = kernel.label()
+    codes = f" ({'+'.join(sorted(held))})" if held - {"fp32"} else ""
+    found = {f"{name}{codes}" if b == "kernel" else b for b in found}
     name = "+".join(sorted(found, reverse=True)) or "plain"
     prompts = any(m.prompt_weight is not None for m in packed)
     return f"{name}; prompts: onednn bf16" if prompts else name

@@ -83,7 +83,7 @@ def test_auto_keeps_fp32_over_a_checkpoints_codes_and_bf16_for_other_models(
     loaded, _, info = loading.load(str(folder), device="cpu")
     assert info.dtype == "float32" and info.layers == "layer.c"
     prompts = "; prompts: onednn bf16" if amx else ""
-    assert info.linear == "kernel (q4+q8)" + prompts
+    assert info.linear == f"{kernel.label()} (q4+q8)" + prompts
     with torch.inference_mode():  # the fp32 model's logits, for a decode step's rows
         ids = torch.randint(0, 96, (1, 8))
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=1e-4, rtol=0)

@@ -307,7 +307,7 @@ def test_metrics_and_healthz(worker):
         "threads": available_cores(),
         "threads_policy": "auto",  # re-sized to the cores other processes leave free
         # kernel.c for fp32 where it builds (x86-64 AVX2 + FMA, a C compiler), else oneDNN
-        "linear": "kernel" if fp32 and kernel.library() is not None else "onednn",
+        "linear": kernel.label() if fp32 and kernel.library() is not None else "onednn",
         "layers": "transformers",  # layer.c computes Llama layers; this is GPTBigCode
     }
     health = {"status": "ok", "models": ["tiny"], "engines": {"tiny": runs_on}}

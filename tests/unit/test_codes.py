@@ -1,7 +1,7 @@
 """A checkpoint's 4-bit and 8-bit codes (model/engines/codes.py) read by kernel.c: found only
 where they reproduce every weight to the bit, and then the same outputs, bit for bit, as the
-fp32 weights give, on every path kernel.c takes (row tiles, narrow and wide panels, several
-passes) and through layer.c's whole decoder."""
+fp32 weights give, on every path kernel.c takes (AVX2's row tiles, narrow and wide panels,
+several passes; AVX-512's row tiles) and through layer.c's whole decoder."""
 
 from __future__ import annotations
 
@@ -56,10 +56,11 @@ def linear_of(weight: torch.Tensor, bias: bool) -> torch.nn.Linear:
 @needs_kernel
 @pytest.mark.parametrize(("rounding", "fmt"), [(as_q4, kernel.Q4), (as_q8, kernel.Q8)])
 @pytest.mark.parametrize(("out", "inp"), [(7, 96), (50, 64), (192, 576), (576, 1536)])
-def test_codes_give_the_fp32_weights_outputs_bit_for_bit(rounding, fmt, out, inp):
-    """Rows 1-6 and 9-15 take the row tiles (codes turned into fp32 in registers), 7-8 the
-    narrow panel and 16 on the wide ones (a chunk of codes turned into fp32 at a time); 300 x
-    1536 inputs takes several passes; 7 and 50 outputs end in a partial block of 4."""
+def test_codes_give_the_fp32_weights_outputs_bit_for_bit(rounding, fmt, out, inp, tiles):
+    """On AVX2, rows 1-6 and 9-15 take the row tiles (codes turned into fp32 in registers), 7-8
+    the narrow panel and 16 on the wide ones (a chunk of codes turned into fp32 at a time); 300
+    x 1536 inputs takes several passes. On AVX-512 every row count takes the row tiles, 8 rows
+    at a time (4 outputs up to 4 rows, 2 from 5). 7 and 50 outputs end in a partial block."""
     gen = torch.Generator().manual_seed(out * inp)
     layer = linear_of(rounding(torch.randn(out, inp, generator=gen) * 0.05), bias=True)
     held, plain = PackedLinear(layer), PackedLinear(layer, use_codes=False)
@@ -96,7 +97,7 @@ def test_weights_that_are_not_exactly_codes_stay_fp32():
 
 
 @needs_kernel
-def test_constant_and_zero_blocks_are_codes_too():
+def test_constant_and_zero_blocks_are_codes_too(tiles):
     """A block whose 32 weights are equal (a zeroed row, a pruned block) has q 0 everywhere."""
     weight = as_q4(torch.randn(8, 64))
     weight[2] = 0.0
@@ -110,7 +111,7 @@ def test_constant_and_zero_blocks_are_codes_too():
 
 
 @needs_kernel
-def test_a_model_of_codes_runs_layer_c_with_the_same_logits_and_tokens():
+def test_a_model_of_codes_runs_layer_c_with_the_same_logits_and_tokens(tiles):
     """SmolLM2's case in miniature: Q4_1 projections and a Q8_0 tied embedding. layer.c's
     decoder over codes gives the logits and greedy tokens the fp32 weights give, exactly, and
     the model says what its kernel reads."""
@@ -121,7 +122,8 @@ def test_a_model_of_codes_runs_layer_c_with_the_same_logits_and_tokens():
         assert fused.fuse_layers(model) == 2
         models.append(model)
     held, plain = models
-    assert packed_backend(held) == "kernel (q4+q8)" and packed_backend(plain) == "kernel"
+    name = kernel.label()
+    assert packed_backend(held) == f"{name} (q4+q8)" and packed_backend(plain) == name
     ids = torch.randint(0, 96, (2, 20), generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
         assert torch.equal(held(ids).logits, plain(ids).logits)

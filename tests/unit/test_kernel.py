@@ -18,11 +18,12 @@ needs_kernel = pytest.mark.skipif(
 @pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 7, 8, 15, 16, 17, 25, 33, 41, 65, 300])
 @pytest.mark.parametrize(("out", "inp"), [(1, 8), (5, 64), (50, 64), (192, 576), (7, 1536)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_kernel_computes_what_f_linear_does(rows, out, inp, bias):
+def test_kernel_computes_what_f_linear_does(rows, out, inp, bias, tiles):
     """Every row count a step can have (decode 1-8, prefill chunks, a ragged last tile) and
-    output counts that are not a multiple of the 4-row block. From 16 rows kernel.c packs x in
-    panels of 24: 16/17 are its first, 25/33/41 end in a panel of 1/9/17 rows (each register
-    count), and 300 x 1536 inputs takes several passes."""
+    output counts that are not a multiple of the 4-row block. On AVX2, from 16 rows kernel.c
+    packs x in panels of 24: 16/17 are its first, 25/33/41 end in a panel of 1/9/17 rows (each
+    register count), and 300 x 1536 inputs takes several passes. AVX-512's tiles take inputs
+    that are a multiple of 32 (8 and 1536's 8 and 64 go to AVX2's), rows 8 at a time."""
     gen = torch.Generator().manual_seed(rows * 1000 + out)
     linear = torch.nn.Linear(inp, out, bias=bias)
     with torch.no_grad():

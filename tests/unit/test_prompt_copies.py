@@ -49,7 +49,7 @@ def test_layer_c_computes_decode_steps_and_transformers_the_prompt_on_the_copies
         fused.fuse_layers(model)
         models.append(model)
     both, exact = models
-    assert packed_backend(both) == "kernel (q4+q8); prompts: onednn bf16"
+    assert packed_backend(both) == f"{kernel.label()} (q4+q8); prompts: onednn bf16"
     ids = torch.randint(0, 96, (1, 40), generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():
         calls = counting(both)
@@ -75,4 +75,4 @@ def test_where_onednn_cannot_make_the_copies_the_layers_are_packed_without_them(
     monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", refuse)
     model = codes_llama()
     assert pack_linears(model, prompts=True) > 0
-    assert packed_backend(model) == "kernel (q4+q8)"
+    assert packed_backend(model) == f"{kernel.label()} (q4+q8)"

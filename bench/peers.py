@@ -244,6 +244,12 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=str(default_data_dir()))
     p.add_argument("--base-port", type=int, default=8101)
     p.add_argument("--start-timeout", type=float, default=900)
+    p.add_argument(
+        "--ttft-gaps",
+        default="0,1",
+        help="seconds of idle before each request of the first-token table ('' to skip it)",
+    )
+    p.add_argument("--ttft-requests", type=int, default=8, help="requests per arm and gap")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from model.registry import SMOLLM2
@@ -360,7 +366,70 @@ def run(args, model_dir: str, streams: list[int], started: list) -> int:
                 results.setdefault((s.name, k), []).append(got)
         print(f"round {r + 1}/{args.rounds} done", flush=True)
     report(args, results, health, ready, rss_idle, idle_cpu, bare)
+    gaps = [float(g) for g in args.ttft_gaps.split(",") if g]
+    if gaps:
+        first_tokens(args, gaps, ready, bare, max(bare_threads, default=1))
     return 0
+
+
+# A Python HTTP server that answers at once: what a request costs any server after idle here.
+TRIVIAL_SERVER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def first_tokens(args, gaps: list[float], ready: list, bare, threads: int) -> None:
+    """The first-token table: one request at a time (8 tokens), each after `gap` seconds of
+    idle, per arm (the others stopped), p50 / p95; beside them a trivial Python HTTP server's
+    answer after the same idle, the part of a server's first token that is the machine's."""
+    import subprocess
+
+    port = args.base_port + 50
+    trivial = subprocess.Popen([sys.executable, "-c", TRIVIAL_SERVER, str(port)])
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        servers.wait_ready(servers.Server("trivial", url, "", trivial, Path(os.devnull)), "", 30)
+        arms = {f"bare generate, {threads} thread(s)": None, **{s.name: s for s in ready}}
+        got: dict[tuple[str, float], list[float]] = {}
+        for gap in gaps:
+            for name, s in arms.items():
+                with alone(s, ready):
+                    for i in range(args.ttft_requests + 1):  # the first: a warm-up
+                        time.sleep(gap)
+                        prompt = PROMPTS[i % len(PROMPTS)]
+                        if s is None:
+                            t = bare.one(prompt, 8, threads)["ttft"][0]
+                        else:
+                            t = server_level(s.url, s.model, 1, 8, i)["ttft"][0]
+                        if i:
+                            got.setdefault((name, gap), []).append(t)
+            for _ in range(args.ttft_requests):
+                time.sleep(gap)
+                t0 = time.perf_counter()
+                with urllib.request.urlopen(url, timeout=30) as r:
+                    r.read()
+                got.setdefault(("a trivial Python HTTP server (GET)", gap), []).append(
+                    time.perf_counter() - t0
+                )
+    finally:
+        trivial.kill()
+    names = dict.fromkeys(name for name, _ in got)
+    head = " | ".join(f"after {g:g} s idle: p50 / p95 ms" for g in gaps)
+    print(f"\nFirst token, one request at a time ({args.ttft_requests} per cell)\n")
+    print(f"| arm | {head} |")
+    print("|---|" + "---:|" * len(gaps))
+    for name in names:
+        cells = " | ".join(
+            f"{pct(got[name, g], 0.5) * 1e3:.1f} / {pct(got[name, g], 0.95) * 1e3:.1f}"
+            for g in gaps
+        )
+        print(f"| {name} | {cells} |")
 
 
 def report(args, results, health, ready, rss_idle, idle_cpu, bare) -> None:

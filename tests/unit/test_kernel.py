@@ -114,3 +114,22 @@ def test_logsumexp_keeps_torchs_answer_for_rows_of_infinities_and_other_inputs()
     torch.testing.assert_close(kernel.logsumexp(strided), strided.logsumexp(-1))
     for other in (x[2:].to(torch.bfloat16), torch.randn(2, 8, requires_grad=True)):
         torch.testing.assert_close(kernel.logsumexp(other), other.logsumexp(-1))  # torch's own
+
+
+@needs_kernel
+def test_the_avx512_tiles_run_exactly_where_the_cpu_has_avx512f():
+    """The library picks its tiles at run time (one build for every x86-64 CPU with AVX2), and
+    the worker's `linear` says which: "kernel avx512" only on a CPU with AVX-512F; asking for
+    them elsewhere gives AVX2's."""
+    from model.engines.loading import cpu_flags
+
+    lib = kernel.library()
+    has = "avx512f" in cpu_flags()
+    assert kernel.tiles(lib) == (kernel.AVX512 if has else kernel.AVX2)
+    assert kernel.label() == ("kernel avx512" if has else "kernel")
+    try:
+        assert kernel.tiles(lib, kernel.AVX512_ALL) == (kernel.AVX512_ALL if has else kernel.AVX2)
+        assert kernel.tiles(lib, kernel.AVX2) == kernel.AVX2
+        assert kernel.label() == "kernel"
+    finally:
+        kernel.tiles(lib, kernel.AVX512)

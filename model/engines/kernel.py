@@ -11,7 +11,7 @@ Its weights are fp32, or the checkpoint's own 4-bit or 8-bit codes where model/e
 finds the fp32 weights to be exactly those (SmolLM2's): the same values, a fifth of the bytes.
 On a CPU with AVX-512F it computes codes (and fp32 steps of up to 4 rows) on AVX-512 tiles
 (kernel512.c), chosen at run time, so one build runs on any AVX2 CPU: over SmolLM2's codes
-1.2x AVX2's at one row and 1.4-2x at 2-32 rows (bench/RESULTS.md, part 9).
+1.1-1.2x AVX2's at one row and 1.2-2x at 2-32 rows (bench/RESULTS.md, part 9).
 
 Where it runs: Linux on an x86-64 CPU with AVX2, FMA and F16C, with a C compiler (`CC`, else cc or
 gcc) and torch on libgomp (its CPU wheels). Elsewhere, or if the build fails,

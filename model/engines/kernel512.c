@@ -6,8 +6,9 @@
  * turn a chunk into fp32 in memory first. Here a register holds 16 weights and there are 32
  * registers: a tile is a block's 4 outputs times up to 4 rows, or 2 outputs times up to 8, so
  * a decode step of 8 streams turns each code into fp32 once, in a register, and meets all 8
- * rows with it. SmolLM2's 210 projections, 2 threads: 1.5x AVX2's tiles at one row, 2.5x at 4,
- * 1.6x at 8 (bench/RESULTS.md, "Engine speed on CPU, part 9").
+ * rows with it. A whole SmolLM2 step (211 matrices of codes), 2 threads: 1.1-1.2x AVX2's tiles
+ * at one row, 2x at 4, 1.4x at 8, 1.2-1.3x at 16-32 (bench/RESULTS.md, "Engine speed on CPU,
+ * part 9"; `python bench/cpu_decode.py tiles`).
  *
  * A tile sums along the inputs in 16-wide registers, per group of 32 inputs: each output's 32
  * weights become two registers (inputs 0-15 and 16-31 of the group, in every format), each

@@ -75,8 +75,7 @@ static inline __attribute__((always_inline)) void unpack(
     const int fmt, const uint8_t* p, int64_t blocks, int64_t I, float* dst) {
     int64_t GB = group_bytes(fmt);
     for (int64_t b = 0; b < blocks * (I / 32); b++, p += GB) {
-        _mm_prefetch((const char*)p + PREFETCH, _MM_HINT_T0);
-        _mm_prefetch((const char*)p + PREFETCH + 64, _MM_HINT_T0);
+        fetch_ahead(p);
         __m256 d[4], m[4];
         scales(fmt, p, d, m);
         for (int s = 0; s < 4; s++)
@@ -102,8 +101,7 @@ static inline __attribute__((always_inline)) void tile(const int fmt, const void
     if (fmt == W_F32) {
         const float* p = w;
         for (int64_t j = 0; j < I / 8; j++, p += 32) {
-            _mm_prefetch((const char*)p + PREFETCH, _MM_HINT_T0);
-            _mm_prefetch((const char*)p + PREFETCH + 64, _MM_HINT_T0);
+            fetch_ahead(p);
             __m256 w0 = _mm256_loadu_ps(p), w1 = _mm256_loadu_ps(p + 8);
             __m256 w2 = _mm256_loadu_ps(p + 16), w3 = _mm256_loadu_ps(p + 24);
             STEP(j)
@@ -111,8 +109,7 @@ static inline __attribute__((always_inline)) void tile(const int fmt, const void
     } else {
         const uint8_t* p = w;
         for (int64_t g = 0; g < I / 32; g++, p += group_bytes(fmt)) {
-            _mm_prefetch((const char*)p + PREFETCH, _MM_HINT_T0);
-            _mm_prefetch((const char*)p + PREFETCH + 64, _MM_HINT_T0);
+            fetch_ahead(p);
             __m256 d[4], m[4];
             scales(fmt, p, d, m);
 #pragma GCC unroll 4

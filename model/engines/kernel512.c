@@ -87,10 +87,7 @@ Z512 void tile(const int fmt, const int NO, const int R, const void* w, int k0, 
     const int64_t GB = fmt == W_F32 ? 4 * 32 * sizeof(float) : group_bytes(fmt);
     const uint8_t* p = w;
     for (int64_t g = 0; g < I / 32; g++, p += GB) {
-        if (fmt != W_F32) {
-            _mm_prefetch((const char*)p + PREFETCH, _MM_HINT_T0);
-            _mm_prefetch((const char*)p + PREFETCH + 64, _MM_HINT_T0);
-        }
+        if (fmt != W_F32) fetch_ahead(p);
         __m512 lo[4], hi[4];
         float sc[8];
         scales8(fmt, p, sc);

@@ -179,9 +179,9 @@ def packed_backend(model) -> str:
     packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
     found = {m.backend for m in packed}
     held = {kernel.FORMATS[m.format] for m in packed if m.format is not None}
-    name = kernel.label()
+    ours = kernel.label()
     codes = f" ({'+'.join(sorted(held))})" if held - {"fp32"} else ""
-    found = {f"{name}{codes}" if b == "kernel" else b for b in found}
+    found = {f"{ours}{codes}" if b == "kernel" else b for b in found}
     name = "+".join(sorted(found, reverse=True)) or "plain"
     prompts = any(m.prompt_weight is not None for m in packed)
     return f"{name}; prompts: onednn bf16" if prompts else name

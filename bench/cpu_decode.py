@@ -21,7 +21,12 @@
    output layer, as model/engines/codes.py finds them) and as fp32, at 1-32 rows (a decode
    step of that many streams), in interleaved rounds.
 
-    python bench/cpu_decode.py [linear|threads|layers|tiles|both] [--rounds 4]
+5. `pages`: a SmolLM2 step's 211 kernel.c calls (the model as the worker loads it, its packed
+   weights on 2 MB pages where the system has them: model/engines/hugepages.py) against the
+   same calls over a copy of those weights on 4 KB pages, in interleaved rounds, at 1-16 rows;
+   each also "cold", right after 64 MB of other writes (as after another process ran).
+
+    python bench/cpu_decode.py [linear|threads|layers|tiles|pages|both] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -277,12 +282,77 @@ def tiles(rounds: int, rows_list=(1, 2, 4, 8, 16, 32)) -> None:
         print(f"| {rows} | {cells} | {ratio:.2f}x |", flush=True)
 
 
+def pages(rounds: int, rows_list=(1, 2, 4, 8, 16)) -> None:
+    import mmap
+
+    import torch
+
+    from model.engines import hugepages, kernel
+    from model.engines.loading import load
+    from model.engines.packing import PackedLinear
+
+    model_dir = default_data_dir() / "models" / SMOLLM2
+    model, _, info = load(str(model_dir), device="cpu", dtype="auto")
+    layers = [m for m in model.modules() if isinstance(m, PackedLinear) and m.backend == "kernel"]
+    if not layers:
+        print("pages: kernel.c does not run here")
+        return
+    # The same weights on 4 KB pages, whatever THP's mode: a mapping marked MADV_NOHUGEPAGE.
+    sizes = [-(-m.packed.nbytes // 64) * 64 for m in layers]
+    small = mmap.mmap(-1, sum(sizes), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        small.madvise(mmap.MADV_NOHUGEPAGE)
+    block, at = torch.frombuffer(small, dtype=torch.uint8), 0
+    arms = {"loaded": [], "4 KB pages": []}
+    lib = kernel.library()
+    for m, size in zip(layers, sizes, strict=True):
+        copy = block[at : at + m.packed.nbytes].view(m.packed.dtype).view(m.packed.shape)
+        copy.copy_(m.packed)
+        at += size
+        arms["loaded"].append(m._kernel)
+        arms["4 KB pages"].append(
+            kernel.linear(lib, copy, m.kernel_bias, m.in_features, m.out_features, m.format)
+        )
+    huge = hugepages.huge_bytes(layers[0].packed) >> 20
+    print(f"{len(layers)} kernel.c calls over {sum(sizes) / 2**20:.0f} MB; the loaded weights: "
+          f"{info.linear} ({huge} MB of their mapping on huge pages; THP "
+          f"{'on' if hugepages.available() else 'off'}); {torch.get_num_threads()} threads; "
+          f"ms per step, medians of {rounds} rounds")  # fmt: skip
+    print("| rows | cache | loaded ms | 4 KB pages ms | 4 KB / loaded |")
+    print("|---:|---|---:|---:|---:|")
+    other = torch.zeros(64 << 20, dtype=torch.uint8)
+    for rows in rows_list:
+        xs = [torch.randn(rows, m.in_features) for m in layers]
+        ms = {(arm, cold): [] for cold in (False, True) for arm in arms}
+        with torch.inference_mode():
+            for _ in range(rounds):  # interleaved
+                for arm, cold in ms:
+                    fns = arms[arm]
+                    for fn, x in zip(
+                        fns, xs, strict=True
+                    ):  # warm: the arm's pages in the TLB's reach
+                        fn(x)
+                    if cold:
+                        other.add_(1)
+                    t0 = time.perf_counter()
+                    for fn, x in zip(fns, xs, strict=True):
+                        fn(x)
+                    ms[arm, cold].append((time.perf_counter() - t0) * 1e3)
+        for cold in (False, True):
+            a, b = (statistics.median(ms[arm, cold]) for arm in arms)
+            print(f"| {rows} | {'cold' if cold else 'warm'} | {a:.2f} | {b:.2f} | {b / a:.2f}x |",
+                  flush=True)  # fmt: skip
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="python bench/cpu_decode.py", description=__doc__.split("\n")[0]
     )
     p.add_argument(
-        "part", nargs="?", default="both", choices=("linear", "threads", "layers", "tiles", "both")
+        "part",
+        nargs="?",
+        default="both",
+        choices=("linear", "threads", "layers", "tiles", "pages", "both"),
     )
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--threads", default="1,2", help="linear: torch thread counts")
@@ -295,6 +365,8 @@ def main(argv=None) -> int:
         layers(args.rounds)
     if args.part == "tiles":
         tiles(args.rounds)
+    if args.part == "pages":
+        pages(args.rounds)
     return 0
 
 

@@ -27,7 +27,7 @@ import logging
 
 import torch
 
-from model.engines import codes, kernel
+from model.engines import codes, hugepages, kernel
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,15 @@ class PackedLinear(torch.nn.Module):
     def kernel_weights(self):
         """The kernel.Weights layer.c reads for this layer; None off kernel.c."""
         return None if self._kernel is None else self._kernel.weights
+
+    def rehome(self, packed: torch.Tensor) -> None:
+        """kernel.c reads its weight from `packed` from now on: a copy of `self.packed` (on 2 MB
+        pages, model/engines/hugepages.py). Before layer.c takes the address (fused.py)."""
+        lib = kernel.library()
+        self.packed = packed
+        self._kernel = kernel.linear(
+            lib, packed, self.kernel_bias, self.in_features, self.out_features, self.format
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.prompt_weight is not None and x.numel() >= PROMPT_ROWS * self.in_features:
@@ -165,17 +174,31 @@ def pack_linears(
             return pack_linears(model, use_kernel, use_codes, prompts=False)
         log.warning("the %s linear disagrees with F.linear here: left as loaded", packed.backend)
         return 0
+    layers = []
     for parent, name, child in targets:  # the probed first layer is used as it is
         layer = packed if child is first else PackedLinear(child, use_kernel, use_codes, prompts)
         setattr(parent, name, layer)
+        layers.append(layer)
+    onto_huge_pages(layers)
     return len(targets)
+
+
+def onto_huge_pages(layers: list[PackedLinear]) -> None:
+    """kernel.c's weights, which every decode step streams, copied side by side onto 2 MB pages
+    where the system has them (model/engines/hugepages.py); the 4 KB-page originals go."""
+    ours = [m for m in layers if m.backend == "kernel"]
+    copies = hugepages.copy_in([m.packed for m in ours])
+    if copies is not None:  # else where they are: no huge pages here
+        for layer, copy in zip(ours, copies, strict=True):
+            layer.rehome(copy)
+        hugepages.return_freed()
 
 
 def packed_backend(model) -> str:
     """What computes the model's packed layers: "kernel", "onednn", or both ("kernel+onednn":
     kernel.c takes only the fp32 weights whose inputs are a multiple of 8); "kernel avx512" where
     its AVX-512 tiles run, with the formats kernel.c reads where any are codes ("kernel (q4+q8)":
-    SmolLM2's)."""
+    SmolLM2's), and "on 2 MB pages" where its weights are (onto_huge_pages)."""
     packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
     found = {m.backend for m in packed}
     held = {kernel.FORMATS[m.format] for m in packed if m.format is not None}
@@ -183,6 +206,9 @@ def packed_backend(model) -> str:
     codes = f" ({'+'.join(sorted(held))})" if held - {"fp32"} else ""
     found = {f"{ours}{codes}" if b == "kernel" else b for b in found}
     name = "+".join(sorted(found, reverse=True)) or "plain"
+    streamed = [m.packed for m in packed if m.backend == "kernel"]
+    if streamed and hugepages.huge_bytes(streamed[0]):
+        name += " on 2 MB pages"
     prompts = any(m.prompt_weight is not None for m in packed)
     return f"{name}; prompts: onednn bf16" if prompts else name
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from model.engine import CancelToken, Delta, Done, GenerationParams, GenerationRequest, Queued
-from model.engines import kernel
+from model.engines import hugepages, kernel
 from model.engines.loading import choose_placement
 from model.engines.threads import available_cores
 from model.engines.worker import WorkerConfig, WorkerEngine
@@ -306,8 +306,11 @@ def test_metrics_and_healthz(worker):
         "dtype": choose_placement("cpu").dtype,
         "threads": available_cores(),
         "threads_policy": "auto",  # re-sized to the cores other processes leave free
-        # kernel.c for fp32 where it builds (x86-64 AVX2 + FMA, a C compiler), else oneDNN
-        "linear": kernel.label() if fp32 and kernel.library() is not None else "onednn",
+        # kernel.c for fp32 where it builds (x86-64 AVX2 + FMA, a C compiler), else oneDNN;
+        # its 12 MB of weights on 2 MB pages where the system has them
+        "linear": kernel.label() + (" on 2 MB pages" if hugepages.available() else "")
+        if fp32 and kernel.library() is not None
+        else "onednn",
         "layers": "transformers",  # layer.c computes Llama layers; this is GPTBigCode
     }
     health = {"status": "ok", "models": ["tiny"], "engines": {"tiny": runs_on}}

@@ -8,7 +8,8 @@
 
 Same prompts (function headers), greedy, the same number of generated tokens everywhere
 (`ignore_eos` + `min_tokens` on both servers, `min_new_tokens` for generate), 1 and 8 streams,
-in interleaved rounds (medians): tokens/s, TTFT p50/p95, each server's RSS, the app's /healthz
+in interleaved rounds (medians; each level after one short request of its own arm and 1 s of
+idle, the others stopped): tokens/s, TTFT p50/p95, each server's RSS, the app's /healthz
 p99 while 8 streams run, and the bandwidth bound (weight bytes read per token / the measured
 memory bandwidth). Ratios are printed against the app's best arm.
 
@@ -305,6 +306,12 @@ def main(argv=None) -> int:
 # 8), and the servers' arms came after seconds of other arms while bare's came right after
 # its own other thread count.
 IDLE_S = 1.0
+# ... and from its own warm caches: each level comes after one short request of its own arm
+# (not measured), as bare's 2-thread arm comes after its 1-thread one. Without it, a server's
+# first token paid for the caches the arm before it filled (another process): the app's 73 ms
+# against 45-51 after one of its own requests, bare's own 29 -> 41 ms after 2 s of another
+# process's matmuls (bench/RESULTS.md, part 10).
+WARM_TOKENS = 8
 
 
 @contextlib.contextmanager
@@ -349,6 +356,7 @@ def run(args, model_dir: str, streams: list[int], started: list) -> int:
     for r in range(args.rounds):  # interleaved: a busy moment hits every arm alike
         with alone(None, ready):
             for n in bare_threads:
+                bare.one(PROMPTS[r % len(PROMPTS)], WARM_TOKENS, n)
                 time.sleep(IDLE_S)
                 results.setdefault((f"bare generate, {n} thread(s)", 1), []).append(
                     bare.one(PROMPTS[r % len(PROMPTS)], args.tokens, n)
@@ -356,6 +364,7 @@ def run(args, model_dir: str, streams: list[int], started: list) -> int:
         for s in ready:
             for k in streams:
                 with alone(s, ready):
+                    server_level(s.url, s.model, 1, WARM_TOKENS, r)
                     time.sleep(IDLE_S)
                     if k > 1 and s.name.startswith("app"):
                         with HealthProbe(s.url) as probe:

@@ -4,8 +4,9 @@ Why: a decode step reads every packed weight once; SmolLM2's are 92 MB, about 23
 4 KB, far more than the TLB holds, so the step pays a page walk every 4 KB (two levels of them
 in a VM: the guest's tables, then the host's). On 2 MB pages the same bytes are 46 pages. The
 211 kernel.c calls of a SmolLM2 step, the same weights in both kinds of memory side by side in
-one process (`python bench/cpu_decode.py pages`): 1.09-1.15x faster at one row, 1.02-1.05x at
-eight (bench/RESULTS.md, "Engine speed on CPU, part 10").
+one process (`python bench/cpu_decode.py pages`): 1.12-1.18x faster at one to four rows, 1.03x
+at eight; served, one stream 1.08x and eight 1.03x (bench/RESULTS.md, "Engine speed on CPU,
+part 10").
 
 torch allocates with malloc, which Linux backs with 4 KB pages unless transparent huge pages
 are "always" (most distributions ship "madvise"). A private anonymous mapping marked
@@ -20,7 +21,6 @@ with THP off (or on another OS) `copy_in` returns None and the weights stay wher
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
 from pathlib import Path
 
@@ -74,7 +74,7 @@ def huge_bytes(t: torch.Tensor) -> int:
     try:
         with open("/proc/self/smaps") as smaps:
             for line in smaps:
-                head = line.split(None, 1)[0]
+                head = line.split(None, 1)[0] if line.strip() else ""
                 if "-" in head and not head.endswith(":"):  # a mapping's first line
                     start, end = (int(x, 16) for x in head.split("-"))
                     inside = start <= address < end
@@ -89,10 +89,8 @@ def return_freed() -> None:
     """Free memory in malloc's heap back to the system (glibc's malloc_trim): the originals that
     copy_in's copies replace were freed into the heap, where SmolLM2's 80 MB stayed in the
     worker's RSS. Elsewhere (another libc) nothing."""
-    name = ctypes.util.find_library("c")
     try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
+        trim = ctypes.CDLL(None).malloc_trim  # the C library the interpreter runs on
     except (OSError, AttributeError):
-        trim = None
-    if trim is not None:
-        trim(0)
+        return
+    trim(0)

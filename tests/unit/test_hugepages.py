@@ -34,7 +34,6 @@ def test_copies_hold_the_same_values_on_huge_pages_where_the_system_has_them():
         assert c.data_ptr() % hugepages.ALIGN == 0 and c.data_ptr() != t.data_ptr()
     assert copies[0].data_ptr() % hugepages.PAGE == 0
     assert hugepages.huge_bytes(copies[0]) >= hugepages.PAGE
-    assert hugepages.huge_bytes(tensors[0]) == 0  # torch's own memory: 4 KB pages (THP madvise)
     del tensors, copies[1:]
     gc.collect()
     copies[0].add_(1)  # the mapping lives as long as a copy does

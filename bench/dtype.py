@@ -4,6 +4,8 @@ prompts on bf16 copies where the CPU has AMX; model/engines/loading.py).
 
 1. decode speed of bare `model.generate` (greedy, fixed length) and the time of a 256-token
    prompt in each, per torch thread count, in interleaved rounds (medians), against float32's;
+   in the main thread, the one whose OpenMP team loading made (a fresh thread beside it adds
+   a second team, and libgomp then sleeps between ops: it halved every arm's speed);
 2. greedy outputs of the page's completion examples in each, against float32's, with the first
    differing token when they differ (what the choice changes for a user).
 
@@ -18,7 +20,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -31,15 +32,6 @@ from model.paths import default_data_dir  # noqa: E402
 from model.registry import SMOLLM2  # noqa: E402
 
 PROMPTS = [e[0] for e in COMPLETION_EXAMPLES]
-
-
-def in_thread(fn, *args):
-    """generate() in a fresh thread, as the worker runs it (OpenMP placement differs)."""
-    out = []
-    t = threading.Thread(target=lambda: out.append(fn(*args)))
-    t.start()
-    t.join()
-    return out[0]
 
 
 def timed_generate(model, ids, new_tokens: int) -> float:
@@ -108,14 +100,14 @@ def main(argv=None) -> int:
     threads = [int(t) for t in args.threads.split(",")]
     per_token: dict[tuple[str, int], list[float]] = {}
     for model in models.values():  # warm-up, not counted
-        in_thread(timed_generate, model, ids, 8)
+        timed_generate(model, ids, 8)
     for _ in range(args.rounds):  # interleaved: a busy moment hits every arm alike
         for n in threads:
             torch.set_num_threads(n)
             for dtype, model in models.items():
-                s = in_thread(timed_generate, model, ids, args.new_tokens)
+                s = timed_generate(model, ids, args.new_tokens)
                 per_token.setdefault((dtype, n), []).append(s)
-                s = in_thread(timed_prompt, model, prompt)
+                s = timed_prompt(model, prompt)
                 per_token.setdefault((dtype, n, "prompt"), []).append(s)
     print(
         f"\nbare generate, greedy, {args.new_tokens} tokens, and a {prompt.shape[1]}-token "
@@ -136,8 +128,8 @@ def main(argv=None) -> int:
     for other in [d for d in models if d != "float32"]:
         print(f"\ngreedy outputs of the page's completion examples, {other} against float32")
         for text in PROMPTS:
-            a = in_thread(greedy_text, models["float32"], tokenizer, text, args.new_tokens)
-            b = in_thread(greedy_text, models[other], tokenizer, text, args.new_tokens)
+            a = greedy_text(models["float32"], tokenizer, text, args.new_tokens)
+            b = greedy_text(models[other], tokenizer, text, args.new_tokens)
             first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
             head = text.splitlines()[0][:40]
             if first is None and len(a) == len(b):

@@ -298,23 +298,19 @@ def pages(rounds: int, rows_list=(1, 2, 4, 8, 16)) -> None:
         print("pages: kernel.c does not run here")
         return
     # The same weights on 4 KB pages, whatever THP's mode: a mapping marked MADV_NOHUGEPAGE.
-    sizes = [-(-m.packed.nbytes // 64) * 64 for m in layers]
-    small = mmap.mmap(-1, sum(sizes), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_NOHUGEPAGE"):
-        small.madvise(mmap.MADV_NOHUGEPAGE)
-    block, at = torch.frombuffer(small, dtype=torch.uint8), 0
+    small = hugepages.side_by_side(
+        [m.packed for m in layers], getattr(mmap, "MADV_NOHUGEPAGE", None)
+    )
     arms = {"loaded": [], "4 KB pages": []}
     lib = kernel.library()
-    for m, size in zip(layers, sizes, strict=True):
-        copy = block[at : at + m.packed.nbytes].view(m.packed.dtype).view(m.packed.shape)
-        copy.copy_(m.packed)
-        at += size
+    for m, copy in zip(layers, small, strict=True):
         arms["loaded"].append(m._kernel)
         arms["4 KB pages"].append(
             kernel.linear(lib, copy, m.kernel_bias, m.in_features, m.out_features, m.format)
         )
     huge = hugepages.huge_bytes(layers[0].packed) >> 20
-    print(f"{len(layers)} kernel.c calls over {sum(sizes) / 2**20:.0f} MB; the loaded weights: "
+    total = sum(m.packed.nbytes for m in layers)
+    print(f"{len(layers)} kernel.c calls over {total / 2**20:.0f} MB; the loaded weights: "
           f"{info.linear} ({huge} MB of their mapping on huge pages; THP "
           f"{'on' if hugepages.available() else 'off'}); {torch.get_num_threads()} threads; "
           f"ms per step, medians of {rounds} rounds")  # fmt: skip

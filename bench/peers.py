@@ -311,7 +311,7 @@ IDLE_S = 1.0
 # first token paid for the caches the arm before it filled (another process): the app's 73 ms
 # against 45-51 after one of its own requests, bare's own 29 -> 41 ms after 2 s of another
 # process's matmuls (bench/RESULTS.md, part 10).
-WARM_TOKENS = 8
+SHORT_TOKENS = 8  # a short request: that warm-up, and each of the first-token table's
 
 
 @contextlib.contextmanager
@@ -356,7 +356,7 @@ def run(args, model_dir: str, streams: list[int], started: list) -> int:
     for r in range(args.rounds):  # interleaved: a busy moment hits every arm alike
         with alone(None, ready):
             for n in bare_threads:
-                bare.one(PROMPTS[r % len(PROMPTS)], WARM_TOKENS, n)
+                bare.one(PROMPTS[r % len(PROMPTS)], SHORT_TOKENS, n)
                 time.sleep(IDLE_S)
                 results.setdefault((f"bare generate, {n} thread(s)", 1), []).append(
                     bare.one(PROMPTS[r % len(PROMPTS)], args.tokens, n)
@@ -364,7 +364,7 @@ def run(args, model_dir: str, streams: list[int], started: list) -> int:
         for s in ready:
             for k in streams:
                 with alone(s, ready):
-                    server_level(s.url, s.model, 1, WARM_TOKENS, r)
+                    server_level(s.url, s.model, 1, SHORT_TOKENS, r)
                     time.sleep(IDLE_S)
                     if k > 1 and s.name.startswith("app"):
                         with HealthProbe(s.url) as probe:
@@ -394,9 +394,10 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 
 
 def first_tokens(args, gaps: list[float], ready: list, bare, threads: int) -> None:
-    """The first-token table: one request at a time (8 tokens), each after `gap` seconds of
-    idle, per arm (the others stopped), p50 / p95; beside them a trivial Python HTTP server's
-    answer after the same idle, the part of a server's first token that is the machine's."""
+    """The first-token table: one short request at a time (SHORT_TOKENS), each after `gap`
+    seconds of idle, per arm (the others stopped), p50 / p95; beside them a trivial Python HTTP
+    server's answer after the same idle, the part of a server's first token that is the
+    machine's."""
     import subprocess
 
     port = args.base_port + 50
@@ -413,9 +414,9 @@ def first_tokens(args, gaps: list[float], ready: list, bare, threads: int) -> No
                         time.sleep(gap)
                         prompt = PROMPTS[i % len(PROMPTS)]
                         if s is None:
-                            t = bare.one(prompt, 8, threads)["ttft"][0]
+                            t = bare.one(prompt, SHORT_TOKENS, threads)["ttft"][0]
                         else:
-                            t = server_level(s.url, s.model, 1, 8, i)["ttft"][0]
+                            t = server_level(s.url, s.model, 1, SHORT_TOKENS, i)["ttft"][0]
                         if i:
                             got.setdefault((name, gap), []).append(t)
             for _ in range(args.ttft_requests):

@@ -47,14 +47,20 @@ def copy_in(tensors: list[torch.Tensor]) -> list[torch.Tensor] | None:
     """Copies of `tensors` (contiguous, on the CPU) side by side in one mapping on 2 MB pages,
     each at a 64-byte boundary, the first at a page's start; the copies keep the mapping alive.
     None where there would be no huge page: THP off, or less than one page of bytes."""
-    sizes = [-(-t.nbytes // ALIGN) * ALIGN for t in tensors]
-    total = sum(sizes)
-    if total < PAGE or not available():
+    if sum(_sizes(tensors)) < PAGE or not available():
         return None
+    return side_by_side(tensors, mmap.MADV_HUGEPAGE)
+
+
+def side_by_side(tensors: list[torch.Tensor], advice: int | None) -> list[torch.Tensor]:
+    """Copies of `tensors` in one private anonymous mapping given `advice` (madvise) before its
+    first touch, laid out as copy_in says. bench/cpu_decode.py's 4 KB arm: MADV_NOHUGEPAGE."""
+    sizes = _sizes(tensors)
     # A page of slack, so that the copies can start on a 2 MB boundary; its untouched part
     # takes no memory.
-    mapping = mmap.mmap(-1, total + PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    mapping.madvise(mmap.MADV_HUGEPAGE)  # before the first touch: the faults take 2 MB pages
+    mapping = mmap.mmap(-1, sum(sizes) + PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if advice is not None:
+        mapping.madvise(advice)  # before the first touch: the faults follow it
     block = torch.frombuffer(mapping, dtype=torch.uint8)
     at = -block.data_ptr() % PAGE
     copies = []
@@ -64,6 +70,10 @@ def copy_in(tensors: list[torch.Tensor]) -> list[torch.Tensor] | None:
         copies.append(copy)
         at += size
     return copies
+
+
+def _sizes(tensors: list[torch.Tensor]) -> list[int]:
+    return [-(-t.nbytes // ALIGN) * ALIGN for t in tensors]
 
 
 def huge_bytes(t: torch.Tensor) -> int:

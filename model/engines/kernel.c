@@ -315,6 +315,11 @@ static void panel_path(const float* x, const weights_t* W, const float* bias, fl
  * read each fp32 weight once per 8 or 24 rows with no conversion, are faster); AVX512_ALL puts
  * fp32 there too, to compare the formats on one path. */
 #define F32_ROWS512 4
+/* W_BF16X codes in bf16 arithmetic up to this many rows: there they skip most of the fp32 tiles'
+ * conversions (1.23x at 1 row, 1.08x at 3 over SmolLM2's step); from 4 rows the fp32 tiles,
+ * which turn each code once for all the rows, are faster (0.84x at 4: bench/RESULTS.md, "Engine
+ * speed on CPU, part 11"), and exact. */
+#define BF16X_ROWS 3
 static int64_t isa = -1;
 
 int64_t kernel_isa(int64_t want) {
@@ -326,6 +331,13 @@ int64_t kernel_isa(int64_t want) {
 
 void linear(const float* x, const weights_t* W, const float* bias, float* y,
             int64_t M, int64_t I, int64_t O) {
+    /* bf16 arithmetic (only packed where kernel_bf16()): codes only up to BF16X_ROWS rows */
+    if (W->format == W_BF16 || (W->format & W_BF16X && M <= BF16X_ROWS)) {
+        linear512(x, W, bias, y, M, I, O);
+        return;
+    }
+    weights_t exact = {W->data, W_STORED(W->format)};
+    W = &exact;
     int64_t mode = isa < 0 ? kernel_isa(-1) : isa;
     if (mode && I % 32 == 0 && (W->format != W_F32 || M <= F32_ROWS512 || mode == 2)) {
         linear512(x, W, bias, y, M, I, O);

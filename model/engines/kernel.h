@@ -5,8 +5,11 @@
 #include <stdint.h>
 
 /* How a packed weight holds its values (kernel.c's layouts): fp32, or the checkpoint's own
- * 4-bit or 8-bit codes (model/engines/codes.py), turned back into the same fp32 values. */
-enum { W_F32 = 0, W_Q4 = 1, W_Q8 = 2 };
+ * 4-bit or 8-bit codes (model/engines/codes.py), turned back into the same fp32 values; or
+ * bf16 (W_BF16, kernel512.c's layout), multiplied with x rounded to bf16 on AVX512-BF16.
+ * W_BF16X on W_Q4: the same codes, multiplied with x rounded to bf16 (DTYPE=bfloat16). */
+enum { W_F32 = 0, W_Q4 = 1, W_Q8 = 2, W_BF16 = 3, W_BF16X = 8 };
+#define W_STORED(format) ((format) & 7) /* the layout, without W_BF16X */
 typedef struct {
     const void* data;
     int64_t format;
@@ -22,7 +25,12 @@ typedef struct {
  * weights: the same results, reading 0.63 or 1.06 bytes a weight instead of 4. */
 #define Q4_GROUP 80
 #define Q8_GROUP 136
-static inline int64_t group_bytes(int64_t format) { return format == W_Q4 ? Q4_GROUP : Q8_GROUP; }
+/* W_BF16: per block of 4 output rows and 32 inputs, each row's 32 bf16 weights in input order:
+ *   P[((blk * I/32 + g) * 4 + k) * 32 + l] = bf16(W[4 blk + k][32 g + l])    256 bytes a group */
+#define BF16_GROUP 256
+static inline int64_t group_bytes(int64_t format) {
+    return W_STORED(format) == W_Q4 ? Q4_GROUP : W_STORED(format) == W_Q8 ? Q8_GROUP : BF16_GROUP;
+}
 
 #define L2_BYTES (96 * 1024) /* what one chunk of weights, and one of x, may take */
 #define PREFETCH 2048 /* bytes ahead of a tile's codes: a stream of small matrices, each a few
@@ -39,13 +47,17 @@ static inline void fetch_ahead(const void* p) {
 void linear(const float* x, const weights_t* W, const float* bias, float* y,
             int64_t M, int64_t I, int64_t O);
 
-/* The same on AVX-512 row tiles, for I a multiple of 32 (kernel512.c). */
+/* The same on AVX-512 row tiles, for I a multiple of 32 (kernel512.c); the only path of the
+ * bf16 arithmetic formats (W_BF16, W_BF16X), which it takes only where kernel_bf16(). */
 void linear512(const float* x, const weights_t* W, const float* bias, float* y,
                int64_t M, int64_t I, int64_t O);
 
+/* Whether the CPU has what W_BF16 and W_BF16X need: AVX512-BF16 and AVX512-BW (kernel512.c). */
+int64_t kernel_bf16(void);
+
 /* A packed weight's block `blk` (4 output rows of I inputs). */
 static inline const void* block_at(const weights_t* W, int64_t blk, int64_t I) {
-    if (W->format == W_F32) return (const float*)W->data + blk * 4 * I;
+    if (W_STORED(W->format) == W_F32) return (const float*)W->data + blk * 4 * I;
     return (const uint8_t*)W->data + blk * (I / 32) * group_bytes(W->format);
 }
 

@@ -52,8 +52,11 @@ HEADERS = (SOURCE.with_name("kernel.h"),)
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC")
 CPU_FLAGS = ("avx2", "fma", "f16c")
 BLOCK_ROWS, LANES = 4, 8  # kernel.c's layout: output rows per block, inputs per register
-F32, Q4, Q8 = 0, 1, 2  # kernel.h's formats of a packed weight: fp32, 4-bit or 8-bit codes
-FORMATS = {F32: "fp32", Q4: "q4", Q8: "q8"}
+BF16_GROUP = 32  # inputs per group of W_BF16's layout (kernel.h)
+# kernel.h's formats of a packed weight: fp32, 4-bit or 8-bit codes, bf16 (pack_bf16); and the
+# flag that has W_Q4 codes multiplied in bf16 arithmetic (kernel512.c; DTYPE=bfloat16)
+F32, Q4, Q8, BF16, BF16X = 0, 1, 2, 3, 8
+FORMATS = {F32: "fp32", Q4: "q4", Q8: "q8", BF16: "bf16", Q4 | BF16X: "q4"}
 # kernel.c's tiles (kernel_isa): AVX2 everywhere; AVX-512's (kernel512.c) for codes and small fp32
 # steps, chosen where the CPU has AVX-512F; or AVX-512's for every format and size (for tests:
 # codes and fp32 compared on one path)
@@ -167,6 +170,8 @@ def _load(path: Path) -> ctypes.CDLL | None:
     lib.find_codes.restype = ctypes.c_int64
     lib.kernel_isa.argtypes = [ctypes.c_int64]
     lib.kernel_isa.restype = ctypes.c_int64
+    lib.kernel_bf16.argtypes = []
+    lib.kernel_bf16.restype = ctypes.c_int64
     log.info("CPU linear kernel: %s", path)
     return lib
 
@@ -182,6 +187,13 @@ def label() -> str:
     avx512" where its AVX-512 tiles run."""
     lib = library()
     return "kernel avx512" if lib is not None and tiles(lib) != AVX2 else "kernel"
+
+
+def bf16_arithmetic() -> bool:
+    """Whether kernel.c computes in bf16 here (pack_bf16's weights, BF16X codes): where it runs
+    on a CPU with AVX512-BF16 and AVX512-BW (kernel512.c)."""
+    lib = library()
+    return lib is not None and bool(lib.kernel_bf16())
 
 
 def fits(weight: torch.Tensor) -> bool:
@@ -204,6 +216,17 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
         weight = padded
     view = weight.reshape(blocks, BLOCK_ROWS, inp // LANES, LANES)
     return view.permute(0, 2, 1, 3).contiguous()
+
+
+def pack_bf16(weight: torch.Tensor) -> torch.Tensor:
+    """The weight [out, in] rounded to bf16 in kernel.h's W_BF16 layout: per block of 4 output
+    rows and 32 inputs, each row's 32 weights in order. `in` must be a multiple of 32."""
+    out, inp = weight.shape
+    blocks = -(-out // BLOCK_ROWS)
+    padded = weight.new_zeros(blocks * BLOCK_ROWS, inp)
+    padded[:out] = weight
+    view = padded.reshape(blocks, BLOCK_ROWS, inp // BF16_GROUP, BF16_GROUP)
+    return view.permute(0, 2, 1, 3).contiguous().to(torch.bfloat16)
 
 
 def linear(lib: ctypes.CDLL, packed: torch.Tensor, bias, inp: int, out_features: int, fmt=F32):

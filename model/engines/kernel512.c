@@ -16,6 +16,7 @@
  * 32g + 16 + j, group after group, whatever the format: codes and fp32 give the same sums.
  */
 #include <omp.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernel.h"
@@ -75,15 +76,33 @@ Z512 __m512 sum16(const __m512 v[16]) {
     return _mm512_add_ps(_mm512_shuffle_ps(w0, w1, 0x44), _mm512_shuffle_ps(w0, w1, 0xEE));
 }
 
+/* A tile's accumulators acc[k][r] (NO outputs times R rows) set to zero. */
+Z512 void zeros(const int NO, const int R, __m512 acc[4][8]) {
+#pragma GCC unroll 4
+    for (int k = 0; k < NO; k++)
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) acc[k][r] = _mm512_setzero_ps();
+}
+
+/* A tile's accumulators acc[k][r] (NO outputs times R rows) summed, into out[r * 4 + k0 + k]. */
+Z512 void sums_out(const int NO, const int R, __m512 acc[4][8], int k0, float* out) {
+    __m512 v[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) v[i] = i < NO * R ? acc[i / R][i % R] : _mm512_setzero_ps();
+    float s[16];
+    _mm512_storeu_ps(s, sum16(v));
+#pragma GCC unroll 4
+    for (int k = 0; k < NO; k++)
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) out[r * 4 + k0 + k] = s[k * R + r];
+}
+
 /* Outputs k0 .. k0 + NO - 1 of block w times rows 0 .. R - 1 of x, into out[r * 4 + k] (NO,
  * R and fmt constants where called: every accumulator stays in a register). */
 Z512 void tile(const int fmt, const int NO, const int R, const void* w, int k0, const float* x,
                int64_t I, float* out) {
     __m512 acc[4][8];
-#pragma GCC unroll 4
-    for (int k = 0; k < NO; k++)
-#pragma GCC unroll 8
-        for (int r = 0; r < R; r++) acc[k][r] = _mm512_setzero_ps();
+    zeros(NO, R, acc);
     const int64_t GB = fmt == W_F32 ? 4 * 32 * sizeof(float) : group_bytes(fmt);
     const uint8_t* p = w;
     for (int64_t g = 0; g < I / 32; g++, p += GB) {
@@ -103,15 +122,7 @@ Z512 void tile(const int fmt, const int NO, const int R, const void* w, int k0, 
             }
         }
     }
-    __m512 v[16];
-#pragma GCC unroll 16
-    for (int i = 0; i < 16; i++) v[i] = i < NO * R ? acc[i / R][i % R] : _mm512_setzero_ps();
-    float s[16];
-    _mm512_storeu_ps(s, sum16(v));
-#pragma GCC unroll 4
-    for (int k = 0; k < NO; k++)
-#pragma GCC unroll 8
-        for (int r = 0; r < R; r++) out[r * 4 + k0 + k] = s[k * R + r];
+    sums_out(NO, R, acc, k0, out);
 }
 
 /* A block's 4 outputs times R rows: all 4 up to 4 rows, else in two halves of 2 outputs (the
@@ -124,23 +135,170 @@ Z512 void block(const int fmt, const int R, const void* w, const float* x, int64
     }
 }
 
-/* R = rows (1-8) as a constant for block(). */
+/* `rows` (1-8) as the constant R of CALL(R), so that a tile's accumulators stay in registers. */
+#define ROWS_AS_CONSTANT(rows, CALL)                                                            \
+    switch (rows) {                                                                             \
+    case 1: CALL(1); break;                                                                     \
+    case 2: CALL(2); break;                                                                     \
+    case 3: CALL(3); break;                                                                     \
+    case 4: CALL(4); break;                                                                     \
+    case 5: CALL(5); break;                                                                     \
+    case 6: CALL(6); break;                                                                     \
+    case 7: CALL(7); break;                                                                     \
+    default: CALL(8); break;                                                                    \
+    }
+
 Z512 void block_rows(const int fmt, int rows, const void* w, const float* x, int64_t I, float* out) {
-    switch (rows) {
-    case 1: block(fmt, 1, w, x, I, out); break;
-    case 2: block(fmt, 2, w, x, I, out); break;
-    case 3: block(fmt, 3, w, x, I, out); break;
-    case 4: block(fmt, 4, w, x, I, out); break;
-    case 5: block(fmt, 5, w, x, I, out); break;
-    case 6: block(fmt, 6, w, x, I, out); break;
-    case 7: block(fmt, 7, w, x, I, out); break;
-    default: block(fmt, 8, w, x, I, out); break;
+#define BLOCK(R) block(fmt, R, w, x, I, out)
+    ROWS_AS_CONSTANT(rows, BLOCK)
+#undef BLOCK
+}
+
+/* bf16 arithmetic (DTYPE=bfloat16 on a CPU with AVX512-BF16): x rounded to bf16 once per call,
+ * its products with the weights summed in fp32 by `vdpbf16ps`, 32 a register (16 for fp32's
+ * FMA). Over W_BF16 weights every register of weights is read as it is stored; over W_Q4 codes
+ * (W_Q4 | W_BF16X) each nibble q becomes the bf16 number 128 + q by one bitwise OR (its bits are
+ * 0x4300 + q: bf16 has 8 significant bits, so 128-255 are its integers), so a group's 128
+ * weights take 8 integer instructions and 4 conversions of scales where the fp32 tiles take 34,
+ * and sum_i x_i (d q_i + m) = d sum_i x_i (128 + q_i) + (m - 128 d) sum_i x_i, with the sum of
+ * the group's rounded x computed once per row. W_Q8 (SmolLM2's output layer) stays on the exact
+ * fp32 tiles: its 8-bit codes have no such one-instruction conversion. */
+#define ZBF __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c"), always_inline)) static inline
+#define BF16_MAGIC 0x4300 /* bf16 bits of 128: 128 + q's bits are 0x4300 + q for q < 128 */
+
+/* The sums of each 8-lane half of v, in lanes 0 and 8. */
+ZBF __m512 halves8(__m512 v) {
+    v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));
+    v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));
+    return _mm512_add_ps(v, _mm512_permute_ps(v, 0xB1));
+}
+
+/* Outputs 0-3 of a block of W_Q4 codes times R rows of bf16 x (xb) with the sums of each
+ * group's x over 8 in s: out[r * 4 + k]. A register holds two outputs' 32 codes (16 bytes each,
+ * side by side in a group): lanes 0-7 sum output 2p's products, lanes 8-15 output 2p + 1's. */
+ZBF void tile_q4bf(const int R, const uint8_t* p, const uint16_t* xb, const float* s, int64_t I,
+                   float* out) {
+    __m512 acc[2][8];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) acc[0][r] = acc[1][r] = _mm512_setzero_ps();
+    const __m512i nib = _mm512_set1_epi16(15), magic = _mm512_set1_epi16(BF16_MAGIC);
+    /* lanes of the group's scales (d0-d3, m0-m3) that each pair's d and m take */
+    const __m512i at_d[2] = {_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+                             _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2)};
+    const __m512i four = _mm512_set1_epi32(4);
+    const __m512 c128 = _mm512_set1_ps(128.f);
+    const int64_t G = I / 32;
+    for (int64_t g = 0; g < G; g++, p += Q4_GROUP) {
+        fetch_ahead(p);
+        __m512 sc = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + 64))));
+        __m512bh lo[2], hi[2];
+        __m512 d[2], m[2];
+#pragma GCC unroll 2
+        for (int q = 0; q < 2; q++) {
+            /* bytes of outputs 2q and 2q + 1: byte i holds input i (low 4 bits) and i + 16 */
+            __m512i z = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(p + 32 * q)));
+            lo[q] = (__m512bh)_mm512_ternarylogic_epi32(z, nib, magic, 0xEA); /* (z & 15) | magic */
+            hi[q] = (__m512bh)_mm512_or_si512(_mm512_srli_epi16(z, 4), magic);
+            d[q] = _mm512_permutexvar_ps(at_d[q], sc);
+            m[q] = _mm512_fnmadd_ps(c128, d[q], _mm512_permutexvar_ps(_mm512_add_epi32(at_d[q], four), sc));
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            const uint16_t* xr = xb + r * I + 32 * g;
+            __m512bh xl = (__m512bh)_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)xr));
+            __m512bh xh = (__m512bh)_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(xr + 16)));
+            __m512 sum = _mm512_set1_ps(s[r * G + g]);
+#pragma GCC unroll 2
+            for (int q = 0; q < 2; q++) {
+                __m512 t = _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), lo[q], xl), hi[q], xh);
+                acc[q][r] = _mm512_fmadd_ps(m[q], sum, _mm512_fmadd_ps(t, d[q], acc[q][r]));
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 2
+        for (int q = 0; q < 2; q++) {
+            float h[16];
+            _mm512_storeu_ps(h, halves8(acc[q][r]));
+            out[r * 4 + 2 * q] = h[0];
+            out[r * 4 + 2 * q + 1] = h[8];
+        }
+}
+
+/* Outputs k0 .. k0 + NO - 1 of a block of W_BF16 weights times R rows of bf16 x: out[r * 4 + k]. */
+ZBF void tile_bf16(const int NO, const int R, const uint16_t* w, int k0, const uint16_t* xb,
+                   int64_t I, float* out) {
+    __m512 acc[4][8];
+    zeros(NO, R, acc);
+    for (int64_t g = 0; g < I / 32; g++, w += 128) {
+        fetch_ahead(w);
+        fetch_ahead(w + 64);
+        __m512bh wk[4];
+#pragma GCC unroll 4
+        for (int k = 0; k < NO; k++) wk[k] = (__m512bh)_mm512_loadu_si512(w + 32 * (k0 + k));
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            __m512bh xr = (__m512bh)_mm512_loadu_si512(xb + r * I + 32 * g);
+#pragma GCC unroll 4
+            for (int k = 0; k < NO; k++) acc[k][r] = _mm512_dpbf16_ps(acc[k][r], wk[k], xr);
+        }
+    }
+    sums_out(NO, R, acc, k0, out);
+}
+
+/* A block times R rows (1-8), R a constant for the tiles. */
+ZBF void block_bf(const int fmt, const int R, const void* w, const uint16_t* xb, const float* s,
+                  int64_t I, float* out) {
+    if (fmt == W_Q4) tile_q4bf(R, w, xb, s, I, out);
+    else if (R <= 4) tile_bf16(4, R, w, 0, xb, I, out);
+    else {
+        tile_bf16(2, R, w, 0, xb, I, out);
+        tile_bf16(2, R, w, 2, xb, I, out);
     }
 }
 
-/* Threads split the output blocks in chunks that fit L2; each block meets the rows 8 at a time. */
+/* Not inlined: linear512 itself runs on CPUs without AVX512-BF16, so it must not hold these. */
+#define ZBF_CALL __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c"), noinline)) static
+
+ZBF_CALL void block_rows_bf(const int fmt, int rows, const void* w, const uint16_t* xb,
+                            const float* s, int64_t I, float* out) {
+#define BLOCK_BF(R) block_bf(fmt, R, w, xb, s, I, out)
+    ROWS_AS_CONSTANT(rows, BLOCK_BF)
+#undef BLOCK_BF
+}
+
+/* x's M rows rounded to bf16 (nearest even) into xb, and each group of 32's sum of the rounded
+ * values, over 8, into s (what tile_q4bf adds to each of 8 lanes). */
+ZBF_CALL void round_rows(const float* x, int64_t M, int64_t I, uint16_t* xb, float* s) {
+    const __m512i ones = _mm512_set1_epi16(0x3F80); /* bf16 1.0 */
+    for (int64_t i = 0; i < M * I / 32; i++) {
+        __m512bh b = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 32 * i + 16), _mm512_loadu_ps(x + 32 * i));
+        _mm512_storeu_si512(xb + 32 * i, (__m512i)b);
+        s[i] = _mm512_reduce_add_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), b, (__m512bh)ones)) / 8.f;
+    }
+}
+
+#define XB_STACK 8192 /* x's bf16 copy on the stack up to this many values (a decode step's) */
+
+/* Threads split the output blocks in chunks that fit L2; each block meets the rows 8 at a time.
+ * bf16 arithmetic (W_BF16, W_Q4 | W_BF16X: kernel.c's linear sends them here) first rounds x. */
 __attribute__((target("avx512f,avx2,fma,f16c"))) void linear512(
     const float* x, const weights_t* W, const float* bias, float* y, int64_t M, int64_t I, int64_t O) {
+    const int fmt = W_STORED(W->format);
+    int bf = W->format != fmt || fmt == W_BF16;
+    uint16_t small[XB_STACK];
+    float small_s[XB_STACK / 32];
+    int heap = bf && M * I > XB_STACK;
+    uint16_t* xb = heap ? malloc((size_t)(M * I) * sizeof(uint16_t)) : small;
+    float* s = heap ? malloc((size_t)(M * I / 32) * sizeof(float)) : small_s;
+    if (!xb || !s) { /* no memory for x's copy: nothing sensible to compute */
+        memset(y, 0, (size_t)(M * O) * sizeof(float));
+        free(heap && xb ? xb : NULL);
+        free(heap && s ? s : NULL);
+        return;
+    }
+    if (bf) round_rows(x, M, I, xb, s);
     int64_t blocks = (O + 3) / 4;
     int64_t per_chunk = L2_BYTES / (16 * I) > 0 ? L2_BYTES / (16 * I) : 1;
     int64_t chunks = (blocks + per_chunk - 1) / per_chunk;
@@ -152,11 +310,23 @@ __attribute__((target("avx512f,avx2,fma,f16c"))) void linear512(
             for (int64_t blk = first; blk < last; blk++) {
                 float out[32];
                 const void* w = block_at(W, blk, I);
-                if (W->format == W_Q4) block_rows(W_Q4, rows, w, x + m * I, I, out);
-                else if (W->format == W_Q8) block_rows(W_Q8, rows, w, x + m * I, I, out);
+                const uint16_t* xm = xb + m * I;
+                const float* sm = s + m * (I / 32);
+                if (bf && fmt == W_Q4) block_rows_bf(W_Q4, rows, w, xm, sm, I, out);
+                else if (bf) block_rows_bf(W_BF16, rows, w, xm, sm, I, out);
+                else if (fmt == W_Q4) block_rows(W_Q4, rows, w, x + m * I, I, out);
+                else if (fmt == W_Q8) block_rows(W_Q8, rows, w, x + m * I, I, out);
                 else block_rows(W_F32, rows, w, x + m * I, I, out);
                 put(out, 4, 1, rows, O - 4 * blk < 4 ? O - 4 * blk : 4, y + m * O, O, 4 * blk, bias);
             }
         }
     }
+    if (heap) {
+        free(xb);
+        free(s);
+    }
+}
+
+int64_t kernel_bf16(void) {
+    return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
 }

@@ -74,7 +74,9 @@ def load(
 ):
     """Return (model, tokenizer, ModelInfo). A local folder never touches the network.
 
-    `dtype` (DTYPE) is the weights' and so the KV cache's: the paged cache takes the model's.
+    `dtype` (DTYPE) is the weights' and so the KV cache's: the paged cache takes the model's;
+    except for DTYPE=bfloat16 on a CPU with AVX512-BF16, which keeps the model fp32 for kernel.c
+    and layer.c and has kernel.c compute its linear layers in bf16 (model/engines/packing.py).
     DTYPE=auto on a CPU with bf16 loads fp32 first: where its weights are a checkpoint's codes
     (SmolLM2's; model/engines/codes.py), it stays fp32, since kernel.c then computes the exact
     fp32 outputs over a fifth of the bytes, ~1.9x bf16's one stream (bench/RESULTS.md, part 8),
@@ -82,6 +84,7 @@ def load(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from model.engines import kernel
     from model.engines.fused import fuse_layers
     from model.engines.packing import pack_linears, packed_backend
 
@@ -90,7 +93,10 @@ def load(
     common = {"local_files_only": local, "token": None if local else hf_token}
     placement = choose_placement(device, dtype)
     codes_first = dtype == "auto" and placement.device == "cpu" and placement.dtype == "bfloat16"
-    load_as = "float32" if codes_first else placement.dtype
+    # DTYPE=bfloat16 on a CPU where kernel.c computes in bf16 (AVX512-BF16): fp32 loaded, then
+    # packed for its bf16 arithmetic (weights as bf16, or a checkpoint's codes as they are)
+    bf16_kernel = dtype == "bfloat16" and placement.device == "cpu" and kernel.bf16_arithmetic()
+    load_as = "float32" if codes_first or bf16_kernel else placement.dtype
     log.info("loading %s on %s (%s)", source, placement.device, load_as)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **common)
@@ -117,11 +123,13 @@ def load(
         prompts = AMX_FLAG in cpu_flags()
     elif codes_first:
         model.to(torch.bfloat16)
+    elif bf16_kernel:
+        prompts = AMX_FLAG in cpu_flags()
     linear = layers = ""
     if placement.device == "cpu":
         # Packed for kernel.c or oneDNN where it can (model/engines/packing.py), else the layout
         # plain BLAS handles best; either way the plain checkpoint copies go.
-        if pack_linears(model, prompts=prompts):
+        if pack_linears(model, prompts=prompts, bf16=bf16_kernel):
             linear = packed_backend(model)
         else:
             column_major_linears(model)

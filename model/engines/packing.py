@@ -50,6 +50,7 @@ class PackedLinear(torch.nn.Module):
         use_kernel: bool = True,
         use_codes: bool = True,
         prompts: bool = False,
+        bf16: bool = False,
     ):
         super().__init__()
         self.in_features = linear.in_features
@@ -63,6 +64,13 @@ class PackedLinear(torch.nn.Module):
             self.packed, self.format = (
                 (found.packed, found.format) if found else (kernel.pack(weight), kernel.F32)
             )
+            if bf16 and kernel.bf16_arithmetic() and self.in_features % kernel.BF16_GROUP == 0:
+                # bf16 arithmetic (DTYPE=bfloat16): Q4 codes as they are, fp32 weights as bf16;
+                # Q8 codes (an output layer) stay exact, see kernel512.c
+                if self.format == kernel.Q4:
+                    self.format = kernel.Q4 | kernel.BF16X
+                elif self.format == kernel.F32:
+                    self.packed, self.format = kernel.pack_bf16(weight), kernel.BF16
             bias = linear.bias
             bias = None if bias is None else bias.detach().float().contiguous()
             self._kernel = kernel.linear(
@@ -75,6 +83,13 @@ class PackedLinear(torch.nn.Module):
         if prompts and self._kernel is not None:
             self.prompt_weight = torch.ops.mkldnn._reorder_linear_weight(weight.bfloat16(), None)
         self.bias = linear.bias  # a Parameter or None, used as is
+
+    @property
+    def bf16(self) -> bool:
+        """Whether kernel.c computes this layer in bf16 arithmetic (its format says so)."""
+        return self.format is not None and (
+            self.format == kernel.BF16 or bool(self.format & kernel.BF16X)
+        )
 
     @property
     def backend(self) -> str:
@@ -122,6 +137,7 @@ class PackedLinear(torch.nn.Module):
 
     def extra_repr(self) -> str:
         held = f" {kernel.FORMATS[self.format]}" if self._kernel is not None else ""
+        held += " in bf16" if self.bf16 and self.format != kernel.BF16 else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.backend}{held}"
 
 
@@ -135,12 +151,17 @@ def can_pack(model) -> bool:
 
 
 def pack_linears(
-    model, use_kernel: bool = True, use_codes: bool = True, prompts: bool = False
+    model,
+    use_kernel: bool = True,
+    use_codes: bool = True,
+    prompts: bool = False,
+    bf16: bool = False,
 ) -> int:
     """Replace every `nn.Linear` of `model` by a PackedLinear; returns how many were packed.
     `use_kernel=False` keeps oneDNN everywhere (bench/cpu_decode.py compares the two);
     `use_codes=False` keeps fp32 weights where codes would do (bench/cpu_decode.py again);
-    `prompts`: bf16 copies for prompts, on AMX (above).
+    `prompts`: bf16 copies for prompts, on AMX (above); `bf16`: kernel.c's bf16 arithmetic
+    where the CPU has it (kernel.bf16_arithmetic(); DTYPE=bfloat16, model/engines/loading.py).
 
     Checked on the first layer: if the packed layer fails or disagrees with `F.linear`, nothing
     is replaced and the model runs as loaded."""
@@ -154,10 +175,12 @@ def pack_linears(
         return 0
     first = targets[0][2]
     try:
-        packed = PackedLinear(first, use_kernel, use_codes, prompts)
+        packed = PackedLinear(first, use_kernel, use_codes, prompts, bf16)
         same = True
-        # a decode step's rows, and a prompt's (bf16 where there is a copy: ~3 digits)
-        for rows, tol in ((3, 1e-2), (PROMPT_ROWS, 1e-2 if packed.prompt_weight is None else 5e-2)):
+        # a decode step's rows, and a prompt's (bf16 arithmetic or a bf16 copy: ~3 digits)
+        step_tol = 5e-2 if packed.bf16 else 1e-2
+        prompt_tol = 1e-2 if packed.prompt_weight is None and not packed.bf16 else 5e-2
+        for rows, tol in ((3, step_tol), (PROMPT_ROWS, prompt_tol)):
             probe = torch.randn(rows, first.in_features, dtype=first.weight.dtype)
             with torch.inference_mode():
                 got, want = packed(probe).float(), first(probe).float()
@@ -165,18 +188,23 @@ def pack_linears(
     except RuntimeError as exc:  # a torch built without the op for this CPU or dtype
         if prompts:  # oneDNN's bf16 may be what failed: the layers without the copies
             log.warning("no bf16 copies for prompts here (%s)", exc)
-            return pack_linears(model, use_kernel, use_codes, prompts=False)
+            return pack_linears(model, use_kernel, use_codes, prompts=False, bf16=bf16)
         log.warning("cannot pack this model's linear layers (%s): left as loaded", exc)
         return 0
     if not same:
         if prompts:
             log.warning("the bf16 copies disagree with F.linear here: packed without them")
-            return pack_linears(model, use_kernel, use_codes, prompts=False)
+            return pack_linears(model, use_kernel, use_codes, prompts=False, bf16=bf16)
+        if packed.bf16:
+            log.warning("kernel.c's bf16 arithmetic disagrees with F.linear here: fp32 instead")
+            return pack_linears(model, use_kernel, use_codes, prompts)
         log.warning("the %s linear disagrees with F.linear here: left as loaded", packed.backend)
         return 0
     layers = []
     for parent, name, child in targets:  # the probed first layer is used as it is
-        layer = packed if child is first else PackedLinear(child, use_kernel, use_codes, prompts)
+        layer = (
+            packed if child is first else PackedLinear(child, use_kernel, use_codes, prompts, bf16)
+        )
         setattr(parent, name, layer)
         layers.append(layer)
     onto_huge_pages(layers)
@@ -197,13 +225,14 @@ def onto_huge_pages(layers: list[PackedLinear]) -> None:
 def packed_backend(model) -> str:
     """What computes the model's packed layers: "kernel", "onednn", or both ("kernel+onednn":
     kernel.c takes only the fp32 weights whose inputs are a multiple of 8); "kernel avx512" where
-    its AVX-512 tiles run, with the formats kernel.c reads where any are codes ("kernel (q4+q8)":
-    SmolLM2's), and "on 2 MB pages" where its weights are (onto_huge_pages)."""
+    its AVX-512 tiles run, "bf16" where it computes in bf16 (PackedLinear.bf16), with the codes
+    it reads where any are ("kernel (q4+q8)": SmolLM2's), and "on 2 MB pages" where its weights
+    are (onto_huge_pages)."""
     packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
     found = {m.backend for m in packed}
-    held = {kernel.FORMATS[m.format] for m in packed if m.format is not None}
-    ours = kernel.label()
-    codes = f" ({'+'.join(sorted(held))})" if held - {"fp32"} else ""
+    held = {kernel.FORMATS[m.format] for m in packed if m.format is not None} - {"fp32", "bf16"}
+    ours = kernel.label() + (" bf16" if any(m.bf16 for m in packed) else "")
+    codes = f" ({'+'.join(sorted(held))})" if held else ""
     found = {f"{ours}{codes}" if b == "kernel" else b for b in found}
     name = "+".join(sorted(found, reverse=True)) or "plain"
     streamed = [m.packed for m in packed if m.backend == "kernel"]

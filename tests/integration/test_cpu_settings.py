@@ -41,12 +41,19 @@ def test_torch_threads_and_dtype_are_honoured_and_reported(attribution_index, tm
 
 
 def _bf16_linear() -> str:
-    """What computes bf16 linears on this CPU: oneDNN packs them only where the CPU converts
-    bf16 natively (avx_ne_convert or AVX-512 BW/VL/DQ); elsewhere torch's plain BLAS."""
+    """What computes bf16 linears on this CPU: kernel.c's bf16 arithmetic where the CPU has
+    AVX512-BF16 (on 2 MB pages where the system has them; prompts on oneDNN's bf16 copies where
+    it has AMX); else oneDNN, which packs them only where the CPU converts bf16 natively
+    (avx_ne_convert or AVX-512 BW/VL/DQ); elsewhere torch's plain BLAS."""
     import torch
 
+    from model.engines import hugepages, kernel, loading
     from model.engines.packing import PackedLinear
 
+    if kernel.bf16_arithmetic():
+        pages = " on 2 MB pages" if hugepages.available() else ""
+        amx = loading.AMX_FLAG in loading.cpu_flags()
+        return f"{kernel.label()} bf16{pages}" + ("; prompts: onednn bf16" if amx else "")
     try:
         return PackedLinear(torch.nn.Linear(64, 8).to(torch.bfloat16)).backend
     except RuntimeError:

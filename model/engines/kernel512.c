@@ -174,56 +174,62 @@ ZBF __m512 halves8(__m512 v) {
 }
 
 /* Outputs 0-3 of a block of W_Q4 codes times R rows of bf16 x (xb) with the sums of each
- * group's x over 8 in s: out[r * 4 + k]. A register holds two outputs' 32 codes (16 bytes each,
+ * group's x in s: out[r * 4 + k]. A register holds two outputs' 32 codes (16 bytes each,
  * side by side in a group): lanes 0-7 sum output 2p's products, lanes 8-15 output 2p + 1's. */
 ZBF void tile_q4bf(const int R, const uint8_t* p, const uint16_t* xb, const float* s, int64_t I,
                    float* out) {
     __m512 acc[2][8];
+    __m256 acc_m[8]; /* lanes 4-7: each output's sum over groups of (m - 128 d) times x's sum */
 #pragma GCC unroll 8
-    for (int r = 0; r < R; r++) acc[0][r] = acc[1][r] = _mm512_setzero_ps();
+    for (int r = 0; r < R; r++) {
+        acc[0][r] = acc[1][r] = _mm512_setzero_ps();
+        acc_m[r] = _mm256_setzero_ps();
+    }
     const __m512i nib = _mm512_set1_epi16(15), magic = _mm512_set1_epi16(BF16_MAGIC);
-    /* lanes of the group's scales (d0-d3, m0-m3) that each pair's d and m take */
+    /* lanes of the group's scales (d0-d3, m0-m3) that each pair's d takes */
     const __m512i at_d[2] = {_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
                              _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2)};
-    const __m512i four = _mm512_set1_epi32(4);
-    const __m512 c128 = _mm512_set1_ps(128.f);
+    const __m256 c128 = _mm256_set1_ps(128.f);
     const int64_t G = I / 32;
     for (int64_t g = 0; g < G; g++, p += Q4_GROUP) {
         fetch_ahead(p);
-        __m512 sc = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + 64))));
+        __m256 sc = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + 64))); /* d0-3, m0-3 */
+        __m256 mp = _mm256_fnmadd_ps(c128, _mm256_permute2f128_ps(sc, sc, 0x00), sc); /* 4-7: m - 128 d */
         __m512bh lo[2], hi[2];
-        __m512 d[2], m[2];
+        __m512 d[2];
 #pragma GCC unroll 2
         for (int q = 0; q < 2; q++) {
             /* bytes of outputs 2q and 2q + 1: byte i holds input i (low 4 bits) and i + 16 */
             __m512i z = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(p + 32 * q)));
             lo[q] = (__m512bh)_mm512_ternarylogic_epi32(z, nib, magic, 0xEA); /* (z & 15) | magic */
             hi[q] = (__m512bh)_mm512_or_si512(_mm512_srli_epi16(z, 4), magic);
-            d[q] = _mm512_permutexvar_ps(at_d[q], sc);
-            m[q] = _mm512_fnmadd_ps(c128, d[q], _mm512_permutexvar_ps(_mm512_add_epi32(at_d[q], four), sc));
+            d[q] = _mm512_permutexvar_ps(at_d[q], _mm512_castps256_ps512(sc));
         }
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             const uint16_t* xr = xb + r * I + 32 * g;
             __m512bh xl = (__m512bh)_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)xr));
             __m512bh xh = (__m512bh)_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(xr + 16)));
-            __m512 sum = _mm512_set1_ps(s[r * G + g]);
+            acc_m[r] = _mm256_fmadd_ps(mp, _mm256_set1_ps(s[r * G + g]), acc_m[r]);
 #pragma GCC unroll 2
             for (int q = 0; q < 2; q++) {
                 __m512 t = _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), lo[q], xl), hi[q], xh);
-                acc[q][r] = _mm512_fmadd_ps(m[q], sum, _mm512_fmadd_ps(t, d[q], acc[q][r]));
+                acc[q][r] = _mm512_fmadd_ps(t, d[q], acc[q][r]);
             }
         }
     }
 #pragma GCC unroll 8
-    for (int r = 0; r < R; r++)
+    for (int r = 0; r < R; r++) {
+        float m[8];
+        _mm256_storeu_ps(m, acc_m[r]);
 #pragma GCC unroll 2
         for (int q = 0; q < 2; q++) {
             float h[16];
             _mm512_storeu_ps(h, halves8(acc[q][r]));
-            out[r * 4 + 2 * q] = h[0];
-            out[r * 4 + 2 * q + 1] = h[8];
+            out[r * 4 + 2 * q] = h[0] + m[4 + 2 * q];
+            out[r * 4 + 2 * q + 1] = h[8] + m[5 + 2 * q];
         }
+    }
 }
 
 /* Outputs k0 .. k0 + NO - 1 of a block of W_BF16 weights times R rows of bf16 x: out[r * 4 + k]. */
@@ -258,25 +264,47 @@ ZBF void block_bf(const int fmt, const int R, const void* w, const uint16_t* xb,
     }
 }
 
-/* Not inlined: linear512 itself runs on CPUs without AVX512-BF16, so it must not hold these. */
-#define ZBF_CALL __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c"), noinline)) static
-
-ZBF_CALL void block_rows_bf(const int fmt, int rows, const void* w, const uint16_t* xb,
-                            const float* s, int64_t I, float* out) {
+ZBF void block_rows_bf(const int fmt, int rows, const void* w, const uint16_t* xb, const float* s,
+                       int64_t I, float* out) {
 #define BLOCK_BF(R) block_bf(fmt, R, w, xb, s, I, out)
     ROWS_AS_CONSTANT(rows, BLOCK_BF)
 #undef BLOCK_BF
 }
 
 /* x's M rows rounded to bf16 (nearest even) into xb, and each group of 32's sum of the rounded
- * values, over 8, into s (what tile_q4bf adds to each of 8 lanes). */
+ * values into s (tile_q4bf's minimums multiply it). */
+/* Not inlined: linear512 itself runs on CPUs without AVX512-BF16, so it must not hold these. */
+#define ZBF_CALL __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c"), noinline)) static
+
 ZBF_CALL void round_rows(const float* x, int64_t M, int64_t I, uint16_t* xb, float* s) {
     const __m512i ones = _mm512_set1_epi16(0x3F80); /* bf16 1.0 */
     for (int64_t i = 0; i < M * I / 32; i++) {
         __m512bh b = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 32 * i + 16), _mm512_loadu_ps(x + 32 * i));
         _mm512_storeu_si512(xb + 32 * i, (__m512i)b);
-        s[i] = _mm512_reduce_add_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), b, (__m512bh)ones)) / 8.f;
+        s[i] = _mm512_reduce_add_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), b, (__m512bh)ones));
     }
+}
+
+/* Blocks first .. last - 1 times the M rows, 8 at a time: CALL computes block w (4 outputs)
+ * times rows m .. m + rows - 1 into out[r * 4 + k], then the sums go to y with the bias. */
+#define EACH_BLOCK(CALL)                                                                        \
+    for (int64_t m = 0; m < M; m += 8) {                                                        \
+        int rows = M - m < 8 ? (int)(M - m) : 8;                                                \
+        for (int64_t blk = first; blk < last; blk++) {                                          \
+            float out[32];                                                                      \
+            const void* w = block_at(W, blk, I);                                                \
+            CALL;                                                                               \
+            put(out, 4, 1, rows, O - 4 * blk < 4 ? O - 4 * blk : 4, y + m * O, O, 4 * blk, bias); \
+        }                                                                                       \
+    }
+
+/* A chunk of blocks in bf16 arithmetic, over x rounded by round_rows into xb and s. */
+ZBF_CALL void chunk_bf(const weights_t* W, int64_t first, int64_t last, const uint16_t* xb,
+                       const float* s, const float* bias, float* y, int64_t M, int64_t I, int64_t O) {
+    if (W_STORED(W->format) == W_Q4)
+        EACH_BLOCK(block_rows_bf(W_Q4, rows, w, xb + m * I, s + m * (I / 32), I, out))
+    else
+        EACH_BLOCK(block_rows_bf(W_BF16, rows, w, xb + m * I, s + m * (I / 32), I, out))
 }
 
 #define XB_STACK 8192 /* x's bf16 copy on the stack up to this many values (a decode step's) */
@@ -305,21 +333,10 @@ __attribute__((target("avx512f,avx2,fma,f16c"))) void linear512(
 #pragma omp parallel for schedule(static)
     for (int64_t c = 0; c < chunks; c++) {
         int64_t first = c * per_chunk, last = first + per_chunk < blocks ? first + per_chunk : blocks;
-        for (int64_t m = 0; m < M; m += 8) {
-            int rows = M - m < 8 ? (int)(M - m) : 8;
-            for (int64_t blk = first; blk < last; blk++) {
-                float out[32];
-                const void* w = block_at(W, blk, I);
-                const uint16_t* xm = xb + m * I;
-                const float* sm = s + m * (I / 32);
-                if (bf && fmt == W_Q4) block_rows_bf(W_Q4, rows, w, xm, sm, I, out);
-                else if (bf) block_rows_bf(W_BF16, rows, w, xm, sm, I, out);
-                else if (fmt == W_Q4) block_rows(W_Q4, rows, w, x + m * I, I, out);
-                else if (fmt == W_Q8) block_rows(W_Q8, rows, w, x + m * I, I, out);
-                else block_rows(W_F32, rows, w, x + m * I, I, out);
-                put(out, 4, 1, rows, O - 4 * blk < 4 ? O - 4 * blk : 4, y + m * O, O, 4 * blk, bias);
-            }
-        }
+        if (bf) chunk_bf(W, first, last, xb, s, bias, y, M, I, O);
+        else if (fmt == W_Q4) EACH_BLOCK(block_rows(W_Q4, rows, w, x + m * I, I, out))
+        else if (fmt == W_Q8) EACH_BLOCK(block_rows(W_Q8, rows, w, x + m * I, I, out))
+        else EACH_BLOCK(block_rows(W_F32, rows, w, x + m * I, I, out))
     }
     if (heap) {
         free(xb);

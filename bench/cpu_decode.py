@@ -21,12 +21,16 @@
    output layer, as model/engines/codes.py finds them) and as fp32, at 1-32 rows (a decode
    step of that many streams), in interleaved rounds.
 
-5. `pages`: a SmolLM2 step's 211 kernel.c calls (the model as the worker loads it, its packed
+5. `bf16`: kernel.c's bf16 arithmetic (DTYPE=bfloat16 on a CPU with AVX512-BF16) against its
+   exact fp32 over the same step's matrices, at 1-8 rows: the codes as they are, and the
+   matrices as fp32 against bf16 weights (a model without codes).
+
+6. `pages`: a SmolLM2 step's 211 kernel.c calls (the model as the worker loads it, its packed
    weights on 2 MB pages where the system has them: model/engines/hugepages.py) against the
    same calls over a copy of those weights on 4 KB pages, in interleaved rounds, at 1-16 rows;
    each also "cold", right after 64 MB of other writes (as after another process ran).
 
-    python bench/cpu_decode.py [linear|threads|layers|tiles|pages|both] [--rounds 4]
+    python bench/cpu_decode.py [linear|threads|layers|tiles|bf16|pages|both] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -234,11 +238,25 @@ def layers(rounds: int) -> None:
         print(f"| {arm} | {a:.1f} | {b:.1f} | {speedup:.2f} |")
 
 
+def step_weights():
+    """A SmolLM2 step's matrices, random but exactly codes as the checkpoint's are: 30 layers of
+    7 Q4_1 projections, then the tied Q8_0 output layer (fp32 tensors)."""
+    import torch
+
+    from tests.unit.test_codes import as_q4, as_q8
+
+    shapes = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576),
+              (576, 1536)] * 30  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    weights = [as_q4(torch.randn(o, i, generator=gen) * 0.05) for o, i in shapes]
+    weights.append(as_q8(torch.randn(49152, 576, generator=gen) * 0.05))
+    return weights
+
+
 def tiles(rounds: int, rows_list=(1, 2, 4, 8, 16, 32)) -> None:
     import torch
 
     from model.engines import codes, kernel
-    from tests.unit.test_codes import as_q4, as_q8
 
     lib = kernel.library()
     if lib is None:
@@ -249,19 +267,16 @@ def tiles(rounds: int, rows_list=(1, 2, 4, 8, 16, 32)) -> None:
     if kernel.tiles(lib, kernel.AVX512_ALL) == kernel.AVX512_ALL:
         modes["avx512"] = kernel.AVX512_ALL
     kernel.tiles(lib, own)
-    shapes = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576),
-              (576, 1536)] * 30  # fmt: skip
-    gen = torch.Generator().manual_seed(0)
-    weights = [as_q4(torch.randn(o, i, generator=gen) * 0.05) for o, i in shapes]
-    weights.append(as_q8(torch.randn(49152, 576, generator=gen) * 0.05))
+    weights = step_weights()
     layers = {"codes": [], "fp32": []}
     for w in weights:
         found = codes.find(w)
         out_f, in_f = w.shape
         layers["codes"].append(kernel.linear(lib, found.packed, None, in_f, out_f, found.format))
         layers["fp32"].append(kernel.linear(lib, kernel.pack(w), None, in_f, out_f))
-    del weights
-    print(f"kernel.c's tiles, {len(shapes)} projections + the output layer, "
+    projections = len(weights) - 1
+    del weights  # the packed copies are what is timed
+    print(f"kernel.c's tiles, {projections} projections + the output layer, "
           f"{torch.get_num_threads()} threads; ms per step, medians of {rounds} rounds")  # fmt: skip
     head = " | ".join(f"{f} {m} ms" for f in layers for m in modes)
     print(f"| rows | {head} | codes: avx512 / avx2 |")
@@ -280,6 +295,46 @@ def tiles(rounds: int, rows_list=(1, 2, 4, 8, 16, 32)) -> None:
         cells = " | ".join(f"{med[k]:.2f}" for k in ms)
         ratio = med["codes", "avx2"] / med["codes", "avx512"] if "avx512" in modes else float("nan")
         print(f"| {rows} | {cells} | {ratio:.2f}x |", flush=True)
+
+
+def bf16(rounds: int, rows_list=(1, 2, 3, 4, 8)) -> None:
+    """kernel.c's bf16 arithmetic (DTYPE=bfloat16) against its exact fp32 over a SmolLM2 step's
+    211 matrices, in interleaved rounds: the codes as they are (Q4 in bf16, where kernel.c's
+    linear sends up to BF16X_ROWS rows; the Q8 output layer exact in both), and a model without
+    codes (the same matrices as fp32 weights against bf16 weights, half the bytes)."""
+    import torch
+
+    from model.engines import codes, kernel
+
+    lib = kernel.library()
+    if lib is None or not kernel.bf16_arithmetic():
+        print("bf16: kernel.c does not compute in bf16 here (needs AVX512-BF16)")
+        return
+    arms = {"codes fp32": [], "codes bf16": [], "fp32 weights": [], "bf16 weights": []}
+    for w in step_weights():
+        found, (out_f, in_f) = codes.find(w), w.shape
+        bf = found.format | kernel.BF16X if found.format == kernel.Q4 else found.format
+        arms["codes fp32"].append(kernel.linear(lib, found.packed, None, in_f, out_f, found.format))
+        arms["codes bf16"].append(kernel.linear(lib, found.packed, None, in_f, out_f, bf))
+        arms["fp32 weights"].append(kernel.linear(lib, kernel.pack(w), None, in_f, out_f))
+        packed = kernel.pack_bf16(w)
+        arms["bf16 weights"].append(kernel.linear(lib, packed, None, in_f, out_f, kernel.BF16))
+    print(f"kernel.c, a SmolLM2 step's 211 matrices, {torch.get_num_threads()} threads; ms per "
+          f"step, medians of {rounds} rounds")  # fmt: skip
+    print("| rows | " + " | ".join(f"{a} ms" for a in arms) + " | codes | weights |")
+    print("|---:|" + "---:|" * (len(arms) + 2))
+    for rows in rows_list:
+        xs = {576: torch.randn(rows, 576), 1536: torch.randn(rows, 1536)}
+        ms = {a: [] for a in arms}
+        with torch.inference_mode():
+            for _ in range(rounds):  # interleaved
+                for a, fns in arms.items():
+                    ms[a].append(timed(lambda fns=fns, xs=xs: [fn(xs[fn.inp]) for fn in fns], 3))
+        med = {a: statistics.median(v) for a, v in ms.items()}
+        cells = " | ".join(f"{med[a]:.2f}" for a in arms)
+        codes_x = med["codes fp32"] / med["codes bf16"]
+        weights_x = med["fp32 weights"] / med["bf16 weights"]
+        print(f"| {rows} | {cells} | {codes_x:.2f}x | {weights_x:.2f}x |", flush=True)
 
 
 def pages(rounds: int, rows_list=(1, 2, 4, 8, 16)) -> None:
@@ -348,7 +403,7 @@ def main(argv=None) -> int:
         "part",
         nargs="?",
         default="both",
-        choices=("linear", "threads", "layers", "tiles", "pages", "both"),
+        choices=("linear", "threads", "layers", "tiles", "bf16", "pages", "both"),
     )
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--threads", default="1,2", help="linear: torch thread counts")
@@ -361,6 +416,8 @@ def main(argv=None) -> int:
         layers(args.rounds)
     if args.part == "tiles":
         tiles(args.rounds)
+    if args.part == "bf16":
+        bf16(args.rounds)
     if args.part == "pages":
         pages(args.rounds)
     return 0

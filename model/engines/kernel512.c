@@ -163,6 +163,14 @@ Z512 void block_rows(const int fmt, int rows, const void* w, const float* x, int
  * and sum_i x_i (d q_i + m) = d sum_i x_i (128 + q_i) + (m - 128 d) sum_i x_i, with the sum of
  * the group's rounded x computed once per row. W_Q8 (SmolLM2's output layer) stays on the exact
  * fp32 tiles: its 8-bit codes have no such one-instruction conversion. */
+/* It needs a compiler that knows AVX512-BF16 (GCC 11, clang 12 on); with an older one it is left
+ * out and kernel_bf16() says 0, so the rest of the library still builds and runs. */
+#if (defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11)
+#define HAVE_BF16 1
+#else
+#define HAVE_BF16 0
+#endif
+#if HAVE_BF16
 #define ZBF __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c"), always_inline)) static inline
 #define BF16_MAGIC 0x4300 /* bf16 bits of 128: 128 + q's bits are 0x4300 + q for q < 128 */
 
@@ -285,6 +293,8 @@ ZBF_CALL void round_rows(const float* x, int64_t M, int64_t I, uint16_t* xb, flo
     }
 }
 
+#endif /* HAVE_BF16 */
+
 /* Blocks first .. last - 1 times the M rows, 8 at a time: CALL computes block w (4 outputs)
  * times rows m .. m + rows - 1 into out[r * 4 + k], then the sums go to y with the bias. */
 #define EACH_BLOCK(CALL)                                                                        \
@@ -298,6 +308,7 @@ ZBF_CALL void round_rows(const float* x, int64_t M, int64_t I, uint16_t* xb, flo
         }                                                                                       \
     }
 
+#if HAVE_BF16
 /* A chunk of blocks in bf16 arithmetic, over x rounded by round_rows into xb and s. */
 ZBF_CALL void chunk_bf(const weights_t* W, int64_t first, int64_t last, const uint16_t* xb,
                        const float* s, const float* bias, float* y, int64_t M, int64_t I, int64_t O) {
@@ -306,6 +317,8 @@ ZBF_CALL void chunk_bf(const weights_t* W, int64_t first, int64_t last, const ui
     else
         EACH_BLOCK(block_rows_bf(W_BF16, rows, w, xb + m * I, s + m * (I / 32), I, out))
 }
+
+#endif /* HAVE_BF16 */
 
 #define XB_STACK 8192 /* x's bf16 copy on the stack up to this many values (a decode step's) */
 
@@ -326,15 +339,22 @@ __attribute__((target("avx512f,avx2,fma,f16c"))) void linear512(
         free(heap && s ? s : NULL);
         return;
     }
-    if (bf) round_rows(x, M, I, xb, s);
+    if (bf) {
+#if HAVE_BF16
+        round_rows(x, M, I, xb, s);
+#endif
+    }
     int64_t blocks = (O + 3) / 4;
     int64_t per_chunk = L2_BYTES / (16 * I) > 0 ? L2_BYTES / (16 * I) : 1;
     int64_t chunks = (blocks + per_chunk - 1) / per_chunk;
 #pragma omp parallel for schedule(static)
     for (int64_t c = 0; c < chunks; c++) {
         int64_t first = c * per_chunk, last = first + per_chunk < blocks ? first + per_chunk : blocks;
-        if (bf) chunk_bf(W, first, last, xb, s, bias, y, M, I, O);
-        else if (fmt == W_Q4) EACH_BLOCK(block_rows(W_Q4, rows, w, x + m * I, I, out))
+        if (bf) {
+#if HAVE_BF16
+            chunk_bf(W, first, last, xb, s, bias, y, M, I, O);
+#endif
+        } else if (fmt == W_Q4) EACH_BLOCK(block_rows(W_Q4, rows, w, x + m * I, I, out))
         else if (fmt == W_Q8) EACH_BLOCK(block_rows(W_Q8, rows, w, x + m * I, I, out))
         else EACH_BLOCK(block_rows(W_F32, rows, w, x + m * I, I, out))
     }
@@ -345,5 +365,9 @@ __attribute__((target("avx512f,avx2,fma,f16c"))) void linear512(
 }
 
 int64_t kernel_bf16(void) {
+#if HAVE_BF16
     return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
+#else
+    return 0;
+#endif
 }

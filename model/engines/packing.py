@@ -42,7 +42,9 @@ PROMPT_ROWS = 33
 class PackedLinear(torch.nn.Module):
     """`nn.Linear`'s forward over a packed weight (same values, same results up to the order of
     the additions): kernel.c's layout when `use_kernel` and it runs here (the checkpoint's codes
-    where they are exact and `use_codes`), else oneDNN's."""
+    where they are exact and `use_codes`), else oneDNN's. `bf16`: kernel.c computes in bf16
+    where the CPU has AVX512-BF16 (x rounded to bf16; weights that are not codes stored as
+    bf16)."""
 
     def __init__(
         self,
@@ -61,16 +63,16 @@ class PackedLinear(torch.nn.Module):
         self.format = None  # kernel.c's format of `packed` (kernel.FORMATS), None on oneDNN
         if lib is not None:
             found = codes.find(weight) if use_codes else None
-            self.packed, self.format = (
-                (found.packed, found.format) if found else (kernel.pack(weight), kernel.F32)
-            )
-            if bf16 and kernel.bf16_arithmetic() and self.in_features % kernel.BF16_GROUP == 0:
-                # bf16 arithmetic (DTYPE=bfloat16): Q4 codes as they are, fp32 weights as bf16;
-                # Q8 codes (an output layer) stay exact, see kernel512.c
-                if self.format == kernel.Q4:
-                    self.format = kernel.Q4 | kernel.BF16X
-                elif self.format == kernel.F32:
-                    self.packed, self.format = kernel.pack_bf16(weight), kernel.BF16
+            # bf16 arithmetic (DTYPE=bfloat16): Q4 codes as they are, other weights as bf16; Q8
+            # codes (an output layer) stay exact fp32, see kernel512.c
+            bf16 = bf16 and kernel.bf16_arithmetic() and self.in_features % kernel.BF16_GROUP == 0
+            if found:
+                in_bf16 = kernel.BF16X if bf16 and found.format == kernel.Q4 else 0
+                self.packed, self.format = found.packed, found.format | in_bf16
+            elif bf16:
+                self.packed, self.format = kernel.pack_bf16(weight), kernel.BF16
+            else:
+                self.packed, self.format = kernel.pack(weight), kernel.F32
             bias = linear.bias
             bias = None if bias is None else bias.detach().float().contiguous()
             self._kernel = kernel.linear(

@@ -11,7 +11,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 
-def build_random_model(out: Path, *, fim: bool = True, vocab_size: int = 512) -> Path:
+def build_random_model(
+    out: Path, *, fim: bool = True, vocab_size: int = 512, n_embd: int = 32
+) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPTBigCodeForCausalLM, PreTrainedTokenizerFast
 
@@ -38,7 +40,7 @@ def build_random_model(out: Path, *, fim: bool = True, vocab_size: int = 512) ->
         additional_special_tokens=specials[1:],
     )
     # The same config builder as the real training, only much smaller.
-    size = SimpleNamespace(n_positions=256, n_embd=32, n_layer=2, n_head=2)
+    size = SimpleNamespace(n_positions=256, n_embd=n_embd, n_layer=2, n_head=2)
     config = make_config(size, len(fast))
     import torch
 

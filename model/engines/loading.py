@@ -86,7 +86,7 @@ def load(
 
     from model.engines import kernel
     from model.engines.fused import fuse_layers
-    from model.engines.packing import pack_linears, packed_backend
+    from model.engines.packing import computes_in_bf16, pack_linears, packed_backend
 
     local = is_local(model_id)
     source = str(Path(model_id).expanduser()) if local else model_id
@@ -134,6 +134,10 @@ def load(
         else:
             column_major_linears(model)
             linear = "plain"
+        if bf16_kernel and not computes_in_bf16(model):
+            # no layer kernel.c can take in bf16 (inputs not a multiple of 32): fp32, and said so
+            log.warning("DTYPE=bfloat16: no linear layer of this model computes in bf16 here")
+            placement = Placement("cpu", "float32", None)
         release_checkpoint(model)
         # A decode step's small ops in C around kernel.c, where it computes every layer. After
         # the copies above: layer.c keeps the addresses of the norms' weights.

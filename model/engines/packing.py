@@ -233,7 +233,7 @@ def packed_backend(model) -> str:
     packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
     found = {m.backend for m in packed}
     held = {kernel.FORMATS[m.format] for m in packed if m.format is not None} - {"fp32", "bf16"}
-    ours = kernel.label() + (" bf16" if any(m.bf16 for m in packed) else "")
+    ours = kernel.label() + (" bf16" if computes_in_bf16(model) else "")
     codes = f" ({'+'.join(sorted(held))})" if held else ""
     found = {f"{ours}{codes}" if b == "kernel" else b for b in found}
     name = "+".join(sorted(found, reverse=True)) or "plain"
@@ -242,6 +242,11 @@ def packed_backend(model) -> str:
         name += " on 2 MB pages"
     prompts = any(m.prompt_weight is not None for m in packed)
     return f"{name}; prompts: onednn bf16" if prompts else name
+
+
+def computes_in_bf16(model) -> bool:
+    """Whether kernel.c computes any of the model's packed layers in bf16 (PackedLinear.bf16)."""
+    return any(m.bf16 for m in model.modules() if isinstance(m, PackedLinear))
 
 
 def weight_bytes(model) -> int:

@@ -136,6 +136,19 @@ def test_bf16_writes_what_fp32_writes_within_a_tolerance():
     assert agree >= 0.9, f"bf16 picked fp32's next token at only {agree:.0%} of positions"
 
 
+@pytest.mark.skipif(not kernel.bf16_arithmetic(), reason="needs kernel.c with AVX512-BF16")
+def test_bf16_on_a_model_kernel_c_cannot_take_in_bf16_reports_fp32(tmp_path):
+    """kernel.c's bf16 tiles take inputs in groups of 32: a model of 36 and 144 inputs stays on
+    its fp32, and the worker says float32 rather than a bfloat16 it does not compute."""
+    folder = build_random_model(tmp_path / "m", n_embd=36)
+    _, _, info = loading.load(str(folder), device="cpu", dtype="bfloat16")
+    assert info.dtype == "float32" and f"{kernel.label()} bf16" not in info.linear
+    _, _, even = loading.load(
+        str(build_random_model(tmp_path / "e")), device="cpu", dtype="bfloat16"
+    )
+    assert even.dtype == "bfloat16" and even.linear.startswith(f"{kernel.label()} bf16")
+
+
 def test_local_folder_loads_offline_and_gets_a_pad_token(tmp_path, monkeypatch):
     folder = build_random_model(tmp_path / "m")
     model, tokenizer, info = loading.load(str(folder), device="cpu")

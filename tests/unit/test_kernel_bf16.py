@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model.engines import fused, kernel
-from model.engines.packing import PackedLinear, pack_linears, packed_backend
+from model.engines.packing import PackedLinear, computes_in_bf16, pack_linears, packed_backend
 from tests.unit.test_codes import as_q4, as_q8, codes_llama, linear_of
 from tests.unit.test_fused import small_llama
 
@@ -108,6 +108,18 @@ def test_a_plain_model_packs_bf16_weights_at_half_the_bytes():
     fp32 = [m for m in plain.modules() if isinstance(m, PackedLinear)]
     assert all(m.format == kernel.BF16 for m in layers)
     assert sum(m.packed_bytes for m in layers) * 2 == sum(m.packed_bytes for m in fp32)
+
+
+@needs_bf16
+def test_a_model_whose_inputs_are_not_multiples_of_32_stays_fp32_and_says_so():
+    """bf16 tiles take groups of 32 inputs: a model with 40 and 72 inputs keeps kernel.c's
+    fp32 (loading.py then reports float32, not bfloat16)."""
+    odd = small_llama(hidden_size=40, intermediate_size=72)
+    assert pack_linears(odd, bf16=True)
+    assert not computes_in_bf16(odd)
+    assert " bf16" not in packed_backend(odd)
+    even = small_llama()
+    assert pack_linears(even, bf16=True) and computes_in_bf16(even)
 
 
 @pytest.mark.skipif(kernel.library() is None, reason="kernel.c does not run here")

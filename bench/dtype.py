@@ -12,7 +12,13 @@ prompts on bf16 copies where the CPU has AMX; model/engines/loading.py).
 Whether the CPU computes bf16 natively (AMX, AVX512-BF16) is printed: without it torch converts
 bf16 matmuls through fp32, and `DTYPE=auto` keeps fp32.
 
+`--without-codes`: the model's 2-D weights nudged by a relative 1e-3 first (a copy in a
+temporary folder), so that no block is exactly a checkpoint's 4-bit or 8-bit code and float32
+reads 4 bytes a weight, as for any model trained in fp32 or bf16 (SmolLM2's fp32 otherwise runs
+on its codes, 0.63 bytes a weight; model/engines/codes.py).
+
     python bench/dtype.py [--model DIR] [--rounds 5] [--new-tokens 64] [--threads 1,2]
+                          [--without-codes]
 """
 
 from __future__ import annotations
@@ -71,14 +77,41 @@ def greedy_text(model, tokenizer, prompt: str, new_tokens: int) -> list[int]:
     return out[0, ids.shape[1] :].tolist()
 
 
+def without_codes(folder: str, into: Path) -> str:
+    """A copy of the model folder whose 2-D weights are no longer exactly codes (see above)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(folder, into, dirs_exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+    for path in into.glob("*.safetensors"):
+        tensors = load_file(path)
+        for name, t in tensors.items():
+            if t.dim() == 2 and t.is_floating_point():
+                noise = torch.randn(t.shape, generator=gen, dtype=torch.float32).to(t.dtype)
+                tensors[name] = (t + t.abs().mean() * 1e-3 * noise).contiguous()
+        save_file(tensors, path, metadata={"format": "pt"})
+    return str(into)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(default_data_dir() / "models" / SMOLLM2))
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--threads", default="1,2")
+    p.add_argument("--without-codes", action="store_true", help="nudge the weights off codes")
     args = p.parse_args(argv)
+    import tempfile
+
     import torch
+
+    if args.without_codes:
+        scratch = tempfile.TemporaryDirectory(prefix="dtype-bench-")
+        args.model = without_codes(args.model, Path(scratch.name) / "model")
+        print(f"the model's weights nudged off its codes, in {args.model}")
 
     flags = loading.cpu_flags()
     native = sorted(f for f in flags if f in loading.BF16_CPU_FLAGS)

@@ -63,7 +63,13 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.layer_out.argtypes = [p, p, p, n, p, p]
     lib.layer_paged.argtypes = [p, p, p, n, p, p, p, p, p, p, n, p, p, n, p]
     lib.layer_dense.argtypes = [p, p, p, p, p, n, n, n, n, n, n, n, p, p, p]
-    for fn in (lib.layer_in, lib.layer_out, lib.layer_paged, lib.layer_dense):
+    lib.attention_dense.argtypes = [p, p, p, p, n, n, n, n, n, n, n, p, p]
+    lib.prompt_norm.argtypes = [p, p, n, p]
+    lib.prompt_rotary.argtypes = [p, p, p, n, p, p]
+    lib.prompt_mid.argtypes = [p, p, p, n, p, p]
+    lib.prompt_silu.argtypes = [p, p, p, n]
+    for fn in (lib.layer_in, lib.layer_out, lib.layer_paged, lib.layer_dense, lib.attention_dense,
+               lib.prompt_norm, lib.prompt_rotary, lib.prompt_mid, lib.prompt_silu):  # fmt: skip
         fn.restype = None
 
 
@@ -97,9 +103,11 @@ class FusedForward:
         self.hidden = layer.hidden_size
         self.inter = mlp.intermediate_size
         proj = _projections(layer)
-        # bf16 copies for prompts on AMX (model/engines/packing.py): transformers' layer over
-        # them computes a prompt's rows, layer.c every decode step
-        self.prompts = any(m.prompt_weight is not None for m in proj.values())
+        # bf16 copies for prompts on AMX (model/engines/packing.py): a prompt's rows go through
+        # them with layer.c's small ops between (_prompt_in, _prompt_out), every decode step
+        # through layer.c on kernel.c
+        self.prompts = all(m.prompt_weight is not None for m in proj.values())
+        self.proj = proj
         norm1 = layer.input_layernorm.weight.detach()  # a tensor of its own on the same memory
         norm2 = layer.post_attention_layernorm.weight.detach()
         packed = {name: m.packed for name, m in proj.items()}
@@ -145,18 +153,18 @@ class FusedForward:
             or x.dtype != torch.float32
             or torch.is_grad_enabled()
             or kwargs.get("past_key_values") is not None  # the old name: not ours to map
-            or (self.prompts and rows >= PROMPT_ROWS)
         ):
             return self._plain(
                 x, attention_mask, position_ids, cache, use_cache, position_embeddings, kwargs
             )
         x = x.contiguous()
         cos, sin = _rows(position_embeddings, x, self.head_dim)
+        prompt = self.prompts and rows >= PROMPT_ROWS
         if rows <= MAX_ROWS and cache is not None and "read_index" in kwargs:
             paged = transformers_cb.paged_layer(cache, self.layer_idx, kwargs)
             if paged is not None and x.shape[0] == 1:
                 return self._paged(x, rows, cos, sin, paged, kwargs["cu_seq_lens_q"])
-        return self._around_torch(x, rows, cos, sin, attention_mask, cache, kwargs)
+        return self._around_torch(x, rows, cos, sin, attention_mask, cache, kwargs, prompt)
 
     def _plain(
         self, x, attention_mask, position_ids, cache, use_cache, position_embeddings, kwargs
@@ -195,32 +203,55 @@ class FusedForward:
         )
         return y
 
-    def _around_torch(self, x, rows, cos, sin, attention_mask, cache, kwargs):
+    def _around_torch(self, x, rows, cos, sin, attention_mask, cache, kwargs, prompt=False):
         """layer.c before and after the cache update; the attention in layer.c too where it is
-        causal (layer_dense), else torch's between the halves (layer_out)."""
+        causal (layer_dense), else torch's between the halves (layer_out). `prompt`: the rows'
+        products on the bf16 copies instead of kernel.c (_prompt_in, _prompt_out)."""
         b, t = x.shape[:2]
-        q = x.new_empty(b, t, self.heads, self.head_dim)
-        k = x.new_empty(b, t, self.kv_heads, self.head_dim)
-        v = torch.empty_like(k)
-        h = torch.empty_like(x)
-        self.lib.layer_in(
-            self.at,
-            x.data_ptr(),
-            rows,
-            cos.data_ptr(),
-            sin.data_ptr(),
-            h.data_ptr(),
-            q.data_ptr(),
-            k.data_ptr(),
-            v.data_ptr(),
-        )
+        if prompt:
+            q, k, v = self._prompt_in(x, rows, cos, sin)
+        else:
+            q = x.new_empty(b, t, self.heads, self.head_dim)
+            k = x.new_empty(b, t, self.kv_heads, self.head_dim)
+            v = torch.empty_like(k)
+            h = torch.empty_like(x)
+            self.lib.layer_in(
+                self.at,
+                x.data_ptr(),
+                rows,
+                cos.data_ptr(),
+                sin.data_ptr(),
+                h.data_ptr(),
+                q.data_ptr(),
+                k.data_ptr(),
+                v.data_ptr(),
+            )
         queries = q
         q, k, v = (s.transpose(1, 2) for s in (q, k, v))
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
         y = torch.empty_like(x)
         starts = _causal(attention_mask, b, t, k.shape[2]) if t <= MAX_QUERIES else False
-        if starts is not False and k.shape[0] == b and _by_position(k) and _by_position(v):
+        causal = starts is not False and k.shape[0] == b and _by_position(k) and _by_position(v)
+        if causal and prompt:
+            a = x.new_empty(rows, self.heads * self.head_dim)
+            self.lib.attention_dense(
+                self.at,
+                queries.data_ptr(),
+                k.data_ptr(),
+                v.data_ptr(),
+                k.stride(0),
+                k.stride(1),
+                v.stride(0),
+                v.stride(1),
+                k.shape[2],
+                b,
+                t,
+                None if starts is None else starts.data_ptr(),
+                a.data_ptr(),
+            )
+            return self._prompt_out(x, a, rows)
+        if causal:
             # Causal (a prompt, a fill's candidate rows, its scoring rows, right-padded or
             # left-padded): the attention in layer.c too.
             scratch = torch.empty(
@@ -251,11 +282,48 @@ class FusedForward:
             self.attn, q, k, v, attention_mask, dropout=0.0, scaling=self.attn.scaling, **kwargs
         )
         a = a.reshape(rows, -1).contiguous()
+        if prompt:
+            return self._prompt_out(x, a, rows)
         scratch = torch.empty(rows * (self.hidden + 2 * self.inter))
         self.lib.layer_out(
             self.at, x.data_ptr(), a.data_ptr(), rows, y.data_ptr(), scratch.data_ptr()
         )
         return y
+
+    def _copy(self, name: str, xb: torch.Tensor) -> torch.Tensor:
+        """Projection `name` of bf16 rows xb on its bf16 copy (oneDNN, AMX), as fp32 + bias."""
+        proj = self.proj[name]
+        y = torch.ops.mkldnn._linear_pointwise(xb, proj.prompt_weight, None, "none", [], "")
+        return y.float() if proj.bias is None else y.float().add_(proj.bias)
+
+    def _prompt_in(self, x, rows, cos, sin):
+        """A prompt's q, k, v [b, t, heads, D]: layer.c's norm, one bf16 copy of the normed rows
+        for the three products, layer.c's rotary."""
+        h = torch.empty_like(x)
+        self.lib.prompt_norm(self.at, x.data_ptr(), rows, h.data_ptr())
+        hb = h.view(rows, -1).bfloat16()
+        q, k, v = (self._copy(n, hb) for n in ("q", "k", "v"))
+        self.lib.prompt_rotary(
+            self.at, q.data_ptr(), k.data_ptr(), rows, cos.data_ptr(), sin.data_ptr()
+        )
+        b, t = x.shape[:2]
+        return (
+            q.view(b, t, self.heads, self.head_dim),
+            k.view(b, t, self.kv_heads, self.head_dim),
+            v.view(b, t, self.kv_heads, self.head_dim),
+        )
+
+    def _prompt_out(self, x, a, rows):
+        """The layer's output from a prompt's attention a [rows, heads * D]: the products on the
+        bf16 copies (gate and up from one bf16 copy of the normed rows), layer.c's residual,
+        norm and SiLU."""
+        o = self._copy("o", a.bfloat16())
+        x2, h = torch.empty_like(x), torch.empty_like(x)
+        self.lib.prompt_mid(self.at, x.data_ptr(), o.data_ptr(), rows, x2.data_ptr(), h.data_ptr())
+        hb = h.view(rows, -1).bfloat16()
+        g, u = self._copy("gate", hb), self._copy("up", hb)
+        self.lib.prompt_silu(self.at, g.data_ptr(), u.data_ptr(), rows)
+        return x2.add_(self._copy("down", g.bfloat16()).view_as(x2))
 
 
 _last_rows: tuple = (None, None)  # (the step's cos/sin, their rows): every layer gets the same

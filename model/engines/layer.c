@@ -261,15 +261,11 @@ static void paged_attention(const layer_t* L, const float* q, const float* k, co
     }
 }
 
-/* generate()'s cache, causal (no mask, or a causal one; fused.py checks): q [B, T, heads,
- * D] attends k, v [B, kv_heads, n, D] (batch and head strides given, positions contiguous);
- * query t sees keys start[b] .. n - T + t (start NULL: from 0; a left-padded row's first real
- * key otherwise). Then the layer's output, as layer_out. */
-void layer_dense(const layer_t* L, const float* x, const float* q, const float* k,
-                 const float* v, int64_t kb, int64_t kh, int64_t vb, int64_t vh, int64_t n,
-                 int64_t B, int64_t T, const int64_t* start, float* y, float* scratch) {
+/* layer_dense's attention alone, into a [B * T, heads * D] (the prompt path's: fused.py). */
+void attention_dense(const layer_t* L, const float* q, const float* k, const float* v,
+                     int64_t kb, int64_t kh, int64_t vb, int64_t vh, int64_t n, int64_t B,
+                     int64_t T, const int64_t* start, float* a) {
     int64_t nh = L->heads, D = L->head_dim, group = nh / L->kv_heads;
-    float* a = scratch;
     int64_t nkv = L->kv_heads;
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t item = 0; item < B * T * nkv; item++) {
@@ -278,7 +274,56 @@ void layer_dense(const layer_t* L, const float* x, const float* q, const float* 
         attend_heads(q + at, group, k + b * kb + g * kh + s * D, v + b * vb + g * vh + s * D,
                      NULL, D, n - T + t + 1 - s, D, L->scale, a + at);
     }
-    layer_out(L, x, a, B * T, y, a + B * T * nh * D);
+}
+
+/* The prompt path's small ops (fused.py, FusedForward._prompt: a prompt's rows on oneDNN's
+ * bf16 copies, whose products fused.py computes between these; transformers' layer took ~35
+ * torch ops a layer for them). Rows split across the threads.
+ *   prompt_norm: h = rmsnorm(x) * norm1
+ *   prompt_rotary: rotary on q [T, heads, D] and k [T, kv_heads, D], in place
+ *   prompt_mid: x2 = x + o; h = rmsnorm(x2) * norm2
+ *   prompt_silu: g = silu(g) * u over T rows of inter */
+void prompt_norm(const layer_t* L, const float* x, int64_t T, float* h) {
+    int64_t H = L->hidden;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < T; t++) rmsnorm(x + t * H, L->norm1, L->eps, 1, H, h + t * H);
+}
+
+void prompt_rotary(const layer_t* L, float* q, float* k, int64_t T, const float* cos,
+                   const float* sin) {
+    int64_t D = L->head_dim;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < T; t++) {
+        rotary(q + t * L->heads * D, 1, L->heads, D, cos + t * D, sin + t * D);
+        rotary(k + t * L->kv_heads * D, 1, L->kv_heads, D, cos + t * D, sin + t * D);
+    }
+}
+
+void prompt_mid(const layer_t* L, const float* x, const float* o, int64_t T, float* x2, float* h) {
+    int64_t H = L->hidden;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < T; t++) {
+        for (int64_t i = 0; i < H; i++) x2[t * H + i] = x[t * H + i] + o[t * H + i];
+        rmsnorm(x2 + t * H, L->norm2, L->eps, 1, H, h + t * H);
+    }
+}
+
+void prompt_silu(const layer_t* L, float* g, const float* u, int64_t T) {
+    int64_t F = L->inter;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < T; t++) silu_mul(g + t * F, u + t * F, F);
+}
+
+/* generate()'s cache, causal (no mask, or a causal one; fused.py checks): q [B, T, heads,
+ * D] attends k, v [B, kv_heads, n, D] (batch and head strides given, positions contiguous);
+ * query t sees keys start[b] .. n - T + t (start NULL: from 0; a left-padded row's first real
+ * key otherwise). Then the layer's output, as layer_out. */
+void layer_dense(const layer_t* L, const float* x, const float* q, const float* k,
+                 const float* v, int64_t kb, int64_t kh, int64_t vb, int64_t vh, int64_t n,
+                 int64_t B, int64_t T, const int64_t* start, float* y, float* scratch) {
+    float* a = scratch;
+    attention_dense(L, q, k, v, kb, kh, vb, vh, n, B, T, start, a);
+    layer_out(L, x, a, B * T, y, a + B * T * L->heads * L->head_dim);
 }
 
 /* The whole layer on the paged cache: x [T, hidden] -> y; scratch: T * (2 * hidden +

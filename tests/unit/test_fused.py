@@ -46,7 +46,8 @@ class Calls:
 
     def __init__(self, lib):
         self.lib = lib
-        self.count = dict.fromkeys(("layer_in", "layer_out", "layer_dense", "layer_paged"), 0)
+        names = ("layer_in", "layer_out", "layer_dense", "layer_paged", "prompt_norm")
+        self.count = dict.fromkeys(names, 0)
 
     def __getattr__(self, name):
         fn = getattr(self.lib, name)

@@ -233,47 +233,20 @@ class FusedForward:
         y = torch.empty_like(x)
         starts = _causal(attention_mask, b, t, k.shape[2]) if t <= MAX_QUERIES else False
         causal = starts is not False and k.shape[0] == b and _by_position(k) and _by_position(v)
-        if causal and prompt:
-            a = x.new_empty(rows, self.heads * self.head_dim)
-            self.lib.attention_dense(
-                self.at,
-                queries.data_ptr(),
-                k.data_ptr(),
-                v.data_ptr(),
-                k.stride(0),
-                k.stride(1),
-                v.stride(0),
-                v.stride(1),
-                k.shape[2],
-                b,
-                t,
-                None if starts is None else starts.data_ptr(),
-                a.data_ptr(),
-            )
-            return self._prompt_out(x, a, rows)
         if causal:
             # Causal (a prompt, a fill's candidate rows, its scoring rows, right-padded or
             # left-padded): the attention in layer.c too.
+            over = (queries.data_ptr(), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1),
+                    v.stride(0), v.stride(1), k.shape[2], b, t,
+                    None if starts is None else starts.data_ptr())  # fmt: skip
+            if prompt:
+                a = x.new_empty(rows, self.heads * self.head_dim)
+                self.lib.attention_dense(self.at, *over, a.data_ptr())
+                return self._prompt_out(x, a, rows)
             scratch = torch.empty(
                 rows * (self.heads * self.head_dim + self.hidden + 2 * self.inter)
             )
-            self.lib.layer_dense(
-                self.at,
-                x.data_ptr(),
-                queries.data_ptr(),
-                k.data_ptr(),
-                v.data_ptr(),
-                k.stride(0),
-                k.stride(1),
-                v.stride(0),
-                v.stride(1),
-                k.shape[2],
-                b,
-                t,
-                None if starts is None else starts.data_ptr(),
-                y.data_ptr(),
-                scratch.data_ptr(),
-            )
+            self.lib.layer_dense(self.at, x.data_ptr(), *over, y.data_ptr(), scratch.data_ptr())
             return y
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.attn.config._attn_implementation, _no_interface

@@ -316,7 +316,7 @@ static void panel_path(const float* x, const weights_t* W, const float* bias, fl
  * fp32 there too, to compare the formats on one path. */
 #define F32_ROWS512 4
 /* W_BF16X codes in bf16 arithmetic up to this many rows: there they skip most of the fp32 tiles'
- * conversions (SmolLM2's step: 1.24-1.29x at 1 row, 1.07-1.08x at 2); from 3 rows the fp32
+ * conversions (SmolLM2's step: 1.18-1.29x at 1 row, 1.07-1.15x at 2); from 3 rows the fp32
  * tiles, which turn each code once for all the rows, are as fast (1.00-1.04x at 3, bench/
  * RESULTS.md, "Engine speed on CPU, part 11"), and exact. */
 #define BF16X_ROWS 2

@@ -263,19 +263,13 @@ class FusedForward:
         )
         return y
 
-    def _copy(self, name: str, xb: torch.Tensor) -> torch.Tensor:
-        """Projection `name` of bf16 rows xb on its bf16 copy (oneDNN, AMX), as fp32 + bias."""
-        proj = self.proj[name]
-        y = torch.ops.mkldnn._linear_pointwise(xb, proj.prompt_weight, None, "none", [], "")
-        return y.float() if proj.bias is None else y.float().add_(proj.bias)
-
     def _prompt_in(self, x, rows, cos, sin):
         """A prompt's q, k, v [b, t, heads, D]: layer.c's norm, one bf16 copy of the normed rows
         for the three products, layer.c's rotary."""
         h = torch.empty_like(x)
         self.lib.prompt_norm(self.at, x.data_ptr(), rows, h.data_ptr())
         hb = h.view(rows, -1).bfloat16()
-        q, k, v = (self._copy(n, hb) for n in ("q", "k", "v"))
+        q, k, v = (self.proj[n].on_copy(hb) for n in ("q", "k", "v"))
         self.lib.prompt_rotary(
             self.at, q.data_ptr(), k.data_ptr(), rows, cos.data_ptr(), sin.data_ptr()
         )
@@ -290,13 +284,13 @@ class FusedForward:
         """The layer's output from a prompt's attention a [rows, heads * D]: the products on the
         bf16 copies (gate and up from one bf16 copy of the normed rows), layer.c's residual,
         norm and SiLU."""
-        o = self._copy("o", a.bfloat16())
+        o = self.proj["o"].on_copy(a.bfloat16())
         x2, h = torch.empty_like(x), torch.empty_like(x)
         self.lib.prompt_mid(self.at, x.data_ptr(), o.data_ptr(), rows, x2.data_ptr(), h.data_ptr())
         hb = h.view(rows, -1).bfloat16()
-        g, u = self._copy("gate", hb), self._copy("up", hb)
+        g, u = self.proj["gate"].on_copy(hb), self.proj["up"].on_copy(hb)
         self.lib.prompt_silu(self.at, g.data_ptr(), u.data_ptr(), rows)
-        return x2.add_(self._copy("down", g.bfloat16()).view_as(x2))
+        return x2.add_(self.proj["down"].on_copy(g.bfloat16()).view_as(x2))
 
 
 _last_rows: tuple = (None, None)  # (the step's cos/sin, their rows): every layer gets the same

@@ -117,14 +117,13 @@ def load(
     if placement.device_map is None:
         model.to(placement.device)
     model.eval()
-    prompts = False  # bf16 copies for prompts (model/engines/packing.py)
-    if codes_first and holds_codes(model):
+    codes_kept = codes_first and holds_codes(model)
+    if codes_kept:
         placement = Placement("cpu", "float32", None)
-        prompts = AMX_FLAG in cpu_flags()
     elif codes_first:
         model.to(torch.bfloat16)
-    elif bf16_kernel:
-        prompts = AMX_FLAG in cpu_flags()
+    # bf16 copies for prompts (model/engines/packing.py) beside kernel.c's fp32 or bf16 layers
+    prompts = (codes_kept or bf16_kernel) and AMX_FLAG in cpu_flags()
     linear = layers = ""
     if placement.device == "cpu":
         # Packed for kernel.c or oneDNN where it can (model/engines/packing.py), else the layout

@@ -116,12 +116,15 @@ class PackedLinear(torch.nn.Module):
             lib, packed, self.kernel_bias, self.in_features, self.out_features, self.format
         )
 
+    def on_copy(self, xb: torch.Tensor) -> torch.Tensor:
+        """The layer of bf16 rows `xb` on its bf16 copy (oneDNN, AMX), as fp32 plus the bias
+        (fused.py's prompt path hands one bf16 copy of its rows to several layers)."""
+        y = torch.ops.mkldnn._linear_pointwise(xb, self.prompt_weight, None, "none", [], "")
+        return y.float() if self.bias is None else y.float().add_(self.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.prompt_weight is not None and x.numel() >= PROMPT_ROWS * self.in_features:
-            y = torch.ops.mkldnn._linear_pointwise(
-                x.bfloat16(), self.prompt_weight, None, "none", [], ""
-            ).float()
-            return y if self.bias is None else y + self.bias
+            return self.on_copy(x.bfloat16())
         if self._kernel is not None:
             return self._kernel(x)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")

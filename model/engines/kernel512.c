@@ -322,23 +322,12 @@ ZBF_CALL void chunk_bf(const weights_t* W, int64_t first, int64_t last, const ui
 
 #define XB_STACK 8192 /* x's bf16 copy on the stack up to this many values (a decode step's) */
 
-/* Threads split the output blocks in chunks that fit L2; each block meets the rows 8 at a time.
- * bf16 arithmetic (W_BF16, W_Q4 | W_BF16X: kernel.c's linear sends them here) first rounds x. */
-__attribute__((target("avx512f,avx2,fma,f16c"))) void linear512(
-    const float* x, const weights_t* W, const float* bias, float* y, int64_t M, int64_t I, int64_t O) {
+/* linear512 over x's bf16 copy (xb, s: from round_rows, for the bf16 formats; else unused). */
+__attribute__((target("avx512f,avx2,fma,f16c"))) static void linear512_over(
+    const float* x, const weights_t* W, const float* bias, float* y, int64_t M, int64_t I,
+    int64_t O, uint16_t* xb, float* s) {
     const int fmt = W_STORED(W->format);
     int bf = W->format != fmt || fmt == W_BF16;
-    uint16_t small[XB_STACK];
-    float small_s[XB_STACK / 32];
-    int heap = bf && M * I > XB_STACK;
-    uint16_t* xb = heap ? malloc((size_t)(M * I) * sizeof(uint16_t)) : small;
-    float* s = heap ? malloc((size_t)(M * I / 32) * sizeof(float)) : small_s;
-    if (!xb || !s) { /* no memory for x's copy: nothing sensible to compute */
-        memset(y, 0, (size_t)(M * O) * sizeof(float));
-        free(heap && xb ? xb : NULL);
-        free(heap && s ? s : NULL);
-        return;
-    }
     if (bf) {
 #if HAVE_BF16
         round_rows(x, M, I, xb, s);
@@ -358,7 +347,33 @@ __attribute__((target("avx512f,avx2,fma,f16c"))) void linear512(
         else if (fmt == W_Q8) EACH_BLOCK(block_rows(W_Q8, rows, w, x + m * I, I, out))
         else EACH_BLOCK(block_rows(W_F32, rows, w, x + m * I, I, out))
     }
-    if (heap) {
+}
+
+/* Threads split the output blocks in chunks that fit L2; each block meets the rows 8 at a time.
+ * bf16 arithmetic (W_BF16, W_Q4 | W_BF16X: kernel.c's linear sends them here) first rounds x,
+ * into the stack for a decode step's few rows, else into the heap. */
+__attribute__((target("avx512f,avx2,fma,f16c"))) void linear512(
+    const float* x, const weights_t* W, const float* bias, float* y, int64_t M, int64_t I, int64_t O) {
+    if (W_STORED(W->format) == W->format && W->format != W_BF16) {
+        linear512_over(x, W, bias, y, M, I, O, NULL, NULL);
+    } else if (M * I <= XB_STACK) {
+        uint16_t xb[XB_STACK];
+        float s[XB_STACK / 32];
+        linear512_over(x, W, bias, y, M, I, O, xb, s);
+    } else {
+        uint16_t* xb = malloc((size_t)(M * I) * sizeof(uint16_t));
+        float* s = malloc((size_t)(M * I / 32) * sizeof(float));
+        int64_t piece = XB_STACK / I; /* rows a stack copy holds */
+        if (xb && s) linear512_over(x, W, bias, y, M, I, O, xb, s);
+        else if (piece > 0) /* no memory for x's copy: the rows in pieces the stack holds */
+            for (int64_t m = 0; m < M; m += piece)
+                linear512(x + m * I, W, bias, y + m * O, M - m < piece ? M - m : piece, I, O);
+        else if (W->format != W_BF16) { /* codes: the exact fp32 tiles need no copy */
+            weights_t exact = {W->data, W_STORED(W->format)};
+            linear512_over(x, &exact, bias, y, M, I, O, NULL, NULL);
+        } else
+            abort(); /* out of memory with bf16 weights wider than the stack copy: the worker
+                      * dies and restarts (model/engines/worker.py), rather than answer zeros */
         free(xb);
         free(s);
     }
